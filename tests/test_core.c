@@ -1,0 +1,377 @@
+/* core/: tensor, arena, RNG, threads, GEMM, npy. */
+#include <math.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/arena.h"
+#include "core/gemm.h"
+#include "core/npy.h"
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "core/threads.h"
+#include "test_util.h"
+
+/* ---- tensor ---- */
+
+START_TEST(test_tensor_strides) {
+    float buf[2 * 3 * 4 * 5];
+    tensor t = tensor_view4(buf, 2, 3, 4, 5);
+    ck_assert_int_eq(t.ndim, 4);
+    ck_assert_int_eq(t.stride[0], 60);
+    ck_assert_int_eq(t.stride[1], 20);
+    ck_assert_int_eq(t.stride[2], 5);
+    ck_assert_int_eq(t.stride[3], 1);
+    ck_assert_int_eq(tensor_numel(&t), 120);
+    ck_assert(tensor_is_contiguous(&t));
+    int64_t idx[4] = {1, 2, 3, 4};
+    ck_assert_int_eq(tensor_offset(&t, idx), 60 + 40 + 15 + 4);
+    tensor tt = tensor_transpose(&t, 1, 3);
+    ck_assert_int_eq(tt.shape[1], 5);
+    ck_assert_int_eq(tt.stride[1], 1);
+    ck_assert(!tensor_is_contiguous(&tt));
+    int64_t s2[2] = {6, 20};
+    tensor r = tensor_reshape(&t, 2, s2);
+    ck_assert_int_eq(r.stride[0], 20);
+}
+END_TEST
+
+START_TEST(test_tensor_copy_transposed) {
+    float buf[6] = {0, 1, 2, 3, 4, 5}, out[6];
+    tensor t = tensor_view2(buf, 2, 3);
+    tensor tt = tensor_transpose(&t, 0, 1);
+    tensor_copy_contiguous(out, &tt);
+    float want[6] = {0, 3, 1, 4, 2, 5};
+    for (int i = 0; i < 6; i++) ck_assert_float_eq(out[i], want[i]);
+}
+END_TEST
+
+START_TEST(test_tensor_new_aligned) {
+    int64_t s[3] = {3, 5, 7};
+    tensor t = tensor_new(3, s);
+    ck_assert_int_eq((uintptr_t)t.data % 64, 0);
+    for (int i = 0; i < 105; i++) ck_assert_float_eq(t.data[i], 0.0f);
+    tensor_free(&t);
+}
+END_TEST
+
+/* ---- arena ---- */
+
+START_TEST(test_arena_alignment_and_reuse) {
+    arena a;
+    arena_init(&a, 1024);
+    void *p1 = arena_alloc(&a, 10);
+    void *p2 = arena_alloc(&a, 100);
+    ck_assert_int_eq((uintptr_t)p1 % 64, 0);
+    ck_assert_int_eq((uintptr_t)p2 % 64, 0);
+    ck_assert_ptr_ne(p1, p2);
+    arena_reset(&a);
+    ck_assert_ptr_eq(arena_alloc(&a, 10), p1); /* same storage after reset */
+    arena_free(&a);
+}
+END_TEST
+
+START_TEST(test_arena_steady_state_no_malloc) {
+    arena a;
+    arena_init(&a, 256);
+    /* A "step" that needs more than the initial block: grows once, then never. */
+    for (int step = 0; step < 5; step++) {
+        for (int i = 0; i < 20; i++) {
+            char *p = arena_alloc(&a, 1000);
+            memset(p, i, 1000);
+        }
+        arena_reset(&a);
+        if (step == 0) ck_assert_int_ge(a.grow_count, 2);
+    }
+    size_t grows = a.grow_count;
+    for (int step = 0; step < 3; step++) {
+        for (int i = 0; i < 20; i++) arena_alloc(&a, 1000);
+        arena_reset(&a);
+    }
+    ck_assert_uint_eq(a.grow_count, grows);
+    ck_assert_uint_ge(a.cap, 20 * 1024);
+    arena_free(&a);
+}
+END_TEST
+
+START_TEST(test_arena_mark_release) {
+    arena a;
+    arena_init(&a, 4096);
+    arena_alloc(&a, 100);
+    arena_mark m = arena_get_mark(&a);
+    void *p = arena_alloc(&a, 200);
+    arena_alloc(&a, 100000); /* overflow block */
+    arena_release(&a, m);
+    ck_assert_ptr_eq(arena_alloc(&a, 200), p);
+    arena_reset(&a);
+    ck_assert_uint_ge(a.cap, 100000); /* peak survived the release */
+    arena_free(&a);
+}
+END_TEST
+
+/* ---- RNG ---- */
+
+START_TEST(test_rng_philox_known_answer) {
+    /* Random123's published known-answer vectors for philox4x32_10. */
+    uint32_t w[4];
+    rng_philox4x32(0, 0, 0, w);
+    ck_assert_uint_eq(w[0], 0x6627e8d5u);
+    ck_assert_uint_eq(w[1], 0xe169c58du);
+    ck_assert_uint_eq(w[2], 0xbc57ac4cu);
+    ck_assert_uint_eq(w[3], 0x9b00dbd8u);
+    /* counter all ones, key all ones */
+    rng_philox4x32(UINT64_MAX, UINT64_MAX, UINT64_MAX, w);
+    ck_assert_uint_eq(w[0], 0x408f276du);
+    ck_assert_uint_eq(w[1], 0x41c83b0eu);
+    ck_assert_uint_eq(w[2], 0xa20bc7c6u);
+    ck_assert_uint_eq(w[3], 0x6d5451fdu);
+}
+END_TEST
+
+START_TEST(test_rng_reproducible_and_independent) {
+    rng a, b, c;
+    rng_init(&a, 42, 7);
+    rng_init(&b, 42, 7);
+    rng_init(&c, 42, 8);
+    int same_c = 0;
+    for (int i = 0; i < 1000; i++) {
+        uint32_t x = rng_next_u32(&a), y = rng_next_u32(&b), z = rng_next_u32(&c);
+        ck_assert_uint_eq(x, y);
+        same_c += x == z;
+    }
+    ck_assert_int_le(same_c, 2);
+    /* random access equals sequential reading */
+    rng_init(&a, 42, 7);
+    for (uint64_t i = 0; i < 37; i++) ck_assert_uint_eq(rng_next_u32(&a), rng_u32_at(42, 7, i));
+}
+END_TEST
+
+START_TEST(test_rng_uniform_moments) {
+    rng r;
+    rng_init(&r, 1, 0);
+    double s = 0, s2 = 0, n = 200000;
+    for (int i = 0; i < n; i++) {
+        float u = rng_uniform(&r);
+        ck_assert(u >= 0.0f && u < 1.0f);
+        s += u;
+        s2 += (double)u * u;
+    }
+    ck_assert(fabs(s / n - 0.5) < 0.005);
+    ck_assert(fabs(s2 / n - 1.0 / 3) < 0.005);
+    double g = 0, g2 = 0;
+    for (int i = 0; i < n; i++) {
+        double x = rng_normal(&r);
+        g += x;
+        g2 += x * x;
+    }
+    ck_assert(fabs(g / n) < 0.01);
+    ck_assert(fabs(g2 / n - 1) < 0.02);
+    int hist[7] = {0};
+    for (int i = 0; i < 70000; i++) hist[rng_below(&r, 7)]++;
+    for (int i = 0; i < 7; i++) ck_assert(hist[i] > 9400 && hist[i] < 10600);
+}
+END_TEST
+
+/* ---- threads ---- */
+
+START_TEST(test_threads_knob) {
+    threads_set(1);
+    ck_assert_int_eq(threads_get(), 1);
+    threads_set(0);
+    ck_assert_int_eq(threads_get(), threads_available());
+}
+END_TEST
+
+/* ---- GEMM ---- */
+
+START_TEST(test_gemm_matches_reference) {
+    rng r;
+    rng_init(&r, 3, 0);
+    const int sizes[][3] = {{1, 1, 1}, {7, 5, 3}, {17, 33, 9}, {64, 31, 129}, {3, 100, 1}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                int m = sizes[s][0], n = sizes[s][1], k = sizes[s][2];
+                int lda = (ta ? m : k) + 2, ldb = (tb ? k : n) + 1, ldc = n + 3;
+                float *a = malloc(sizeof(float) * (size_t)lda * (ta ? k : m));
+                float *b = malloc(sizeof(float) * (size_t)ldb * (tb ? n : k));
+                float *c1 = malloc(sizeof(float) * (size_t)ldc * m), *c2 = malloc(sizeof(float) * (size_t)ldc * m);
+                for (int i = 0; i < lda * (ta ? k : m); i++) a[i] = rng_normal(&r);
+                for (int i = 0; i < ldb * (tb ? n : k); i++) b[i] = rng_normal(&r);
+                for (int i = 0; i < ldc * m; i++) c1[i] = c2[i] = rng_normal(&r);
+                gemm_f32(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 2.0f, c1, ldc);
+                gemm_ref_f32(ta, tb, m, n, k, 0.5f, a, lda, b, ldb, 2.0f, c2, ldc);
+                for (int i = 0; i < m; i++)
+                    for (int j = 0; j < n; j++) {
+                        float x = c1[i * ldc + j], y = c2[i * ldc + j];
+                        ck_assert_msg(fabsf(x - y) <= 1e-4f * (1 + fabsf(y)), "m%d n%d k%d ta%d tb%d: %g vs %g", m, n,
+                                      k, ta, tb, x, y);
+                    }
+                free(a);
+                free(b);
+                free(c1);
+                free(c2);
+            }
+}
+END_TEST
+
+/* ---- npy ---- */
+
+START_TEST(test_npy_roundtrip_all_dtypes_and_ranks) {
+    const npy_dtype dts[] = {NPY_DTYPE_F32, NPY_DTYPE_U8, NPY_DTYPE_I32, NPY_DTYPE_I64};
+    int64_t shapes[][5] = {{0}, {5}, {3, 4}, {2, 3, 4}, {2, 1, 3, 2, 2}};
+    int ranks[] = {0, 1, 2, 3, 5};
+    for (size_t d = 0; d < 4; d++)
+        for (size_t s = 0; s < 5; s++) {
+            npy_array a = npy_wrap(dts[d], ranks[s], shapes[s], NULL);
+            size_t bytes = (size_t)a.numel * npy_dtype_size(dts[d]);
+            unsigned char *buf = malloc(bytes + 1);
+            for (size_t i = 0; i < bytes; i++) buf[i] = (unsigned char)(i * 37 + d);
+            a.data = buf;
+            mx_err err;
+            const char *p = test_path("rt.npy");
+            ck_assert_msg(npy_write(p, &a, &err) == 0, "%s", err.msg);
+            npy_array b;
+            ck_assert_msg(npy_read(p, &b, &err) == 0, "%s", err.msg);
+            ck_assert_int_eq(b.dtype, dts[d]);
+            ck_assert_int_eq(b.ndim, ranks[s]);
+            for (int i = 0; i < ranks[s]; i++) ck_assert_int_eq(b.shape[i], shapes[s][i]);
+            ck_assert_int_eq(memcmp(b.data, buf, bytes), 0);
+            npy_free(&b);
+            free(buf);
+        }
+}
+END_TEST
+
+/* Writes a v1.0 file with the given header dict and payload size. */
+static void npy_write_raw(const char *path, const char *dict, size_t payload) {
+    size_t n = strlen(dict);
+    size_t hlen = ((10 + n + 1 + 63) & ~(size_t)63) - 10;
+    unsigned char *buf = calloc(1, 10 + hlen + payload);
+    memcpy(buf, "\x93NUMPY\x01\x00", 8);
+    buf[8] = (unsigned char)(hlen & 0xff);
+    buf[9] = (unsigned char)(hlen >> 8);
+    memset(buf + 10, ' ', hlen);
+    memcpy(buf + 10, dict, n);
+    buf[10 + hlen - 1] = '\n';
+    test_write_file(path, buf, 10 + hlen + payload);
+    free(buf);
+}
+
+static void expect_npy_error(const char *path, const char *needle) {
+    npy_array a;
+    mx_err err;
+    ck_assert_int_ne(npy_read(path, &a, &err), 0);
+    ck_assert_msg(strstr(err.msg, needle) != NULL, "message '%s' lacks '%s'", err.msg, needle);
+    ck_assert_msg(strstr(err.msg, path) != NULL, "message '%s' does not name the file", err.msg);
+    ck_assert_ptr_null(a.data);
+}
+
+START_TEST(test_npy_malformed_files) {
+    const char *p = test_path("bad.npy");
+    expect_npy_error(test_path("does-not-exist.npy"), "cannot open");
+    test_write_file(p, "hello world, not numpy", 22);
+    expect_npy_error(p, "bad magic");
+    test_write_file(p, "\x93NUMPY", 6);
+    expect_npy_error(p, "bad magic");
+    test_write_file(p, "\x93NUMPY\x01\x00\x40", 9);
+    expect_npy_error(p, "truncated header");
+    test_write_file(p, "\x93NUMPY\x01\x00\x40\x00{'descr'", 17);
+    expect_npy_error(p, "truncated header");
+    test_write_file(p, "\x93NUMPY\x07\x00\x40\x00", 10);
+    expect_npy_error(p, "unsupported .npy version");
+    npy_write_raw(p, "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", 8);
+    expect_npy_error(p, "unsupported dtype");
+    npy_write_raw(p, "{'descr': '<c8', 'fortran_order': False, 'shape': (2,), }", 16);
+    expect_npy_error(p, "unsupported dtype");
+    npy_write_raw(p, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", 16);
+    expect_npy_error(p, "Fortran");
+    npy_write_raw(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 20);
+    expect_npy_error(p, "truncated data");
+    npy_write_raw(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 28);
+    expect_npy_error(p, "size mismatch");
+    npy_write_raw(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, x), }", 8);
+    expect_npy_error(p, "malformed 'shape'");
+    npy_write_raw(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 99999999999), }", 8);
+    expect_npy_error(p, "too many elements");
+    npy_write_raw(p, "{'fortran_order': False, 'shape': (2,), }", 8);
+    expect_npy_error(p, "no 'descr'");
+    npy_write_raw(p, "{'descr': '<f4', 'shape': (2,), }", 8);
+    expect_npy_error(p, "no 'fortran_order'");
+}
+END_TEST
+
+START_TEST(test_npy_truncation_sweep) {
+    /* Every prefix of a valid file is rejected cleanly; no crash. */
+    float data[12];
+    for (int i = 0; i < 12; i++) data[i] = (float)i;
+    int64_t shape[2] = {3, 4};
+    npy_array a = npy_wrap(NPY_DTYPE_F32, 2, shape, data);
+    const char *good = test_path("good.npy");
+    mx_err err;
+    ck_assert_int_eq(npy_write(good, &a, &err), 0);
+    FILE *f = fopen(good, "rb");
+    unsigned char buf[512];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    const char *p = test_path("prefix.npy");
+    for (size_t len = 0; len < n; len++) {
+        test_write_file(p, buf, len);
+        npy_array b;
+        ck_assert_int_ne(npy_read(p, &b, &err), 0);
+    }
+}
+END_TEST
+
+START_TEST(test_npy_float64_converts) {
+    double d[3] = {1.5, -2.25, 1e-3};
+    int64_t shape[1] = {3};
+    const char *p = test_path("f64.npy");
+    /* write float64 by hand (npy_write does not emit f8) */
+    npy_write_raw(p, "{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }", 0);
+    FILE *f = fopen(p, "ab");
+    fwrite(d, sizeof d[0], 3, f);
+    fclose(f);
+    npy_array a;
+    mx_err err;
+    ck_assert_msg(npy_read_f32(p, &a, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(a.dtype, NPY_DTYPE_F32);
+    ck_assert_int_eq(a.shape[0], shape[0]);
+    const float *x = a.data;
+    ck_assert_float_eq(x[0], 1.5f);
+    ck_assert_float_eq(x[1], -2.25f);
+    ck_assert_float_eq(x[2], (float)1e-3);
+    npy_free(&a);
+    /* uint8 is not silently converted */
+    unsigned char u[2] = {1, 2};
+    int64_t s2[1] = {2};
+    npy_array ua = npy_wrap(NPY_DTYPE_U8, 1, s2, u);
+    ck_assert_int_eq(npy_write(p, &ua, &err), 0);
+    ck_assert_int_ne(npy_read_f32(p, &a, &err), 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "expected float32"));
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("core");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, test_tensor_strides);
+    tcase_add_test(tc, test_tensor_copy_transposed);
+    tcase_add_test(tc, test_tensor_new_aligned);
+    tcase_add_test(tc, test_arena_alignment_and_reuse);
+    tcase_add_test(tc, test_arena_steady_state_no_malloc);
+    tcase_add_test(tc, test_arena_mark_release);
+    tcase_add_test(tc, test_rng_philox_known_answer);
+    tcase_add_test(tc, test_rng_reproducible_and_independent);
+    tcase_add_test(tc, test_rng_uniform_moments);
+    tcase_add_test(tc, test_threads_knob);
+    tcase_add_test(tc, test_gemm_matches_reference);
+    tcase_add_test(tc, test_npy_roundtrip_all_dtypes_and_ranks);
+    tcase_add_test(tc, test_npy_malformed_files);
+    tcase_add_test(tc, test_npy_truncation_sweep);
+    tcase_add_test(tc, test_npy_float64_converts);
+    tcase_set_timeout(tc, 60);
+    suite_add_tcase(s, tc);
+    return test_run_suite(s);
+}

@@ -1,0 +1,70 @@
+/* mxtrain: command dispatch. Global option --threads N (before or after the
+ * command) sets OpenMP and OpenBLAS threads; default: all cores. */
+#include <stdio.h>
+#include <string.h>
+
+#include "core/cpu.h"
+#include "core/threads.h"
+#include "train/cli.h"
+#include "train/commands.h"
+
+typedef struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"version", cmd_version, "version, compiler, OpenBLAS kernels, threads and CPU features"},
+};
+#define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
+
+static void main_usage(FILE *out) {
+    fprintf(out,
+            "usage: mxtrain [--threads N] <command> [options]\n"
+            "\nTrain and study neural networks with every matrix product in a microscaling (MX) format.\n"
+            "\ncommands:\n");
+    for (int i = 0; i < N_COMMANDS; i++) fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out,
+            "\nglobal options:\n"
+            "  --threads N  threads for OpenMP and OpenBLAS (default: all cores)\n"
+            "  --help       this text; 'mxtrain <command> --help' for a command\n");
+}
+
+int main(int argc, char **argv) {
+    cpu_select_blas_kernels(argv);
+
+    /* Pull --threads out of argv wherever it appears. */
+    int threads = 0, n = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *v = NULL;
+        int r = i > 0 ? cli_take_value(argc, argv, &i, "--threads", &v) : 0;
+        if (r < 0) return CLI_EXIT_USAGE;
+        if (r == 1) {
+            int64_t t;
+            if (!cli_parse_i64(v, 1, 4096, &t)) {
+                fprintf(stderr, "mxtrain: --threads wants an integer in 1..4096, got '%s'\n", v);
+                return CLI_EXIT_USAGE;
+            }
+            threads = (int)t;
+            continue;
+        }
+        argv[n++] = argv[i];
+    }
+    argc = n;
+    threads_set(threads);
+
+    if (argc < 2) {
+        main_usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    if (cli_is_help(argv[1]) || strcmp(argv[1], "help") == 0) {
+        main_usage(stdout);
+        return 0;
+    }
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);
+    fprintf(stderr, "mxtrain: unknown command '%s'\n", argv[1]);
+    main_usage(stderr);
+    return CLI_EXIT_USAGE;
+}
