@@ -57,9 +57,9 @@ int npy_parse_header(const char *hdr_in, size_t len, const char *path, npy_array
 
     p = npy_find_key(hdr, "fortran_order");
     if (!p) return mx_err_set(err, "%s: header has no 'fortran_order'", path);
-    if (strncmp(p, "True", 4) == 0)
-        return mx_err_set(err, "%s: Fortran-order arrays are not supported (save with C order)", path);
-    if (strncmp(p, "False", 5) != 0) return mx_err_set(err, "%s: malformed 'fortran_order'", path);
+    if (strncmp(p, "True", 4) == 0) out->fortran_order = true;
+    else if (strncmp(p, "False", 5) == 0) out->fortran_order = false;
+    else return mx_err_set(err, "%s: malformed 'fortran_order'", path);
 
     p = npy_find_key(hdr, "shape");
     if (!p || *p != '(') return mx_err_set(err, "%s: header has no 'shape' tuple", path);
@@ -90,7 +90,7 @@ int npy_parse_header(const char *hdr_in, size_t len, const char *path, npy_array
     return 0;
 }
 
-int npy_read(const char *path, npy_array *out, mx_err *err) {
+static int npy_read_impl(const char *path, npy_array *out, bool allow_fortran, mx_err *err) {
     memset(out, 0, sizeof *out);
     FILE *f = fopen(path, "rb");
     if (!f) return mx_err_set(err, "%s: cannot open: %s", path, strerror(errno));
@@ -117,6 +117,11 @@ int npy_read(const char *path, npy_array *out, mx_err *err) {
     hdr = malloc(hlen + 1);
     if (!hdr || fread(hdr, 1, hlen, f) != hlen) { mx_err_set(err, "%s: truncated header", path); goto done; }
     if (npy_parse_header(hdr, hlen, path, out, err)) goto done;
+    if (out->fortran_order && !allow_fortran) {
+        mx_err_set(err, "%s: Fortran-order arrays are not supported (save with C order, e.g. np.ascontiguousarray)",
+                   path);
+        goto done;
+    }
 
     size_t esize = npy_dtype_size(out->dtype);
     size_t want = (size_t)out->numel * esize;
@@ -143,6 +148,37 @@ done:
     fclose(f);
     if (rc) npy_free(out);
     return rc;
+}
+
+/* Reorders Fortran-order data (first index fastest) into C order. */
+static void npy_fortran_to_c(npy_array *a) {
+    size_t es = npy_dtype_size(a->dtype);
+    char *src = a->data, *dst = aligned_alloc(64, (((size_t)a->numel * es + 63) & ~(size_t)63) + 64);
+    MX_ASSERT(dst);
+    int64_t idx[NPY_MAX_DIMS] = {0};
+    for (int64_t c = 0; c < a->numel; c++) {
+        int64_t f = 0, mul = 1;
+        for (int d = 0; d < a->ndim; d++) {
+            f += idx[d] * mul;
+            mul *= a->shape[d];
+        }
+        memcpy(dst + (size_t)c * es, src + (size_t)f * es, es);
+        for (int d = a->ndim - 1; d >= 0; d--) {
+            if (++idx[d] < a->shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+    free(a->data);
+    a->data = dst;
+}
+
+int npy_read(const char *path, npy_array *out, mx_err *err) { return npy_read_impl(path, out, false, err); }
+
+int npy_read_any_order(const char *path, npy_array *out, mx_err *err) {
+    if (npy_read_impl(path, out, true, err)) return -1;
+    if (out->fortran_order && out->ndim > 1) npy_fortran_to_c(out);
+    out->fortran_order = false;
+    return 0;
 }
 
 int npy_read_f32(const char *path, npy_array *out, mx_err *err) {

@@ -5,6 +5,7 @@
 #ifndef MX_CORE_NPY_H
 #define MX_CORE_NPY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,13 +27,18 @@ typedef struct npy_array {
     int ndim;
     int64_t shape[NPY_MAX_DIMS];
     int64_t numel;
-    void *data; /* 64-byte aligned, owned */
+    bool fortran_order; /* as stored in the header; data is always C order after a read */
+    void *data;         /* 64-byte aligned, owned */
 } npy_array;
 
 const char *npy_dtype_name(npy_dtype d); /* "<f4", ... */
 size_t npy_dtype_size(npy_dtype d);
 
 int npy_read(const char *path, npy_array *out, mx_err *err);
+/* As npy_read, but a Fortran-order file is accepted and transposed to C order
+ * (npy_read rejects it, so a user never gets silently reordered data where a
+ * layout matters; tests read NumPy-written references with this). */
+int npy_read_any_order(const char *path, npy_array *out, mx_err *err);
 /* Reads and converts to float32 (float64 is rounded; other dtypes are an error). */
 int npy_read_f32(const char *path, npy_array *out, mx_err *err);
 /* Writes to path.tmp then renames, so a failed write never leaves a torn file. */

@@ -1,3 +1,603 @@
-/* Placeholder translation unit until the quant/ issue. */
-const char *quant_module_name(void);
-const char *quant_module_name(void) { return "quant"; }
+/* Quantizer kernels. Arithmetic follows ../shared/spec/mx-formats.md:
+ *
+ *  scale:   se = floor(log2 amax) - emax (exact, from the exponent bits),
+ *           +1 in rceil mode when amax > max_norm * 2^se, clamped to [-127, 127];
+ *  element: t = x * 2^-se (exact: a power-of-two product), e = max(floor(log2|t|), emin),
+ *           round |t| to a multiple of 2^(e-p), saturate at max_norm, q = t_q * 2^se.
+ *
+ * Round-half-even, the hot path, uses the FPU: for C = 2^(e-p+23), (|t| + C) - C
+ * lands on the grid of step 2^(e-p) with IEEE round-to-nearest-even, because
+ * |t| + C lies in C's binade whose ulp is exactly 2^(e-p). The other modes (and
+ * the test reference) work on the 24-bit significand in integers. Either way
+ * only integer/bit operations, adds and multiplies: no libm, and loops the
+ * compiler vectorizes. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rng.h"
+#include "quant/quant_internal.h"
+
+/* Rounding kernels: EVEN_FAST is production round-half-even; the others are
+ * the integer path (EVEN_INT only serves as the tests' reference). */
+enum { QK_EVEN_FAST, QK_EVEN_INT, QK_AWAY, QK_FLOOR, QK_STOCH };
+enum { QK_OUT_FAKE, QK_OUT_PACK };
+
+/* Kernel parameters derived once per call from the spec and the format row. */
+typedef struct qk {
+    const quant_format_info *fi;
+    quant_format format;
+    quant_scale scale;
+    int mode;
+    int p, eminb;         /* main range: fraction bits, biased emin (emin + 127) */
+    int low_p, low_eminb; /* low range (MXSF), used for |t| bits < low_below */
+    uint32_t low_below;   /* 0x3f800000 (|t| < 1) for MXSF, 0 otherwise */
+    int bias, low_bias;   /* encodings */
+    float max_norm;
+    uint64_t seed, stream;
+} qk;
+
+static qk qk_make(const quant_spec *s, bool reference) {
+    const quant_format_info *fi = quant_format_get(s->format);
+    qk k;
+    memset(&k, 0, sizeof k);
+    k.fi = fi;
+    k.format = s->format;
+    k.scale = s->scale;
+    static const int modes[] = {QK_EVEN_FAST, QK_AWAY, QK_FLOOR, QK_STOCH};
+    k.mode = modes[s->round];
+    if (reference && k.mode == QK_EVEN_FAST) k.mode = QK_EVEN_INT;
+    k.p = fi->p;
+    k.eminb = fi->emin + 127;
+    k.bias = fi->bias;
+    k.max_norm = fi->max_norm;
+    if (fi->has_low) {
+        k.low_p = fi->low_p;
+        k.low_eminb = fi->low_emin + 127;
+        k.low_bias = fi->low_bias;
+        k.low_below = 0x3f800000u;
+    } else {
+        k.low_p = k.p;
+        k.low_eminb = k.eminb;
+        k.low_bias = k.bias;
+    }
+    k.seed = s->seed;
+    k.stream = s->stream;
+    return k;
+}
+
+/* floor(log2 |v|) from the bits of |v| (nonzero, finite), subnormals included. */
+static inline int qk_exponent(uint32_t abits) {
+    int ef = (int)(abits >> 23);
+    if (ef) return ef - 127;
+    return (31 - __builtin_clz(abits)) - 149;
+}
+
+/* Shared exponent of a block from its largest magnitude's bits (finite). */
+static inline int qk_scale_exp(const qk *k, uint32_t amax) {
+    if (amax == 0) return -127; /* all-zero block: scale code 0 */
+    int se = qk_exponent(amax) - k->fi->emax;
+    if (k->scale == QUANT_SCALE_RCEIL && se <= 127) {
+        /* amax > max_norm * 2^se, exactly, in double (both sides exact) */
+        double a = (double)quant_from_bits(amax);
+        double lim = (double)k->max_norm * ldexp(1.0, se);
+        if (a > lim) se++;
+    }
+    if (se < -127) se = -127;
+    if (se > 127) se = 127;
+    return se;
+}
+
+/* Quantizes one element in the scaled domain; returns signed t_q. */
+static inline __attribute__((always_inline)) float qk_elem(const qk *k, float t, int mode, uint32_t u) {
+    uint32_t b = quant_bits(t), sg = b & 0x80000000u, a = b & 0x7fffffffu;
+    int low = a < k->low_below;
+    int pp = low ? k->low_p : k->p;
+    int eb0 = low ? k->low_eminb : k->eminb;
+    int ef = (int)(a >> 23);
+    int eb = ef > eb0 ? ef : eb0;
+    float q;
+    if (mode == QK_EVEN_FAST) {
+        float c = quant_from_bits((uint32_t)(eb - pp + 23) << 23);
+        q = (quant_from_bits(a) + c) - c;
+    } else {
+        int efp = ef ? ef : 1;
+        uint32_t m = (a & 0x7fffffu) | (ef ? 0x800000u : 0u);
+        int dfull = eb - efp + 23 - pp; /* bits below the element grid, >= 1 */
+        int d = dfull < 31 ? dfull : 31;
+        uint32_t r = m >> d, rem = m & ((1u << d) - 1u), half = 1u << (d - 1);
+        if (mode == QK_EVEN_INT) r += (rem > half) | ((rem == half) & (r & 1u));
+        else if (mode == QK_AWAY) r += rem >= half;
+        else if (mode == QK_STOCH) {
+            /* floor(v + u), u = U / 2^32: round up iff rem / 2^d + U / 2^32 >= 1 */
+            uint64_t rs = dfull <= 32 ? (uint64_t)rem << (32 - dfull)
+                                      : (dfull - 32 < 32 ? (uint64_t)(m >> (dfull - 32)) : 0);
+            r += (uint32_t)((rs + u) >> 32);
+        }
+        q = (float)r * quant_from_bits((uint32_t)(eb - pp) << 23);
+    }
+    q = q < k->max_norm ? q : k->max_norm;
+    return quant_from_bits(quant_bits(q) | sg);
+}
+
+/* Code byte of an already-quantized t_q. */
+static inline __attribute__((always_inline)) uint8_t qk_encode(const qk *k, float tq) {
+    uint32_t b = quant_bits(tq), sg = b >> 31, a = b & 0x7fffffffu;
+    if (k->fi->is_int) {
+        int v = (int)(quant_from_bits(a) * 64.0f);
+        return (uint8_t)(sg ? -v : v);
+    }
+    int low = a < k->low_below;
+    int pp = low ? k->low_p : k->p;
+    int emin = (low ? k->low_eminb : k->eminb) - 127;
+    int bias = low ? k->low_bias : k->bias;
+    int e = (int)(a >> 23) - 127;
+    uint32_t sig = (a & 0x7fffffu) | 0x800000u;
+    uint32_t normal = ((uint32_t)(e + bias) << pp) | ((sig >> (23 - pp)) & ((1u << pp) - 1u));
+    int sh = 23 - pp + (emin - e); /* only meaningful below emin; clamped so the unused lane stays defined */
+    sh = sh < 0 ? 0 : sh;
+    uint32_t sub = sh < 32 ? sig >> sh : 0;
+    uint32_t mag = a == 0 ? 0 : (e >= emin ? normal : sub);
+    return (uint8_t)((sg << (k->fi->bits - 1)) | mag);
+}
+
+static void qk_fill_random(const qk *k, uint64_t index, int n, uint32_t *u) {
+    int i = 0;
+    while (i < n) {
+        uint32_t w[4];
+        uint64_t idx = index + (uint64_t)i;
+        rng_philox4x32(k->seed, k->stream, idx >> 2, w);
+        for (unsigned j = (unsigned)(idx & 3); j < 4 && i < n; j++) u[i++] = w[j];
+    }
+}
+
+/* One row segment of n elements sharing one scale. */
+static inline __attribute__((always_inline)) void qk_row(const qk *k, const float *x, float *y, uint8_t *codes, int n,
+                                                       float inv_s, float s, int mode, int out, quant_stats *st,
+                                                       int e_amax, uint64_t gidx) {
+    uint32_t ubuf[256];
+    for (int i0 = 0; i0 < n; i0 += 256) {
+        int m = n - i0 < 256 ? n - i0 : 256;
+        if (mode == QK_STOCH) qk_fill_random(k, gidx + (uint64_t)i0, m, ubuf);
+        const float *xs = x + i0;
+        if (!st) {
+            if (out == QK_OUT_FAKE) {
+                float *ys = y + i0;
+                for (int i = 0; i < m; i++) ys[i] = qk_elem(k, xs[i] * inv_s, mode, mode == QK_STOCH ? ubuf[i] : 0) * s;
+            } else {
+                uint8_t *cs = codes + i0;
+                for (int i = 0; i < m; i++) cs[i] = qk_encode(k, qk_elem(k, xs[i] * inv_s, mode, mode == QK_STOCH ? ubuf[i] : 0));
+            }
+            continue;
+        }
+        for (int i = 0; i < m; i++) {
+            float xv = xs[i], t = xv * inv_s;
+            float tq = qk_elem(k, t, mode, mode == QK_STOCH ? ubuf[i] : 0);
+            float q = tq * s;
+            if (out == QK_OUT_FAKE) y[i0 + i] = q;
+            else codes[i0 + i] = qk_encode(k, tq);
+            uint32_t ax = quant_bits(xv) & 0x7fffffffu;
+            if (ax) {
+                st->nonzero++;
+                st->underflow += q == 0.0f;
+                int gap = e_amax - qk_exponent(ax);
+                st->gap_hist[gap < QUANT_GAP_BINS - 1 ? gap : QUANT_GAP_BINS - 1]++;
+            }
+            st->saturated += fabsf(t) > k->max_norm;
+            double dx = xv, de = (double)xv - (double)q;
+            st->sum_x2 += dx * dx;
+            st->sum_err2 += de * de;
+        }
+    }
+    if (st) st->elements += n;
+}
+
+typedef void (*qk_row_fn)(const qk *k, const float *x, float *y, uint8_t *codes, int n, float inv_s, float s,
+                          quant_stats *st, int e_amax, uint64_t gidx);
+
+#define QK_ROW_VARIANT(name, mode, out, stats)                                                              \
+    static void name(const qk *k, const float *x, float *y, uint8_t *codes, int n, float inv_s, float s,    \
+                     quant_stats *st, int e_amax, uint64_t gidx) {                                          \
+        qk_row(k, x, y, codes, n, inv_s, s, mode, out, stats ? st : NULL, e_amax, gidx);                    \
+    }
+#define QK_ROW_MODES(out, stats, sfx)                             \
+    QK_ROW_VARIANT(qk_row_even_fast##sfx, QK_EVEN_FAST, out, stats) \
+    QK_ROW_VARIANT(qk_row_even_int##sfx, QK_EVEN_INT, out, stats)   \
+    QK_ROW_VARIANT(qk_row_away##sfx, QK_AWAY, out, stats)           \
+    QK_ROW_VARIANT(qk_row_floor##sfx, QK_FLOOR, out, stats)         \
+    QK_ROW_VARIANT(qk_row_stoch##sfx, QK_STOCH, out, stats)
+QK_ROW_MODES(QK_OUT_FAKE, 0, _fake)
+QK_ROW_MODES(QK_OUT_FAKE, 1, _fake_st)
+QK_ROW_MODES(QK_OUT_PACK, 0, _pack)
+QK_ROW_MODES(QK_OUT_PACK, 1, _pack_st)
+
+/* [out][stats][mode] */
+static const qk_row_fn qk_rows[2][2][5] = {
+    {{qk_row_even_fast_fake, qk_row_even_int_fake, qk_row_away_fake, qk_row_floor_fake, qk_row_stoch_fake},
+     {qk_row_even_fast_fake_st, qk_row_even_int_fake_st, qk_row_away_fake_st, qk_row_floor_fake_st,
+      qk_row_stoch_fake_st}},
+    {{qk_row_even_fast_pack, qk_row_even_int_pack, qk_row_away_pack, qk_row_floor_pack, qk_row_stoch_pack},
+     {qk_row_even_fast_pack_st, qk_row_even_int_pack_st, qk_row_away_pack_st, qk_row_floor_pack_st,
+      qk_row_stoch_pack_st}},
+};
+
+/* ---- layouts ---- */
+
+typedef enum { QL_ELEMENTWISE, QL_TILES, QL_COLUMNS } ql_kind;
+
+/* TILES: lead x [R x C] matrices cut into r x c tiles (1D blocks along a
+ * contiguous axis are 1 x k tiles). COLUMNS: [outer, L, inner] with 1D blocks
+ * of k along L, i.e. strided columns, processed `inner` at a time. */
+typedef struct qlayout {
+    ql_kind kind;
+    int64_t lead, R, C, ntr, ntc;
+    int r, c;
+    int64_t outer, L, inner, nb;
+    int k;
+    int64_t nblocks, numel;
+} qlayout;
+
+static int ql_make(const quant_spec *s, int ndim, const int64_t *shape, qlayout *l, mx_err *err) {
+    memset(l, 0, sizeof *l);
+    l->numel = 1;
+    for (int i = 0; i < ndim; i++) l->numel *= shape[i];
+    const quant_format_info *fi = quant_format_get(s->format);
+    if (!fi->is_mx) {
+        l->kind = QL_ELEMENTWISE;
+        return 0;
+    }
+    if (s->block_rows < 1 || s->block_cols < 1)
+        return mx_err_set(err, "block %dx%d must be positive", s->block_rows, s->block_cols);
+    if (s->block_rows > 1) {
+        if (ndim < 2) return mx_err_set(err, "a %dx%d tile needs an array of rank >= 2, got rank %d", s->block_rows,
+                                        s->block_cols, ndim);
+        l->kind = QL_TILES;
+        l->lead = 1;
+        for (int i = 0; i < ndim - 2; i++) l->lead *= shape[i];
+        l->R = shape[ndim - 2];
+        l->C = shape[ndim - 1];
+        l->r = s->block_rows;
+        l->c = s->block_cols;
+        l->ntr = (l->R + l->r - 1) / l->r;
+        l->ntc = (l->C + l->c - 1) / l->c;
+        l->nblocks = l->lead * l->ntr * l->ntc;
+        return 0;
+    }
+    if (ndim < 1) return mx_err_set(err, "1D blocks need an array of rank >= 1");
+    int axis = s->axis < 0 ? s->axis + ndim : s->axis;
+    if (axis < 0 || axis >= ndim) return mx_err_set(err, "axis %d out of range for rank %d", s->axis, ndim);
+    l->outer = 1;
+    l->inner = 1;
+    for (int i = 0; i < axis; i++) l->outer *= shape[i];
+    for (int i = axis + 1; i < ndim; i++) l->inner *= shape[i];
+    l->L = shape[axis];
+    l->k = s->block_cols;
+    l->nb = (l->L + l->k - 1) / l->k;
+    l->nblocks = l->outer * l->nb * l->inner;
+    if (l->inner == 1) { /* contiguous blocks: rows of length L cut into 1 x k tiles */
+        l->kind = QL_TILES;
+        l->lead = 1;
+        l->R = l->outer;
+        l->C = l->L;
+        l->r = 1;
+        l->c = l->k;
+        l->ntr = l->R;
+        l->ntc = l->nb;
+    } else {
+        l->kind = QL_COLUMNS;
+    }
+    return 0;
+}
+
+int64_t quant_num_blocks(const quant_spec *s, int ndim, const int64_t *shape, mx_err *err) {
+    qlayout l;
+    if (ql_make(s, ndim, shape, &l, err)) return -1;
+    return l.nblocks;
+}
+
+int quant_scales_shape(const quant_spec *s, int ndim, const int64_t *shape, int64_t *out) {
+    qlayout l;
+    mx_err err;
+    MX_ASSERTF(ql_make(s, ndim, shape, &l, &err) == 0, "%s", err.msg);
+    if (l.kind == QL_ELEMENTWISE) return 0;
+    if (quant_spec_is_2d(s)) {
+        for (int i = 0; i < ndim - 2; i++) out[i] = shape[i];
+        out[ndim - 2] = l.ntr;
+        out[ndim - 1] = l.ntc;
+        return ndim;
+    }
+    int axis = s->axis < 0 ? s->axis + ndim : s->axis;
+    for (int i = 0; i < ndim; i++) out[i] = i == axis ? l.nb : shape[i];
+    return ndim;
+}
+
+/* Static partition of [0, n) for thread tid of nth. */
+static void qk_range(int64_t n, int tid, int nth, int64_t *b, int64_t *e) {
+    int64_t q = n / nth, r = n % nth;
+    *b = tid * q + (tid < r ? tid : r);
+    *e = *b + q + (tid < r ? 1 : 0);
+}
+
+/* TILES: each thread takes a contiguous range of tiles in block order. */
+static void qk_run_tiles(const qk *k, const qlayout *l, const float *x, float *y, uint8_t *codes, uint8_t *scales,
+                         quant_stats *st_out, qk_row_fn row, int nth) {
+    quant_stats *part = st_out ? calloc((size_t)nth, sizeof *part) : NULL;
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        quant_stats *st = part ? &part[tid] : NULL;
+        int64_t t0, t1;
+        qk_range(l->nblocks, tid, nt, &t0, &t1);
+        int64_t per_lead = l->ntr * l->ntc;
+        for (int64_t t = t0; t < t1; t++) {
+            int64_t li = t / per_lead, rem = t % per_lead, tr = rem / l->ntc, tc = rem % l->ntc;
+            int rows = (int)(l->R - tr * l->r < l->r ? l->R - tr * l->r : l->r);
+            int cols = (int)(l->C - tc * l->c < l->c ? l->C - tc * l->c : l->c);
+            int64_t off = li * l->R * l->C + tr * l->r * l->C + tc * l->c;
+            uint32_t amax = 0;
+            for (int i = 0; i < rows; i++) {
+                const float *xr = x + off + i * l->C;
+                for (int j = 0; j < cols; j++) {
+                    uint32_t a = quant_bits(xr[j]) & 0x7fffffffu;
+                    amax = a > amax ? a : amax;
+                }
+            }
+            if (amax >= 0x7f800000u) { /* Inf or NaN in the block: all NaN, scale code 255 */
+                for (int i = 0; i < rows; i++) {
+                    if (y) for (int j = 0; j < cols; j++) y[off + i * l->C + j] = quant_nanf();
+                    if (codes) memset(codes + off + i * l->C, 0, (size_t)cols);
+                    if (st) {
+                        st->elements += cols;
+                        for (int j = 0; j < cols; j++) st->nonzero += x[off + i * l->C + j] != 0.0f;
+                    }
+                }
+                if (scales) scales[t] = 255;
+                continue;
+            }
+            int se = qk_scale_exp(k, amax);
+            if (scales) scales[t] = (uint8_t)(se + 127);
+            float s = quant_pow2f(se), inv_s = quant_pow2f(-se);
+            int e_amax = amax ? qk_exponent(amax) : 0;
+            for (int i = 0; i < rows; i++) {
+                int64_t o = off + i * l->C;
+                row(k, x + o, y ? y + o : NULL, codes ? codes + o : NULL, cols, inv_s, s, st, e_amax, (uint64_t)o);
+            }
+        }
+    }
+    if (part) {
+        for (int i = 0; i < nth; i++) quant_stats_add(st_out, &part[i]);
+        free(part);
+    }
+}
+
+#define QK_COLS 64
+
+/* COLUMNS: blocks of k along L for each of `inner` columns; a chunk of up to
+ * QK_COLS columns shares the k x chunk panel, so amax and quantization run
+ * along contiguous memory. */
+static void qk_run_columns(const qk *k, const qlayout *l, const float *x, float *y, uint8_t *codes, uint8_t *scales,
+                           quant_stats *st_out, qk_row_fn row, int nth) {
+    int64_t nchunk = (l->inner + QK_COLS - 1) / QK_COLS;
+    int64_t total = l->outer * l->nb * nchunk;
+    quant_stats *part = st_out ? calloc((size_t)nth, sizeof *part) : NULL;
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        quant_stats *st = part ? &part[tid] : NULL;
+        int64_t t0, t1;
+        qk_range(total, tid, nt, &t0, &t1);
+        for (int64_t t = t0; t < t1; t++) {
+            int64_t o = t / (l->nb * nchunk), rem = t % (l->nb * nchunk), b = rem / nchunk, ch = rem % nchunk;
+            int64_t j0 = ch * QK_COLS;
+            int w = (int)(l->inner - j0 < QK_COLS ? l->inner - j0 : QK_COLS);
+            int rows = (int)(l->L - b * l->k < l->k ? l->L - b * l->k : l->k);
+            int64_t base = o * l->L * l->inner + b * l->k * l->inner + j0;
+            uint32_t amax[QK_COLS];
+            memset(amax, 0, sizeof amax);
+            for (int i = 0; i < rows; i++) {
+                const float *xr = x + base + i * l->inner;
+                for (int j = 0; j < w; j++) {
+                    uint32_t a = quant_bits(xr[j]) & 0x7fffffffu;
+                    amax[j] = a > amax[j] ? a : amax[j];
+                }
+            }
+            uint8_t *sc = scales ? scales + o * l->nb * l->inner + b * l->inner + j0 : NULL;
+            for (int j = 0; j < w; j++) {
+                /* one column of one block: `rows` elements, stride inner */
+                float s, inv_s;
+                int e_amax = 0;
+                bool nonfinite = amax[j] >= 0x7f800000u;
+                if (!nonfinite) {
+                    int se = qk_scale_exp(k, amax[j]);
+                    if (sc) sc[j] = (uint8_t)(se + 127);
+                    s = quant_pow2f(se);
+                    inv_s = quant_pow2f(-se);
+                    e_amax = amax[j] ? qk_exponent(amax[j]) : 0;
+                } else if (sc) {
+                    sc[j] = 255;
+                }
+                for (int i = 0; i < rows; i++) {
+                    int64_t off = base + i * l->inner + j;
+                    if (nonfinite) {
+                        if (y) y[off] = quant_nanf();
+                        if (codes) codes[off] = 0;
+                        if (st) {
+                            st->elements++;
+                            st->nonzero += x[off] != 0.0f;
+                        }
+                    } else {
+                        row(k, x + off, y ? y + off : NULL, codes ? codes + off : NULL, 1, inv_s, s, st, e_amax,
+                            (uint64_t)off);
+                    }
+                }
+            }
+        }
+    }
+    if (part) {
+        for (int i = 0; i < nth; i++) quant_stats_add(st_out, &part[i]);
+        free(part);
+    }
+}
+
+/* bf16 / fp32: elementwise. */
+static void qk_run_elementwise(const quant_spec *s, const float *x, float *y, int64_t n, quant_stats *st_out,
+                               int nth) {
+    quant_stats *part = st_out ? calloc((size_t)nth, sizeof *part) : NULL;
+    int mode = s->round;
+    bool bf16 = s->format == QUANT_FORMAT_BF16;
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        int64_t i0, i1;
+        qk_range(n, tid, nt, &i0, &i1);
+        if (bf16) {
+            for (int64_t i = i0; i < i1; i++) {
+                uint32_t b = quant_bits(x[i]);
+                uint32_t r;
+                if ((b & 0x7fffffffu) > 0x7f800000u) r = (b | 0x00400000u) & 0xffff0000u; /* NaN stays NaN */
+                else if (mode == QUANT_ROUND_EVEN) r = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+                else if (mode == QUANT_ROUND_AWAY) r = (b + 0x8000u) & 0xffff0000u;
+                else if (mode == QUANT_ROUND_FLOOR) r = b & 0xffff0000u;
+                else r = (b + (rng_u32_at(s->seed, s->stream, (uint64_t)i) >> 16)) & 0xffff0000u;
+                y[i] = quant_from_bits(r);
+            }
+        } else if (y != x) {
+            memcpy(y + i0, x + i0, (size_t)(i1 - i0) * sizeof(float));
+        }
+        if (part) {
+            quant_stats *st = &part[tid];
+            for (int64_t i = i0; i < i1; i++) {
+                double xv = x == y ? (double)y[i] : (double)x[i];
+                double q = y[i];
+                st->nonzero += xv != 0.0;
+                st->underflow += xv != 0.0 && q == 0.0;
+                st->saturated += isinf(q) && !isinf(xv);
+                st->sum_x2 += xv * xv;
+                st->sum_err2 += (xv - q) * (xv - q);
+            }
+            st->elements += i1 - i0;
+        }
+    }
+    if (part) {
+        for (int i = 0; i < nth; i++) quant_stats_add(st_out, &part[i]);
+        free(part);
+    }
+}
+
+/* Threads: one per ~32K elements, at most the knob's setting. */
+static int qk_threads(int64_t numel) {
+    int nth = omp_get_max_threads();
+    int64_t want = numel / 32768 + 1;
+    return want < nth ? (int)want : nth;
+}
+
+static void quant_run(const quant_spec *s, const float *x, float *y, uint8_t *codes, int ndim, const int64_t *shape,
+                      uint8_t *scales, quant_stats *stats, bool reference) {
+    qlayout l;
+    mx_err err;
+    MX_ASSERTF(ql_make(s, ndim, shape, &l, &err) == 0, "quantize: %s", err.msg);
+    if (stats) quant_stats_clear(stats);
+    if (l.numel == 0) return;
+    int nth = qk_threads(l.numel);
+    if (l.kind == QL_ELEMENTWISE) {
+        MX_ASSERTF(!codes, "format %s has no packed form", quant_format_get(s->format)->name);
+        qk_run_elementwise(s, x, y, l.numel, stats, nth);
+        return;
+    }
+    qk k = qk_make(s, reference);
+    qk_row_fn row = qk_rows[codes ? 1 : 0][stats ? 1 : 0][k.mode];
+    if (l.kind == QL_TILES) qk_run_tiles(&k, &l, x, y, codes, scales, stats, row, nth);
+    else qk_run_columns(&k, &l, x, y, codes, scales, stats, row, nth);
+}
+
+void quant_fake(const quant_spec *s, const float *x, float *y, int ndim, const int64_t *shape, uint8_t *scales,
+                quant_stats *stats) {
+    quant_run(s, x, y, NULL, ndim, shape, scales, stats, false);
+}
+
+void quant_fake_reference(const quant_spec *s, const float *x, float *y, int ndim, const int64_t *shape,
+                          uint8_t *scales) {
+    quant_run(s, x, y, NULL, ndim, shape, scales, NULL, true);
+}
+
+void quant_pack(const quant_spec *s, const float *x, uint8_t *codes, int ndim, const int64_t *shape, uint8_t *scales,
+                quant_stats *stats) {
+    MX_ASSERT(codes && scales && quant_format_get(s->format)->is_mx);
+    quant_run(s, x, NULL, codes, ndim, shape, scales, stats, false);
+}
+
+/* Decode tables in the scaled domain, one per MX format, built once. */
+static float quant_lut[QUANT_FORMAT_COUNT][256];
+
+__attribute__((constructor)) static void quant_lut_init(void) {
+    for (int f = 0; f < QUANT_FORMAT_COUNT; f++) {
+        const quant_format_info *fi = quant_format_get((quant_format)f);
+        if (!fi->is_mx) continue;
+        for (int c = 0; c < 256; c++)
+            quant_lut[f][c] = c < (1 << fi->bits) ? quant_decode((quant_format)f, (uint8_t)c) : quant_nanf();
+    }
+}
+
+void quant_unpack(const quant_spec *s, const uint8_t *codes, const uint8_t *scales, float *y, int ndim,
+                  const int64_t *shape) {
+    qlayout l;
+    mx_err err;
+    MX_ASSERTF(ql_make(s, ndim, shape, &l, &err) == 0, "unpack: %s", err.msg);
+    MX_ASSERT(l.kind != QL_ELEMENTWISE);
+    const float *lut = quant_lut[s->format];
+    int nth = qk_threads(l.numel);
+    /* Scale index of each element, by layout; elements are independent. */
+#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
+    for (int64_t row = 0; row < (l.kind == QL_TILES ? l.lead * l.R : l.outer * l.L); row++) {
+        int64_t width = l.kind == QL_TILES ? l.C : l.inner;
+        const uint8_t *cr = codes + row * width;
+        float *yr = y + row * width;
+        const uint8_t *sr;
+        int64_t step; /* scale stride per element-column group */
+        if (l.kind == QL_TILES) {
+            int64_t li = row / l.R, r = row % l.R;
+            sr = scales + li * l.ntr * l.ntc + (r / l.r) * l.ntc;
+            step = l.c;
+        } else {
+            int64_t o = row / l.L, i = row % l.L;
+            sr = scales + o * l.nb * l.inner + (i / l.k) * l.inner;
+            step = 1;
+        }
+        for (int64_t j = 0; j < width; j++) {
+            uint8_t sc = sr[j / step];
+            yr[j] = sc == 255 ? quant_nanf() : lut[cr[j]] * quant_pow2f((int)sc - 127);
+        }
+    }
+}
+
+double quant_packed_bytes_per_element(const quant_spec *s) {
+    const quant_format_info *fi = quant_format_get(s->format);
+    if (!fi->is_mx) return fi->bits / 8.0;
+    return 1.0 + 1.0 / ((double)s->block_rows * s->block_cols);
+}
+
+void quant_stats_clear(quant_stats *st) { memset(st, 0, sizeof *st); }
+
+void quant_stats_add(quant_stats *acc, const quant_stats *st) {
+    acc->elements += st->elements;
+    acc->nonzero += st->nonzero;
+    acc->underflow += st->underflow;
+    acc->saturated += st->saturated;
+    acc->sum_x2 += st->sum_x2;
+    acc->sum_err2 += st->sum_err2;
+    for (int i = 0; i < QUANT_GAP_BINS; i++) acc->gap_hist[i] += st->gap_hist[i];
+}
+
+double quant_stats_underflow_ratio(const quant_stats *st) {
+    return st->nonzero ? (double)st->underflow / (double)st->nonzero : 0.0;
+}
+
+double quant_stats_saturation_ratio(const quant_stats *st) {
+    return st->elements ? (double)st->saturated / (double)st->elements : 0.0;
+}
+
+double quant_stats_qsnr_db(const quant_stats *st) {
+    if (st->sum_err2 == 0.0) return INFINITY;
+    return 10.0 * log10(st->sum_x2 / st->sum_err2);
+}

@@ -15,6 +15,8 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
+    {"quantize", cmd_quantize, "quantize a .npy tensor to an MX format (fake-quant), with statistics"},
+    {"bench", cmd_bench, "benchmarks: 'bench quantize' measures the quantizer against memcpy"},
     {"version", cmd_version, "version, compiler, OpenBLAS kernels, threads and CPU features"},
 };
 #define N_COMMANDS (int)(sizeof commands / sizeof commands[0])
