@@ -222,6 +222,124 @@ static const qk_row_fn qk_rows[2][2][5] = {
       qk_row_stoch_pack_st}},
 };
 
+/* ---- AVX2 fast path: round-half-even fake-quant of a tile whose rows are
+ * multiples of 8 floats (1x32 blocks, 8x8 tiles, ...). The whole tile stays in
+ * registers between the amax pass and the quantize pass. Chosen at run time;
+ * the portable row kernel above gives identical bits. ---- */
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+__attribute__((target("avx2"))) static inline __m256 qk_vec_even(__m256 xv, __m256 inv_s, __m256 s, __m256i eb0,
+                                                                 __m256i off, __m256 maxn, int has_low,
+                                                                 __m256i low_below, __m256i low_eb0,
+                                                                 __m256i low_off) {
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
+    __m256 t = _mm256_mul_ps(xv, inv_s);
+    __m256i ti = _mm256_castps_si256(t);
+    __m256i a = _mm256_and_si256(ti, absmask);
+    __m256i sg = _mm256_andnot_si256(absmask, ti);
+    __m256i ef = _mm256_srli_epi32(a, 23);
+    if (has_low) {
+        __m256i low = _mm256_cmpgt_epi32(low_below, a);
+        eb0 = _mm256_blendv_epi8(eb0, low_eb0, low);
+        off = _mm256_blendv_epi8(off, low_off, low);
+    }
+    __m256i eb = _mm256_max_epi32(ef, eb0);
+    __m256 c = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(eb, off), 23));
+    __m256 q = _mm256_sub_ps(_mm256_add_ps(_mm256_castsi256_ps(a), c), c);
+    q = _mm256_min_ps(q, maxn);
+    return _mm256_or_ps(q, _mm256_castsi256_ps(sg)); /* signed t_q */
+}
+
+/* 8 code bytes from 8 signed t_q (mirrors qk_encode). */
+__attribute__((target("avx2"))) static inline void qk_vec_encode(const qk *k, __m256 q, uint8_t *out) {
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
+    __m256i qi = _mm256_castps_si256(q);
+    __m256i a = _mm256_and_si256(qi, absmask);
+    __m256i sg = _mm256_slli_epi32(_mm256_srli_epi32(qi, 31), k->fi->bits - 1);
+    __m256i mag;
+    if (k->fi->is_int) {
+        __m256i v = _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(64.0f)));
+        mag = _mm256_blendv_epi8(v, _mm256_sub_epi32(_mm256_setzero_si256(), v), _mm256_srai_epi32(qi, 31));
+        sg = _mm256_setzero_si256();
+    } else {
+        __m256i pp = _mm256_set1_epi32(k->p), emin = _mm256_set1_epi32(k->eminb - 127), bias = _mm256_set1_epi32(k->bias);
+        if (k->fi->has_low) {
+            __m256i low = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)k->low_below), a);
+            pp = _mm256_blendv_epi8(pp, _mm256_set1_epi32(k->low_p), low);
+            emin = _mm256_blendv_epi8(emin, _mm256_set1_epi32(k->low_eminb - 127), low);
+            bias = _mm256_blendv_epi8(bias, _mm256_set1_epi32(k->low_bias), low);
+        }
+        __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(a, 23), _mm256_set1_epi32(127));
+        __m256i sig = _mm256_or_si256(_mm256_and_si256(a, _mm256_set1_epi32(0x7fffff)), _mm256_set1_epi32(0x800000));
+        __m256i p23 = _mm256_sub_epi32(_mm256_set1_epi32(23), pp);
+        __m256i pmask = _mm256_sub_epi32(_mm256_sllv_epi32(_mm256_set1_epi32(1), pp), _mm256_set1_epi32(1));
+        __m256i normal = _mm256_or_si256(_mm256_sllv_epi32(_mm256_add_epi32(e, bias), pp),
+                                         _mm256_and_si256(_mm256_srlv_epi32(sig, p23), pmask));
+        __m256i sh = _mm256_max_epi32(_mm256_add_epi32(p23, _mm256_sub_epi32(emin, e)), _mm256_setzero_si256());
+        __m256i sub = _mm256_srlv_epi32(sig, sh); /* shifts >= 32 give 0 */
+        __m256i is_sub = _mm256_cmpgt_epi32(emin, e);
+        mag = _mm256_blendv_epi8(normal, sub, is_sub);
+        mag = _mm256_andnot_si256(_mm256_cmpeq_epi32(a, _mm256_setzero_si256()), mag);
+    }
+    __m256i code = _mm256_or_si256(sg, mag);
+    /* low byte of each 32-bit lane -> 8 bytes */
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1,
+                                          -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    __m256i b = _mm256_shuffle_epi8(code, pick);
+    uint32_t lo = (uint32_t)_mm_cvtsi128_si32(_mm256_castsi256_si128(b));
+    uint32_t hi = (uint32_t)_mm_cvtsi128_si32(_mm256_extracti128_si256(b, 1));
+    uint64_t both = (uint64_t)lo | ((uint64_t)hi << 32);
+    memcpy(out, &both, 8);
+}
+
+/* Returns false (and touches nothing) for a non-finite tile: the caller's
+ * generic path handles it. */
+__attribute__((target("avx2"))) static bool qk_tile_even_avx2(const qk *k, const float *x, float *y, uint8_t *codes,
+                                                              int rows, int cols, int64_t ld, uint8_t *scale_out) {
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
+    __m256i vmax = _mm256_setzero_si256();
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j += 8)
+            vmax = _mm256_max_epu32(vmax, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i * ld + j)), absmask));
+    __m128i m4 = _mm_max_epu32(_mm256_castsi256_si128(vmax), _mm256_extracti128_si256(vmax, 1));
+    m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0x4e));
+    m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0xb1));
+    uint32_t amax = (uint32_t)_mm_cvtsi128_si32(m4);
+    if (amax >= 0x7f800000u) return false;
+    int se = qk_scale_exp(k, amax);
+    if (scale_out) *scale_out = (uint8_t)(se + 127);
+    __m256 s = _mm256_set1_ps(quant_pow2f(se)), inv_s = _mm256_set1_ps(quant_pow2f(-se));
+    __m256i eb0 = _mm256_set1_epi32(k->eminb), off = _mm256_set1_epi32(23 - k->p);
+    __m256i low_below = _mm256_set1_epi32((int)k->low_below), low_eb0 = _mm256_set1_epi32(k->low_eminb),
+            low_off = _mm256_set1_epi32(23 - k->low_p);
+    __m256 maxn = _mm256_set1_ps(k->max_norm);
+    int has_low = k->fi->has_low;
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j += 8) {
+            __m256 xv = _mm256_loadu_ps(x + i * ld + j);
+            /* the branch on has_low is loop-invariant: the compiler unswitches it */
+            __m256 q = has_low ? qk_vec_even(xv, inv_s, s, eb0, off, maxn, 1, low_below, low_eb0, low_off)
+                               : qk_vec_even(xv, inv_s, s, eb0, off, maxn, 0, low_below, low_eb0, low_off);
+            if (y) _mm256_storeu_ps(y + i * ld + j, _mm256_mul_ps(q, s));
+            else qk_vec_encode(k, q, codes + i * ld + j);
+        }
+    return true;
+}
+
+static bool qk_have_avx2(void) {
+    static int have = -1;
+    if (have < 0) have = __builtin_cpu_supports("avx2") ? 1 : 0;
+    return have;
+}
+#else
+static bool qk_tile_even_avx2(const qk *k, const float *x, float *y, uint8_t *codes, int rows, int cols,
+                              int64_t ld, uint8_t *scale_out) {
+    return false;
+}
+static bool qk_have_avx2(void) { return false; }
+#endif
+
 /* ---- layouts ---- */
 
 typedef enum { QL_ELEMENTWISE, QL_TILES, QL_COLUMNS } ql_kind;
@@ -319,9 +437,18 @@ static void qk_range(int64_t n, int tid, int nth, int64_t *b, int64_t *e) {
     *e = *b + q + (tid < r ? 1 : 0);
 }
 
+static inline void qk_tile_next(const qlayout *l, int64_t *li, int64_t *tr, int64_t *tc) {
+    if (++*tc < l->ntc) return;
+    *tc = 0;
+    if (++*tr < l->ntr) return;
+    *tr = 0;
+    ++*li;
+}
+
 /* TILES: each thread takes a contiguous range of tiles in block order. */
 static void qk_run_tiles(const qk *k, const qlayout *l, const float *x, float *y, uint8_t *codes, uint8_t *scales,
                          quant_stats *st_out, qk_row_fn row, int nth) {
+    bool avx2 = qk_have_avx2() && !getenv("MXTRAIN_NO_SIMD");
     quant_stats *part = st_out ? calloc((size_t)nth, sizeof *part) : NULL;
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
@@ -330,11 +457,17 @@ static void qk_run_tiles(const qk *k, const qlayout *l, const float *x, float *y
         int64_t t0, t1;
         qk_range(l->nblocks, tid, nt, &t0, &t1);
         int64_t per_lead = l->ntr * l->ntc;
-        for (int64_t t = t0; t < t1; t++) {
-            int64_t li = t / per_lead, rem = t % per_lead, tr = rem / l->ntc, tc = rem % l->ntc;
+        /* tile coordinates, advanced incrementally (no divisions per tile) */
+        int64_t li = t0 / per_lead, tr = (t0 % per_lead) / l->ntc, tc = t0 % l->ntc;
+        bool fast = avx2 && !st && k->mode == QK_EVEN_FAST && l->c % 8 == 0;
+        for (int64_t t = t0; t < t1; t++, qk_tile_next(l, &li, &tr, &tc)) {
             int rows = (int)(l->R - tr * l->r < l->r ? l->R - tr * l->r : l->r);
             int cols = (int)(l->C - tc * l->c < l->c ? l->C - tc * l->c : l->c);
             int64_t off = li * l->R * l->C + tr * l->r * l->C + tc * l->c;
+            if (fast && cols == l->c &&
+                qk_tile_even_avx2(k, x + off, y ? y + off : NULL, codes ? codes + off : NULL, rows, cols, l->C,
+                                  scales ? scales + t : NULL))
+                continue;
             uint32_t amax = 0;
             for (int i = 0; i < rows; i++) {
                 const float *xr = x + off + i * l->C;
@@ -452,16 +585,19 @@ static void qk_run_elementwise(const quant_spec *s, const float *x, float *y, in
         int64_t i0, i1;
         qk_range(n, tid, nt, &i0, &i1);
         if (bf16) {
-            for (int64_t i = i0; i < i1; i++) {
-                uint32_t b = quant_bits(x[i]);
-                uint32_t r;
-                if ((b & 0x7fffffffu) > 0x7f800000u) r = (b | 0x00400000u) & 0xffff0000u; /* NaN stays NaN */
-                else if (mode == QUANT_ROUND_EVEN) r = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
-                else if (mode == QUANT_ROUND_AWAY) r = (b + 0x8000u) & 0xffff0000u;
-                else if (mode == QUANT_ROUND_FLOOR) r = b & 0xffff0000u;
-                else r = (b + (rng_u32_at(s->seed, s->stream, (uint64_t)i) >> 16)) & 0xffff0000u;
-                y[i] = quant_from_bits(r);
-            }
+            /* branch-free per mode so the loops vectorize; NaN is kept quiet */
+            uint64_t seed = s->seed, stream = s->stream;
+#define QK_BF16_LOOP(expr)                                                                        \
+    for (int64_t i = i0; i < i1; i++) {                                                            \
+        uint32_t b = quant_bits(x[i]);                                                             \
+        uint32_t r = (expr) & 0xffff0000u;                                                         \
+        y[i] = quant_from_bits((b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : r); \
+    }
+            if (mode == QUANT_ROUND_EVEN) QK_BF16_LOOP(b + 0x7fffu + ((b >> 16) & 1u))
+            else if (mode == QUANT_ROUND_AWAY) QK_BF16_LOOP(b + 0x8000u)
+            else if (mode == QUANT_ROUND_FLOOR) QK_BF16_LOOP(b)
+            else QK_BF16_LOOP(b + (rng_u32_at(seed, stream, (uint64_t)i) >> 16))
+#undef QK_BF16_LOOP
         } else if (y != x) {
             memcpy(y + i0, x + i0, (size_t)(i1 - i0) * sizeof(float));
         }
