@@ -1,0 +1,96 @@
+#include "autograd/graph.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+
+void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes) {
+    memset(ctx, 0, sizeof *ctx);
+    arena_init(&ctx->ar, arena_bytes);
+    ctx->grad_enabled = true;
+    ctx->training = true;
+}
+
+void ag_ctx_free(ag_ctx *ctx) {
+    arena_free(&ctx->ar);
+    free(ctx->nodes);
+    memset(ctx, 0, sizeof *ctx);
+}
+
+void ag_ctx_reset(ag_ctx *ctx) {
+    arena_reset(&ctx->ar);
+    ctx->n_nodes = 0;
+    ctx->rng_calls = 0;
+}
+
+ag_var *ag_new(ag_ctx *ctx, int ndim, const int64_t *shape) {
+    ag_var *v = arena_alloc(&ctx->ar, sizeof *v);
+    memset(v, 0, sizeof *v);
+    v->value = arena_tensor(&ctx->ar, ndim, shape);
+    return v;
+}
+
+ag_var ag_leaf(float *data, float *grad, int ndim, const int64_t *shape) {
+    ag_var v;
+    memset(&v, 0, sizeof v);
+    v.value = tensor_view(data, ndim, shape);
+    v.grad = grad;
+    v.requires_grad = grad != NULL;
+    v.is_leaf = true;
+    return v;
+}
+
+int64_t ag_numel(const ag_var *v) { return tensor_numel(&v->value); }
+
+float *ag_grad(ag_ctx *ctx, ag_var *v) {
+    if (!v->grad) v->grad = arena_calloc(&ctx->ar, (size_t)ag_numel(v) * sizeof(float));
+    return v->grad;
+}
+
+ag_node *ag_record(ag_ctx *ctx, ag_op op, ag_var *out, ag_var *const *in, int n_in) {
+    MX_ASSERT(n_in <= AG_MAX_INPUTS);
+    bool need = false;
+    for (int i = 0; i < n_in; i++) need |= in[i] && in[i]->requires_grad;
+    out->requires_grad = ctx->grad_enabled && need;
+    if (!out->requires_grad) return NULL;
+    if (ctx->n_nodes == ctx->cap_nodes) {
+        ctx->cap_nodes = ctx->cap_nodes ? 2 * ctx->cap_nodes : 256;
+        ctx->nodes = realloc(ctx->nodes, sizeof(ag_node) * (size_t)ctx->cap_nodes);
+        MX_ASSERT(ctx->nodes);
+    }
+    ag_node *n = &ctx->nodes[ctx->n_nodes++];
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    n->out = out;
+    n->n_in = n_in;
+    for (int i = 0; i < n_in; i++) n->in[i] = in[i];
+    return n;
+}
+
+void *ag_save(ag_ctx *ctx, ag_node *node, size_t bytes) {
+    node->saved = arena_calloc(&ctx->ar, bytes);
+    return node->saved;
+}
+
+void ag_backward(ag_ctx *ctx, ag_var *loss) {
+    MX_ASSERTF(ag_numel(loss) == 1, "backward needs a scalar loss");
+    const float one = 1.0f;
+    ag_backward_from(ctx, loss, &one);
+}
+
+void ag_backward_from(ag_ctx *ctx, ag_var *y, const float *dy) {
+    MX_ASSERTF(y->requires_grad, "backward: the output does not depend on anything that needs a gradient");
+    /* Intermediate gradients start from zero on every backward, so a second
+     * backward over the same tape adds exactly the same to the leaves. */
+    for (int i = 0; i < ctx->n_nodes; i++) {
+        ag_var *o = ctx->nodes[i].out;
+        if (!o->is_leaf && o->grad) memset(o->grad, 0, (size_t)ag_numel(o) * sizeof(float));
+    }
+    memcpy(ag_grad(ctx, y), dy, (size_t)ag_numel(y) * sizeof(float));
+    for (int i = ctx->n_nodes - 1; i >= 0; i--) {
+        ag_node *n = &ctx->nodes[i];
+        if (!n->out->grad) continue; /* nothing flowed here */
+        ag_op_table[n->op].backward(ctx, n);
+    }
+}

@@ -1,0 +1,111 @@
+/* Define-by-run reverse-mode autograd.
+ *
+ * Each forward op computes its output, and when gradients are on, appends a
+ * node to the tape: its inputs, its output, and what it saved for backward.
+ * ag_backward(loss) walks the tape in reverse, calling each op's backward
+ * function from the op table (ag_op_table, indexed by ag_op). Backward
+ * functions accumulate (+=) into their inputs' gradients.
+ *
+ * Memory: outputs, saved tensors and intermediate gradients come from the
+ * context's arena, reset each step (ag_ctx_reset). Parameters are ag_vars whose
+ * value and grad point into a model's flat parameter/gradient buffers. */
+#ifndef MX_AUTOGRAD_GRAPH_H
+#define MX_AUTOGRAD_GRAPH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/arena.h"
+#include "core/tensor.h"
+
+typedef struct ag_var {
+    tensor value;        /* contiguous */
+    float *grad;         /* same layout as value; NULL until a gradient arrives */
+    bool requires_grad;
+    bool is_leaf;        /* parameters and inputs: gradients accumulate across backward calls */
+} ag_var;
+
+typedef enum ag_op {
+    AG_OP_LINEAR,
+    AG_OP_MATMUL,
+    AG_OP_CONV2D,
+    AG_OP_BATCHNORM2D,
+    AG_OP_LAYERNORM,
+    AG_OP_RELU,
+    AG_OP_GELU,
+    AG_OP_GELU_TANH,
+    AG_OP_SOFTMAX,
+    AG_OP_ATTENTION,
+    AG_OP_MAXPOOL2D,
+    AG_OP_AVGPOOL_GLOBAL,
+    AG_OP_ADD,
+    AG_OP_RESHAPE,
+    AG_OP_PERMUTE,
+    AG_OP_CONCAT,
+    AG_OP_SLICE,
+    AG_OP_DROPOUT,
+    AG_OP_DROP_PATH,
+    AG_OP_CROSS_ENTROPY,
+    AG_OP_MEAN,
+    AG_OP_SUM,
+    AG_OP_COUNT
+} ag_op;
+
+#define AG_MAX_INPUTS 5
+
+typedef struct ag_node {
+    ag_op op;
+    ag_var *out;
+    ag_var *in[AG_MAX_INPUTS];
+    int n_in;
+    void *saved; /* op-specific, in the arena */
+} ag_node;
+
+struct ag_ctx;
+typedef void (*ag_backward_fn)(struct ag_ctx *ctx, ag_node *node);
+
+typedef struct ag_op_info {
+    const char *name;
+    ag_backward_fn backward;
+} ag_op_info;
+
+extern const ag_op_info ag_op_table[AG_OP_COUNT];
+
+struct mm_policy;
+
+typedef struct ag_ctx {
+    arena ar;               /* per-step memory */
+    ag_node *nodes;         /* the tape; capacity persists across steps */
+    int n_nodes, cap_nodes;
+    bool grad_enabled;      /* false: no tape (evaluation) */
+    bool training;          /* batch statistics for BN, dropout and drop-path active */
+    uint64_t seed;          /* randomness: dropout masks use stream (step, call) */
+    uint64_t step;
+    uint64_t rng_calls;     /* per-step counter of random streams drawn */
+    struct mm_policy *mm;   /* the GEMM path's quantization policy (NULL: fp32) */
+} ag_ctx;
+
+void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes);
+void ag_ctx_free(ag_ctx *ctx);
+/* New step: forgets the tape and every arena tensor. */
+void ag_ctx_reset(ag_ctx *ctx);
+
+/* A new non-leaf variable (arena storage, uninitialised). */
+ag_var *ag_new(ag_ctx *ctx, int ndim, const int64_t *shape);
+/* A leaf over caller-owned storage (parameters, inputs). */
+ag_var ag_leaf(float *data, float *grad, int ndim, const int64_t *shape);
+/* Gradient buffer of v, allocated (zeroed) from the arena if absent. */
+float *ag_grad(ag_ctx *ctx, ag_var *v);
+int64_t ag_numel(const ag_var *v);
+
+/* Appends a node when gradients are on and some input needs one; returns
+ * NULL otherwise (the op then saves nothing). Sets out->requires_grad. */
+ag_node *ag_record(ag_ctx *ctx, ag_op op, ag_var *out, ag_var *const *in, int n_in);
+void *ag_save(ag_ctx *ctx, ag_node *node, size_t bytes);
+
+/* Reverse pass from a scalar loss: d loss / d loss = 1. */
+void ag_backward(ag_ctx *ctx, ag_var *loss);
+/* Reverse pass from any variable y with a given d(something)/dy (copied). */
+void ag_backward_from(ag_ctx *ctx, ag_var *y, const float *dy);
+
+#endif

@@ -1,0 +1,327 @@
+/* Products: linear, matmul, conv2d (im2col), attention. All go through mm. */
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "autograd/ops.h"
+#include "autograd/ops_util.h"
+#include "core/error.h"
+
+/* ---------------- shared helpers ---------------- */
+
+void ag_colsum_add(ag_ctx *ctx, const float *x, int64_t rows, int64_t cols, float *out) {
+    int nth = rows * cols >= AG_PAR_MIN ? omp_get_max_threads() : 1;
+    float *part = arena_calloc(&ctx->ar, sizeof(float) * (size_t)(nth * cols));
+#pragma omp parallel num_threads(nth)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        float *p = part + t * cols;
+        for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; r++)
+            for (int64_t c = 0; c < cols; c++) p[c] += x[r * cols + c];
+    }
+    for (int t = 0; t < nth; t++)
+        for (int64_t c = 0; c < cols; c++) out[c] += part[t * cols + c];
+}
+
+void ag_rows_add_bias(float *y, int64_t rows, int64_t cols, const float *b) {
+#pragma omp parallel for schedule(static) if (rows * cols >= AG_PAR_MIN)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) y[r * cols + c] += b[c];
+}
+
+void ag_accumulate(float *dst, const float *src, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
+/* ---------------- linear: y = x W^T + b ---------------- */
+
+typedef struct linear_saved {
+    const mm_site *site;
+} linear_saved;
+
+ag_var *ag_linear(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var *b) {
+    const tensor *xv = &x->value, *wv = &w->value;
+    int64_t in = wv->shape[1], out = wv->shape[0];
+    MX_ASSERTF(xv->shape[xv->ndim - 1] == in, "linear %s: input width %lld, weight wants %lld", site->name,
+               (long long)xv->shape[xv->ndim - 1], (long long)in);
+    int64_t rows = tensor_numel(xv) / in;
+    int64_t shape[TENSOR_MAX_DIMS];
+    memcpy(shape, xv->shape, sizeof shape);
+    shape[xv->ndim - 1] = out;
+    ag_var *y = ag_new(ctx, xv->ndim, shape);
+    mm_shape sh = {1, (int)rows, (int)out, (int)in, true, 0, 0, 0};
+    mm_forward(ctx, site, &sh, xv->data, wv->data, y->value.data);
+    if (b) ag_rows_add_bias(y->value.data, rows, out, b->value.data);
+    ag_var *ins[3] = {x, w, b};
+    ag_node *n = ag_record(ctx, AG_OP_LINEAR, y, ins, b ? 3 : 2);
+    if (n) ((linear_saved *)ag_save(ctx, n, sizeof(linear_saved)))->site = site;
+    return y;
+}
+
+void ag_linear_backward(ag_ctx *ctx, ag_node *n) {
+    const linear_saved *s = n->saved;
+    ag_var *x = n->in[0], *w = n->in[1], *b = n->n_in > 2 ? n->in[2] : NULL;
+    int64_t in = w->value.shape[1], out = w->value.shape[0], rows = ag_numel(x) / in;
+    mm_shape sh = {1, (int)rows, (int)out, (int)in, true, 0, 0, 0};
+    mm_backward(ctx, s->site, &sh, x->value.data, w->value.data, n->out->grad,
+                x->requires_grad ? ag_grad(ctx, x) : NULL, w->requires_grad ? ag_grad(ctx, w) : NULL);
+    if (b && b->requires_grad) ag_colsum_add(ctx, n->out->grad, rows, out, ag_grad(ctx, b));
+}
+
+/* ---------------- batched matmul ---------------- */
+
+typedef struct matmul_saved {
+    const mm_site *site;
+    mm_shape sh;
+} matmul_saved;
+
+ag_var *ag_matmul(ag_ctx *ctx, const mm_site *site, ag_var *a, ag_var *b, bool trans_b) {
+    const tensor *av = &a->value, *bv = &b->value;
+    MX_ASSERT(av->ndim == 3 && bv->ndim == 3 && av->shape[0] == bv->shape[0]);
+    int64_t B = av->shape[0], M = av->shape[1], K = av->shape[2];
+    int64_t N = trans_b ? bv->shape[1] : bv->shape[2];
+    MX_ASSERTF((trans_b ? bv->shape[2] : bv->shape[1]) == K, "matmul %s: inner dimensions differ", site->name);
+    int64_t shape[3] = {B, M, N};
+    ag_var *y = ag_new(ctx, 3, shape);
+    mm_shape sh = {(int)B, (int)M, (int)N, (int)K, trans_b, M * K, K * N, M * N};
+    mm_forward(ctx, site, &sh, av->data, bv->data, y->value.data);
+    ag_var *ins[2] = {a, b};
+    ag_node *n = ag_record(ctx, AG_OP_MATMUL, y, ins, 2);
+    if (n) {
+        matmul_saved *s = ag_save(ctx, n, sizeof *s);
+        s->site = site;
+        s->sh = sh;
+    }
+    return y;
+}
+
+void ag_matmul_backward(ag_ctx *ctx, ag_node *n) {
+    const matmul_saved *s = n->saved;
+    ag_var *a = n->in[0], *b = n->in[1];
+    mm_backward(ctx, s->site, &s->sh, a->value.data, b->value.data, n->out->grad,
+                a->requires_grad ? ag_grad(ctx, a) : NULL, b->requires_grad ? ag_grad(ctx, b) : NULL);
+}
+
+/* ---------------- conv2d, NHWC, via im2col ----------------
+ * cols[M = N*OH*OW, K = KH*KW*C]: row (n, oh, ow), columns (kh, kw, c), so a
+ * kernel position's channels stay contiguous. Y[M, O] = cols . W^T is already
+ * NHWC. The backward recomputes cols instead of keeping them (9x the input for
+ * a 3x3 conv), into arena memory released right after. */
+
+typedef struct conv_geom {
+    int64_t n, h, w, c, o, kh, kw, oh, ow;
+    int stride, pad;
+} conv_geom;
+
+typedef struct conv_saved {
+    const mm_site *site;
+    conv_geom g;
+} conv_saved;
+
+static bool conv_is_pointwise(const conv_geom *g) { return g->kh == 1 && g->kw == 1 && g->stride == 1 && g->pad == 0; }
+
+static void conv_im2col(const conv_geom *g, const float *x, float *cols) {
+    int64_t K = g->kh * g->kw * g->c, M = g->n * g->oh * g->ow;
+#pragma omp parallel for schedule(static) if (M * K >= AG_PAR_MIN)
+    for (int64_t r = 0; r < M; r++) {
+        int64_t ni = r / (g->oh * g->ow), oh = (r / g->ow) % g->oh, ow = r % g->ow;
+        float *dst = cols + r * K;
+        for (int64_t i = 0; i < g->kh; i++) {
+            int64_t ih = oh * g->stride - g->pad + i;
+            for (int64_t j = 0; j < g->kw; j++, dst += g->c) {
+                int64_t iw = ow * g->stride - g->pad + j;
+                if (ih < 0 || ih >= g->h || iw < 0 || iw >= g->w) memset(dst, 0, sizeof(float) * (size_t)g->c);
+                else memcpy(dst, x + ((ni * g->h + ih) * g->w + iw) * g->c, sizeof(float) * (size_t)g->c);
+            }
+        }
+    }
+}
+
+/* dx += col2im(dcols); parallel over images so each thread owns its writes. */
+static void conv_col2im_add(const conv_geom *g, const float *dcols, float *dx) {
+    int64_t K = g->kh * g->kw * g->c;
+#pragma omp parallel for schedule(static) if (g->n > 1)
+    for (int64_t ni = 0; ni < g->n; ni++)
+        for (int64_t oh = 0; oh < g->oh; oh++)
+            for (int64_t ow = 0; ow < g->ow; ow++) {
+                const float *src = dcols + ((ni * g->oh + oh) * g->ow + ow) * K;
+                for (int64_t i = 0; i < g->kh; i++) {
+                    int64_t ih = oh * g->stride - g->pad + i;
+                    for (int64_t j = 0; j < g->kw; j++, src += g->c) {
+                        int64_t iw = ow * g->stride - g->pad + j;
+                        if (ih < 0 || ih >= g->h || iw < 0 || iw >= g->w) continue;
+                        float *d = dx + ((ni * g->h + ih) * g->w + iw) * g->c;
+                        for (int64_t c = 0; c < g->c; c++) d[c] += src[c];
+                    }
+                }
+            }
+}
+
+ag_var *ag_conv2d(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var *b, int stride, int pad) {
+    const tensor *xv = &x->value, *wv = &w->value;
+    MX_ASSERTF(xv->ndim == 4 && wv->ndim == 4 && wv->shape[3] == xv->shape[3],
+               "conv %s: want x [N,H,W,C] and w [O,KH,KW,C] with matching C", site->name);
+    conv_geom g = {xv->shape[0], xv->shape[1], xv->shape[2], xv->shape[3], wv->shape[0], wv->shape[1], wv->shape[2],
+                   0, 0, stride, pad};
+    g.oh = (g.h + 2 * pad - g.kh) / stride + 1;
+    g.ow = (g.w + 2 * pad - g.kw) / stride + 1;
+    MX_ASSERTF(g.oh > 0 && g.ow > 0, "conv %s: kernel larger than the padded input", site->name);
+    int64_t M = g.n * g.oh * g.ow, K = g.kh * g.kw * g.c;
+    int64_t shape[4] = {g.n, g.oh, g.ow, g.o};
+    ag_var *y = ag_new(ctx, 4, shape);
+    arena_mark mark = arena_get_mark(&ctx->ar);
+    const float *cols = xv->data;
+    if (!conv_is_pointwise(&g)) {
+        float *c = arena_alloc(&ctx->ar, sizeof(float) * (size_t)(M * K));
+        conv_im2col(&g, xv->data, c);
+        cols = c;
+    }
+    mm_shape sh = {1, (int)M, (int)g.o, (int)K, true, 0, 0, 0};
+    mm_forward(ctx, site, &sh, cols, wv->data, y->value.data);
+    arena_release(&ctx->ar, mark);
+    if (b) ag_rows_add_bias(y->value.data, M, g.o, b->value.data);
+    ag_var *ins[3] = {x, w, b};
+    ag_node *n = ag_record(ctx, AG_OP_CONV2D, y, ins, b ? 3 : 2);
+    if (n) {
+        conv_saved *s = ag_save(ctx, n, sizeof *s);
+        s->site = site;
+        s->g = g;
+    }
+    return y;
+}
+
+void ag_conv2d_backward(ag_ctx *ctx, ag_node *n) {
+    const conv_saved *s = n->saved;
+    const conv_geom *g = &s->g;
+    ag_var *x = n->in[0], *w = n->in[1], *b = n->n_in > 2 ? n->in[2] : NULL;
+    int64_t M = g->n * g->oh * g->ow, K = g->kh * g->kw * g->c;
+    const float *dy = n->out->grad;
+    float *dx = x->requires_grad ? ag_grad(ctx, x) : NULL;
+    float *dw = w->requires_grad ? ag_grad(ctx, w) : NULL;
+    mm_shape sh = {1, (int)M, (int)g->o, (int)K, true, 0, 0, 0};
+    if (conv_is_pointwise(g)) {
+        mm_backward(ctx, s->site, &sh, x->value.data, w->value.data, dy, dx, dw);
+    } else {
+        arena_mark mark = arena_get_mark(&ctx->ar);
+        float *cols = arena_alloc(&ctx->ar, sizeof(float) * (size_t)(M * K));
+        conv_im2col(g, x->value.data, cols);
+        float *dcols = dx ? arena_calloc(&ctx->ar, sizeof(float) * (size_t)(M * K)) : NULL;
+        mm_backward(ctx, s->site, &sh, cols, w->value.data, dy, dcols, dw);
+        if (dx) conv_col2im_add(g, dcols, dx);
+        arena_release(&ctx->ar, mark);
+    }
+    if (b && b->requires_grad) ag_colsum_add(ctx, dy, M, g->o, ag_grad(ctx, b));
+}
+
+/* ---------------- multi-head self-attention core ----------------
+ * qkv [B, T, 3, H, hd] -> q, k, v [B, H, T, hd] (contiguous copies);
+ * S = Q K^T (batch B*H), P = softmax(S * scale), O = P V;
+ * out [B, T, H, hd] = O transposed. Saves q, k, v, P. */
+
+typedef struct attn_saved {
+    const mm_site *site_qk, *site_pv;
+    int64_t B, T, H, hd;
+    float *q, *k, *v, *p;
+} attn_saved;
+
+ag_var *ag_attention(ag_ctx *ctx, const mm_site *site_qk, const mm_site *site_pv, ag_var *qkv, int heads) {
+    const tensor *xv = &qkv->value;
+    MX_ASSERT(xv->ndim == 3 && xv->shape[2] % (3 * heads) == 0);
+    int64_t B = xv->shape[0], T = xv->shape[1], D = xv->shape[2] / 3, H = heads, hd = D / heads;
+    size_t per = (size_t)(B * H * T * hd);
+    float *q = arena_alloc(&ctx->ar, sizeof(float) * per), *k = arena_alloc(&ctx->ar, sizeof(float) * per),
+          *v = arena_alloc(&ctx->ar, sizeof(float) * per);
+    float *p = arena_alloc(&ctx->ar, sizeof(float) * (size_t)(B * H * T * T));
+    const float *src = xv->data;
+#pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
+    for (int64_t bi = 0; bi < B; bi++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++) {
+                const float *row = src + (bi * T + t) * 3 * D + h * hd;
+                size_t dst = (size_t)(((bi * H + h) * T + t) * hd);
+                memcpy(q + dst, row, sizeof(float) * (size_t)hd);
+                memcpy(k + dst, row + D, sizeof(float) * (size_t)hd);
+                memcpy(v + dst, row + 2 * D, sizeof(float) * (size_t)hd);
+            }
+    mm_shape qk = {(int)(B * H), (int)T, (int)T, (int)hd, true, T * hd, T * hd, T * T};
+    mm_forward(ctx, site_qk, &qk, q, k, p);
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for schedule(static) if (B * H * T * T >= AG_PAR_MIN)
+    for (int64_t r = 0; r < B * H * T; r++) {
+        float *row = p + r * T, mx = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < T; j++) {
+            row[j] *= scale;
+            mx = row[j] > mx ? row[j] : mx;
+        }
+        for (int64_t j = 0; j < T; j++) {
+            row[j] = expf(row[j] - mx);
+            sum += row[j];
+        }
+        for (int64_t j = 0; j < T; j++) row[j] /= sum;
+    }
+    float *o = arena_alloc(&ctx->ar, sizeof(float) * per);
+    mm_shape pv = {(int)(B * H), (int)T, (int)hd, (int)T, false, T * T, T * hd, T * hd};
+    mm_forward(ctx, site_pv, &pv, p, v, o);
+    int64_t shape[3] = {B, T, D};
+    ag_var *y = ag_new(ctx, 3, shape);
+#pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
+    for (int64_t bi = 0; bi < B; bi++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++)
+                memcpy(y->value.data + (bi * T + t) * D + h * hd, o + ((bi * H + h) * T + t) * hd,
+                       sizeof(float) * (size_t)hd);
+    ag_var *ins[1] = {qkv};
+    ag_node *n = ag_record(ctx, AG_OP_ATTENTION, y, ins, 1);
+    if (n) {
+        attn_saved *s = ag_save(ctx, n, sizeof *s);
+        *s = (attn_saved){site_qk, site_pv, B, T, H, hd, q, k, v, p};
+    }
+    return y;
+}
+
+void ag_attention_backward(ag_ctx *ctx, ag_node *n) {
+    const attn_saved *s = n->saved;
+    int64_t B = s->B, T = s->T, H = s->H, hd = s->hd, D = H * hd;
+    size_t per = (size_t)(B * H * T * hd);
+    float *dqkv = ag_grad(ctx, n->in[0]); /* before the mark: it outlives this call */
+    arena_mark mark = arena_get_mark(&ctx->ar);
+    float *dout = n->out->grad;
+    float *d_o = arena_alloc(&ctx->ar, sizeof(float) * per);
+#pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
+    for (int64_t bi = 0; bi < B; bi++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++)
+                memcpy(d_o + ((bi * H + h) * T + t) * hd, dout + (bi * T + t) * D + h * hd,
+                       sizeof(float) * (size_t)hd);
+    float *dp = arena_calloc(&ctx->ar, sizeof(float) * (size_t)(B * H * T * T));
+    float *dq = arena_calloc(&ctx->ar, sizeof(float) * per), *dk = arena_calloc(&ctx->ar, sizeof(float) * per),
+          *dv = arena_calloc(&ctx->ar, sizeof(float) * per);
+    mm_shape pv = {(int)(B * H), (int)T, (int)hd, (int)T, false, T * T, T * hd, T * hd};
+    mm_backward(ctx, s->site_pv, &pv, s->p, s->v, d_o, dp, dv);
+    /* dS = P * (dP - rowsum(dP * P)) * scale, in place in dp */
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for schedule(static) if (B * H * T * T >= AG_PAR_MIN)
+    for (int64_t r = 0; r < B * H * T; r++) {
+        const float *pr = s->p + r * T;
+        float *g = dp + r * T, dot = 0;
+        for (int64_t j = 0; j < T; j++) dot += g[j] * pr[j];
+        for (int64_t j = 0; j < T; j++) g[j] = pr[j] * (g[j] - dot) * scale;
+    }
+    mm_shape qk = {(int)(B * H), (int)T, (int)T, (int)hd, true, T * hd, T * hd, T * T};
+    mm_backward(ctx, s->site_qk, &qk, s->q, s->k, dp, dq, dk);
+#pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
+    for (int64_t bi = 0; bi < B; bi++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++) {
+                float *row = dqkv + (bi * T + t) * 3 * D + h * hd;
+                size_t off = (size_t)(((bi * H + h) * T + t) * hd);
+                for (int64_t i = 0; i < hd; i++) {
+                    row[i] += dq[off + i];
+                    row[D + i] += dk[off + i];
+                    row[2 * D + i] += dv[off + i];
+                }
+            }
+    arena_release(&ctx->ar, mark);
+}
+

@@ -1,0 +1,211 @@
+/* Normalisations: batchnorm2d (NHWC, per channel) and layernorm (last axis). */
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "autograd/ops.h"
+#include "autograd/ops_util.h"
+#include "core/error.h"
+
+/* ---------------- batchnorm2d ---------------- */
+
+typedef struct bn_saved {
+    float *mean, *invstd; /* per channel: batch statistics (train) or running ones (eval) */
+    int64_t rows, c;
+    bool train;
+} bn_saved;
+
+/* Per-channel sums of x and x^2 over rows, in double, deterministic. */
+static void bn_channel_moments(ag_ctx *ctx, const float *x, int64_t rows, int64_t c, double *s1, double *s2) {
+    int nth = rows * c >= AG_PAR_MIN ? omp_get_max_threads() : 1;
+    double *part = arena_calloc(&ctx->ar, sizeof(double) * (size_t)(2 * nth * c));
+#pragma omp parallel num_threads(nth)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        double *p1 = part + 2 * t * c, *p2 = p1 + c;
+        for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; r++)
+            for (int64_t j = 0; j < c; j++) {
+                double v = x[r * c + j];
+                p1[j] += v;
+                p2[j] += v * v;
+            }
+    }
+    memset(s1, 0, sizeof(double) * (size_t)c);
+    memset(s2, 0, sizeof(double) * (size_t)c);
+    for (int t = 0; t < nth; t++)
+        for (int64_t j = 0; j < c; j++) {
+            s1[j] += part[2 * t * c + j];
+            s2[j] += part[(2 * t + 1) * c + j];
+        }
+}
+
+ag_var *ag_batchnorm2d(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float *running_mean, float *running_var,
+                       float momentum, float eps) {
+    int64_t c = x->value.shape[x->value.ndim - 1], rows = ag_numel(x) / c;
+    ag_var *y = ag_new(ctx, x->value.ndim, x->value.shape);
+    float *mean = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c), *invstd = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c);
+    if (ctx->training) {
+        double *s1 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c), *s2 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c);
+        bn_channel_moments(ctx, x->value.data, rows, c, s1, s2);
+        for (int64_t j = 0; j < c; j++) {
+            double m = s1[j] / (double)rows, var = s2[j] / (double)rows - m * m;
+            if (var < 0) var = 0;
+            mean[j] = (float)m;
+            invstd[j] = (float)(1.0 / sqrt(var + eps));
+            if (running_mean) {
+                double unbiased = rows > 1 ? var * (double)rows / (double)(rows - 1) : var;
+                running_mean[j] = (float)((1.0 - momentum) * running_mean[j] + momentum * m);
+                running_var[j] = (float)((1.0 - momentum) * running_var[j] + momentum * unbiased);
+            }
+        }
+    } else {
+        for (int64_t j = 0; j < c; j++) {
+            mean[j] = running_mean[j];
+            invstd[j] = (float)(1.0 / sqrt((double)running_var[j] + eps));
+        }
+    }
+    const float *xs = x->value.data, *g = gamma->value.data, *bt = beta->value.data;
+    float *ys = y->value.data;
+#pragma omp parallel for schedule(static) if (rows * c >= AG_PAR_MIN)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < c; j++) ys[r * c + j] = (xs[r * c + j] - mean[j]) * invstd[j] * g[j] + bt[j];
+    ag_var *ins[3] = {x, gamma, beta};
+    ag_node *n = ag_record(ctx, AG_OP_BATCHNORM2D, y, ins, 3);
+    if (n) {
+        bn_saved *s = ag_save(ctx, n, sizeof *s);
+        *s = (bn_saved){mean, invstd, rows, c, ctx->training};
+    }
+    return y;
+}
+
+void ag_batchnorm2d_backward(ag_ctx *ctx, ag_node *n) {
+    const bn_saved *s = n->saved;
+    ag_var *x = n->in[0], *gamma = n->in[1], *beta = n->in[2];
+    int64_t rows = s->rows, c = s->c;
+    const float *xs = x->value.data, *dy = n->out->grad, *g = gamma->value.data;
+    /* sums of dy and dy * xhat per channel */
+    int nth = rows * c >= AG_PAR_MIN ? omp_get_max_threads() : 1;
+    double *part = arena_calloc(&ctx->ar, sizeof(double) * (size_t)(2 * nth * c));
+#pragma omp parallel num_threads(nth)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        double *p1 = part + 2 * t * c, *p2 = p1 + c;
+        for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; r++)
+            for (int64_t j = 0; j < c; j++) {
+                double d = dy[r * c + j];
+                p1[j] += d;
+                p2[j] += d * ((xs[r * c + j] - s->mean[j]) * s->invstd[j]);
+            }
+    }
+    double *sdy = arena_calloc(&ctx->ar, sizeof(double) * (size_t)c), *sdyx = arena_calloc(&ctx->ar, sizeof(double) * (size_t)c);
+    for (int t = 0; t < nth; t++)
+        for (int64_t j = 0; j < c; j++) {
+            sdy[j] += part[2 * t * c + j];
+            sdyx[j] += part[(2 * t + 1) * c + j];
+        }
+    if (gamma->requires_grad) {
+        float *dg = ag_grad(ctx, gamma);
+        for (int64_t j = 0; j < c; j++) dg[j] += (float)sdyx[j];
+    }
+    if (beta->requires_grad) {
+        float *db = ag_grad(ctx, beta);
+        for (int64_t j = 0; j < c; j++) db[j] += (float)sdy[j];
+    }
+    if (!x->requires_grad) return;
+    float *dx = ag_grad(ctx, x);
+    float *k1 = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c), *k2 = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c),
+          *k3 = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c);
+    for (int64_t j = 0; j < c; j++) {
+        k1[j] = g[j] * s->invstd[j];
+        /* train: dx = g*invstd * (dy - mean(dy) - xhat * mean(dy*xhat)); eval: g*invstd*dy */
+        k2[j] = s->train ? (float)(sdy[j] / (double)rows) : 0.0f;
+        k3[j] = s->train ? (float)(sdyx[j] / (double)rows) : 0.0f;
+    }
+#pragma omp parallel for schedule(static) if (rows * c >= AG_PAR_MIN)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < c; j++) {
+            float xhat = (xs[r * c + j] - s->mean[j]) * s->invstd[j];
+            dx[r * c + j] += k1[j] * (dy[r * c + j] - k2[j] - xhat * k3[j]);
+        }
+}
+
+/* ---------------- layernorm over the last axis ---------------- */
+
+typedef struct ln_saved {
+    float *mean, *rstd;
+    int64_t rows, d;
+} ln_saved;
+
+ag_var *ag_layernorm(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float eps) {
+    int64_t d = x->value.shape[x->value.ndim - 1], rows = ag_numel(x) / d;
+    ag_var *y = ag_new(ctx, x->value.ndim, x->value.shape);
+    float *mean = arena_alloc(&ctx->ar, sizeof(float) * (size_t)rows), *rstd = arena_alloc(&ctx->ar, sizeof(float) * (size_t)rows);
+    const float *xs = x->value.data, *g = gamma->value.data, *b = beta->value.data;
+    float *ys = y->value.data;
+#pragma omp parallel for schedule(static) if (rows * d >= AG_PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = xs + r * d;
+        double s1 = 0, s2 = 0;
+        for (int64_t j = 0; j < d; j++) s1 += xr[j];
+        double m = s1 / (double)d;
+        for (int64_t j = 0; j < d; j++) s2 += (xr[j] - m) * (xr[j] - m);
+        float rs = (float)(1.0 / sqrt(s2 / (double)d + eps));
+        mean[r] = (float)m;
+        rstd[r] = rs;
+        for (int64_t j = 0; j < d; j++) ys[r * d + j] = (xr[j] - (float)m) * rs * g[j] + b[j];
+    }
+    ag_var *ins[3] = {x, gamma, beta};
+    ag_node *n = ag_record(ctx, AG_OP_LAYERNORM, y, ins, 3);
+    if (n) {
+        ln_saved *s = ag_save(ctx, n, sizeof *s);
+        *s = (ln_saved){mean, rstd, rows, d};
+    }
+    return y;
+}
+
+void ag_layernorm_backward(ag_ctx *ctx, ag_node *n) {
+    const ln_saved *s = n->saved;
+    ag_var *x = n->in[0], *gamma = n->in[1], *beta = n->in[2];
+    int64_t rows = s->rows, d = s->d;
+    const float *xs = x->value.data, *dy = n->out->grad, *g = gamma->value.data;
+    if (x->requires_grad) {
+        float *dx = ag_grad(ctx, x);
+#pragma omp parallel for schedule(static) if (rows * d >= AG_PAR_MIN)
+        for (int64_t r = 0; r < rows; r++) {
+            const float *xr = xs + r * d, *dr = dy + r * d;
+            float m = s->mean[r], rs = s->rstd[r];
+            double a = 0, bsum = 0;
+            for (int64_t j = 0; j < d; j++) {
+                double dxh = (double)dr[j] * g[j];
+                a += dxh;
+                bsum += dxh * ((xr[j] - m) * rs);
+            }
+            float ma = (float)(a / (double)d), mb = (float)(bsum / (double)d);
+            for (int64_t j = 0; j < d; j++) {
+                float xhat = (xr[j] - m) * rs;
+                dx[r * d + j] += rs * (dr[j] * g[j] - ma - xhat * mb);
+            }
+        }
+    }
+    if (gamma->requires_grad || beta->requires_grad) {
+        int nth = rows * d >= AG_PAR_MIN ? omp_get_max_threads() : 1;
+        float *part = arena_calloc(&ctx->ar, sizeof(float) * (size_t)(2 * nth * d));
+#pragma omp parallel num_threads(nth)
+        {
+            int t = omp_get_thread_num(), nt = omp_get_num_threads();
+            float *pg = part + 2 * t * d, *pb = pg + d;
+            for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; r++)
+                for (int64_t j = 0; j < d; j++) {
+                    float xhat = (xs[r * d + j] - s->mean[r]) * s->rstd[r];
+                    pg[j] += dy[r * d + j] * xhat;
+                    pb[j] += dy[r * d + j];
+                }
+        }
+        float *dg = gamma->requires_grad ? ag_grad(ctx, gamma) : NULL, *db = beta->requires_grad ? ag_grad(ctx, beta) : NULL;
+        for (int t = 0; t < nth; t++)
+            for (int64_t j = 0; j < d; j++) {
+                if (dg) dg[j] += part[2 * t * d + j];
+                if (db) db[j] += part[(2 * t + 1) * d + j];
+            }
+    }
+}

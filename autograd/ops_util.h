@@ -1,0 +1,28 @@
+/* Helpers shared by the op implementations (not part of the public API). */
+#ifndef MX_AUTOGRAD_OPS_UTIL_H
+#define MX_AUTOGRAD_OPS_UTIL_H
+
+#include <stdint.h>
+
+#include "autograd/graph.h"
+
+/* Below this many elements a loop runs on one thread. */
+#define AG_PAR_MIN 16384
+
+/* out[c] += sum over rows of x[r, c], deterministic for a fixed thread count. */
+void ag_colsum_add(ag_ctx *ctx, const float *x, int64_t rows, int64_t cols, float *out);
+/* y[r, c] += b[c] */
+void ag_rows_add_bias(float *y, int64_t rows, int64_t cols, const float *b);
+/* dst += src */
+void ag_accumulate(float *dst, const float *src, int64_t n);
+
+/* Backward functions, one per op (the table is in graph_table.c). */
+#define AG_BACKWARD(name) void ag_##name##_backward(ag_ctx *ctx, ag_node *n);
+AG_BACKWARD(linear) AG_BACKWARD(matmul) AG_BACKWARD(conv2d) AG_BACKWARD(batchnorm2d) AG_BACKWARD(layernorm)
+AG_BACKWARD(relu) AG_BACKWARD(gelu) AG_BACKWARD(gelu_tanh) AG_BACKWARD(softmax) AG_BACKWARD(attention)
+AG_BACKWARD(maxpool2d) AG_BACKWARD(avgpool_global) AG_BACKWARD(add) AG_BACKWARD(reshape) AG_BACKWARD(permute)
+AG_BACKWARD(concat) AG_BACKWARD(slice) AG_BACKWARD(dropout) AG_BACKWARD(drop_path) AG_BACKWARD(cross_entropy)
+AG_BACKWARD(mean) AG_BACKWARD(sum)
+#undef AG_BACKWARD
+
+#endif
