@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "core/npy.h"
 #include "core/rng.h"
 #include "gradcheck.h"
 #include "test_util.h"
@@ -217,12 +218,175 @@ START_TEST(test_no_grad_and_steady_state) {
 }
 END_TEST
 
+
+/* ---- PyTorch fixtures (tests/fixtures, written by gen_torch_fixtures.py) ---- */
+
+static double fx_worst_rel;
+static char fx_worst_where[128];
+
+static npy_array fx_load(const char *cas, const char *name) {
+    const char *src = getenv("MX_SOURCE_DIR");
+    char p[1024];
+    snprintf(p, sizeof p, "%s/tests/fixtures/%s/%s.npy", src ? src : "../..", cas, name);
+    npy_array a;
+    mx_err err;
+    ck_assert_msg(npy_read(p, &a, &err) == 0, "%s", err.msg);
+    return a;
+}
+
+/* A leaf over a fixture array (with a zeroed gradient buffer). */
+static ag_var fx_leaf(npy_array *a) {
+    int64_t shape[TENSOR_MAX_DIMS];
+    for (int i = 0; i < a->ndim; i++) shape[i] = a->shape[i];
+    return ag_leaf(a->data, calloc((size_t)a->numel, sizeof(float)), a->ndim, shape);
+}
+
+/* |got - want| <= 1e-4 * |want| + 1e-5, elementwise; records the worst relative
+ * error among elements of at least 1% of the tensor's largest magnitude. */
+static void fx_compare(const char *cas, const char *what, const float *got, const char *want_name) {
+    npy_array w = fx_load(cas, want_name);
+    const float *want = w.data;
+    double wmax = 0;
+    for (int64_t i = 0; i < w.numel; i++) wmax = fmax(wmax, fabs(want[i]));
+    for (int64_t i = 0; i < w.numel; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        ck_assert_msg(d <= 1e-4 * fabs(want[i]) + 1e-5, "%s %s[%lld]: got %.8g, PyTorch %.8g", cas, what,
+                      (long long)i, (double)got[i], (double)want[i]);
+        if (fabs(want[i]) >= 0.01 * wmax && d / fabs(want[i]) > fx_worst_rel) {
+            fx_worst_rel = d / fabs(want[i]);
+            snprintf(fx_worst_where, sizeof fx_worst_where, "%s %s", cas, what);
+        }
+    }
+    npy_free(&w);
+}
+
+static void fx_backward(ag_ctx *ctx, const char *cas, ag_var *y) {
+    npy_array dy = fx_load(cas, "dy");
+    ck_assert_int_eq(dy.numel, ag_numel(y));
+    fx_compare(cas, "y", y->value.data, "y");
+    ag_backward_from(ctx, y, dy.data);
+    npy_free(&dy);
+}
+
+START_TEST(test_pytorch_fixtures) {
+    ag_ctx ctx;
+    ag_ctx_init(&ctx, 1 << 20);
+    mm_site site, site2;
+    mm_site_init(&site, "fixture", MM_B_WEIGHT);
+    mm_site_init(&site2, "fixture2", MM_B_ACT);
+    /* conv2d, stride 1 (with bias) and stride 2 */
+    const char *convs[2] = {"conv2d_s1", "conv2d_s2"};
+    for (int k = 0; k < 2; k++) {
+        ag_ctx_reset(&ctx);
+        npy_array x = fx_load(convs[k], "x"), w = fx_load(convs[k], "w");
+        ag_var vx = fx_leaf(&x), vw = fx_leaf(&w), vb;
+        npy_array b = {0};
+        if (k == 0) {
+            b = fx_load(convs[k], "b");
+            vb = fx_leaf(&b);
+        }
+        ag_var *y = ag_conv2d(&ctx, &site, &vx, &vw, k == 0 ? &vb : NULL, k == 0 ? 1 : 2, 1);
+        fx_backward(&ctx, convs[k], y);
+        fx_compare(convs[k], "dx", vx.grad, "dx");
+        fx_compare(convs[k], "dw", vw.grad, "dw");
+        free(vx.grad);
+        free(vw.grad);
+        npy_free(&x);
+        npy_free(&w);
+        if (k == 0) {
+            fx_compare(convs[k], "db", vb.grad, "db");
+            free(vb.grad);
+            npy_free(&b);
+        }
+    }
+    /* batchnorm2d, train and eval (running statistics too) */
+    const char *bns[2] = {"batchnorm2d_train", "batchnorm2d_eval"};
+    for (int k = 0; k < 2; k++) {
+        ag_ctx_reset(&ctx);
+        ctx.training = k == 0;
+        npy_array x = fx_load(bns[k], "x"), g = fx_load(bns[k], "gamma"), b = fx_load(bns[k], "beta");
+        npy_array rm = fx_load(bns[k], "running_mean"), rv = fx_load(bns[k], "running_var");
+        ag_var vx = fx_leaf(&x), vg = fx_leaf(&g), vb = fx_leaf(&b);
+        ag_var *y = ag_batchnorm2d(&ctx, &vx, &vg, &vb, rm.data, rv.data, 0.1f, 1e-5f);
+        fx_backward(&ctx, bns[k], y);
+        fx_compare(bns[k], "dx", vx.grad, "dx");
+        fx_compare(bns[k], "dgamma", vg.grad, "dgamma");
+        fx_compare(bns[k], "dbeta", vb.grad, "dbeta");
+        fx_compare(bns[k], "running_mean", rm.data, "running_mean_after");
+        fx_compare(bns[k], "running_var", rv.data, "running_var_after");
+        free(vx.grad); free(vg.grad); free(vb.grad);
+        npy_free(&x); npy_free(&g); npy_free(&b); npy_free(&rm); npy_free(&rv);
+    }
+    ctx.training = true;
+    {
+        ag_ctx_reset(&ctx);
+        npy_array x = fx_load("layernorm", "x"), g = fx_load("layernorm", "gamma"), b = fx_load("layernorm", "beta");
+        ag_var vx = fx_leaf(&x), vg = fx_leaf(&g), vb = fx_leaf(&b);
+        ag_var *y = ag_layernorm(&ctx, &vx, &vg, &vb, 1e-6f);
+        fx_backward(&ctx, "layernorm", y);
+        fx_compare("layernorm", "dx", vx.grad, "dx");
+        fx_compare("layernorm", "dgamma", vg.grad, "dgamma");
+        fx_compare("layernorm", "dbeta", vb.grad, "dbeta");
+        free(vx.grad); free(vg.grad); free(vb.grad);
+        npy_free(&x); npy_free(&g); npy_free(&b);
+    }
+    const char *gelus[2] = {"gelu", "gelu_tanh"};
+    for (int k = 0; k < 2; k++) {
+        ag_ctx_reset(&ctx);
+        npy_array x = fx_load(gelus[k], "x");
+        ag_var vx = fx_leaf(&x);
+        ag_var *y = k == 0 ? ag_gelu(&ctx, &vx) : ag_gelu_tanh(&ctx, &vx);
+        fx_backward(&ctx, gelus[k], y);
+        fx_compare(gelus[k], "dx", vx.grad, "dx");
+        free(vx.grad);
+        npy_free(&x);
+    }
+    {
+        ag_ctx_reset(&ctx);
+        npy_array x = fx_load("linear", "x"), w = fx_load("linear", "w"), b = fx_load("linear", "b");
+        ag_var vx = fx_leaf(&x), vw = fx_leaf(&w), vb = fx_leaf(&b);
+        ag_var *y = ag_linear(&ctx, &site, &vx, &vw, &vb);
+        fx_backward(&ctx, "linear", y);
+        fx_compare("linear", "dx", vx.grad, "dx");
+        fx_compare("linear", "dw", vw.grad, "dw");
+        fx_compare("linear", "db", vb.grad, "db");
+        free(vx.grad); free(vw.grad); free(vb.grad);
+        npy_free(&x); npy_free(&w); npy_free(&b);
+    }
+    {
+        ag_ctx_reset(&ctx);
+        npy_array qkv = fx_load("attention", "qkv"), heads = fx_load("attention", "heads");
+        ag_var vq = fx_leaf(&qkv);
+        ag_var *y = ag_attention(&ctx, &site, &site2, &vq, ((int32_t *)heads.data)[0]);
+        fx_backward(&ctx, "attention", y);
+        fx_compare("attention", "dqkv", vq.grad, "dqkv");
+        free(vq.grad);
+        npy_free(&qkv); npy_free(&heads);
+    }
+    {
+        ag_ctx_reset(&ctx);
+        npy_array lg = fx_load("cross_entropy", "logits"), lb = fx_load("cross_entropy", "labels"),
+                  sm = fx_load("cross_entropy", "smoothing");
+        ag_var vl = fx_leaf(&lg);
+        ag_var *loss = ag_cross_entropy(&ctx, &vl, lb.data, ((float *)sm.data)[0]);
+        fx_compare("cross_entropy", "loss", loss->value.data, "loss");
+        ag_backward(&ctx, loss);
+        fx_compare("cross_entropy", "dlogits", vl.grad, "dlogits");
+        free(vl.grad);
+        npy_free(&lg); npy_free(&lb); npy_free(&sm);
+    }
+    fprintf(stderr, "PyTorch fixtures: worst relative error %.3g (%s)\n", fx_worst_rel, fx_worst_where);
+    ag_ctx_free(&ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("autograd");
     TCase *tc = tcase_create("ops");
     tcase_add_test(tc, test_gradcheck_ops);
     tcase_add_test(tc, test_backward_twice_accumulates);
     tcase_add_test(tc, test_no_grad_and_steady_state);
+    tcase_add_test(tc, test_pytorch_fixtures);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
