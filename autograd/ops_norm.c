@@ -15,8 +15,11 @@ typedef struct bn_saved {
     bool train;
 } bn_saved;
 
-/* Per-channel sums of x and x^2 over rows, in double, deterministic. */
-static void bn_channel_moments(ag_ctx *ctx, const float *x, int64_t rows, int64_t c, double *s1, double *s2) {
+/* Per-channel sums over rows, in double, deterministic for a fixed thread
+ * count. Without dy: s1 = sum x, s2 = sum x^2 (forward statistics). With dy:
+ * s1 = sum dy, s2 = sum dy * xhat, xhat = (x - mean) * invstd (backward). */
+static void bn_channel_sums(ag_ctx *ctx, const float *x, const float *dy, const float *mean, const float *invstd,
+                            int64_t rows, int64_t c, double *s1, double *s2) {
     int nth = rows * c >= AG_PAR_MIN ? omp_get_max_threads() : 1;
     double *part = arena_calloc(&ctx->ar, sizeof(double) * (size_t)(2 * nth * c));
 #pragma omp parallel num_threads(nth)
@@ -26,8 +29,14 @@ static void bn_channel_moments(ag_ctx *ctx, const float *x, int64_t rows, int64_
         for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; r++)
             for (int64_t j = 0; j < c; j++) {
                 double v = x[r * c + j];
-                p1[j] += v;
-                p2[j] += v * v;
+                if (dy) {
+                    double d = dy[r * c + j];
+                    p1[j] += d;
+                    p2[j] += d * ((x[r * c + j] - mean[j]) * invstd[j]);
+                } else {
+                    p1[j] += v;
+                    p2[j] += v * v;
+                }
             }
     }
     memset(s1, 0, sizeof(double) * (size_t)c);
@@ -46,7 +55,7 @@ ag_var *ag_batchnorm2d(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, floa
     float *mean = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c), *invstd = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c);
     if (ctx->training) {
         double *s1 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c), *s2 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c);
-        bn_channel_moments(ctx, x->value.data, rows, c, s1, s2);
+        bn_channel_sums(ctx, x->value.data, NULL, NULL, NULL, rows, c, s1, s2);
         for (int64_t j = 0; j < c; j++) {
             double m = s1[j] / (double)rows, var = s2[j] / (double)rows - m * m;
             if (var < 0) var = 0;
@@ -83,26 +92,8 @@ void ag_batchnorm2d_backward(ag_ctx *ctx, ag_node *n) {
     ag_var *x = n->in[0], *gamma = n->in[1], *beta = n->in[2];
     int64_t rows = s->rows, c = s->c;
     const float *xs = x->value.data, *dy = n->out->grad, *g = gamma->value.data;
-    /* sums of dy and dy * xhat per channel */
-    int nth = rows * c >= AG_PAR_MIN ? omp_get_max_threads() : 1;
-    double *part = arena_calloc(&ctx->ar, sizeof(double) * (size_t)(2 * nth * c));
-#pragma omp parallel num_threads(nth)
-    {
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        double *p1 = part + 2 * t * c, *p2 = p1 + c;
-        for (int64_t r = rows * t / nt; r < rows * (t + 1) / nt; r++)
-            for (int64_t j = 0; j < c; j++) {
-                double d = dy[r * c + j];
-                p1[j] += d;
-                p2[j] += d * ((xs[r * c + j] - s->mean[j]) * s->invstd[j]);
-            }
-    }
-    double *sdy = arena_calloc(&ctx->ar, sizeof(double) * (size_t)c), *sdyx = arena_calloc(&ctx->ar, sizeof(double) * (size_t)c);
-    for (int t = 0; t < nth; t++)
-        for (int64_t j = 0; j < c; j++) {
-            sdy[j] += part[2 * t * c + j];
-            sdyx[j] += part[(2 * t + 1) * c + j];
-        }
+    double *sdy = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c), *sdyx = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c);
+    bn_channel_sums(ctx, xs, dy, s->mean, s->invstd, rows, c, sdy, sdyx);
     if (gamma->requires_grad) {
         float *dg = ag_grad(ctx, gamma);
         for (int64_t j = 0; j < c; j++) dg[j] += (float)sdyx[j];

@@ -129,7 +129,8 @@ int param_torch_shape(const param_entry *e, int64_t *shape) {
     return e->ndim;
 }
 
-void param_to_torch(const param_entry *e, const float *in, float *out) {
+/* OHWI <-> OIHW; to_torch chooses the direction. */
+static void param_convert(const param_entry *e, const float *in, float *out, bool to_torch) {
     if (e->layout != PARAM_LAYOUT_OHWI) {
         memcpy(out, in, sizeof(float) * (size_t)e->numel);
         return;
@@ -138,19 +139,14 @@ void param_to_torch(const param_entry *e, const float *in, float *out) {
     for (int64_t o = 0; o < O; o++)
         for (int64_t h = 0; h < KH; h++)
             for (int64_t w = 0; w < KW; w++)
-                for (int64_t i = 0; i < I; i++) out[((o * I + i) * KH + h) * KW + w] = in[((o * KH + h) * KW + w) * I + i];
+                for (int64_t i = 0; i < I; i++) {
+                    int64_t ohwi = ((o * KH + h) * KW + w) * I + i, oihw = ((o * I + i) * KH + h) * KW + w;
+                    if (to_torch) out[oihw] = in[ohwi];
+                    else out[ohwi] = in[oihw];
+                }
 }
 
-void param_from_torch(const param_entry *e, const float *in, float *out) {
-    if (e->layout != PARAM_LAYOUT_OHWI) {
-        memcpy(out, in, sizeof(float) * (size_t)e->numel);
-        return;
-    }
-    int64_t O = e->shape[0], KH = e->shape[1], KW = e->shape[2], I = e->shape[3];
-    for (int64_t o = 0; o < O; o++)
-        for (int64_t h = 0; h < KH; h++)
-            for (int64_t w = 0; w < KW; w++)
-                for (int64_t i = 0; i < I; i++) out[((o * KH + h) * KW + w) * I + i] = in[((o * I + i) * KH + h) * KW + w];
-}
+void param_to_torch(const param_entry *e, const float *internal, float *torch) { param_convert(e, internal, torch, true); }
+void param_from_torch(const param_entry *e, const float *torch, float *internal) { param_convert(e, torch, internal, false); }
 
 void param_zero_grad(param_store *s) { memset(s->grad, 0, sizeof(float) * s->n_trainable); }

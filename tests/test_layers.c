@@ -202,6 +202,28 @@ START_TEST(test_tiny_vit_gradcheck) {
 }
 END_TEST
 
+/* OHWI (internal) <-> OIHW (PyTorch) conversion of conv weights. */
+START_TEST(test_param_layout_conversion) {
+    param_store st;
+    param_store_init(&st);
+    int64_t shape[4] = {3, 2, 5, 4}; /* O, KH, KW, I */
+    int w = param_add(&st, "c.weight", 4, shape, PARAM_KIND_WEIGHT, PARAM_LAYOUT_OHWI, PARAM_INIT_NORMAL, 1.0f);
+    param_finalize(&st, 1);
+    param_entry *e = &st.entries[w];
+    int64_t ts[4];
+    ck_assert_int_eq(param_torch_shape(e, ts), 4);
+    ck_assert(ts[0] == 3 && ts[1] == 4 && ts[2] == 2 && ts[3] == 5);
+    float torch[120], back[120];
+    const float *v = param_data(&st, w);
+    param_to_torch(e, v, torch);
+    /* element [o=2, kh=1, kw=3, i=1] lands at PyTorch [2, 1, 1, 3] */
+    ck_assert_float_eq(torch[((2 * 4 + 1) * 2 + 1) * 5 + 3], v[((2 * 2 + 1) * 5 + 3) * 4 + 1]);
+    param_from_torch(e, torch, back);
+    ck_assert_int_eq(memcmp(back, v, sizeof back), 0);
+    param_store_free(&st);
+}
+END_TEST
+
 START_TEST(test_model_config_errors) {
     model m;
     mx_err err;
@@ -226,6 +248,7 @@ int main(void) {
     tcase_add_test(tc, test_models_forward_backward_shapes);
     tcase_add_test(tc, test_tiny_resnet_gradcheck);
     tcase_add_test(tc, test_tiny_vit_gradcheck);
+    tcase_add_test(tc, test_param_layout_conversion);
     tcase_add_test(tc, test_model_config_errors);
     tcase_set_timeout(tc, 300);
     suite_add_tcase(s, tc);
