@@ -8,18 +8,21 @@
 void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes) {
     memset(ctx, 0, sizeof *ctx);
     arena_init(&ctx->ar, arena_bytes);
+    arena_init(&ctx->scratch, 0);
     ctx->grad_enabled = true;
     ctx->training = true;
 }
 
 void ag_ctx_free(ag_ctx *ctx) {
     arena_free(&ctx->ar);
+    arena_free(&ctx->scratch);
     free(ctx->nodes);
     memset(ctx, 0, sizeof *ctx);
 }
 
 void ag_ctx_reset(ag_ctx *ctx) {
     arena_reset(&ctx->ar);
+    arena_reset(&ctx->scratch);
     ctx->n_nodes = 0;
     ctx->rng_calls = 0;
 }
@@ -48,11 +51,15 @@ float *ag_grad(ag_ctx *ctx, ag_var *v) {
     return v->grad;
 }
 
-ag_node *ag_record(ag_ctx *ctx, ag_op op, ag_var *out, ag_var *const *in, int n_in) {
-    MX_ASSERT(n_in <= AG_MAX_INPUTS);
+bool ag_will_record(const ag_ctx *ctx, ag_var *const *in, int n_in) {
     bool need = false;
     for (int i = 0; i < n_in; i++) need |= in[i] && in[i]->requires_grad;
-    out->requires_grad = ctx->grad_enabled && need;
+    return ctx->grad_enabled && need;
+}
+
+ag_node *ag_record(ag_ctx *ctx, ag_op op, ag_var *out, ag_var *const *in, int n_in) {
+    MX_ASSERT(n_in <= AG_MAX_INPUTS);
+    out->requires_grad = ag_will_record(ctx, in, n_in);
     if (!out->requires_grad) return NULL;
     if (ctx->n_nodes == ctx->cap_nodes) {
         ctx->cap_nodes = ctx->cap_nodes ? 2 * ctx->cap_nodes : 256;

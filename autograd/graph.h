@@ -74,7 +74,9 @@ extern const ag_op_info ag_op_table[AG_OP_COUNT];
 struct mm_policy;
 
 typedef struct ag_ctx {
-    arena ar;               /* per-step memory */
+    arena ar;               /* per-step memory: outputs, saved state, gradients */
+    arena scratch;          /* per-call temporaries (im2col columns, transient quantized copies):
+                               marked and released around each product */
     ag_node *nodes;         /* the tape; capacity persists across steps */
     int n_nodes, cap_nodes;
     bool grad_enabled;      /* false: no tape (evaluation) */
@@ -101,6 +103,8 @@ int64_t ag_numel(const ag_var *v);
 /* Appends a node when gradients are on and some input needs one; returns
  * NULL otherwise (the op then saves nothing). Sets out->requires_grad. */
 ag_node *ag_record(ag_ctx *ctx, ag_op op, ag_var *out, ag_var *const *in, int n_in);
+/* Whether ag_record will record (decides before the forward what to save). */
+bool ag_will_record(const ag_ctx *ctx, ag_var *const *in, int n_in);
 void *ag_save(ag_ctx *ctx, ag_node *node, size_t bytes);
 
 /* Reverse pass from a scalar loss: d loss / d loss = 1. */

@@ -38,7 +38,13 @@ void ag_accumulate(float *dst, const float *src, int64_t n) {
 
 typedef struct linear_saved {
     const mm_site *site;
+    mm_saved *mm;
 } linear_saved;
+
+/* The product's saved state, when the op will be recorded. */
+static mm_saved *ag_mm_saved(ag_ctx *ctx, ag_var *const *ins, int n) {
+    return ag_will_record(ctx, ins, n) ? arena_calloc(&ctx->ar, sizeof(mm_saved)) : NULL;
+}
 
 ag_var *ag_linear(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var *b) {
     const tensor *xv = &x->value, *wv = &w->value;
@@ -50,12 +56,13 @@ ag_var *ag_linear(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var
     memcpy(shape, xv->shape, sizeof shape);
     shape[xv->ndim - 1] = out;
     ag_var *y = ag_new(ctx, xv->ndim, shape);
-    mm_shape sh = {1, (int)rows, (int)out, (int)in, true, 0, 0, 0};
-    mm_forward(ctx, site, &sh, xv->data, wv->data, y->value.data);
-    if (b) ag_rows_add_bias(y->value.data, rows, out, b->value.data);
     ag_var *ins[3] = {x, w, b};
+    mm_saved *sv = ag_mm_saved(ctx, ins, b ? 3 : 2);
+    mm_shape sh = {1, (int)rows, (int)out, (int)in, true, 0, 0, 0};
+    mm_forward(ctx, site, &sh, xv->data, wv->data, y->value.data, sv);
+    if (b) ag_rows_add_bias(y->value.data, rows, out, b->value.data);
     ag_node *n = ag_record(ctx, AG_OP_LINEAR, y, ins, b ? 3 : 2);
-    if (n) ((linear_saved *)ag_save(ctx, n, sizeof(linear_saved)))->site = site;
+    if (n) *(linear_saved *)ag_save(ctx, n, sizeof(linear_saved)) = (linear_saved){site, sv};
     return y;
 }
 
@@ -64,7 +71,7 @@ void ag_linear_backward(ag_ctx *ctx, ag_node *n) {
     ag_var *x = n->in[0], *w = n->in[1], *b = n->n_in > 2 ? n->in[2] : NULL;
     int64_t in = w->value.shape[1], out = w->value.shape[0], rows = ag_numel(x) / in;
     mm_shape sh = {1, (int)rows, (int)out, (int)in, true, 0, 0, 0};
-    mm_backward(ctx, s->site, &sh, x->value.data, w->value.data, n->out->grad,
+    mm_backward(ctx, s->site, &sh, s->mm, x->value.data, w->value.data, n->out->grad,
                 x->requires_grad ? ag_grad(ctx, x) : NULL, w->requires_grad ? ag_grad(ctx, w) : NULL);
     if (b && b->requires_grad) ag_colsum_add(ctx, n->out->grad, rows, out, ag_grad(ctx, b));
 }
@@ -74,6 +81,7 @@ void ag_linear_backward(ag_ctx *ctx, ag_node *n) {
 typedef struct matmul_saved {
     const mm_site *site;
     mm_shape sh;
+    mm_saved *mm;
 } matmul_saved;
 
 ag_var *ag_matmul(ag_ctx *ctx, const mm_site *site, ag_var *a, ag_var *b, bool trans_b) {
@@ -84,22 +92,19 @@ ag_var *ag_matmul(ag_ctx *ctx, const mm_site *site, ag_var *a, ag_var *b, bool t
     MX_ASSERTF((trans_b ? bv->shape[2] : bv->shape[1]) == K, "matmul %s: inner dimensions differ", site->name);
     int64_t shape[3] = {B, M, N};
     ag_var *y = ag_new(ctx, 3, shape);
-    mm_shape sh = {(int)B, (int)M, (int)N, (int)K, trans_b, M * K, K * N, M * N};
-    mm_forward(ctx, site, &sh, av->data, bv->data, y->value.data);
     ag_var *ins[2] = {a, b};
+    mm_saved *sv = ag_mm_saved(ctx, ins, 2);
+    mm_shape sh = {(int)B, (int)M, (int)N, (int)K, trans_b, M * K, K * N, M * N};
+    mm_forward(ctx, site, &sh, av->data, bv->data, y->value.data, sv);
     ag_node *n = ag_record(ctx, AG_OP_MATMUL, y, ins, 2);
-    if (n) {
-        matmul_saved *s = ag_save(ctx, n, sizeof *s);
-        s->site = site;
-        s->sh = sh;
-    }
+    if (n) *(matmul_saved *)ag_save(ctx, n, sizeof(matmul_saved)) = (matmul_saved){site, sh, sv};
     return y;
 }
 
 void ag_matmul_backward(ag_ctx *ctx, ag_node *n) {
     const matmul_saved *s = n->saved;
     ag_var *a = n->in[0], *b = n->in[1];
-    mm_backward(ctx, s->site, &s->sh, a->value.data, b->value.data, n->out->grad,
+    mm_backward(ctx, s->site, &s->sh, s->mm, a->value.data, b->value.data, n->out->grad,
                 a->requires_grad ? ag_grad(ctx, a) : NULL, b->requires_grad ? ag_grad(ctx, b) : NULL);
 }
 
@@ -117,6 +122,7 @@ typedef struct conv_geom {
 typedef struct conv_saved {
     const mm_site *site;
     conv_geom g;
+    mm_saved *mm;
 } conv_saved;
 
 static bool conv_is_pointwise(const conv_geom *g) { return g->kh == 1 && g->kw == 1 && g->stride == 1 && g->pad == 0; }
@@ -170,24 +176,23 @@ ag_var *ag_conv2d(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var
     int64_t M = g.n * g.oh * g.ow, K = g.kh * g.kw * g.c;
     int64_t shape[4] = {g.n, g.oh, g.ow, g.o};
     ag_var *y = ag_new(ctx, 4, shape);
-    arena_mark mark = arena_get_mark(&ctx->ar);
-    const float *cols = xv->data;
+    ag_var *ins[3] = {x, w, b};
+    mm_saved *sv = ag_mm_saved(ctx, ins, b ? 3 : 2);
+    arena_mark mark = arena_get_mark(&ctx->scratch);
+    /* MX: the NHWC activation is quantized before im2col (blocks along channels) */
+    const float *xin = mm_quantize_conv_input(ctx, site, xv->data, g.n * g.h * g.w, g.c, sv);
+    const float *cols = xin;
     if (!conv_is_pointwise(&g)) {
-        float *c = arena_alloc(&ctx->ar, sizeof(float) * (size_t)(M * K));
-        conv_im2col(&g, xv->data, c);
+        float *c = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(M * K));
+        conv_im2col(&g, xin, c);
         cols = c;
     }
     mm_shape sh = {1, (int)M, (int)g.o, (int)K, true, 0, 0, 0};
-    mm_forward(ctx, site, &sh, cols, wv->data, y->value.data);
-    arena_release(&ctx->ar, mark);
+    mm_forward(ctx, site, &sh, cols, wv->data, y->value.data, sv);
+    arena_release(&ctx->scratch, mark);
     if (b) ag_rows_add_bias(y->value.data, M, g.o, b->value.data);
-    ag_var *ins[3] = {x, w, b};
     ag_node *n = ag_record(ctx, AG_OP_CONV2D, y, ins, b ? 3 : 2);
-    if (n) {
-        conv_saved *s = ag_save(ctx, n, sizeof *s);
-        s->site = site;
-        s->g = g;
-    }
+    if (n) *(conv_saved *)ag_save(ctx, n, sizeof(conv_saved)) = (conv_saved){site, g, sv};
     return y;
 }
 
@@ -200,17 +205,19 @@ void ag_conv2d_backward(ag_ctx *ctx, ag_node *n) {
     float *dx = x->requires_grad ? ag_grad(ctx, x) : NULL;
     float *dw = w->requires_grad ? ag_grad(ctx, w) : NULL;
     mm_shape sh = {1, (int)M, (int)g->o, (int)K, true, 0, 0, 0};
+    arena_mark mark = arena_get_mark(&ctx->scratch);
+    /* the activation the dW product uses: the forward's quantized copy or x */
+    const float *xin = mm_conv_input_for_backward(ctx, s->site, s->mm, x->value.data, g->n * g->h * g->w, g->c);
     if (conv_is_pointwise(g)) {
-        mm_backward(ctx, s->site, &sh, x->value.data, w->value.data, dy, dx, dw);
+        mm_backward(ctx, s->site, &sh, s->mm, xin, w->value.data, dy, dx, dw);
     } else {
-        arena_mark mark = arena_get_mark(&ctx->ar);
-        float *cols = arena_alloc(&ctx->ar, sizeof(float) * (size_t)(M * K));
-        conv_im2col(g, x->value.data, cols);
-        float *dcols = dx ? arena_calloc(&ctx->ar, sizeof(float) * (size_t)(M * K)) : NULL;
-        mm_backward(ctx, s->site, &sh, cols, w->value.data, dy, dcols, dw);
+        float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(M * K));
+        conv_im2col(g, xin, cols);
+        float *dcols = dx ? arena_calloc(&ctx->scratch, sizeof(float) * (size_t)(M * K)) : NULL;
+        mm_backward(ctx, s->site, &sh, s->mm, cols, w->value.data, dy, dcols, dw);
         if (dx) conv_col2im_add(g, dcols, dx);
-        arena_release(&ctx->ar, mark);
     }
+    arena_release(&ctx->scratch, mark);
     if (b && b->requires_grad) ag_colsum_add(ctx, dy, M, g->o, ag_grad(ctx, b));
 }
 
@@ -223,6 +230,7 @@ typedef struct attn_saved {
     const mm_site *site_qk, *site_pv;
     int64_t B, T, H, hd;
     float *q, *k, *v, *p;
+    mm_saved *mm_qk, *mm_pv;
 } attn_saved;
 
 ag_var *ag_attention(ag_ctx *ctx, const mm_site *site_qk, const mm_site *site_pv, ag_var *qkv, int heads) {
@@ -244,8 +252,10 @@ ag_var *ag_attention(ag_ctx *ctx, const mm_site *site_qk, const mm_site *site_pv
                 memcpy(k + dst, row + D, sizeof(float) * (size_t)hd);
                 memcpy(v + dst, row + 2 * D, sizeof(float) * (size_t)hd);
             }
+    ag_var *ins[1] = {qkv};
+    mm_saved *sv_qk = ag_mm_saved(ctx, ins, 1), *sv_pv = ag_mm_saved(ctx, ins, 1);
     mm_shape qk = {(int)(B * H), (int)T, (int)T, (int)hd, true, T * hd, T * hd, T * T};
-    mm_forward(ctx, site_qk, &qk, q, k, p);
+    mm_forward(ctx, site_qk, &qk, q, k, p, sv_qk);
     const float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for schedule(static) if (B * H * T * T >= AG_PAR_MIN)
     for (int64_t r = 0; r < B * H * T; r++) {
@@ -262,7 +272,7 @@ ag_var *ag_attention(ag_ctx *ctx, const mm_site *site_qk, const mm_site *site_pv
     }
     float *o = arena_alloc(&ctx->ar, sizeof(float) * per);
     mm_shape pv = {(int)(B * H), (int)T, (int)hd, (int)T, false, T * T, T * hd, T * hd};
-    mm_forward(ctx, site_pv, &pv, p, v, o);
+    mm_forward(ctx, site_pv, &pv, p, v, o, sv_pv);
     int64_t shape[3] = {B, T, D};
     ag_var *y = ag_new(ctx, 3, shape);
 #pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
@@ -271,12 +281,9 @@ ag_var *ag_attention(ag_ctx *ctx, const mm_site *site_qk, const mm_site *site_pv
             for (int64_t h = 0; h < H; h++)
                 memcpy(y->value.data + (bi * T + t) * D + h * hd, o + ((bi * H + h) * T + t) * hd,
                        sizeof(float) * (size_t)hd);
-    ag_var *ins[1] = {qkv};
     ag_node *n = ag_record(ctx, AG_OP_ATTENTION, y, ins, 1);
-    if (n) {
-        attn_saved *s = ag_save(ctx, n, sizeof *s);
-        *s = (attn_saved){site_qk, site_pv, B, T, H, hd, q, k, v, p};
-    }
+    if (n) *(attn_saved *)ag_save(ctx, n, sizeof(attn_saved)) = (attn_saved){site_qk, site_pv, B, T, H, hd, q, k, v, p,
+                                                                          sv_qk, sv_pv};
     return y;
 }
 
@@ -298,7 +305,7 @@ void ag_attention_backward(ag_ctx *ctx, ag_node *n) {
     float *dq = arena_calloc(&ctx->ar, sizeof(float) * per), *dk = arena_calloc(&ctx->ar, sizeof(float) * per),
           *dv = arena_calloc(&ctx->ar, sizeof(float) * per);
     mm_shape pv = {(int)(B * H), (int)T, (int)hd, (int)T, false, T * T, T * hd, T * hd};
-    mm_backward(ctx, s->site_pv, &pv, s->p, s->v, d_o, dp, dv);
+    mm_backward(ctx, s->site_pv, &pv, s->mm_pv, s->p, s->v, d_o, dp, dv);
     /* dS = P * (dP - rowsum(dP * P)) * scale, in place in dp */
     const float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for schedule(static) if (B * H * T * T >= AG_PAR_MIN)
@@ -309,7 +316,7 @@ void ag_attention_backward(ag_ctx *ctx, ag_node *n) {
         for (int64_t j = 0; j < T; j++) g[j] = pr[j] * (g[j] - dot) * scale;
     }
     mm_shape qk = {(int)(B * H), (int)T, (int)T, (int)hd, true, T * hd, T * hd, T * T};
-    mm_backward(ctx, s->site_qk, &qk, s->q, s->k, dp, dq, dk);
+    mm_backward(ctx, s->site_qk, &qk, s->mm_qk, s->q, s->k, dp, dq, dk);
 #pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
     for (int64_t bi = 0; bi < B; bi++)
         for (int64_t t = 0; t < T; t++)
