@@ -79,9 +79,13 @@ static inline int qk_scale_exp(const qk *k, uint32_t amax) {
     if (amax == 0) return -127; /* all-zero block: scale code 0 */
     int se = qk_exponent(amax) - k->fi->emax;
     if (k->scale == QUANT_SCALE_RCEIL && se <= 127) {
-        /* amax > max_norm * 2^se, exactly, in double (both sides exact) */
+        /* amax > max_norm * 2^se, exactly, in double (both sides exact; 2^se
+         * built from bits, no libm per block) */
+        uint64_t pbits = (uint64_t)(se + 1023) << 52;
+        double p2;
+        memcpy(&p2, &pbits, 8);
         double a = (double)quant_from_bits(amax);
-        double lim = (double)k->max_norm * ldexp(1.0, se);
+        double lim = (double)k->max_norm * p2;
         if (a > lim) se++;
     }
     if (se < -127) se = -127;

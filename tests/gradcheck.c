@@ -9,10 +9,8 @@
 #include "core/rng.h"
 
 static bool gc_seen[AG_OP_COUNT];
-static double gc_worst;
 
 bool gc_op_seen(int op) { return gc_seen[op]; }
-double gc_last_worst(void) { return gc_worst; }
 
 void gc_begin(gc_case *g, const char *name, gc_forward_fn f) {
     memset(g, 0, sizeof *g);
@@ -106,7 +104,6 @@ void gc_run(gc_case *g) {
     for (int64_t i = 0; i < ny; i++) R[i] = rng_normal(&r);
     for (int k = 0; k < g->n_leaf; k++) memset(g->leaf[k].grad, 0, sizeof(float) * (size_t)ag_numel(&g->leaf[k]));
     ag_backward_from(&ctx, y, R);
-    gc_worst = 0;
     for (int k = 0; k < g->n_leaf; k++) {
         ag_var *v = &g->leaf[k];
         int64_t n = ag_numel(v);
@@ -124,8 +121,6 @@ void gc_run(gc_case *g) {
                 }
             }
             double mag = fmax(fabs(num), fabs(ana));
-            double rel = fabs(ana - num) / (mag > 1e-6 ? mag : 1e-6);
-            if (fabs(ana - num) > 1e-4 && rel > gc_worst) gc_worst = rel;
             ck_assert_msg(fabs(ana - num) <= g->atol + g->rtol * mag,
                           "%s: leaf %d index %lld: analytic %.6g numerical %.6g", g->name, k, (long long)i, ana,
                           num);

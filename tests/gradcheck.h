@@ -42,7 +42,5 @@ void gc_distinct(gc_case *g, int k, float gap);
 void gc_run(gc_case *g);
 void gc_end(gc_case *g);
 bool gc_op_seen(int op);
-/* Worst relative error of the last gc_run (for reports). */
-double gc_last_worst(void);
 
 #endif
