@@ -85,6 +85,9 @@ typedef struct ag_ctx {
     uint64_t step;
     uint64_t rng_calls;     /* per-step counter of random streams drawn */
     struct mm_policy *mm;   /* the GEMM path's quantization policy (NULL: fp32) */
+    bool elementwise_bf16;  /* quant.elementwise = bf16: norms, activations, softmax and
+                               residual adds round their outputs to bfloat16 (emulating
+                               BF16 vector units); gradients pass straight through */
 } ag_ctx;
 
 void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes);

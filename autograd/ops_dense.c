@@ -270,6 +270,7 @@ ag_var *ag_attention(ag_ctx *ctx, const mm_site *site_qk, const mm_site *site_pv
         }
         for (int64_t j = 0; j < T; j++) row[j] /= sum;
     }
+    ag_round_elementwise(ctx, p, B * H * T * T);
     float *o = arena_alloc(&ctx->ar, sizeof(float) * per);
     mm_shape pv = {(int)(B * H), (int)T, (int)hd, (int)T, false, T * T, T * hd, T * hd};
     mm_forward(ctx, site_pv, &pv, p, v, o, sv_pv);
@@ -332,3 +333,19 @@ void ag_attention_backward(ag_ctx *ctx, ag_node *n) {
     arena_release(&ctx->ar, mark);
 }
 
+
+void ag_round_elementwise(const ag_ctx *ctx, float *y, int64_t n) {
+    if (!ctx->elementwise_bf16) return;
+#pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, &y[i], 4);
+        if ((b & 0x7f800000u) == 0x7f800000u) { /* Inf stays, NaN stays NaN (quiet) */
+            if (b & 0x007fffffu) b |= 0x00400000u;
+        } else {
+            b += 0x7fffu + ((b >> 16) & 1u); /* may carry into the exponent: overflow to Inf is right */
+        }
+        b &= 0xffff0000u;
+        memcpy(&y[i], &b, 4);
+    }
+}

@@ -24,6 +24,7 @@ ag_var *ag_relu(ag_ctx *ctx, ag_var *x) {
     float *ys = y->value.data;
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
     for (int64_t i = 0; i < n; i++) ys[i] = xs[i] > 0.0f ? xs[i] : 0.0f;
+    ag_round_elementwise(ctx, ys, n);
     ag_record1(ctx, AG_OP_RELU, y, x);
     return y;
 }
@@ -50,6 +51,7 @@ ag_var *ag_gelu(ag_ctx *ctx, ag_var *x) {
     float *ys = y->value.data;
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
     for (int64_t i = 0; i < n; i++) ys[i] = 0.5f * xs[i] * (1.0f + erff(xs[i] * AG_SQRT1_2));
+    ag_round_elementwise(ctx, ys, n);
     ag_record1(ctx, AG_OP_GELU, y, x);
     return y;
 }
@@ -77,6 +79,7 @@ ag_var *ag_gelu_tanh(ag_ctx *ctx, ag_var *x) {
         float v = xs[i];
         ys[i] = 0.5f * v * (1.0f + tanhf(AG_SQRT_2_OVER_PI * (v + 0.044715f * v * v * v)));
     }
+    ag_round_elementwise(ctx, ys, n);
     ag_record1(ctx, AG_OP_GELU_TANH, y, x);
     return y;
 }
@@ -109,6 +112,7 @@ ag_var *ag_softmax(ag_ctx *ctx, ag_var *x) {
         for (int64_t j = 0; j < d; j++) sum += (yr[j] = expf(xr[j] - mx));
         for (int64_t j = 0; j < d; j++) yr[j] /= sum;
     }
+    ag_round_elementwise(ctx, ys, rows * d);
     ag_record1(ctx, AG_OP_SOFTMAX, y, x);
     return y;
 }
@@ -186,6 +190,7 @@ ag_var *ag_add(ag_ctx *ctx, ag_var *a, ag_var *b) {
     float *ys = y->value.data;
 #pragma omp parallel for schedule(static) if (na >= AG_PAR_MIN)
     for (int64_t i = 0; i < na; i++) ys[i] = as[i] + bs[i % nb];
+    ag_round_elementwise(ctx, ys, na);
     ag_var *ins[2] = {a, b};
     ag_record(ctx, AG_OP_ADD, y, ins, 2);
     return y;

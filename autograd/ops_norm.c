@@ -78,6 +78,7 @@ ag_var *ag_batchnorm2d(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, floa
 #pragma omp parallel for schedule(static) if (rows * c >= AG_PAR_MIN)
     for (int64_t r = 0; r < rows; r++)
         for (int64_t j = 0; j < c; j++) ys[r * c + j] = (xs[r * c + j] - mean[j]) * invstd[j] * g[j] + bt[j];
+    ag_round_elementwise(ctx, ys, rows * c);
     ag_var *ins[3] = {x, gamma, beta};
     ag_node *n = ag_record(ctx, AG_OP_BATCHNORM2D, y, ins, 3);
     if (n) {
@@ -145,6 +146,7 @@ ag_var *ag_layernorm(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float 
         rstd[r] = rs;
         for (int64_t j = 0; j < d; j++) ys[r * d + j] = (xr[j] - (float)m) * rs * g[j] + b[j];
     }
+    ag_round_elementwise(ctx, y->value.data, rows * d);
     ag_var *ins[3] = {x, gamma, beta};
     ag_node *n = ag_record(ctx, AG_OP_LAYERNORM, y, ins, 3);
     if (n) {

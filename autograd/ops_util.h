@@ -16,6 +16,10 @@ void ag_rows_add_bias(float *y, int64_t rows, int64_t cols, const float *b);
 /* dst += src */
 void ag_accumulate(float *dst, const float *src, int64_t n);
 
+/* quant.elementwise = bf16: rounds y[0..n) to bfloat16 (nearest, ties to even;
+ * NaN stays NaN) when ctx->elementwise_bf16 is set; otherwise does nothing. */
+void ag_round_elementwise(const ag_ctx *ctx, float *y, int64_t n);
+
 /* Backward functions, one per op (the table is in graph_table.c). */
 #define AG_BACKWARD(name) void ag_##name##_backward(ag_ctx *ctx, ag_node *n);
 AG_BACKWARD(linear) AG_BACKWARD(matmul) AG_BACKWARD(conv2d) AG_BACKWARD(batchnorm2d) AG_BACKWARD(layernorm)

@@ -302,6 +302,47 @@ static double train_steps(model_arch arch, quant_format f, mm_tiling t, int step
     return best / first;
 }
 
+/* quant.elementwise = bf16: each non-GEMM op's output equals the bf16
+ * fake-quantization of its fp32 output; gradients pass straight through. */
+START_TEST(test_elementwise_bf16) {
+    enum { R = 6, C = 40 };
+    float *x = randn(R * C, 77, 0.7f), *g = randn(C, 78, 1.0f), *bt = randn(C, 79, 0.1f);
+    int64_t shape[2] = {R, C};
+    quant_spec bf = quant_spec_default(QUANT_FORMAT_BF16);
+    for (int op = 0; op < 6; op++) {
+        float *outs[2];
+        for (int mode = 0; mode < 2; mode++) {
+            ag_ctx ctx;
+            ag_ctx_init(&ctx, 0);
+            ctx.elementwise_bf16 = mode == 1;
+            ag_var vx = ag_leaf(x, NULL, 2, shape), vg = ag_leaf(g, NULL, 1, (int64_t[]){C}),
+                   vb = ag_leaf(bt, NULL, 1, (int64_t[]){C});
+            ag_var *y = op == 0   ? ag_relu(&ctx, &vx)
+                        : op == 1 ? ag_gelu(&ctx, &vx)
+                        : op == 2 ? ag_gelu_tanh(&ctx, &vx)
+                        : op == 3 ? ag_softmax(&ctx, &vx)
+                        : op == 4 ? ag_add(&ctx, &vx, &vb)
+                                  : ag_layernorm(&ctx, &vx, &vg, &vb, 1e-5f);
+            outs[mode] = malloc(sizeof(float) * R * C);
+            memcpy(outs[mode], y->value.data, sizeof(float) * R * C);
+            ag_ctx_free(&ctx);
+        }
+        float *want = malloc(sizeof(float) * R * C);
+        quant_fake(&bf, outs[0], want, 2, shape, NULL, NULL);
+        expect_bitwise(outs[1], want, R * C, "elementwise bf16");
+        int changed = 0;
+        for (int i = 0; i < R * C; i++) changed += outs[0][i] != outs[1][i];
+        ck_assert_msg(changed > 0, "op %d: bf16 rounding changed nothing", op);
+        free(outs[0]);
+        free(outs[1]);
+        free(want);
+    }
+    free(x);
+    free(g);
+    free(bt);
+}
+END_TEST
+
 START_TEST(test_tiny_models_train_under_every_format_and_tiling) {
     const model_arch archs[2] = {MODEL_ARCH_RESNET, MODEL_ARCH_VIT};
     for (int a = 0; a < 2; a++)
@@ -327,6 +368,7 @@ int main(void) {
     tcase_add_test(tc, test_stats_and_keep_rules);
     tcase_add_test(tc, test_batched_matmul_1d_axes);
     tcase_add_test(tc, test_conv_quantizes_nhwc_input);
+    tcase_add_test(tc, test_elementwise_bf16);
     tcase_add_test(tc, test_tiny_models_train_under_every_format_and_tiling);
     tcase_set_timeout(tc, 300);
     suite_add_tcase(s, tc);
