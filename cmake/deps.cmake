@@ -56,9 +56,16 @@ if(NOT ZLIB_FOUND)
 endif()
 
 find_path(MX_STB_INC stb_image.h PATHS /usr/include/stb NO_DEFAULT_PATH)
-if(NOT MX_STB_INC)
-  mx_missing("stb_image.h" "libstb-dev")
+find_library(MX_STB_LIB stb)
+if(NOT MX_STB_INC OR NOT MX_STB_LIB)
+  mx_missing("stb_image.h and libstb" "libstb-dev")
 endif()
+add_library(mx_stb INTERFACE)
+target_include_directories(mx_stb INTERFACE ${MX_STB_INC})
+target_link_libraries(mx_stb INTERFACE ${MX_STB_LIB})
+
+set(THREADS_PREFER_PTHREAD_FLAG ON)
+find_package(Threads REQUIRED)
 
 set(MX_FMNIST_DIR "/usr/share/datasets/fashion-mnist")
 if(NOT EXISTS "${MX_FMNIST_DIR}/train-images-idx3-ubyte.gz")
