@@ -1,4 +1,5 @@
 #include "autograd/graph.h"
+#include "autograd/mm.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,9 @@ void ag_ctx_reset(ag_ctx *ctx) {
     arena_reset(&ctx->scratch);
     ctx->n_nodes = 0;
     ctx->rng_calls = 0;
+    /* stochastic-rounding streams restart each step (mixed with ctx->step), so a
+       resumed run draws the same bits as an uninterrupted one */
+    if (ctx->mm) ctx->mm->calls = 0;
 }
 
 ag_var *ag_new(ag_ctx *ctx, int ndim, const int64_t *shape) {

@@ -6,5 +6,15 @@
 int cmd_version(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+
+/* Shared by train/eval/compare (cmd_train.c): loads CONFIG and applies --set
+ * options; other options go to `extra` (returns 1 taken, 0 not, -1 error).
+ * Returns 0, or the exit status to return. */
+struct config;
+int cmd_parse_config(const char *cmd, int argc, char **argv, struct config *c,
+                     int (*extra)(int argc, char **argv, int *i, void *user), void *user);
 
 #endif

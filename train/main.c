@@ -15,6 +15,9 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
+    {"train", cmd_train, "train a model from a config file (run directory, checkpoints, report)"},
+    {"eval", cmd_eval, "evaluate a checkpoint under any format (direct-cast inference)"},
+    {"compare", cmd_compare, "train one config under several formats/tilings; summary and report"},
     {"quantize", cmd_quantize, "quantize a .npy tensor to an MX format (fake-quant), with statistics"},
     {"bench", cmd_bench, "benchmarks: 'bench quantize' measures the quantizer against memcpy"},
     {"version", cmd_version, "version, compiler, OpenBLAS kernels, threads and CPU features"},

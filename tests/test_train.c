@@ -1,0 +1,438 @@
+/* train/: config errors and overrides, checkpoints (atomic writes, PyTorch
+ * names for --init-from), resume equivalence, the non-finite guard, and short
+ * end-to-end runs of `mxtrain train`, `eval` and `compare`. */
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/runlog.h"
+#include "train/trainer.h"
+#include "test_util.h"
+
+static const char *write_cfg(const char *name, const char *text) {
+    const char *p = test_path(name);
+    test_write_file(p, text, strlen(text));
+    return p;
+}
+
+static void expect_cfg_error(const char *text, const char *needle) {
+    config *c = malloc(sizeof *c);
+    config_init(c);
+    mx_err err = {0};
+    const char *p = write_cfg("bad.ini", text);
+    ck_assert_int_eq(config_load_file(c, p, &err), -1);
+    ck_assert_msg(strstr(err.msg, needle) != NULL, "error '%s' lacks '%s'", err.msg, needle);
+    ck_assert_msg(strstr(err.msg, "bad.ini:") != NULL, "error '%s' does not name the file", err.msg);
+    free(c);
+}
+
+START_TEST(test_config_errors) {
+    expect_cfg_error("[model]\narch = resnet18\n\n[modle]\nx = 1\n", "bad.ini:4: unknown section [modle]");
+    expect_cfg_error("[model]\narch = resnet18\nnum_clases = 10\n", "bad.ini:3: unknown key 'num_clases' in [model] (valid: arch, num_classes");
+    expect_cfg_error("[data]\nbatch_size = many\n", "bad.ini:2: [data] batch_size: 'many' is not an integer");
+    expect_cfg_error("[data]\n\nbatch_size = 0\n", "bad.ini:3: [data] batch_size: 0 is out of range");
+    expect_cfg_error("[optim]\nlr = 1e-3x\n", "bad.ini:2: [optim] lr: '1e-3x' is not a number");
+    expect_cfg_error("[quant]\nformat = mxfp9\n", "bad.ini:2: [quant] format:");
+    expect_cfg_error("[quant]\ntile = 8by8\n", "bad.ini:2: [quant] tile:");
+    expect_cfg_error("[quant]\nkeep = conv1\n", "bad.ini:2: [quant] keep:");
+    expect_cfg_error("[data]\nshuffle = perhaps\n", "is not true/false");
+    expect_cfg_error("[train]\nepochs = 2\nepochs = 3\n", "bad.ini:3: [train] epochs is set twice (first on line 2)");
+    expect_cfg_error("[train]\nthis line has no equals sign\n", "bad.ini:2: syntax error");
+    expect_cfg_error("epochs = 3\n", "bad.ini:1: key 'epochs' outside any section");
+    config *c = malloc(sizeof *c);
+    config_init(c);
+    mx_err err = {0};
+    ck_assert_int_eq(config_load_file(c, test_path("missing.ini"), &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "missing.ini: cannot open"));
+    free(c);
+}
+END_TEST
+
+START_TEST(test_config_set_and_roundtrip) {
+    config *c = malloc(sizeof *c), *d = malloc(sizeof *d);
+    config_init(c);
+    mx_err err = {0};
+    const char *p = write_cfg("ok.ini", "; comment\n[model]\narch = vit\ndim = 64 ; inline comment\n[quant]\nformat = mxsf\n"
+                                        "keep = conv1:bf16, head:bf16\n");
+    ck_assert_msg(config_load_file(c, p, &err) == 0, "%s", err.msg);
+    ck_assert_str_eq(c->v.model_arch, "vit");
+    ck_assert_int_eq(c->v.model_dim, 64);
+    ck_assert_int_eq(config_set(c, "quant.tiling=1d", &err), 0);
+    ck_assert_str_eq(c->v.quant_tiling, "1d");
+    ck_assert_int_eq(config_set(c, "optim.lr=0.5", &err), 0);
+    ck_assert_double_eq(c->v.optim_lr, 0.5);
+    ck_assert_int_eq(config_set(c, "optim.lrr=0.5", &err), -1);
+    ck_assert_msg(strstr(err.msg, "--set optim.lrr=0.5: unknown key 'lrr' in [optim]") != NULL, "%s", err.msg);
+    ck_assert_int_eq(config_set(c, "quant.format=fp7", &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "--set quant.format=fp7"));
+    ck_assert_int_eq(config_set(c, "train.epochs=-1", &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "out of range"));
+    ck_assert_int_eq(config_set(c, "noequals", &err), -1);
+    ck_assert_int_eq(config_set(c, "bogus.key=1", &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "unknown section [bogus]"));
+    /* the policy the config describes */
+    mm_policy pol;
+    ck_assert_int_eq(config_policy(c, &pol, &err), 1);
+    ck_assert_int_eq(pol.tiling, MM_TILING_1D);
+    ck_assert_int_eq(mm_policy_format(&pol, "head", MM_ROLE_FWD_ACT), QUANT_FORMAT_BF16);
+    ck_assert_int_eq(mm_policy_format(&pol, "blocks.0.attn.qkv", MM_ROLE_FWD_ACT), QUANT_FORMAT_MXSF);
+    mm_policy_free(&pol);
+    ck_assert_int_eq(config_set(c, "quant.bwd_grad=mxfp8_e5m2", &err), 0);
+    ck_assert_int_eq(config_policy(c, &pol, &err), 1);
+    ck_assert_int_eq(mm_policy_format(&pol, "x", MM_ROLE_BWD_GRAD_DW), QUANT_FORMAT_MXFP8_E5M2);
+    ck_assert_int_eq(mm_policy_format(&pol, "x", MM_ROLE_BWD_GRAD_DX), QUANT_FORMAT_MXFP8_E5M2);
+    ck_assert_int_eq(mm_policy_format(&pol, "x", MM_ROLE_FWD_WEIGHT), QUANT_FORMAT_MXSF);
+    mm_policy_free(&pol);
+    /* the resolved config reads back to the same values */
+    const char *rp = test_path("resolved.ini");
+    FILE *f = fopen(rp, "w");
+    config_write(c, f);
+    fclose(f);
+    config_init(d);
+    ck_assert_msg(config_load_file(d, rp, &err) == 0, "%s", err.msg);
+    for (int k = 0; k < config_n_keys; k++) ck_assert_str_eq(c->text[k], d->text[k]);
+    free(c);
+    free(d);
+}
+END_TEST
+
+/* Every key is documented in docs/config.md. */
+START_TEST(test_config_documented) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/docs/config.md", getenv("MX_SOURCE_DIR") ? getenv("MX_SOURCE_DIR") : "../..");
+    FILE *f = fopen(p, "r");
+    ck_assert_msg(f != NULL, "%s missing", p);
+    static char doc[1 << 17];
+    size_t n = fread(doc, 1, sizeof doc - 1, f);
+    doc[n] = 0;
+    fclose(f);
+    for (int k = 0; k < config_n_keys; k++) {
+        char name[128];
+        snprintf(name, sizeof name, "`%s.%s`", config_keys[k].section, config_keys[k].key);
+        ck_assert_msg(strstr(doc, name) != NULL, "docs/config.md does not document %s", name);
+    }
+}
+END_TEST
+
+/* A small synthetic run; returns the config (caller frees). */
+static config *small_config(const char *dir, const char *extra_sets) {
+    config *c = malloc(sizeof *c);
+    config_init(c);
+    mx_err err = {0};
+    const char *sets[] = {"model.arch=resnet", "model.blocks=1,1,1,1", "model.widths=8,8,16,16", "model.img_size=12",
+                          "data.dataset=synthetic", "data.synthetic_train=64", "data.synthetic_eval=32",
+                          "data.batch_size=8", "train.epochs=2", "optim.lr=0.01", "optim.warmup_steps=3",
+                          "log.print_every=100", "log.progress=false", "quant.format=mxfp8_e4m3",
+                          "log.stats_every=4"};
+    for (size_t i = 0; i < sizeof sets / sizeof *sets; i++) ck_assert_msg(config_set(c, sets[i], &err) == 0, "%s", err.msg);
+    char s[1200];
+    snprintf(s, sizeof s, "log.dir=%s", dir);
+    ck_assert_int_eq(config_set(c, s, &err), 0);
+    if (extra_sets) {
+        char buf[1024];
+        snprintf(buf, sizeof buf, "%s", extra_sets);
+        for (char *save = NULL, *t = strtok_r(buf, " ", &save); t; t = strtok_r(NULL, " ", &save))
+            ck_assert_msg(config_set(c, t, &err) == 0, "%s", err.msg);
+    }
+    return c;
+}
+
+static void load_params(const char *ckpt, config *c, float **out, size_t *n) {
+    session s;
+    mx_err err = {0};
+    ck_assert_msg(session_open(&s, c, &err) == 0, "%s", err.msg);
+    ck_assert_msg(ckpt_load_weights(ckpt, &s.m, &err) == 0, "%s", err.msg);
+    *n = s.m.params.n_trainable;
+    *out = malloc(sizeof(float) * *n);
+    memcpy(*out, s.m.params.data, sizeof(float) * *n);
+    session_close(&s);
+}
+
+START_TEST(test_resume_equals_uninterrupted) {
+    const char *da = test_path("run_a"), *db = test_path("run_b");
+    config *a = small_config(da, "quant.grad_round=stochastic");
+    train_opts o = {0};
+    train_result ra, rb;
+    mx_err err = {0};
+    ck_assert_msg(trainer_run(a, &o, &ra, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(ra.steps, 16);
+    /* the same run stopped after 5 steps (mid-epoch) ... */
+    config *b = small_config(db, "quant.grad_round=stochastic train.max_steps=5 optim.schedule=constant");
+    config *a2 = small_config(test_path("run_a2"), "quant.grad_round=stochastic optim.schedule=constant");
+    ck_assert_msg(trainer_run(b, &o, &rb, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(rb.steps, 5);
+    /* ... and resumed to the end */
+    config *b2 = small_config(db, "quant.grad_round=stochastic optim.schedule=constant");
+    train_opts res = {db, NULL};
+    ck_assert_msg(trainer_run(b2, &res, &rb, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(rb.steps, 16);
+    ck_assert_msg(trainer_run(a2, &o, &ra, &err) == 0, "%s", err.msg);
+    /* losses of every step agree, and the final weights are bitwise equal */
+    runlog la, lb;
+    runlog_load(&la, test_path("run_a2"));
+    runlog_load(&lb, db);
+    ck_assert_int_eq(la.n_m, lb.n_m - 1); /* b also logged the evaluation after step 5 */
+    int64_t j = 0;
+    for (int64_t i = 0; i < lb.n_m; i++) {
+        if (lb.m[i].is_eval && lb.m[i].step == 5) continue;
+        ck_assert_int_eq(la.m[j].step, lb.m[i].step);
+        if (!la.m[j].is_eval) ck_assert_msg(la.m[j].loss == lb.m[i].loss, "step %lld: loss %.9g vs resumed %.9g",
+                                            (long long)la.m[j].step, la.m[j].loss, lb.m[i].loss);
+        j++;
+    }
+    ck_assert_int_gt(la.n_s, 0);
+    ck_assert_int_eq(la.n_s, lb.n_s);
+    runlog_close(&la);
+    runlog_close(&lb);
+    char pa[1200], pb[1200];
+    snprintf(pa, sizeof pa, "%s/ckpt/last.h5", test_path("run_a2"));
+    snprintf(pb, sizeof pb, "%s/ckpt/last.h5", db);
+    float *wa, *wb;
+    size_t na, nb;
+    load_params(pa, a2, &wa, &na);
+    load_params(pb, b2, &wb, &nb);
+    ck_assert_int_eq(na, nb);
+    ck_assert_msg(memcmp(wa, wb, sizeof(float) * na) == 0, "resumed weights differ");
+    free(wa), free(wb), free(a), free(b), free(a2), free(b2);
+}
+END_TEST
+
+START_TEST(test_checkpoint_atomic_and_init_from) {
+    config *c = small_config(test_path("ck"), NULL);
+    session s;
+    mx_err err = {0};
+    ck_assert_int_eq(session_open(&s, c, &err), 0);
+    const char *path = test_path("ck.h5");
+    ckpt_meta meta = {7, 1, 0, 0.5};
+    optimizer o;
+    optim_config oc = optim_config_default(OPTIM_KIND_ADAMW);
+    optim_init(&o, &oc, &s.m.params);
+    ck_assert_msg(ckpt_save(path, &s.m, &o, &meta, "text", &err) == 0, "%s", err.msg);
+    float keep = s.m.params.data[0];
+    /* a second save interrupted before the rename (its temporary torn) leaves the first intact */
+    s.m.params.data[0] = 123.0f;
+    meta.step = 8;
+    ck_assert_int_eq(ckpt_write_tmp(path, &s.m, &o, &meta, "text", &err), 0);
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    ck_assert_int_eq(truncate(tmp, 1000), 0);
+    ckpt_meta got;
+    ck_assert_msg(ckpt_load(path, &s.m, &o, &got, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(got.step, 7);
+    ck_assert_float_eq(s.m.params.data[0], keep);
+    /* the torn temporary is not a checkpoint */
+    ck_assert_int_eq(ckpt_load(tmp, &s.m, &o, &got, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "ck.h5.tmp"));
+
+    /* --init-from: root-level datasets under PyTorch names, written with the HDF5 API */
+    const char *pt = test_path("torch.h5");
+    hid_t f = H5Fcreate(pt, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    param_store *ps = &s.m.params;
+    for (int i = 0; i < ps->count; i++) {
+        const param_entry *e = &ps->entries[i];
+        if (e->is_integer) continue; /* num_batches_tracked may be absent */
+        int64_t shape[8];
+        int rank = param_torch_shape(e, shape);
+        hsize_t dims[8];
+        for (int k = 0; k < rank; k++) dims[k] = (hsize_t)shape[k];
+        float *v = malloc(sizeof(float) * (size_t)e->numel);
+        for (int64_t k = 0; k < e->numel; k++) v[k] = (float)(i + 1) + 0.001f * (float)k;
+        hid_t sp = H5Screate_simple(rank, dims, NULL);
+        hid_t d = H5Dcreate2(f, e->name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
+        H5Dclose(d), H5Sclose(sp);
+        free(v);
+    }
+    H5Fclose(f);
+    ck_assert_msg(ckpt_load_weights(pt, &s.m, &err) == 0, "%s", err.msg);
+    int ic = param_find(ps, "conv1.weight");
+    ck_assert_int_ge(ic, 0);
+    /* conv1.weight is OIHW in the file: element [0, 0, 0, 1] is k = 1, stored OHWI at index I (= 3 channels) */
+    ck_assert_float_eq_tol(param_data(ps, ic)[3], (float)(ic + 1) + 0.001f, 1e-6f);
+    /* a wrong shape and an unknown name are named */
+    f = H5Fopen(pt, H5F_ACC_RDWR, H5P_DEFAULT);
+    hsize_t d1[1] = {3};
+    hid_t sp = H5Screate_simple(1, d1, NULL);
+    hid_t d = H5Dcreate2(f, "extra.weight", H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dclose(d), H5Sclose(sp);
+    H5Fclose(f);
+    ck_assert_int_eq(ckpt_load_weights(pt, &s.m, &err), -1);
+    ck_assert_msg(strstr(err.msg, "'extra.weight' is not a parameter") != NULL, "%s", err.msg);
+    f = H5Fopen(pt, H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Ldelete(f, "extra.weight", H5P_DEFAULT);
+    H5Ldelete(f, "fc.bias", H5P_DEFAULT);
+    d1[0] = 11;
+    sp = H5Screate_simple(1, d1, NULL);
+    d = H5Dcreate2(f, "fc.bias", H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dclose(d), H5Sclose(sp);
+    H5Fclose(f);
+    ck_assert_int_eq(ckpt_load_weights(pt, &s.m, &err), -1);
+    ck_assert_msg(strstr(err.msg, "'fc.bias' has shape [11], the model expects [10]") != NULL, "%s", err.msg);
+    test_write_file(test_path("junk.h5"), "not hdf5 at all", 15);
+    ck_assert_int_eq(ckpt_load_weights(test_path("junk.h5"), &s.m, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "junk.h5: not a readable HDF5 file"));
+    optim_free(&o);
+    session_close(&s);
+    free(c);
+}
+END_TEST
+
+START_TEST(test_nonfinite_guard) {
+    const char *dir = test_path("nan");
+    train_opts o = {0};
+    train_result r;
+    mx_err err = {0};
+    /* a good run leaves a checkpoint at step 3 */
+    config *c = small_config(dir, "train.max_steps=3 train.ckpt_every=1");
+    ck_assert_msg(trainer_run(c, &o, &r, &err) == 0, "%s", err.msg);
+    /* weights with an infinite classifier entry: the first loss is not finite */
+    session s;
+    ck_assert_int_eq(session_open(&s, c, &err), 0);
+    int fc = param_find(&s.m.params, "fc.weight");
+    param_data(&s.m.params, fc)[0] = INFINITY;
+    const char *bad = test_path("bad_weights.h5");
+    ckpt_meta meta = {0, 0, 0, 0};
+    ck_assert_int_eq(ckpt_save(bad, &s.m, NULL, &meta, NULL, &err), 0);
+    session_close(&s);
+    free(c);
+    c = small_config(dir, NULL);
+    train_opts init = {NULL, bad};
+    ck_assert_int_eq(trainer_run(c, &init, &r, &err), -1);
+    ck_assert_msg(strstr(err.msg, "step 0: non-finite loss") && strstr(err.msg, "worst layer: fc.weight"), "%s",
+                  err.msg);
+    /* the last good checkpoint is intact */
+    char last[1200];
+    snprintf(last, sizeof last, "%s/ckpt/last.h5", dir);
+    ck_assert_int_eq(session_open(&s, c, &err), 0);
+    optimizer opt;
+    optim_config oc;
+    ck_assert_int_eq(config_optim(c, &oc, &err), 0);
+    optim_init(&opt, &oc, &s.m.params);
+    ck_assert_msg(ckpt_load(last, &s.m, &opt, &meta, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(meta.step, 3);
+    for (size_t i = 0; i < s.m.params.n_trainable; i++) ck_assert(isfinite(s.m.params.data[i]));
+    optim_free(&opt);
+    session_close(&s);
+    free(c);
+    /* skip: every step is skipped, the run still completes */
+    c = small_config(test_path("nan_skip"), "train.on_nonfinite=skip train.max_steps=4");
+    ck_assert_msg(trainer_run(c, &init, &r, &err) == 0, "%s", err.msg);
+    free(c);
+}
+END_TEST
+
+static const char *mxtrain_bin(void) {
+    static char p[1024];
+    snprintf(p, sizeof p, "%s/mxtrain", getenv("MX_BUILD_DIR") ? getenv("MX_BUILD_DIR") : "..");
+    return p;
+}
+
+static double last_eval_acc(const char *dir) {
+    runlog l;
+    runlog_load(&l, dir);
+    double acc = -1;
+    for (int64_t i = 0; i < l.n_m; i++)
+        if (l.m[i].is_eval) acc = l.m[i].eval_acc;
+    runlog_close(&l);
+    return acc;
+}
+
+static bool exists(const char *dir, const char *name) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    struct stat st;
+    return stat(p, &st) == 0 && st.st_size > 0;
+}
+
+/* The quickstart config, trimmed: must beat chance (10%) by a wide margin. */
+START_TEST(test_quickstart_end_to_end) {
+    struct stat st;
+    if (stat("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", &st) != 0) {
+        fprintf(stderr, "skipped: dataset-fashion-mnist is not installed\n");
+        return;
+    }
+    bool sanitized = getenv("MX_SANITIZED") != NULL; /* ~10x slower: fewer steps */
+    const char *dir = test_path("quick");
+    char cmd[3000];
+    snprintf(cmd, sizeof cmd,
+             "%s train %s/configs/quickstart.ini --set train.max_steps=%d --set data.limit_eval=%d "
+             "--set log.dir=%s --set log.stats_every=20 --set optim.warmup_steps=10 > %s/out.txt 2>&1",
+             mxtrain_bin(), getenv("MX_SOURCE_DIR"), sanitized ? 40 : 200, sanitized ? 500 : 2000, dir, test_tmpdir());
+    ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
+    double acc = last_eval_acc(dir);
+    fprintf(stderr, "quickstart trimmed: eval accuracy %.3f\n", acc);
+    ck_assert_msg(acc > (sanitized ? 0.4 : 0.7), "accuracy %.3f", acc);
+    const char *files[] = {"config.ini", "metrics.csv", "metrics.jsonl", "stats.csv", "stats.h5", "report.html",
+                           "ckpt/last.h5", "ckpt/best.h5"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) ck_assert_msg(exists(dir, files[i]), "%s missing", files[i]);
+    /* eval under another format (direct cast) prints a JSON line */
+    snprintf(cmd, sizeof cmd,
+             "%s eval %s/configs/quickstart.ini --checkpoint %s/ckpt/last.h5 --set quant.format=mxfp8_e4m3 "
+             "--set data.limit_eval=300 > %s/eval.json 2>/dev/null",
+             mxtrain_bin(), getenv("MX_SOURCE_DIR"), dir, test_tmpdir());
+    ck_assert_int_eq(system(cmd), 0);
+    char p[600], line[512] = {0};
+    snprintf(p, sizeof p, "%s/eval.json", test_tmpdir());
+    FILE *f = fopen(p, "r");
+    ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
+    fclose(f);
+    ck_assert_msg(strstr(line, "\"format\":\"mxfp8_e4m3\"") && strstr(line, "\"eval_acc\":"), "%s", line);
+}
+END_TEST
+
+START_TEST(test_compare_cli) {
+    const char *dir = test_path("cmp");
+    const char *cfg = write_cfg("cmp.ini", "[model]\narch = resnet\nblocks = 1,1,1,1\nwidths = 8,8,16,16\nimg_size = 12\n"
+                                           "[data]\ndataset = synthetic\nsynthetic_train = 32\nsynthetic_eval = 16\n"
+                                           "batch_size = 8\n[log]\nstats_every = 2\nprogress = false\n");
+    char cmd[2000];
+    snprintf(cmd, sizeof cmd, "%s compare %s --formats bf16,mxsf --tilings 1d,2d --out %s > /dev/null 2>&1",
+             mxtrain_bin(), cfg, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    char p[1200], line[512];
+    snprintf(p, sizeof p, "%s/summary.csv", dir);
+    FILE *f = fopen(p, "r");
+    ck_assert_ptr_nonnull(f);
+    int rows = 0;
+    long passes_1d = -1, passes_2d = -1;
+    while (fgets(line, sizeof line, f)) {
+        rows++;
+        const char *last = strrchr(line, ',');
+        if (strncmp(line, "mxsf,1d,", 8) == 0) passes_1d = strtol(last + 1, NULL, 10);
+        if (strncmp(line, "mxsf,2d,", 8) == 0) passes_2d = strtol(last + 1, NULL, 10);
+    }
+    fclose(f);
+    ck_assert_int_eq(rows, 5);
+    /* 3 passes per product with 2d, 6 with 1d, except that 1d skips the two
+       operands of the first conv's dX product (the images need no gradient) */
+    ck_assert_int_gt(passes_2d, 0);
+    ck_assert_int_eq(passes_2d % 3, 0);
+    ck_assert_int_eq(passes_1d, 2 * passes_2d - 2);
+    ck_assert(exists(dir, "summary.md") && exists(dir, "report.html") && exists(dir, "mxsf_1d/metrics.jsonl"));
+    /* bad variants are refused before anything trains */
+    snprintf(cmd, sizeof cmd, "%s compare %s --formats bf16,nope --out %s/x > /dev/null 2>&1", mxtrain_bin(), cfg, dir);
+    ck_assert_int_eq(WEXITSTATUS(system(cmd)), 2);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("train");
+    TCase *tc = tcase_create("train");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_config_errors);
+    tcase_add_test(tc, test_config_set_and_roundtrip);
+    tcase_add_test(tc, test_config_documented);
+    tcase_add_test(tc, test_checkpoint_atomic_and_init_from);
+    tcase_add_test(tc, test_resume_equals_uninterrupted);
+    tcase_add_test(tc, test_nonfinite_guard);
+    tcase_add_test(tc, test_compare_cli);
+    tcase_add_test(tc, test_quickstart_end_to_end);
+    suite_add_tcase(s, tc);
+    return test_run_suite(s);
+}

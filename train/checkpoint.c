@@ -1,0 +1,311 @@
+/* HDF5 checkpoints (see checkpoint.h). */
+#include "train/checkpoint.h"
+
+#include <fcntl.h>
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* HDF5 prints its error stack by default; we report our own one-liners. */
+static void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+
+static int attr_write_i64(hid_t loc, const char *name, int64_t v) {
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(loc, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t r = a >= 0 ? H5Awrite(a, H5T_NATIVE_INT64, &v) : -1;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    return r < 0 ? -1 : 0;
+}
+
+static int attr_write_f64(hid_t loc, const char *name, double v) {
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(loc, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t r = a >= 0 ? H5Awrite(a, H5T_NATIVE_DOUBLE, &v) : -1;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    return r < 0 ? -1 : 0;
+}
+
+static int attr_read_i64(hid_t loc, const char *name, int64_t *v) {
+    if (H5Aexists(loc, name) <= 0) return -1;
+    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+    herr_t r = H5Aread(a, H5T_NATIVE_INT64, v);
+    H5Aclose(a);
+    return r < 0 ? -1 : 0;
+}
+
+static int attr_read_f64(hid_t loc, const char *name, double *v) {
+    if (H5Aexists(loc, name) <= 0) return -1;
+    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+    herr_t r = H5Aread(a, H5T_NATIVE_DOUBLE, v);
+    H5Aclose(a);
+    return r < 0 ? -1 : 0;
+}
+
+static int write_dataset(hid_t loc, const char *name, hid_t file_type, hid_t mem_type, int rank, const int64_t *shape,
+                         const void *data) {
+    hsize_t dims[8];
+    for (int i = 0; i < rank; i++) dims[i] = (hsize_t)shape[i];
+    hid_t sp = rank ? H5Screate_simple(rank, dims, NULL) : H5Screate(H5S_SCALAR);
+    hid_t d = H5Dcreate2(loc, name, file_type, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t r = d >= 0 ? H5Dwrite(d, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) : -1;
+    if (d >= 0) H5Dclose(d);
+    H5Sclose(sp);
+    return r < 0 ? -1 : 0;
+}
+
+int ckpt_write_tmp(const char *path, model *m, const optimizer *o, const ckpt_meta *meta, const char *config_text,
+                   mx_err *err) {
+    h5_quiet();
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) return mx_err_set(err, "%s: cannot create checkpoint file", tmp);
+    int rc = -1;
+    hid_t gm = H5Gcreate2(f, "model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), go = -1;
+    param_store *ps = &m->params;
+    float *buf = NULL;
+    size_t cap = 0;
+    for (int i = 0; i < ps->count; i++) {
+        const param_entry *e = &ps->entries[i];
+        int64_t shape[8];
+        int rank = param_torch_shape(e, shape);
+        const float *src = param_data(ps, i);
+        if (e->is_integer) {
+            int64_t *iv = malloc(sizeof(int64_t) * (size_t)e->numel);
+            for (int64_t k = 0; k < e->numel; k++) iv[k] = (int64_t)src[k];
+            int r = write_dataset(gm, e->name, H5T_STD_I64LE, H5T_NATIVE_INT64, rank, shape, iv);
+            free(iv);
+            if (r) goto fail;
+            continue;
+        }
+        if ((size_t)e->numel > cap) {
+            cap = (size_t)e->numel;
+            free(buf);
+            buf = mx_malloc(sizeof(float) * cap);
+        }
+        param_to_torch(e, src, buf);
+        if (write_dataset(gm, e->name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, rank, shape, buf)) goto fail;
+    }
+    if (o) {
+        go = H5Gcreate2(f, "optim", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        int64_t n = (int64_t)o->n;
+        if (go < 0 || write_dataset(go, "exp_avg", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &n, o->m) ||
+            write_dataset(go, "exp_avg_sq", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &n, o->v) ||
+            attr_write_i64(go, "optim_step", o->step) || attr_write_i64(go, "optim_kind", o->cfg.kind) ||
+            attr_write_i64(go, "momentum_initialised", o->has_momentum_buf))
+            goto fail;
+    }
+    if (attr_write_i64(f, "step", meta->step) || attr_write_i64(f, "epoch", meta->epoch) ||
+        attr_write_i64(f, "seed", (int64_t)meta->seed) || attr_write_f64(f, "best_acc", meta->best_acc))
+        goto fail;
+    if (config_text) {
+        hid_t st = H5Tcopy(H5T_C_S1);
+        H5Tset_size(st, H5T_VARIABLE);
+        hid_t sp = H5Screate(H5S_SCALAR);
+        hid_t d = H5Dcreate2(f, "config", st, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        herr_t r = d >= 0 ? H5Dwrite(d, st, H5S_ALL, H5S_ALL, H5P_DEFAULT, &config_text) : -1;
+        if (d >= 0) H5Dclose(d);
+        H5Sclose(sp);
+        H5Tclose(st);
+        if (r < 0) goto fail;
+    }
+    rc = 0;
+fail:
+    free(buf);
+    if (go >= 0) H5Gclose(go);
+    if (gm >= 0) H5Gclose(gm);
+    if (H5Fclose(f) < 0) rc = -1;
+    if (rc) {
+        unlink(tmp);
+        return mx_err_set(err, "%s: writing the checkpoint failed (disk full?)", tmp);
+    }
+    int fd = open(tmp, O_RDONLY); /* the data must be on disk before the rename makes it current */
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    return 0;
+}
+
+int ckpt_commit(const char *path, mx_err *err) {
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (rename(tmp, path) != 0) return mx_err_set(err, "%s: cannot rename %s into place", path, tmp);
+    return 0;
+}
+
+int ckpt_save(const char *path, model *m, const optimizer *o, const ckpt_meta *meta, const char *config_text,
+              mx_err *err) {
+    if (ckpt_write_tmp(path, m, o, meta, config_text, err)) return -1;
+    return ckpt_commit(path, err);
+}
+
+/* ---------------- reading ---------------- */
+
+/* Reads dataset `name` under loc into dst (count values of PyTorch shape `shape`). */
+static int read_checked(hid_t loc, const char *name, const char *path, int rank, const int64_t *shape, bool integer,
+                        void *dst, mx_err *err) {
+    hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
+    if (d < 0) return mx_err_set(err, "%s: missing '%s'", path, name);
+    hid_t sp = H5Dget_space(d), ty = H5Dget_type(d);
+    int r = H5Sget_simple_extent_ndims(sp);
+    hsize_t dims[16] = {0};
+    int rc = -1;
+    if (r < 0 || r > 16) {
+        mx_err_set(err, "%s: '%s' has an unreadable shape", path, name);
+        goto done;
+    }
+    H5Sget_simple_extent_dims(sp, dims, NULL);
+    bool same = r == rank;
+    for (int i = 0; same && i < r; i++) same = (int64_t)dims[i] == shape[i];
+    if (!same) {
+        char got[160] = "", want[160] = "";
+        size_t a = 0, b = 0;
+        for (int i = 0; i < r; i++) a += (size_t)snprintf(got + a, sizeof got - a, "%s%llu", i ? "," : "", (unsigned long long)dims[i]);
+        for (int i = 0; i < rank; i++) b += (size_t)snprintf(want + b, sizeof want - b, "%s%lld", i ? "," : "", (long long)shape[i]);
+        mx_err_set(err, "%s: '%s' has shape [%s], the model expects [%s]", path, name, got, want);
+        goto done;
+    }
+    H5T_class_t cls = H5Tget_class(ty);
+    if (cls != H5T_FLOAT && cls != H5T_INTEGER) {
+        mx_err_set(err, "%s: '%s' is not numeric", path, name);
+        goto done;
+    }
+    if (H5Dread(d, integer ? H5T_NATIVE_INT64 : H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) < 0) {
+        mx_err_set(err, "%s: cannot read '%s' (truncated or corrupt file?)", path, name);
+        goto done;
+    }
+    rc = 0;
+done:
+    H5Tclose(ty);
+    H5Sclose(sp);
+    H5Dclose(d);
+    return rc;
+}
+
+typedef struct name_check {
+    const param_store *ps;
+    char first_unknown[256];
+} name_check;
+
+static herr_t visit_name(hid_t g, const char *name, const H5L_info_t *info, void *data) {
+    name_check *nc = data;
+    if (nc->first_unknown[0]) return 0;
+    hid_t obj = H5Oopen(g, name, H5P_DEFAULT);
+    if (obj < 0) return 0;
+    bool is_dataset = H5Iget_type(obj) == H5I_DATASET;
+    H5Oclose(obj);
+    if (is_dataset && param_find(nc->ps, name) < 0)
+        snprintf(nc->first_unknown, sizeof nc->first_unknown, "%s", name);
+    return 0;
+}
+
+static int read_model(hid_t g, const char *path, model *m, bool strict_names, bool allow_missing_counters,
+                      mx_err *err) {
+    param_store *ps = &m->params;
+    float *buf = NULL;
+    size_t cap = 0;
+    for (int i = 0; i < ps->count; i++) {
+        const param_entry *e = &ps->entries[i];
+        int64_t shape[8];
+        int rank = param_torch_shape(e, shape);
+        if (allow_missing_counters && e->is_integer && H5Lexists(g, e->name, H5P_DEFAULT) <= 0) continue;
+        if (e->is_integer) {
+            int64_t *iv = mx_malloc(sizeof(int64_t) * (size_t)e->numel);
+            int r = read_checked(g, e->name, path, rank, shape, true, iv, err);
+            if (!r)
+                for (int64_t k = 0; k < e->numel; k++) param_data(ps, i)[k] = (float)iv[k];
+            free(iv);
+            if (r) goto fail;
+            continue;
+        }
+        if ((size_t)e->numel > cap) {
+            cap = (size_t)e->numel;
+            free(buf);
+            buf = mx_malloc(sizeof(float) * cap);
+        }
+        if (read_checked(g, e->name, path, rank, shape, false, buf, err)) goto fail;
+        param_from_torch(e, buf, param_data(ps, i));
+    }
+    free(buf);
+    if (strict_names) {
+        name_check nc = {ps, ""};
+        H5Literate(g, H5_INDEX_NAME, H5_ITER_NATIVE, NULL, visit_name, &nc);
+        if (nc.first_unknown[0])
+            return mx_err_set(err, "%s: '%s' is not a parameter of this model (%s)", path, nc.first_unknown,
+                              model_arch_name(m->cfg.arch));
+    }
+    return 0;
+fail:
+    free(buf);
+    return -1;
+}
+
+static hid_t open_ro(const char *path, mx_err *err) {
+    h5_quiet();
+    if (access(path, R_OK) != 0) {
+        mx_err_set(err, "%s: no such checkpoint", path);
+        return -1;
+    }
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) mx_err_set(err, "%s: not a readable HDF5 file (truncated or corrupt?)", path);
+    return f;
+}
+
+int ckpt_load_weights(const char *path, model *m, mx_err *err) {
+    hid_t f = open_ro(path, err);
+    if (f < 0) return -1;
+    bool has_group = H5Lexists(f, "model", H5P_DEFAULT) > 0;
+    hid_t g = has_group ? H5Gopen2(f, "model", H5P_DEFAULT) : f;
+    int rc = read_model(g, path, m, true, true, err);
+    if (has_group) H5Gclose(g);
+    H5Fclose(f);
+    return rc;
+}
+
+int ckpt_load(const char *path, model *m, optimizer *o, ckpt_meta *meta, mx_err *err) {
+    hid_t f = open_ro(path, err);
+    if (f < 0) return -1;
+    int rc = -1;
+    hid_t g = -1, go = -1;
+    if (H5Lexists(f, "model", H5P_DEFAULT) <= 0 || H5Lexists(f, "optim", H5P_DEFAULT) <= 0) {
+        mx_err_set(err, "%s: not an mxtrain training checkpoint (needs groups model and optim)", path);
+        goto done;
+    }
+    g = H5Gopen2(f, "model", H5P_DEFAULT);
+    if (read_model(g, path, m, true, false, err)) goto done;
+    go = H5Gopen2(f, "optim", H5P_DEFAULT);
+    int64_t n = (int64_t)o->n, kind, ostep, mom;
+    if (attr_read_i64(go, "optim_kind", &kind) || attr_read_i64(go, "optim_step", &ostep) ||
+        attr_read_i64(go, "momentum_initialised", &mom)) {
+        mx_err_set(err, "%s: optimizer attributes missing", path);
+        goto done;
+    }
+    if (kind != o->cfg.kind) {
+        mx_err_set(err, "%s: saved by optimizer %s, the config asks for %s", path, optim_kind_name((optim_kind)kind),
+                   optim_kind_name(o->cfg.kind));
+        goto done;
+    }
+    if (read_checked(go, "exp_avg", path, 1, &n, false, o->m, err) ||
+        read_checked(go, "exp_avg_sq", path, 1, &n, false, o->v, err))
+        goto done;
+    o->step = ostep;
+    o->has_momentum_buf = mom != 0;
+    int64_t seed;
+    if (attr_read_i64(f, "step", &meta->step) || attr_read_i64(f, "epoch", &meta->epoch) ||
+        attr_read_i64(f, "seed", &seed) || attr_read_f64(f, "best_acc", &meta->best_acc)) {
+        mx_err_set(err, "%s: step/epoch/seed attributes missing", path);
+        goto done;
+    }
+    meta->seed = (uint64_t)seed;
+    rc = 0;
+done:
+    if (go >= 0) H5Gclose(go);
+    if (g >= 0) H5Gclose(g);
+    H5Fclose(f);
+    return rc;
+}

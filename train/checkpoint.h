@@ -1,0 +1,38 @@
+/* HDF5 checkpoints (spec/interfaces.md):
+ *   /model/<state_dict name>   float32 in PyTorch's shape (conv OIHW); num_batches_tracked int64
+ *   /optim/exp_avg, /optim/exp_avg_sq   flat optimizer state (AdamW moments; SGD momentum in exp_avg)
+ *   attributes step, epoch, seed, best_acc, optim_step, optim_kind, momentum_initialised
+ *   /config                    the resolved config text
+ * Written to FILE.tmp and renamed, so an interrupted write never replaces a
+ * good checkpoint. Reading validates every name, shape and type. */
+#ifndef MX_TRAIN_CHECKPOINT_H
+#define MX_TRAIN_CHECKPOINT_H
+
+#include <stdint.h>
+
+#include "core/error.h"
+#include "layers/model.h"
+#include "optim/optim.h"
+
+typedef struct ckpt_meta {
+    int64_t step;      /* optimizer steps done */
+    int64_t epoch;     /* epochs completed */
+    uint64_t seed;
+    double best_acc;
+} ckpt_meta;
+
+int ckpt_save(const char *path, model *m, const optimizer *o, const ckpt_meta *meta, const char *config_text,
+              mx_err *err);
+/* The two halves of ckpt_save (tests interrupt between them). */
+int ckpt_write_tmp(const char *path, model *m, const optimizer *o, const ckpt_meta *meta, const char *config_text,
+                   mx_err *err);
+int ckpt_commit(const char *path, mx_err *err);
+
+/* Full state for --resume: weights, buffers, optimizer, metadata. */
+int ckpt_load(const char *path, model *m, optimizer *o, ckpt_meta *meta, mx_err *err);
+/* Weights only (--init-from, eval): group `model`, or root-level datasets when
+ * there is none; every model entry must be present with PyTorch's shape
+ * (num_batches_tracked may be absent) and the file may hold no other names. */
+int ckpt_load_weights(const char *path, model *m, mx_err *err);
+
+#endif

@@ -1,0 +1,181 @@
+/* mxtrain compare: one config, trained once per (format, tiling) variant;
+ * summary.md, summary.csv and a report with one line per variant. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/cli.h"
+#include "train/commands.h"
+#include "train/config.h"
+#include "train/report.h"
+#include "train/runlog.h"
+#include "train/trainer.h"
+
+typedef struct compare_args {
+    const char *formats, *tilings, *out;
+} compare_args;
+
+static int compare_extra(int argc, char **argv, int *i, void *user) {
+    compare_args *a = user;
+    int r = cli_take_value(argc, argv, i, "--formats", &a->formats);
+    if (r) return r;
+    r = cli_take_value(argc, argv, i, "--tilings", &a->tilings);
+    if (r) return r;
+    return cli_take_value(argc, argv, i, "--out", &a->out);
+}
+
+static int split_list(const char *s, char items[][64], int cap) {
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", s);
+    int n = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ", ", &save); t && n < cap; t = strtok_r(NULL, ", ", &save))
+        snprintf(items[n++], 64, "%s", t);
+    return n;
+}
+
+static void pct(char *b, size_t n, double v) {
+    if (isfinite(v) && v >= 0) snprintf(b, n, "%.2f", 100 * v);
+    else snprintf(b, n, "-");
+}
+
+int cmd_compare(int argc, char **argv) {
+    for (int i = 0; i < argc; i++)
+        if (cli_is_help(argv[i])) {
+            printf("usage: mxtrain compare CONFIG --formats F1,F2,... [--tilings 1d,2d] [--out DIR]\n"
+                   "                      [--set section.key=value ...]\n"
+                   "\nTrains CONFIG once per format x tiling (run directories DIR/<format>_<tiling>), then writes\n"
+                   "DIR/summary.md, DIR/summary.csv and DIR/report.html (default DIR: log.dir).\n");
+            return 0;
+        }
+    config *base = mx_malloc(sizeof *base), *c = mx_malloc(sizeof *c);
+    compare_args a = {0};
+    int rc = cmd_parse_config("compare", argc, argv, base, compare_extra, &a);
+    if (rc) goto done;
+    if (!a.formats) {
+        rc = cli_usage_error("compare", "missing --formats (e.g. --formats bf16,mxint8,mxfp8_e4m3,boost,mxsf)");
+        goto done;
+    }
+    char formats[32][64], tilings[8][64];
+    int nf = split_list(a.formats, formats, 32), nt = a.tilings ? split_list(a.tilings, tilings, 8) : 0;
+    if (nt == 0) snprintf(tilings[nt++], 64, "%s", base->v.quant_tiling);
+    mx_err err = {0};
+    /* validate every variant before training any */
+    for (int i = 0; i < nf; i++) {
+        quant_format f;
+        if (quant_format_parse(formats[i], &f, &err)) {
+            rc = cli_usage_error("compare", "--formats: %s", err.msg);
+            goto done;
+        }
+    }
+    for (int j = 0; j < nt; j++) {
+        mm_tiling t;
+        if (mm_tiling_parse(tilings[j], &t, &err)) {
+            rc = cli_usage_error("compare", "--tilings: %s", err.msg);
+            goto done;
+        }
+    }
+    char out[1024];
+    snprintf(out, sizeof out, "%s", a.out ? a.out : base->v.log_dir);
+    if (make_dirs(out, &err)) {
+        fprintf(stderr, "mxtrain compare: %s\n", err.msg);
+        rc = 1;
+        goto done;
+    }
+    int nv = nf * nt;
+    train_result *res = mx_calloc((size_t)nv, sizeof *res);
+    char (*names)[160] = mx_calloc((size_t)nv, 160);
+    char (*dirs)[1200] = mx_calloc((size_t)nv, 1200);
+    rc = 0;
+    for (int i = 0; i < nf && !rc; i++)
+        for (int j = 0; j < nt && !rc; j++) {
+            int v = i * nt + j;
+            *c = *base;
+            snprintf(names[v], 160, "%s %s", formats[i], tilings[j]);
+            snprintf(dirs[v], 1200, "%s/%s_%s", out, formats[i], tilings[j]);
+            char set[1300];
+            snprintf(set, sizeof set, "quant.format=%s", formats[i]);
+            config_set(c, set, &err);
+            snprintf(set, sizeof set, "quant.tiling=%s", tilings[j]);
+            config_set(c, set, &err);
+            snprintf(set, sizeof set, "log.dir=%s", dirs[v]);
+            if (config_set(c, set, &err)) {
+                fprintf(stderr, "mxtrain compare: %s\n", err.msg);
+                rc = 1;
+                break;
+            }
+            fprintf(stderr, "== variant %d/%d: %s -> %s\n", v + 1, nv, names[v], dirs[v]);
+            train_opts o = {0};
+            int r = trainer_run(c, &o, &res[v], &err);
+            if (r < 0) {
+                /* a variant that diverges is a result, not a failure of the comparison */
+                fprintf(stderr, "mxtrain compare: %s: %s\n", names[v], err.msg);
+                res[v].final_acc = res[v].best_acc = res[v].final_loss = NAN;
+                res[v].mean_grad_underflow = NAN;
+            } else if (r == TRAIN_EXIT_INTERRUPTED) {
+                rc = r;
+            }
+        }
+    /* summary.csv / summary.md */
+    char p[1200];
+    snprintf(p, sizeof p, "%s/summary.csv", out);
+    FILE *fc = fopen(p, "w");
+    snprintf(p, sizeof p, "%s/summary.md", out);
+    FILE *fm = fopen(p, "w");
+    char *html = NULL;
+    size_t hl = 0;
+    FILE *fh = open_memstream(&html, &hl);
+    if (!fc || !fm) {
+        fprintf(stderr, "mxtrain compare: %s: cannot write the summary\n", out);
+        rc = 1;
+    } else {
+        fprintf(fc, "format,tiling,final_acc,best_acc,final_loss,mean_grad_underflow,step_s,passes_per_step\n");
+        fprintf(fm, "| format | tiling | final acc %% | best acc %% | final loss | mean grad underflow | step s | "
+                    "passes/step |\n|---|---|---|---|---|---|---|---|\n");
+        fprintf(fh, "<table><tr><th>format</th><th>tiling</th><th>final acc %%</th><th>best acc %%</th><th>final "
+                    "loss</th><th>mean grad underflow</th><th>step s</th><th>passes/step</th></tr>\n");
+        for (int i = 0; i < nf; i++)
+            for (int j = 0; j < nt; j++) {
+                train_result *r = &res[i * nt + j];
+                char fa[16], ba[16];
+                pct(fa, sizeof fa, r->final_acc);
+                pct(ba, sizeof ba, r->best_acc);
+                fprintf(fc, "%s,%s,%.6g,%.6g,%.6g,%.6g,%.4f,%lld\n", formats[i], tilings[j], r->final_acc, r->best_acc,
+                        r->final_loss, r->mean_grad_underflow, r->median_step_s, (long long)r->passes_per_step);
+                fprintf(fm, "| %s | %s | %s | %s | %.4f | %.3g | %.3f | %lld |\n", formats[i], tilings[j], fa, ba,
+                        r->final_loss, r->mean_grad_underflow, r->median_step_s, (long long)r->passes_per_step);
+                fprintf(fh, "<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%.4f</td><td>%.3g</td><td>%.3f</td>"
+                            "<td>%lld</td></tr>\n",
+                        formats[i], tilings[j], fa, ba, r->final_loss, r->mean_grad_underflow, r->median_step_s,
+                        (long long)r->passes_per_step);
+            }
+        fprintf(fh, "</table>\n");
+    }
+    if (fc) fclose(fc);
+    if (fm) fclose(fm);
+    fclose(fh);
+    runlog *logs = mx_calloc((size_t)nv, sizeof *logs);
+    report_run *runs = mx_calloc((size_t)nv, sizeof *runs);
+    for (int v = 0; v < nv; v++) {
+        runlog_load(&logs[v], dirs[v]);
+        runs[v] = (report_run){names[v], &logs[v]};
+    }
+    snprintf(p, sizeof p, "%s/report.html", out);
+    if (report_write(p, "mxtrain format comparison", runs, nv, html, &err)) {
+        fprintf(stderr, "mxtrain compare: %s\n", err.msg);
+        rc = 1;
+    } else {
+        fprintf(stderr, "compare: %s/summary.md, %s/summary.csv, %s\n", out, out, p);
+    }
+    for (int v = 0; v < nv; v++) runlog_close(&logs[v]);
+    free(logs);
+    free(runs);
+    free(html);
+    free(res);
+    free(names);
+    free(dirs);
+done:
+    free(base);
+    free(c);
+    return rc;
+}

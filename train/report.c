@@ -1,0 +1,150 @@
+/* report.html (see report.h). */
+#include "train/report.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "train/svg.h"
+
+static void loss_and_accuracy(FILE *f, const report_run *runs, int n) {
+    svg_series *ls = calloc((size_t)n, sizeof *ls), *as = calloc((size_t)n, sizeof *as);
+    double **buf = calloc((size_t)n * 4, sizeof *buf);
+    for (int k = 0; k < n; k++) {
+        const runlog *r = runs[k].log;
+        double *lx = malloc(sizeof(double) * (size_t)(r->n_m + 1)), *ly = malloc(sizeof(double) * (size_t)(r->n_m + 1));
+        double *ax = malloc(sizeof(double) * (size_t)(r->n_m + 1)), *ay = malloc(sizeof(double) * (size_t)(r->n_m + 1));
+        int nl = 0, na = 0;
+        for (int64_t i = 0; i < r->n_m; i++) {
+            const metric_rec *m = &r->m[i];
+            if (m->is_eval) ax[na] = (double)m->step, ay[na++] = 100.0 * m->eval_acc;
+            else lx[nl] = (double)m->step, ly[nl++] = m->loss;
+        }
+        ls[k] = (svg_series){runs[k].name, lx, ly, nl};
+        as[k] = (svg_series){runs[k].name, ax, ay, na};
+        buf[4 * k] = lx, buf[4 * k + 1] = ly, buf[4 * k + 2] = ax, buf[4 * k + 3] = ay;
+    }
+    fputs("<h2>Training loss and evaluation accuracy</h2>\n<div class=\"row\">\n", f);
+    svg_line_chart(f, "training loss", "step", "loss", ls, n, true);
+    svg_line_chart(f, "evaluation top-1 accuracy", "step", "accuracy %", as, n, false);
+    fputs("</div>\n", f);
+    for (int i = 0; i < 4 * n; i++) free(buf[i]);
+    free(buf);
+    free(ls);
+    free(as);
+}
+
+static int find_str(char (*names)[96], int n, const char *s) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(names[i], s) == 0) return i;
+    return -1;
+}
+
+static int find_step(const double *steps, int n, double s) {
+    for (int i = 0; i < n; i++)
+        if (steps[i] == s) return i;
+    return -1;
+}
+
+/* Heatmaps of one run: one per role present. */
+static void heatmaps(FILE *f, const report_run *run) {
+    const runlog *r = run->log;
+    if (r->n_s == 0) return;
+    int cap = 1024;
+    char(*layers)[96] = malloc(sizeof *layers * (size_t)cap);
+    double *steps = malloc(sizeof(double) * (size_t)(r->n_s + 1));
+    int nl = 0, ns = 0;
+    for (int64_t i = 0; i < r->n_s; i++) {
+        if (find_str(layers, nl, r->s[i].layer) < 0 && nl < cap) snprintf(layers[nl++], 96, "%s", r->s[i].layer);
+        if (find_step(steps, ns, (double)r->s[i].step) < 0) steps[ns++] = (double)r->s[i].step;
+    }
+    const char **names = malloc(sizeof(char *) * (size_t)nl);
+    for (int i = 0; i < nl; i++) names[i] = layers[i];
+    double *v = malloc(sizeof(double) * (size_t)nl * (size_t)ns);
+    for (int role = 0; role < MM_ROLE_COUNT; role++) {
+        bool any = false;
+        for (size_t i = 0; i < (size_t)nl * (size_t)ns; i++) v[i] = NAN;
+        double vmax = 0;
+        for (int64_t i = 0; i < r->n_s; i++) {
+            if ((int)r->s[i].role != role) continue;
+            int li = find_str(layers, nl, r->s[i].layer), si = find_step(steps, ns, (double)r->s[i].step);
+            double u = quant_stats_underflow_ratio(&r->s[i].st);
+            v[(size_t)li * ns + si] = u;
+            if (isfinite(u)) vmax = fmax(vmax, u);
+            any = true;
+        }
+        if (!any) continue;
+        char title[200];
+        snprintf(title, sizeof title, "%s: underflow ratio, %s", run->name, mm_role_name((mm_role)role));
+        svg_heatmap(f, title, names, nl, steps, ns, v, 0, vmax > 0 ? vmax : 1, "underflow");
+    }
+    free(v);
+    free(names);
+    free(steps);
+    free(layers);
+}
+
+static void gap_histogram(FILE *f, const report_run *run) {
+    const runlog *r = run->log;
+    double h[QUANT_GAP_BINS] = {0}, tot = 0;
+    for (int64_t i = 0; i < r->n_s; i++)
+        if (r->s[i].role == MM_ROLE_BWD_GRAD_DX || r->s[i].role == MM_ROLE_BWD_GRAD_DW)
+            for (int g = 0; g < QUANT_GAP_BINS; g++) h[g] += (double)r->s[i].st.gap_hist[g], tot += (double)r->s[i].st.gap_hist[g];
+    if (tot == 0) return;
+    for (int g = 0; g < QUANT_GAP_BINS; g++) h[g] /= tot;
+    char lab[QUANT_GAP_BINS][8];
+    const char *labels[QUANT_GAP_BINS];
+    for (int g = 0; g < QUANT_GAP_BINS; g++) {
+        snprintf(lab[g], sizeof lab[g], g == QUANT_GAP_BINS - 1 ? "%d+" : "%d", g);
+        labels[g] = lab[g];
+    }
+    char title[200];
+    snprintf(title, sizeof title, "%s: exponent gap to the block maximum, gradients (fraction of nonzero)", run->name);
+    svg_bar_chart(f, title, "exponent gap (block max exponent - element exponent)", labels, h, QUANT_GAP_BINS);
+}
+
+int report_write(const char *path, const char *title, const report_run *runs, int n, const char *summary_html,
+                 mx_err *err) {
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return mx_err_set(err, "%s: cannot write", tmp);
+    time_t now = time(NULL);
+    char when[64];
+    strftime(when, sizeof when, "%Y-%m-%d %H:%M", localtime(&now));
+    fputs("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>", f);
+    svg_text_escaped(f, title);
+    fputs("</title>\n<style>body{font-family:sans-serif;margin:20px;color:#222}"
+          "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+          "th{background:#f3f3f3}.row{display:flex;flex-wrap:wrap;gap:12px}svg{margin:6px 0}</style>\n</head><body>\n<h1>",
+          f);
+    svg_text_escaped(f, title);
+    fprintf(f, "</h1>\n<p>mxtrain report, written %s.</p>\n", when);
+    if (summary_html) fputs(summary_html, f);
+    loss_and_accuracy(f, runs, n);
+    bool any_stats = false;
+    for (int k = 0; k < n; k++) any_stats |= runs[k].log->n_s > 0;
+    if (any_stats) {
+        fputs("<h2>Per-layer underflow ratio over steps</h2>\n<p>Fraction of nonzero operand values that quantize "
+              "to zero, per layer (rows) and statistics step (columns), for each operand role.</p>\n",
+              f);
+        for (int k = 0; k < n; k++) heatmaps(f, &runs[k]);
+        fputs("<h2>Exponent-gap histogram of gradients</h2>\n<div class=\"row\">\n", f);
+        for (int k = 0; k < n; k++) gap_histogram(f, &runs[k]);
+        fputs("</div>\n", f);
+    } else {
+        fputs("<p>No quantization statistics were collected (set <code>log.stats_every</code> and a quantized "
+              "<code>quant.format</code>).</p>\n",
+              f);
+    }
+    fputs("</body></html>\n", f);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        unlink(tmp);
+        return mx_err_set(err, "%s: write failed", tmp);
+    }
+    if (rename(tmp, path) != 0) return mx_err_set(err, "%s: cannot rename into place", path);
+    return 0;
+}

@@ -1,0 +1,54 @@
+/* What a run records: per-step and per-epoch metrics (metrics.csv and
+ * metrics.jsonl) and per-layer quantization statistics (stats.csv and
+ * stats.h5), kept in memory for the report and written as they arrive. */
+#ifndef MX_TRAIN_RUNLOG_H
+#define MX_TRAIN_RUNLOG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "autograd/mm.h"
+#include "core/error.h"
+
+typedef struct metric_rec {
+    int64_t step, epoch;
+    bool is_eval;
+    double lr, loss, img_per_s;   /* step records */
+    double eval_loss, eval_acc;   /* eval records */
+} metric_rec;
+
+typedef struct stat_rec {
+    int64_t step;
+    char layer[96];
+    mm_role role;
+    quant_format format;
+    quant_stats st;
+} stat_rec;
+
+typedef struct runlog {
+    char dir[1024];
+    metric_rec *m;
+    int64_t n_m, cap_m;
+    stat_rec *s;
+    int64_t n_s, cap_s;
+    FILE *csv, *jsonl, *stats_csv;
+} runlog;
+
+/* Opens the files in dir. Fresh run: truncates them. Resume: reads the
+ * earlier records back, keeps those up to keep_step, rewrites the files. */
+int runlog_open(runlog *r, const char *dir, bool resume, int64_t keep_step, mx_err *err);
+void runlog_close(runlog *r);
+/* Reads a finished run's records (no files are opened for writing). */
+void runlog_load(runlog *r, const char *dir);
+void runlog_step(runlog *r, int64_t step, int64_t epoch, double lr, double loss, double img_per_s);
+void runlog_eval(runlog *r, int64_t step, int64_t epoch, double eval_loss, double eval_acc);
+/* Appends the policy's statistics as rows for `step`. */
+void runlog_stats(runlog *r, int64_t step, const mm_policy *p);
+/* Writes stats.h5 (atomically) from the rows in memory. */
+int runlog_write_stats_h5(const runlog *r, mx_err *err);
+void runlog_flush(runlog *r);
+/* Mean underflow ratio of the gradient roles over all rows (NAN when none). */
+double runlog_mean_grad_underflow(const runlog *r);
+
+#endif

@@ -1,0 +1,24 @@
+/* A small SVG chart writer for reports: line charts, heatmaps, bar charts.
+ * Output is plain inline SVG (no scripts, no external resources). */
+#ifndef MX_TRAIN_SVG_H
+#define MX_TRAIN_SVG_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+typedef struct svg_series {
+    const char *name;
+    const double *x, *y; /* non-finite points are skipped */
+    int n;
+} svg_series;
+
+/* Escapes &, <, >, " for XML text. */
+void svg_text_escaped(FILE *f, const char *s);
+void svg_line_chart(FILE *f, const char *title, const char *xlabel, const char *ylabel, const svg_series *s, int ns,
+                    bool log_y);
+/* rows x cols values (row-major; NAN = no data) coloured from vmin to vmax. */
+void svg_heatmap(FILE *f, const char *title, const char *const *row_names, int rows, const double *col_x, int cols,
+                 const double *v, double vmin, double vmax, const char *value_label);
+void svg_bar_chart(FILE *f, const char *title, const char *xlabel, const char *const *labels, const double *v, int n);
+
+#endif

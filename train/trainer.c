@@ -1,0 +1,510 @@
+/* The training loop (see trainer.h). */
+#include "train/trainer.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "autograd/ops.h"
+#include "train/checkpoint.h"
+#include "train/report.h"
+#include "train/runlog.h"
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+int make_dirs(const char *dir, mx_err *err) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *c = p + 1; *c; c++) {
+        if (*c != '/') continue;
+        *c = 0;
+        if (mkdir(p, 0755) != 0 && errno != EEXIST) return mx_err_set(err, "%s: cannot create folder", p);
+        *c = '/';
+    }
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) return mx_err_set(err, "%s: cannot create folder", p);
+    return 0;
+}
+
+/* ---------------- session ---------------- */
+
+int session_open(session *s, const config *cfg, mx_err *err) {
+    memset(s, 0, sizeof *s);
+    s->cfg = cfg;
+    if (config_model(cfg, &s->mc, err) || model_build(&s->m, &s->mc, err)) return -1;
+    int pr = config_policy(cfg, &s->policy, err);
+    if (pr < 0) {
+        model_free(&s->m);
+        return -1;
+    }
+    s->has_policy = pr == 1;
+    ag_ctx_init(&s->ctx, 0);
+    s->ctx.mm = s->has_policy ? &s->policy : NULL;
+    s->ctx.elementwise_bf16 = config_elementwise_bf16(cfg);
+    s->ctx.seed = (uint64_t)cfg->v.train_seed;
+    s->label_smoothing = (float)cfg->v.train_label_smoothing;
+    return 0;
+}
+
+void session_close(session *s) {
+    ag_ctx_free(&s->ctx);
+    if (s->has_policy) mm_policy_free(&s->policy);
+    model_free(&s->m);
+}
+
+double session_forward_backward(session *s, const float *images, const int32_t *labels, int count, int side,
+                                int chans, uint64_t step) {
+    ag_ctx *ctx = &s->ctx;
+    ctx->step = step;
+    ctx->training = ctx->grad_enabled = true;
+    ag_ctx_reset(ctx);
+    param_zero_grad(&s->m.params);
+    ag_var x = ag_leaf((float *)images, NULL, 4, (int64_t[]){count, side, side, chans});
+    ag_var *loss = ag_cross_entropy(ctx, model_forward(ctx, &s->m, &x), labels, s->label_smoothing);
+    double l = loss->value.data[0];
+    ag_backward(ctx, loss);
+    return l;
+}
+
+int session_evaluate(session *s, loader *l, double *loss, double *acc, mx_err *err) {
+    ag_ctx *ctx = &s->ctx;
+    bool collect = s->has_policy && s->policy.collect_stats;
+    if (s->has_policy) s->policy.collect_stats = false;
+    ctx->training = ctx->grad_enabled = false;
+    loader_start_epoch(l, 0, 0);
+    data_batch b;
+    double sum = 0;
+    int64_t correct = 0, seen = 0;
+    int r, side = loader_out_size(l);
+    int chans = s->mc.in_chans;
+    while ((r = loader_next(l, &b, err)) == 1) {
+        ag_ctx_reset(ctx);
+        ag_var x = ag_leaf(b.images, NULL, 4, (int64_t[]){b.count, side, side, chans});
+        ag_var *logits = model_forward(ctx, &s->m, &x);
+        ag_var *lv = ag_cross_entropy(ctx, logits, b.labels, 0.0f);
+        sum += lv->value.data[0] * b.count;
+        int64_t C = logits->value.shape[1];
+        for (int i = 0; i < b.count; i++) {
+            const float *row = logits->value.data + (int64_t)i * C;
+            int64_t best = 0;
+            for (int64_t c = 1; c < C; c++)
+                if (row[c] > row[best]) best = c;
+            correct += best == b.labels[i];
+        }
+        seen += b.count;
+    }
+    ctx->training = ctx->grad_enabled = true;
+    if (s->has_policy) s->policy.collect_stats = collect;
+    if (r < 0) return -1;
+    *loss = seen ? sum / (double)seen : NAN;
+    *acc = seen ? (double)correct / (double)seen : NAN;
+    return 0;
+}
+
+/* ---------------- SIGINT ---------------- */
+
+static volatile sig_atomic_t g_interrupted;
+
+static void on_sigint(int sig) {
+    (void)sig;
+    g_interrupted = 1;
+    signal(SIGINT, SIG_DFL); /* a second Ctrl-C kills at once */
+}
+
+/* ---------------- progress ---------------- */
+
+typedef struct progress {
+    bool tty;
+    int64_t print_every;
+    double last_draw, t0;
+    int64_t step0;
+} progress;
+
+static void fmt_eta(char *b, size_t n, double s) {
+    if (!isfinite(s) || s < 0) s = 0;
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(b, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(b, n, "%ld:%02ld", t / 60, t % 60);
+}
+
+static void progress_update(progress *p, int64_t step, int64_t total, int64_t epoch, double lr, double loss,
+                            double img_s, bool force) {
+    double t = now_s(), rate = (double)(step - p->step0) / (t - p->t0 + 1e-9);
+    char eta[32];
+    fmt_eta(eta, sizeof eta, (double)(total - step) / (rate > 0 ? rate : 1e-9));
+    if (p->tty) {
+        if (!force && t - p->last_draw < 0.2 && step != total) return;
+        p->last_draw = t;
+        int width = 28, fill = (int)((double)width * (double)step / (double)(total ? total : 1));
+        char bar[64];
+        for (int i = 0; i < width; i++) bar[i] = i < fill ? '=' : i == fill ? '>' : ' ';
+        bar[width] = 0;
+        fprintf(stderr, "\r[%s] %lld/%lld ep %lld | %.0f img/s | loss %.4f | lr %.2e | ETA %s \033[K", bar,
+                (long long)step, (long long)total, (long long)epoch, img_s, loss, lr, eta);
+        fflush(stderr);
+    } else if (force || step % p->print_every == 0 || step == total) {
+        fprintf(stderr, "step %lld/%lld epoch %lld lr %.3e loss %.4f img/s %.0f eta %s\n", (long long)step,
+                (long long)total, (long long)epoch, lr, loss, img_s, eta);
+    }
+}
+
+static void progress_end_line(progress *p) {
+    if (p->tty) fputc('\n', stderr);
+}
+
+/* ---------------- non-finite guard ---------------- */
+
+/* Names the parameter whose gradient is worst (most non-finite values, else
+ * the largest norm), with its numbers and the GEMM statistics of its layer. */
+static void describe_worst(session *s, char *out, size_t n) {
+    param_store *ps = &s->m.params;
+    /* a parameter that is itself non-finite is the culprit; otherwise the one
+       with the largest share of non-finite gradient values, then the largest norm */
+    int worst = -1;
+    double worst_key[3] = {-1, -1, -1};
+    int64_t worst_bad = 0;
+    double worst_norm = 0;
+    for (int i = 0; i < ps->count; i++) {
+        const param_entry *e = &ps->entries[i];
+        if (e->kind == PARAM_KIND_BUFFER) continue;
+        const float *g = ps->grad + e->offset, *w = ps->data + e->offset;
+        int64_t bad = 0, bad_w = 0;
+        double nrm = 0;
+        for (int64_t k = 0; k < e->numel; k++) {
+            if (!isfinite(w[k])) bad_w++;
+            if (!isfinite(g[k])) bad++;
+            else nrm += (double)g[k] * g[k];
+        }
+        double key[3] = {(double)bad_w, (double)bad / (double)e->numel, nrm};
+        bool better = false;
+        for (int q = 0; q < 3; q++) {
+            if (key[q] != worst_key[q]) {
+                better = key[q] > worst_key[q];
+                break;
+            }
+        }
+        if (better) {
+            worst = i, worst_bad = bad, worst_norm = nrm;
+            memcpy(worst_key, key, sizeof key);
+        }
+    }
+    if (worst < 0) {
+        snprintf(out, n, "no parameters");
+        return;
+    }
+    const param_entry *e = &ps->entries[worst];
+    float wmax = 0;
+    const float *w = ps->data + e->offset;
+    for (int64_t k = 0; k < e->numel; k++) wmax = fmaxf(wmax, fabsf(w[k])); /* fmaxf keeps Inf, drops NaN */
+    size_t len = (size_t)snprintf(out, n, "worst layer: %s (%lld of %lld gradient values non-finite, finite-part norm %.3g, max |w| %.3g)",
+                                  e->name, (long long)worst_bad, (long long)e->numel, sqrt(worst_norm), (double)wmax);
+    if (!s->has_policy || len >= n) return;
+    /* the GEMM statistics of that layer, when collected this step */
+    char layer[96];
+    snprintf(layer, sizeof layer, "%s", e->name);
+    char *dot = strrchr(layer, '.');
+    if (dot) *dot = 0;
+    for (int i = 0; i < s->policy.n_stats && len < n; i++) {
+        const mm_stat *st = &s->policy.stats[i];
+        if (strcmp(st->site, layer) != 0 || st->st.elements == 0) continue;
+        len += (size_t)snprintf(out + len, n - len, "; %s underflow %.3g saturation %.3g", mm_role_name(st->role),
+                                quant_stats_underflow_ratio(&st->st), quant_stats_saturation_ratio(&st->st));
+    }
+}
+
+/* ---------------- the run ---------------- */
+
+static int write_text(const char *path, const char *text, mx_err *err) {
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return mx_err_set(err, "%s: cannot write", tmp);
+    fputs(text, f);
+    if (fclose(f) != 0 || rename(tmp, path) != 0) return mx_err_set(err, "%s: write failed", path);
+    return 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct run_state {
+    config *cfg;
+    session s;
+    dataset train_ds, eval_ds;
+    loader *train_l, *eval_l;
+    optimizer opt;
+    optim_config oc;
+    runlog log;
+    char dir[1024], last[1100], best[1100], report[1100];
+    char *config_text;
+    ckpt_meta meta;
+} run_state;
+
+static int save_last(run_state *r, mx_err *err) {
+    return ckpt_save(r->last, &r->s.m, &r->opt, &r->meta, r->config_text, err);
+}
+
+static void write_report(run_state *r) {
+    report_run rr = {"run", &r->log};
+    char title[1200];
+    snprintf(title, sizeof title, "mxtrain run %s", r->dir);
+    mx_err e;
+    if (report_write(r->report, title, &rr, 1, NULL, &e)) fprintf(stderr, "mxtrain train: %s\n", e.msg);
+}
+
+int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *err) {
+    memset(res, 0, sizeof *res);
+    res->mean_grad_underflow = NAN;
+    run_state *r = mx_calloc(1, sizeof *r);
+    r->cfg = cfg;
+    int rc = -1;
+    bool s_open = false, opt_open = false, log_open = false;
+    if (opts->resume_dir) {
+        mx_err e2;
+        char set[1200];
+        snprintf(set, sizeof set, "log.dir=%s", opts->resume_dir);
+        if (config_set(cfg, set, &e2)) {
+            mx_err_set(err, "%s", e2.msg);
+            goto out;
+        }
+    }
+    snprintf(r->dir, sizeof r->dir, "%s", cfg->v.log_dir);
+    char ckdir[1100];
+    snprintf(ckdir, sizeof ckdir, "%s/ckpt", r->dir);
+    snprintf(r->last, sizeof r->last, "%s/last.h5", ckdir);
+    snprintf(r->best, sizeof r->best, "%s/best.h5", ckdir);
+    snprintf(r->report, sizeof r->report, "%s/report.html", r->dir);
+    if (opts->resume_dir && access(r->last, R_OK) != 0) {
+        mx_err_set(err, "%s: no checkpoint to resume from", r->last);
+        goto out;
+    }
+    if (make_dirs(ckdir, err)) goto out;
+    size_t tl = 0;
+    FILE *mem = open_memstream(&r->config_text, &tl);
+    config_write(cfg, mem);
+    fclose(mem);
+    char cpath[1100];
+    snprintf(cpath, sizeof cpath, "%s/config.ini", r->dir);
+    if (write_text(cpath, r->config_text, err)) goto out;
+
+    /* data */
+    data_config dc;
+    if (config_data(cfg, &dc, err)) goto out;
+    if (dataset_open(&r->train_ds, &dc, DATA_SPLIT_TRAIN, err)) goto out;
+    if (dataset_open(&r->eval_ds, &dc, DATA_SPLIT_EVAL, err)) goto out;
+    if (r->train_ds.c != cfg->v.model_in_chans) {
+        mx_err_set(err, "%s: images have %d channels but model.in_chans = %d", r->train_ds.source, r->train_ds.c,
+                   cfg->v.model_in_chans);
+        goto out;
+    }
+    if (r->train_ds.num_classes > cfg->v.model_num_classes) {
+        mx_err_set(err, "%s: %d classes but model.num_classes = %d", r->train_ds.source, r->train_ds.num_classes,
+                   cfg->v.model_num_classes);
+        goto out;
+    }
+    int bs = cfg->v.data_batch_size, ebs = cfg->v.data_eval_batch_size ? cfg->v.data_eval_batch_size : bs;
+    bool drop_last = r->train_ds.n >= bs;
+    if (loader_create(&r->train_l, &r->train_ds, &dc, bs, true, drop_last, err)) goto out;
+    if (loader_create(&r->eval_l, &r->eval_ds, &dc, ebs, false, false, err)) goto out;
+    int side = loader_out_size(r->train_l), chans = r->train_ds.c;
+
+    /* model, policy, optimizer */
+    if (session_open(&r->s, cfg, err)) goto out;
+    s_open = true;
+    if (config_optim(cfg, &r->oc, err)) goto out;
+    int64_t nb = loader_num_batches(r->train_l);
+    int64_t total = (int64_t)cfg->v.train_epochs * nb;
+    if (cfg->v.train_max_steps > 0 && cfg->v.train_max_steps < total) total = cfg->v.train_max_steps;
+    r->oc.total_steps = total;
+    optim_init(&r->opt, &r->oc, &r->s.m.params);
+    opt_open = true;
+
+    r->meta.seed = (uint64_t)cfg->v.train_seed;
+    r->meta.best_acc = -1;
+    if (opts->resume_dir) {
+        if (ckpt_load(r->last, &r->s.m, &r->opt, &r->meta, err)) goto out;
+        if (r->meta.seed != (uint64_t)cfg->v.train_seed) {
+            mx_err_set(err, "%s: saved with train.seed = %llu, the config has %lld", r->last,
+                       (unsigned long long)r->meta.seed, (long long)cfg->v.train_seed);
+            goto out;
+        }
+        fprintf(stderr, "resuming %s at step %lld (epoch %lld)\n", r->dir, (long long)r->meta.step,
+                (long long)r->meta.epoch);
+    } else if (opts->init_from) {
+        if (ckpt_load_weights(opts->init_from, &r->s.m, err)) goto out;
+        fprintf(stderr, "initialised weights from %s\n", opts->init_from);
+    }
+    if (runlog_open(&r->log, r->dir, opts->resume_dir != NULL, r->meta.step, err)) goto out;
+    log_open = true;
+
+    fprintf(stderr, "mxtrain train: %s (%lld parameters), %s %lld train / %lld eval images, %s, quant %s/%s, %lld steps\n",
+            model_arch_name(r->s.mc.arch), (long long)model_num_params(&r->s.m), data_kind_name(dc.kind),
+            (long long)r->train_ds.n, (long long)r->eval_ds.n, optim_kind_name(r->oc.kind), cfg->v.quant_format,
+            cfg->v.quant_tiling, (long long)total);
+
+    g_interrupted = 0;
+    struct sigaction sa, old_sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigaction(SIGINT, &sa, &old_sa);
+
+    progress pg = {isatty(2) && cfg->v.log_progress, cfg->v.log_print_every, 0, now_s(), r->meta.step};
+    double *step_times = mx_malloc(sizeof(double) * (size_t)(total + 1));
+    int64_t n_times = 0, skipped = 0;
+    int64_t step = r->meta.step, epoch = r->meta.epoch;
+    double t_start = now_s(), last_loss = NAN, ema = NAN;
+    bool stop = false;
+    while (step < total && !stop) {
+        int64_t first = step - epoch * nb;
+        if (first >= nb) { /* the epoch was complete */
+            epoch++;
+            continue;
+        }
+        loader_start_epoch(r->train_l, epoch, first);
+        data_batch b;
+        int lr_rc;
+        double t_prev = now_s();
+        while (step < total && (lr_rc = loader_next(r->train_l, &b, err)) == 1) {
+            bool stats_now = r->s.has_policy && cfg->v.log_stats_every > 0 && step % cfg->v.log_stats_every == 0;
+            if (r->s.has_policy) {
+                r->s.policy.collect_stats = stats_now;
+                if (stats_now) mm_policy_reset_stats(&r->s.policy);
+                mm_policy_reset_counters(&r->s.policy);
+            }
+            double lr = optim_lr_at(&r->oc, step);
+            double loss = session_forward_backward(&r->s, b.images, b.labels, b.count, side, chans, (uint64_t)step);
+            double gnorm = optim_grad_norm(&r->s.m.params);
+            if (!isfinite(loss) || !isfinite(gnorm)) {
+                char why[1024];
+                describe_worst(&r->s, why, sizeof why);
+                if (strcmp(cfg->v.train_on_nonfinite, "skip") == 0) {
+                    skipped++;
+                    fprintf(stderr, "%sstep %lld: non-finite loss %g / gradient norm %g; step skipped; %s\n",
+                            pg.tty ? "\n" : "", (long long)step, loss, gnorm, why);
+                    step++;
+                    continue;
+                }
+                progress_end_line(&pg);
+                mx_err_set(err, "step %lld: non-finite loss %g / gradient norm %g, run stopped (%s); last good checkpoint: %s",
+                           (long long)step, loss, gnorm, why, access(r->last, R_OK) == 0 ? r->last : "none yet");
+                runlog_step(&r->log, step + 1, epoch, lr, loss, 0);
+                runlog_flush(&r->log);
+                free(step_times);
+                sigaction(SIGINT, &old_sa, NULL);
+                goto out;
+            }
+            if (r->oc.clip_grad_norm > 0) optim_clip_grad_norm(&r->s.m.params, gnorm, r->oc.clip_grad_norm);
+            optim_step(&r->opt, lr);
+            step++;
+            double t = now_s(), dt = t - t_prev;
+            t_prev = t;
+            step_times[n_times++] = dt;
+            last_loss = loss;
+            ema = isfinite(ema) ? 0.98 * ema + 0.02 * loss : loss;
+            runlog_step(&r->log, step, epoch, lr, loss, b.count / dt);
+            if (stats_now) runlog_stats(&r->log, step, &r->s.policy);
+            if (r->s.has_policy) {
+                res->passes_per_step = r->s.policy.passes;
+                res->bytes_quantized_per_step = r->s.policy.bytes_quantized;
+                res->bytes_held = r->s.policy.bytes_held;
+            }
+            progress_update(&pg, step, total, epoch, lr, ema, b.count / dt, false);
+            r->meta.step = step;
+            r->meta.epoch = epoch;
+            if (cfg->v.train_ckpt_every > 0 && step % cfg->v.train_ckpt_every == 0 && save_last(r, err)) {
+                free(step_times);
+                goto out;
+            }
+            if (g_interrupted) break;
+        }
+        if (g_interrupted) {
+            progress_end_line(&pg);
+            runlog_flush(&r->log);
+            if (save_last(r, err)) {
+                free(step_times);
+                goto out;
+            }
+            fprintf(stderr, "interrupted at step %lld: saved %s; continue with --resume %s\n", (long long)step, r->last,
+                    r->dir);
+            res->interrupted = true;
+            stop = true;
+            break;
+        }
+        if (step < total && lr_rc < 0) {
+            free(step_times);
+            goto out;
+        }
+        bool epoch_done = step - epoch * nb >= nb;
+        progress_end_line(&pg);
+        double el, ea;
+        if (session_evaluate(&r->s, r->eval_l, &el, &ea, err)) {
+            free(step_times);
+            goto out;
+        }
+        runlog_eval(&r->log, step, epoch, el, ea);
+        fprintf(stderr, "epoch %lld: step %lld, train loss %.4f, eval loss %.4f, eval acc %.2f%%\n",
+                (long long)epoch + 1, (long long)step, ema, el, 100 * ea);
+        res->final_acc = ea;
+        res->final_eval_loss = el;
+        if (epoch_done) epoch++;
+        r->meta.step = step;
+        r->meta.epoch = epoch;
+        if (ea > r->meta.best_acc) {
+            r->meta.best_acc = ea;
+            if (ckpt_save(r->best, &r->s.m, &r->opt, &r->meta, r->config_text, err)) {
+                free(step_times);
+                goto out;
+            }
+        }
+        if (save_last(r, err)) {
+            free(step_times);
+            goto out;
+        }
+        write_report(r);
+        pg.t0 = now_s();
+        pg.step0 = step;
+    }
+    sigaction(SIGINT, &old_sa, NULL);
+    if (r->log.n_s > 0 && runlog_write_stats_h5(&r->log, err)) {
+        free(step_times);
+        goto out;
+    }
+    write_report(r);
+    res->steps = step;
+    res->seconds = now_s() - t_start;
+    res->final_loss = last_loss;
+    res->best_acc = r->meta.best_acc;
+    res->mean_grad_underflow = runlog_mean_grad_underflow(&r->log);
+    if (n_times) {
+        qsort(step_times, (size_t)n_times, sizeof(double), cmp_double);
+        res->median_step_s = step_times[n_times / 2];
+    }
+    free(step_times);
+    if (!res->interrupted)
+        fprintf(stderr, "done: %lld steps in %.0f s, eval acc %.2f%% (best %.2f%%), eval loss %.4f%s; %s\n",
+                (long long)step, res->seconds, 100 * res->final_acc, 100 * res->best_acc, res->final_eval_loss,
+                skipped ? " (non-finite steps skipped)" : "", r->report);
+    rc = res->interrupted ? TRAIN_EXIT_INTERRUPTED : 0;
+out:
+    if (log_open) runlog_close(&r->log);
+    if (opt_open) optim_free(&r->opt);
+    if (s_open) session_close(&r->s);
+    loader_free(r->train_l);
+    loader_free(r->eval_l);
+    dataset_free(&r->train_ds);
+    dataset_free(&r->eval_ds);
+    free(r->config_text);
+    free(r);
+    return rc;
+}

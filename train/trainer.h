@@ -1,0 +1,61 @@
+/* Training and evaluation driven by a config (mxtrain train / eval / compare /
+ * bench step). A session holds what a step needs: model, GEMM policy and the
+ * autograd context; the trainer adds data, optimizer, run directory,
+ * checkpoints, metrics, statistics and the report. */
+#ifndef MX_TRAIN_TRAINER_H
+#define MX_TRAIN_TRAINER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "autograd/graph.h"
+#include "autograd/mm.h"
+#include "datasets/datasets.h"
+#include "layers/model.h"
+#include "optim/optim.h"
+#include "train/config.h"
+
+typedef struct session {
+    const config *cfg;
+    model_config mc;
+    model m;
+    mm_policy policy;
+    bool has_policy;   /* some operand is quantized */
+    ag_ctx ctx;
+    float label_smoothing;
+} session;
+
+int session_open(session *s, const config *cfg, mx_err *err);
+void session_close(session *s);
+/* Forward + backward on a batch of normalised NHWC images; gradients in
+ * s->m.params.grad (zeroed first). Returns the loss. */
+double session_forward_backward(session *s, const float *images, const int32_t *labels, int count, int side,
+                                int chans, uint64_t step);
+/* Mean loss and top-1 accuracy over a loader's epoch (no gradients). */
+int session_evaluate(session *s, loader *l, double *loss, double *acc, mx_err *err);
+
+typedef struct train_opts {
+    const char *resume_dir; /* continue the run in this directory */
+    const char *init_from;  /* load weights only */
+} train_opts;
+
+typedef struct train_result {
+    int64_t steps;
+    double final_acc, best_acc, final_loss, final_eval_loss;
+    double mean_grad_underflow;  /* NAN without statistics */
+    double median_step_s;
+    int64_t passes_per_step, bytes_quantized_per_step, bytes_held;
+    double seconds;
+    bool interrupted;
+} train_result;
+
+/* Exit statuses beyond 0/1: interrupted by SIGINT after saving. */
+#define TRAIN_EXIT_INTERRUPTED 130
+
+/* Returns 0, TRAIN_EXIT_INTERRUPTED, or -1 with err set (non-finite stop included). */
+int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *err);
+
+/* Creates dir and its parents (mkdir -p). */
+int make_dirs(const char *dir, mx_err *err);
+
+#endif
