@@ -120,6 +120,33 @@ START_TEST(test_config_documented) {
 }
 END_TEST
 
+/* Every shipped config parses and builds its model, policy and data settings. */
+START_TEST(test_shipped_configs) {
+    const char *names[] = {"quickstart", "fmnist_resnet18", "cifar10_resnet18", "cifar10_deit_tiny",
+                           "imagenet_resnet18", "imagenet_deit_tiny"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        char p[1024];
+        snprintf(p, sizeof p, "%s/configs/%s.ini", getenv("MX_SOURCE_DIR"), names[i]);
+        config *c = malloc(sizeof *c);
+        config_init(c);
+        mx_err err = {0};
+        ck_assert_msg(config_load_file(c, p, &err) == 0, "%s", err.msg);
+        model_config mc;
+        model m;
+        data_config dc;
+        optim_config oc;
+        mm_policy pol;
+        ck_assert_msg(config_model(c, &mc, &err) == 0 && model_build(&m, &mc, &err) == 0, "%s: %s", names[i], err.msg);
+        ck_assert_msg(config_data(c, &dc, &err) == 0 && config_optim(c, &oc, &err) == 0, "%s: %s", names[i], err.msg);
+        ck_assert_int_eq(config_policy(c, &pol, &err), 1);
+        ck_assert_int_eq(pol.tiling, MM_TILING_2D);
+        mm_policy_free(&pol);
+        model_free(&m);
+        free(c);
+    }
+}
+END_TEST
+
 /* A small synthetic run; returns the config (caller frees). */
 static config *small_config(const char *dir, const char *extra_sets) {
     config *c = malloc(sizeof *c);
@@ -428,6 +455,7 @@ int main(void) {
     tcase_add_test(tc, test_config_errors);
     tcase_add_test(tc, test_config_set_and_roundtrip);
     tcase_add_test(tc, test_config_documented);
+    tcase_add_test(tc, test_shipped_configs);
     tcase_add_test(tc, test_checkpoint_atomic_and_init_from);
     tcase_add_test(tc, test_resume_equals_uninterrupted);
     tcase_add_test(tc, test_nonfinite_guard);
