@@ -85,6 +85,7 @@ typedef struct ag_ctx {
     uint64_t step;
     uint64_t rng_calls;     /* per-step counter of random streams drawn */
     struct mm_policy *mm;   /* the GEMM path's quantization policy (NULL: fp32) */
+    int64_t flops;          /* GEMM floating-point operations since the caller last zeroed it */
     bool elementwise_bf16;  /* quant.elementwise = bf16: norms, activations, softmax and
                                residual adds round their outputs to bfloat16 (emulating
                                BF16 vector units); gradients pass straight through */

@@ -195,6 +195,9 @@ static const float *mm_unpack_act(ag_ctx *ctx, const mm_site *site, const mm_sav
 
 /* ---------------- the three GEMMs ---------------- */
 
+/* FLOPs of one product of this shape (2 per multiply-add), counted into the context. */
+static void mm_count(ag_ctx *ctx, const mm_shape *sh) { ctx->flops += 2 * (int64_t)sh->batch * sh->m * sh->n * sh->k; }
+
 static void mm_gemm_y(const mm_shape *sh, const float *a, const float *b, float *y) {
     for (int i = 0; i < sh->batch; i++)
         gemm_f32(false, sh->b_trans, sh->m, sh->n, sh->k, 1.0f, a + i * sh->stride_a, sh->k, b + i * sh->stride_b,
@@ -229,6 +232,7 @@ void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const floa
                 mm_saved *sv) {
     mm_policy *p = ctx->mm;
     if (!p) {
+        mm_count(ctx, sh);
         mm_gemm_y(sh, a, b, y);
         return;
     }
@@ -245,6 +249,7 @@ void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const floa
     /* B's K axis: columns of B [N,K] (b_trans), rows of B [K,N] */
     const float *bq = mm_quant(ctx, site, MM_ROLE_FWD_WEIGHT, b, sh->batch, sh->b_trans ? sh->n : sh->k,
                                sh->b_trans ? sh->k : sh->n, sh->b_trans ? MM_AXIS_COLS : MM_AXIS_ROWS, keep);
+    mm_count(ctx, sh);
     mm_gemm_y(sh, aq, bq, y);
     arena_release(&ctx->scratch, mark);
     if (!sv) return;
@@ -269,8 +274,8 @@ void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_
                  const float *b, const float *dy, float *da, float *db) {
     mm_policy *p = ctx->mm;
     if (!p) {
-        if (da) mm_gemm_da(sh, dy, b, da);
-        if (db) mm_gemm_db(sh, a, dy, db);
+        if (da) mm_count(ctx, sh), mm_gemm_da(sh, dy, b, da);
+        if (db) mm_count(ctx, sh), mm_gemm_db(sh, a, dy, db);
         return;
     }
     mm_check_contiguous(sh);
@@ -280,8 +285,8 @@ void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_
         /* one quantization of dY serves both products; A and B are the forward's copies */
         const float *dyq = mm_quant(ctx, site, MM_ROLE_BWD_GRAD_DX, dy, B, sh->m, sh->n, MM_AXIS_COLS, false);
         const float *aq = sv->a_prequantized ? a : mm_unpack_act(ctx, site, sv, B, sh->m, sh->k);
-        if (da) mm_gemm_da(sh, dyq, sv->bq ? sv->bq : b, da);
-        if (db) mm_gemm_db(sh, aq ? aq : a, dyq, db);
+        if (da) mm_count(ctx, sh), mm_gemm_da(sh, dyq, sv->bq ? sv->bq : b, da);
+        if (db) mm_count(ctx, sh), mm_gemm_db(sh, aq ? aq : a, dyq, db);
         arena_release(&ctx->scratch, mark);
         return;
     }
@@ -292,11 +297,13 @@ void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_
         const float *dyq = mm_quant(ctx, site, MM_ROLE_BWD_GRAD_DX, dy, B, sh->m, sh->n, MM_AXIS_COLS, false);
         const float *bq = mm_quant(ctx, site, MM_ROLE_BWD_WEIGHT_DX, src_b, B, sh->b_trans ? sh->n : sh->k,
                                    sh->b_trans ? sh->k : sh->n, sh->b_trans ? MM_AXIS_ROWS : MM_AXIS_COLS, false);
+        mm_count(ctx, sh);
         mm_gemm_da(sh, dyq, bq, da);
     }
     if (db) { /* reduces over M */
         const float *dyq = mm_quant(ctx, site, MM_ROLE_BWD_GRAD_DW, dy, B, sh->m, sh->n, MM_AXIS_ROWS, false);
         const float *aq = mm_quant(ctx, site, MM_ROLE_BWD_ACT_DW, src_a, B, sh->m, sh->k, MM_AXIS_ROWS, false);
+        mm_count(ctx, sh);
         mm_gemm_db(sh, aq, dyq, db);
     }
     arena_release(&ctx->scratch, mark);

@@ -413,6 +413,32 @@ START_TEST(test_quickstart_end_to_end) {
 }
 END_TEST
 
+/* bench step prints one JSON line with the documented fields; 1d counts twice 2d's passes. */
+START_TEST(test_bench_step_cli) {
+    char cmd[2000], p[600], line[2048];
+    const char *tilings[2] = {"2d", "1d"};
+    long passes[2];
+    for (int t = 0; t < 2; t++) {
+        snprintf(p, sizeof p, "%s/bench_%s.json", test_tmpdir(), tilings[t]);
+        snprintf(cmd, sizeof cmd,
+                 "%s bench step --model resnet --set model.blocks=1,1,1,1 --set model.widths=8,8,16,16 --img-size 16 "
+                 "--batch 8 --steps 2 --warmup 1 --format mxsf --tiling %s > %s",
+                 mxtrain_bin(), tilings[t], p);
+        ck_assert_int_eq(system(cmd), 0);
+        FILE *f = fopen(p, "r");
+        ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
+        fclose(f);
+        const char *keys[] = {"\"median_step_s\":", "\"img_per_s\":", "\"peak_rss_mb\":", "\"gflop_per_step\":",
+                              "\"gflop_per_s\":", "\"quant_passes\":", "\"quant_bytes\":", "\"bytes_held_for_backward\":"};
+        for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) ck_assert_msg(strstr(line, keys[k]), "%s lacks %s", line, keys[k]);
+        passes[t] = strtol(strstr(line, "\"quant_passes\":") + 15, NULL, 10);
+        double gf = strtod(strstr(line, "\"gflop_per_step\":") + 17, NULL);
+        ck_assert_msg(gf > 0, "%s", line);
+    }
+    ck_assert_int_eq(passes[1], 2 * passes[0] - 2);
+}
+END_TEST
+
 START_TEST(test_compare_cli) {
     const char *dir = test_path("cmp");
     const char *cfg = write_cfg("cmp.ini", "[model]\narch = resnet\nblocks = 1,1,1,1\nwidths = 8,8,16,16\nimg_size = 12\n"
@@ -460,6 +486,7 @@ int main(void) {
     tcase_add_test(tc, test_resume_equals_uninterrupted);
     tcase_add_test(tc, test_nonfinite_guard);
     tcase_add_test(tc, test_compare_cli);
+    tcase_add_test(tc, test_bench_step_cli);
     tcase_add_test(tc, test_quickstart_end_to_end);
     suite_add_tcase(s, tc);
     return test_run_suite(s);

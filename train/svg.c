@@ -56,6 +56,7 @@ void svg_line_chart(FILE *f, const char *title, const char *xlabel, const char *
         fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" fill=\"#888\">no data</text></svg>\n", W / 2, H / 2);
         return;
     }
+    if (x0 > 0) x0 = 0; /* x is a step count: start the axis at 0 */
     if (x1 == x0) x1 = x0 + 1;
     if (y1 == y0) y1 = y0 + (fabs(y0) > 0 ? fabs(y0) * 0.1 : 1), y0 -= (y1 - y0) * 0.5;
     double pad = (y1 - y0) * 0.05;
@@ -72,13 +73,19 @@ void svg_line_chart(FILE *f, const char *title, const char *xlabel, const char *
         fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\" font-size=\"11\">%s</text>\n", PX(t), T + ph + 15,
                 b);
     }
-    if (log_y) {
-        for (double t = floor(y0); t <= y1; t += 1) {
-            if (t < y0) continue;
-            fmt_num(b, sizeof b, pow(10, t));
-            fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#ddd\"/>", L, PY(t), L + pw, PY(t));
-            fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" font-size=\"11\">%s</text>\n", L - 4, PY(t) + 4, b);
-        }
+    if (log_y) { /* 1, 2, 5 per decade when the range is short, else decades */
+        static const double mult[3] = {1, 2, 5};
+        int per = y1 - y0 < 2.5 ? 3 : 1;
+        for (double d = floor(y0); d <= y1; d += 1)
+            for (int m = 0; m < per; m++) {
+                double t = d + log10(mult[m]);
+                if (t < y0 || t > y1) continue;
+                fmt_num(b, sizeof b, pow(10, t));
+                fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#ddd\"/>", L, PY(t), L + pw,
+                        PY(t));
+                fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" font-size=\"11\">%s</text>\n", L - 4,
+                        PY(t) + 4, b);
+            }
     } else {
         double ys = nice_step(y1 - y0, 5);
         for (double t = ceil(y0 / ys) * ys; t <= y1 + 1e-9 * ys; t += ys) {

@@ -1,0 +1,269 @@
+/* mxtrain bench step / bench CONFIG / bench data: training-step and loader
+ * throughput. Synthetic or first-batch data, warm-up, then timed steps
+ * (forward, backward, AdamW); medians, one JSON line on stdout. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "core/rng.h"
+#include "core/threads.h"
+#include "train/cli.h"
+#include "train/commands.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double peak_rss_mb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0; /* Linux: kilobytes */
+}
+
+/* Times `steps` training steps on one batch; prints the JSON line. */
+static int bench_session_steps(const config *c, const float *images, const int32_t *labels, int batch, int side,
+                               int chans, int warmup, int steps) {
+    session s;
+    mx_err err = {0};
+    if (session_open(&s, c, &err)) {
+        fprintf(stderr, "mxtrain bench: %s\n", err.msg);
+        return 1;
+    }
+    optim_config oc;
+    if (config_optim(c, &oc, &err)) {
+        fprintf(stderr, "mxtrain bench: %s\n", err.msg);
+        session_close(&s);
+        return 1;
+    }
+    optimizer o;
+    optim_init(&o, &oc, &s.m.params);
+    double *t = mx_malloc(sizeof(double) * (size_t)steps);
+    int64_t flops = 0, passes = 0, bytes_q = 0, held = 0;
+    double loss = 0;
+    for (int i = 0; i < warmup + steps; i++) {
+        if (s.has_policy) mm_policy_reset_counters(&s.policy);
+        s.ctx.flops = 0;
+        double t0 = now_s();
+        loss = session_forward_backward(&s, images, labels, batch, side, chans, (uint64_t)i);
+        optim_step(&o, oc.lr);
+        double dt = now_s() - t0;
+        if (i >= warmup) t[i - warmup] = dt;
+        flops = s.ctx.flops;
+        if (s.has_policy) passes = s.policy.passes, bytes_q = s.policy.bytes_quantized, held = s.policy.bytes_held;
+    }
+    qsort(t, (size_t)steps, sizeof *t, cmp_d);
+    double med = t[steps / 2];
+    printf("{\"model\":\"%s\",\"params\":%lld,\"batch\":%d,\"img_size\":%d,\"threads\":%d,\"format\":\"%s\","
+           "\"tiling\":\"%s\",\"steps\":%d,\"median_step_s\":%.4f,\"min_step_s\":%.4f,\"img_per_s\":%.1f,"
+           "\"peak_rss_mb\":%.0f,\"gflop_per_step\":%.2f,\"gflop_per_s\":%.1f,\"quant_passes\":%lld,"
+           "\"quant_bytes\":%lld,\"bytes_held_for_backward\":%lld,\"loss\":%.4f}\n",
+           model_arch_name(s.mc.arch), (long long)model_num_params(&s.m), batch, side, threads_get(),
+           c->v.quant_format, s.has_policy ? c->v.quant_tiling : "-", steps, med, t[0], batch / med, peak_rss_mb(),
+           (double)flops * 1e-9, (double)flops * 1e-9 / med, (long long)passes, (long long)bytes_q, (long long)held,
+           loss);
+    fflush(stdout);
+    free(t);
+    optim_free(&o);
+    session_close(&s);
+    return 0;
+}
+
+static const char step_usage[] =
+    "usage: mxtrain bench step [--model resnet18|resnet|deit_tiny|vit] [--stem cifar|imagenet] [--img-size 32]\n"
+    "                          [--patch 4] [--batch 64] [--classes 10] [--format F] [--tiling 1d|1d_requant|2d]\n"
+    "                          [--steps 10] [--warmup 2] [--set section.key=value ...]\n"
+    "       mxtrain bench CONFIG [--steps 10] [--warmup 2] [--set ...]\n"
+    "\nTimes training steps (forward, backward, AdamW) on synthetic data (CONFIG: the first batch of its\n"
+    "training data) after a warm-up, and prints one JSON line: median step seconds, images/s, peak RSS MB,\n"
+    "GEMM GFLOP per step and achieved GFLOP/s, quantization passes and bytes per step, bytes held for\n"
+    "backward. Threads: the global --threads.\n";
+
+int bench_step(int argc, char **argv) {
+    config *c = mx_malloc(sizeof *c);
+    config_init(c);
+    mx_err err = {0};
+    int64_t steps = 10, warmup = 2;
+    const char *sets[64];
+    int n_sets = 0;
+    /* bench defaults: cifar-style ResNet-18, batch 64, fp32, constant lr */
+    const char *defaults[] = {"model.arch=resnet18", "model.stem=cifar", "model.img_size=32", "data.batch_size=64",
+                              "optim.schedule=constant", "quant.tiling=2d"};
+    for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++) config_set(c, defaults[i], &err);
+    static const struct {
+        const char *opt, *key;
+    } map[] = {{"--model", "model.arch"},  {"--stem", "model.stem"},   {"--img-size", "model.img_size"},
+               {"--patch", "model.patch_size"}, {"--batch", "data.batch_size"}, {"--classes", "model.num_classes"},
+               {"--format", "quant.format"}, {"--tiling", "quant.tiling"}};
+    int rc = 0;
+    for (int i = 0; i < argc; i++) {
+        if (cli_is_help(argv[i])) {
+            fputs(step_usage, stdout);
+            free(c);
+            return 0;
+        }
+        const char *v;
+        int r = 0;
+        bool taken = false;
+        for (size_t k = 0; k < sizeof map / sizeof *map && !taken; k++) {
+            r = cli_take_value(argc, argv, &i, map[k].opt, &v);
+            if (r < 0) goto usage;
+            if (r == 1) {
+                char buf[300];
+                snprintf(buf, sizeof buf, "%s=%s", map[k].key, v);
+                if (config_set(c, buf, &err)) {
+                    rc = cli_usage_error("bench step", "%s: %s", map[k].opt, err.msg);
+                    free(c);
+                    return rc;
+                }
+                taken = true;
+            }
+        }
+        if (taken) continue;
+        if ((r = cli_take_value(argc, argv, &i, "--steps", &v)) != 0) {
+            if (r < 0 || !cli_parse_i64(v, 1, 100000, &steps)) goto usage;
+        } else if ((r = cli_take_value(argc, argv, &i, "--warmup", &v)) != 0) {
+            if (r < 0 || !cli_parse_i64(v, 0, 100000, &warmup)) goto usage;
+        } else if ((r = cli_take_value(argc, argv, &i, "--set", &v)) != 0) {
+            if (r < 0 || n_sets == 64) goto usage;
+            sets[n_sets++] = v;
+        } else {
+            rc = cli_usage_error("bench step", "unknown argument '%s'", argv[i]);
+            free(c);
+            return rc;
+        }
+    }
+    for (int k = 0; k < n_sets; k++)
+        if (config_set(c, sets[k], &err)) {
+            fprintf(stderr, "mxtrain bench step: %s\n", err.msg);
+            free(c);
+            return 1;
+        }
+    /* synthetic batch: normal pixels, labels cycling over the classes */
+    int batch = c->v.data_batch_size, side = c->v.model_img_size, chans = c->v.model_in_chans;
+    size_t n = (size_t)batch * side * side * chans;
+    float *x = mx_aligned_alloc(sizeof(float) * n);
+    int32_t *y = mx_malloc(sizeof(int32_t) * (size_t)batch);
+    rng r;
+    rng_init(&r, 1, 0);
+    for (size_t i = 0; i < n; i++) x[i] = rng_normal(&r);
+    for (int i = 0; i < batch; i++) y[i] = i % c->v.model_num_classes;
+    rc = bench_session_steps(c, x, y, batch, side, chans, (int)warmup, (int)steps);
+    free(x);
+    free(y);
+    free(c);
+    return rc;
+usage:
+    free(c);
+    return cli_usage_error("bench step", "bad or missing option value");
+}
+
+typedef struct bench_cfg_args {
+    const char *steps, *warmup, *batches;
+} bench_cfg_args;
+
+static int bench_cfg_extra(int argc, char **argv, int *i, void *user) {
+    bench_cfg_args *a = user;
+    int r = cli_take_value(argc, argv, i, "--steps", &a->steps);
+    if (r) return r;
+    r = cli_take_value(argc, argv, i, "--batches", &a->batches);
+    if (r) return r;
+    return cli_take_value(argc, argv, i, "--warmup", &a->warmup);
+}
+
+/* bench CONFIG: steps on the first batch of the config's training data. */
+int bench_config(int argc, char **argv) {
+    config *c = mx_malloc(sizeof *c);
+    bench_cfg_args a = {"10", "2", NULL};
+    int rc = cmd_parse_config("bench", argc, argv, c, bench_cfg_extra, &a);
+    int64_t steps, warmup;
+    if (rc) goto out;
+    if (!cli_parse_i64(a.steps, 1, 100000, &steps) || !cli_parse_i64(a.warmup, 0, 100000, &warmup)) {
+        rc = cli_usage_error("bench", "bad --steps/--warmup");
+        goto out;
+    }
+    mx_err err = {0};
+    data_config dc;
+    dataset ds;
+    loader *l = NULL;
+    memset(&ds, 0, sizeof ds);
+    if (config_data(c, &dc, &err) || dataset_open(&ds, &dc, DATA_SPLIT_TRAIN, &err) ||
+        loader_create(&l, &ds, &dc, c->v.data_batch_size, true, true, &err)) {
+        fprintf(stderr, "mxtrain bench: %s\n", err.msg);
+        dataset_free(&ds);
+        rc = 1;
+        goto out;
+    }
+    loader_start_epoch(l, 0, 0);
+    data_batch b;
+    if (loader_next(l, &b, &err) != 1) {
+        fprintf(stderr, "mxtrain bench: %s\n", err.msg[0] ? err.msg : "no batch");
+        rc = 1;
+    } else {
+        rc = bench_session_steps(c, b.images, b.labels, b.count, loader_out_size(l), ds.c, (int)warmup, (int)steps);
+    }
+    loader_free(l);
+    dataset_free(&ds);
+out:
+    free(c);
+    return rc;
+}
+
+/* bench data CONFIG: loader throughput over --batches training batches (one epoch at most). */
+int bench_data(int argc, char **argv) {
+    config *c = mx_malloc(sizeof *c);
+    bench_cfg_args a = {"10", "2", "200"};
+    int rc = cmd_parse_config("bench data", argc, argv, c, bench_cfg_extra, &a);
+    int64_t batches;
+    if (rc) goto out;
+    if (!cli_parse_i64(a.batches, 1, 1000000, &batches)) {
+        rc = cli_usage_error("bench data", "bad --batches");
+        goto out;
+    }
+    mx_err err = {0};
+    data_config dc;
+    dataset ds;
+    loader *l = NULL;
+    memset(&ds, 0, sizeof ds);
+    double t_open = now_s();
+    if (config_data(c, &dc, &err) || dataset_open(&ds, &dc, DATA_SPLIT_TRAIN, &err) ||
+        loader_create(&l, &ds, &dc, c->v.data_batch_size, true, true, &err)) {
+        fprintf(stderr, "mxtrain bench data: %s\n", err.msg);
+        dataset_free(&ds);
+        rc = 1;
+        goto out;
+    }
+    t_open = now_s() - t_open;
+    double t0 = now_s();
+    loader_start_epoch(l, 0, 0);
+    data_batch b;
+    int64_t imgs = 0, nb = 0;
+    int r;
+    while (nb < batches && (r = loader_next(l, &b, &err)) == 1) imgs += b.count, nb++;
+    double dt = now_s() - t0;
+    if (nb < batches && r < 0) {
+        fprintf(stderr, "mxtrain bench data: %s\n", err.msg);
+        rc = 1;
+    } else {
+        printf("{\"dataset\":\"%s\",\"workers\":%d,\"batch\":%d,\"img_size\":%d,\"channels\":%d,\"augment\":%s,"
+               "\"batches\":%lld,\"images\":%lld,\"seconds\":%.3f,\"img_per_s\":%.0f,\"open_s\":%.2f}\n",
+               data_kind_name(dc.kind), dc.workers, c->v.data_batch_size, loader_out_size(l), ds.c,
+               dc.augment ? "true" : "false", (long long)nb, (long long)imgs, dt, (double)imgs / dt, t_open);
+    }
+    loader_free(l);
+    dataset_free(&ds);
+out:
+    free(c);
+    return rc;
+}
