@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "core/gemm.h"
 #include "core/rng.h"
 #include "core/threads.h"
 #include "train/cli.h"
@@ -266,4 +267,41 @@ int bench_data(int argc, char **argv) {
 out:
     free(c);
     return rc;
+}
+
+/* bench gemm: the machine's sgemm ceiling through the same OpenBLAS call the mm path uses. */
+int bench_gemm(int argc, char **argv) {
+    int64_t n = 2048, reps = 5;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        int r;
+        if (cli_is_help(argv[i])) {
+            printf("usage: mxtrain bench gemm [--n 2048] [--reps 5]\n\nsgemm GFLOP/s of an n x n x n product "
+                   "(median), on the global --threads.\n");
+            return 0;
+        }
+        if ((r = cli_take_value(argc, argv, &i, "--n", &v)) != 0) {
+            if (r < 0 || !cli_parse_i64(v, 16, 16384, &n)) return cli_usage_error("bench gemm", "bad --n");
+        } else if ((r = cli_take_value(argc, argv, &i, "--reps", &v)) != 0) {
+            if (r < 0 || !cli_parse_i64(v, 1, 1000, &reps)) return cli_usage_error("bench gemm", "bad --reps");
+        } else {
+            return cli_usage_error("bench gemm", "unknown argument '%s'", argv[i]);
+        }
+    }
+    size_t nn = (size_t)(n * n);
+    float *a = mx_aligned_alloc(sizeof(float) * nn), *b = mx_aligned_alloc(sizeof(float) * nn),
+          *c = mx_aligned_alloc(sizeof(float) * nn);
+    for (size_t i = 0; i < nn; i++) a[i] = (float)(i % 7) * 0.1f, b[i] = (float)(i % 5) * 0.1f;
+    double *t = mx_malloc(sizeof(double) * (size_t)(reps + 1));
+    for (int64_t r = 0; r <= reps; r++) { /* the first is a warm-up */
+        double t0 = now_s();
+        gemm_f32(false, false, (int)n, (int)n, (int)n, 1.0f, a, (int)n, b, (int)n, 0.0f, c, (int)n);
+        if (r > 0) t[r - 1] = now_s() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_d);
+    double gf = 2.0 * (double)n * n * n / t[reps / 2] * 1e-9;
+    printf("{\"bench\":\"gemm\",\"n\":%lld,\"threads\":%d,\"median_s\":%.4f,\"gflop_per_s\":%.1f}\n", (long long)n,
+           threads_get(), t[reps / 2], gf);
+    free(a), free(b), free(c), free(t);
+    return 0;
 }

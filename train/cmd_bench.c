@@ -9,12 +9,14 @@
 int bench_step(int argc, char **argv);
 int bench_config(int argc, char **argv);
 int bench_data(int argc, char **argv);
+int bench_gemm(int argc, char **argv);
 
 static const char bench_usage[] =
     "usage: mxtrain bench quantize [--format F] [--n N] [--reps R]\n"
     "       mxtrain bench step [--model M] [--batch B] [--format F] [--tiling T] ...  (bench step --help)\n"
     "       mxtrain bench CONFIG [--steps N] [--set ...]   training steps on the config's first batch\n"
     "       mxtrain bench data CONFIG [--batches N]        loader images/s\n"
+    "       mxtrain bench gemm [--n 2048]                  sgemm GFLOP/s (the GEMM ceiling)\n"
     "\n"
     "Measures, alternately in one run, fake-quant GB/s (8 bytes per element: read + write float32),\n"
     "pack GB/s (4 + 1 + 1/32 bytes per element) and memcpy GB/s of the same size on the same threads,\n"
@@ -67,8 +69,9 @@ int cmd_bench(int argc, char **argv) {
     if (strcmp(argv[0], "quantize") == 0) return bench_quantize(argc - 1, argv + 1);
     if (strcmp(argv[0], "step") == 0) return bench_step(argc - 1, argv + 1);
     if (strcmp(argv[0], "data") == 0) return bench_data(argc - 1, argv + 1);
+    if (strcmp(argv[0], "gemm") == 0) return bench_gemm(argc - 1, argv + 1);
     size_t len = strlen(argv[0]);
     if (len > 4 && strcmp(argv[0] + len - 4, ".ini") == 0) return bench_config(argc, argv);
-    return cli_usage_error("bench", "unknown benchmark '%s' (available: quantize, step, data, or a CONFIG.ini)",
+    return cli_usage_error("bench", "unknown benchmark '%s' (available: quantize, step, data, gemm, or a CONFIG.ini)",
                            argv[0]);
 }
