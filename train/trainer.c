@@ -353,6 +353,14 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
             (long long)r->train_ds.n, (long long)r->eval_ds.n, optim_kind_name(r->oc.kind), cfg->v.quant_format,
             cfg->v.quant_tiling, (long long)total);
 
+    if (r->meta.step >= total) {
+        fprintf(stderr, "%s: already complete at step %lld of %lld (raise train.epochs or train.max_steps to go on)\n",
+                r->dir, (long long)r->meta.step, (long long)total);
+        res->steps = r->meta.step;
+        res->best_acc = r->meta.best_acc;
+        rc = 0;
+        goto out;
+    }
     g_interrupted = 0;
     struct sigaction sa, old_sa;
     memset(&sa, 0, sizeof sa);
