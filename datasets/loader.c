@@ -32,6 +32,7 @@ struct loader {
     int batch, out, c;            /* batch size, output side, channels */
     bool train, shuffle, augment, drop_last;
     float mean[DATA_MAX_CHANNELS], inv_std[DATA_MAX_CHANNELS];
+    float lut[DATA_MAX_CHANNELS][256]; /* (v / 255 - mean) / std per channel and byte value */
     uint64_t seed;
     int64_t *order, num_batches, epoch;
     /* ring and workers */
@@ -57,9 +58,7 @@ int64_t loader_num_batches(const loader *l) { return l->num_batches; }
 static void sample_box(const loader *l, const uint8_t *src, int sw, int sh, double x0, double y0, double cw,
                        double ch, bool flip, float *dst) {
     int out = l->out, c = l->c;
-    float lut[DATA_MAX_CHANNELS][256]; /* (v / 255 - mean) / std, per channel */
-    for (int k = 0; k < c; k++)
-        for (int v = 0; v < 256; v++) lut[k][v] = ((float)v / 255.0f - l->mean[k]) * l->inv_std[k];
+    const float(*lut)[256] = l->lut;
     double sx = cw / out, sy = ch / out;
     bool integral = sx == 1.0 && sy == 1.0 && x0 == floor(x0) && y0 == floor(y0);
     for (int y = 0; y < out; y++) {
@@ -231,7 +230,6 @@ int loader_create(loader **out, const dataset *ds, const data_config *cfg, int b
     l->ds = ds;
     l->batch = batch_size;
     l->out = cfg->img_size > 0 ? cfg->img_size : ds->w;
-    if (ds->kind != DATA_KIND_IMAGEFOLDER && ds->w != ds->h && cfg->img_size <= 0) l->out = ds->w;
     l->c = c;
     l->train = train;
     l->shuffle = train && cfg->shuffle;
@@ -249,6 +247,7 @@ int loader_create(loader **out, const dataset *ds, const data_config *cfg, int b
         }
         l->mean[k] = mean[k];
         l->inv_std[k] = 1.0f / std[k];
+        for (int v = 0; v < 256; v++) l->lut[k][v] = ((float)v / 255.0f - l->mean[k]) * l->inv_std[k];
     }
     l->num_batches = drop_last ? ds->n / batch_size : (ds->n + batch_size - 1) / batch_size;
     if (l->num_batches == 0) {

@@ -114,7 +114,7 @@ static void adamw_update(optimizer *o, float *p, const float *g, float *m, float
  * (Nesterov) or buf; p -= lr g. */
 static void sgd_update(optimizer *o, float *p, const float *g, float *buf, int64_t n, float lr, float wd) {
     float mu = (float)o->cfg.momentum;
-    bool first = !o->has_momentum_buf, nesterov = o->cfg.nesterov;
+    bool first = o->step == 1, nesterov = o->cfg.nesterov; /* the buffer starts as the first gradient */
 #pragma omp parallel for schedule(static) if (n >= 65536)
     for (int64_t i = 0; i < n; i++) {
         float gi = g[i] + wd * p[i];
@@ -139,5 +139,4 @@ void optim_step(optimizer *o, double lr) {
         else
             sgd_update(o, ps->data + off, ps->grad + off, o->m + off, pe->numel, (float)lr, wd);
     }
-    o->has_momentum_buf = true;
 }

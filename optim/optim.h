@@ -44,7 +44,6 @@ typedef struct optimizer {
     float *m, *v;     /* AdamW moments / SGD momentum buffer (m); n_trainable each */
     size_t n;
     int64_t step;     /* updates done */
-    bool has_momentum_buf; /* SGD: the buffer is initialised on the first update */
 } optimizer;
 
 const char *optim_kind_name(optim_kind k);

@@ -5,26 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/rng.h"
+#include "core/timer.h"
 #include "quant/quant.h"
-
-static double bench_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int bench_cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double bench_median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, bench_cmp);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /* memcpy split over the same threads as the quantizer: the real ceiling. */
 static void bench_memcpy(float *dst, const float *src, int64_t n) {
@@ -59,21 +43,21 @@ int quant_bench(const quant_format *formats, int nformats, int64_t n, int reps) 
         quant_fake(&s, x, y, 1, shape, mx ? scales : NULL, NULL);
         if (mx) quant_pack(&s, x, codes, 1, shape, scales, NULL);
         for (int i = 0; i < reps; i++) {
-            double t0 = bench_now();
+            double t0 = timer_now();
             bench_memcpy(y, x, n);
-            double t1 = bench_now();
+            double t1 = timer_now();
             quant_fake(&s, x, y, 1, shape, mx ? scales : NULL, NULL);
-            double t2 = bench_now();
+            double t2 = timer_now();
             if (mx) quant_pack(&s, x, codes, 1, shape, scales, NULL);
-            double t3 = bench_now();
+            double t3 = timer_now();
             t_copy[i] = t1 - t0;
             t_fake[i] = t2 - t1;
             t_pack[i] = t3 - t2;
         }
-        double copy_gbps = 8.0 * (double)n / bench_median(t_copy, reps) / 1e9;
-        double fake_gbps = 8.0 * (double)n / bench_median(t_fake, reps) / 1e9;
+        double copy_gbps = 8.0 * (double)n / timer_median(t_copy, reps) / 1e9;
+        double fake_gbps = 8.0 * (double)n / timer_median(t_fake, reps) / 1e9;
         /* pack reads 4 bytes and writes 1 code byte (+ scales) per element */
-        double pack_gbps = mx ? (5.0 + 1.0 / 32) * (double)n / bench_median(t_pack, reps) / 1e9 : 0.0;
+        double pack_gbps = mx ? (5.0 + 1.0 / 32) * (double)n / timer_median(t_pack, reps) / 1e9 : 0.0;
         printf("{\"bench\":\"quantize\",\"format\":\"%s\",\"n\":%lld,\"threads\":%d,\"reps\":%d,"
                "\"fake_gbps\":%.2f,\"pack_gbps\":%.2f,\"memcpy_gbps\":%.2f,\"fake_vs_memcpy\":%.3f,"
                "\"pack_vs_memcpy\":%.3f}\n",

@@ -6,26 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 
 #include "core/gemm.h"
 #include "core/rng.h"
+#include "core/timer.h"
 #include "core/threads.h"
 #include "train/cli.h"
 #include "train/commands.h"
 #include "train/config.h"
 #include "train/trainer.h"
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static double peak_rss_mb(void) {
     struct rusage ru;
@@ -56,16 +45,15 @@ static int bench_session_steps(const config *c, const float *images, const int32
     for (int i = 0; i < warmup + steps; i++) {
         if (s.has_policy) mm_policy_reset_counters(&s.policy);
         s.ctx.flops = 0;
-        double t0 = now_s();
+        double t0 = timer_now();
         loss = session_forward_backward(&s, images, labels, batch, side, chans, (uint64_t)i);
         optim_step(&o, oc.lr);
-        double dt = now_s() - t0;
+        double dt = timer_now() - t0;
         if (i >= warmup) t[i - warmup] = dt;
         flops = s.ctx.flops;
         if (s.has_policy) passes = s.policy.passes, bytes_q = s.policy.bytes_quantized, held = s.policy.bytes_held;
     }
-    qsort(t, (size_t)steps, sizeof *t, cmp_d);
-    double med = t[steps / 2];
+    double med = timer_median(t, steps); /* sorts: t[0] is the minimum */
     printf("{\"model\":\"%s\",\"params\":%lld,\"batch\":%d,\"img_size\":%d,\"threads\":%d,\"format\":\"%s\","
            "\"tiling\":\"%s\",\"steps\":%d,\"median_step_s\":%.4f,\"min_step_s\":%.4f,\"img_per_s\":%.1f,"
            "\"peak_rss_mb\":%.0f,\"gflop_per_step\":%.2f,\"gflop_per_s\":%.1f,\"quant_passes\":%lld,"
@@ -183,6 +171,18 @@ static int bench_cfg_extra(int argc, char **argv, int *i, void *user) {
     return cli_take_value(argc, argv, i, "--warmup", &a->warmup);
 }
 
+/* The config's training data and a training loader over it (ds zeroed on failure). */
+static int open_train_loader(const config *c, data_config *dc, dataset *ds, loader **l, mx_err *err) {
+    memset(ds, 0, sizeof *ds);
+    *l = NULL;
+    if (config_data(c, dc, err) || dataset_open(ds, dc, DATA_SPLIT_TRAIN, err) ||
+        loader_create(l, ds, dc, c->v.data_batch_size, true, true, err)) {
+        dataset_free(ds);
+        return -1;
+    }
+    return 0;
+}
+
 /* bench CONFIG: steps on the first batch of the config's training data. */
 int bench_config(int argc, char **argv) {
     config *c = mx_malloc(sizeof *c);
@@ -197,12 +197,9 @@ int bench_config(int argc, char **argv) {
     mx_err err = {0};
     data_config dc;
     dataset ds;
-    loader *l = NULL;
-    memset(&ds, 0, sizeof ds);
-    if (config_data(c, &dc, &err) || dataset_open(&ds, &dc, DATA_SPLIT_TRAIN, &err) ||
-        loader_create(&l, &ds, &dc, c->v.data_batch_size, true, true, &err)) {
+    loader *l;
+    if (open_train_loader(c, &dc, &ds, &l, &err)) {
         fprintf(stderr, "mxtrain bench: %s\n", err.msg);
-        dataset_free(&ds);
         rc = 1;
         goto out;
     }
@@ -235,24 +232,21 @@ int bench_data(int argc, char **argv) {
     mx_err err = {0};
     data_config dc;
     dataset ds;
-    loader *l = NULL;
-    memset(&ds, 0, sizeof ds);
-    double t_open = now_s();
-    if (config_data(c, &dc, &err) || dataset_open(&ds, &dc, DATA_SPLIT_TRAIN, &err) ||
-        loader_create(&l, &ds, &dc, c->v.data_batch_size, true, true, &err)) {
+    loader *l;
+    double t_open = timer_now();
+    if (open_train_loader(c, &dc, &ds, &l, &err)) {
         fprintf(stderr, "mxtrain bench data: %s\n", err.msg);
-        dataset_free(&ds);
         rc = 1;
         goto out;
     }
-    t_open = now_s() - t_open;
-    double t0 = now_s();
+    t_open = timer_now() - t_open;
+    double t0 = timer_now();
     loader_start_epoch(l, 0, 0);
     data_batch b;
     int64_t imgs = 0, nb = 0;
-    int r;
+    int r = 0;
     while (nb < batches && (r = loader_next(l, &b, &err)) == 1) imgs += b.count, nb++;
-    double dt = now_s() - t0;
+    double dt = timer_now() - t0;
     if (nb < batches && r < 0) {
         fprintf(stderr, "mxtrain bench data: %s\n", err.msg);
         rc = 1;
@@ -294,14 +288,14 @@ int bench_gemm(int argc, char **argv) {
     for (size_t i = 0; i < nn; i++) a[i] = (float)(i % 7) * 0.1f, b[i] = (float)(i % 5) * 0.1f;
     double *t = mx_malloc(sizeof(double) * (size_t)(reps + 1));
     for (int64_t r = 0; r <= reps; r++) { /* the first is a warm-up */
-        double t0 = now_s();
+        double t0 = timer_now();
         gemm_f32(false, false, (int)n, (int)n, (int)n, 1.0f, a, (int)n, b, (int)n, 0.0f, c, (int)n);
-        if (r > 0) t[r - 1] = now_s() - t0;
+        if (r > 0) t[r - 1] = timer_now() - t0;
     }
-    qsort(t, (size_t)reps, sizeof *t, cmp_d);
-    double gf = 2.0 * (double)n * n * n / t[reps / 2] * 1e-9;
+    double med = timer_median(t, (int)reps);
+    double gf = 2.0 * (double)n * n * n / med * 1e-9;
     printf("{\"bench\":\"gemm\",\"n\":%lld,\"threads\":%d,\"median_s\":%.4f,\"gflop_per_s\":%.1f}\n", (long long)n,
-           threads_get(), t[reps / 2], gf);
+           threads_get(), med, gf);
     free(a), free(b), free(c), free(t);
     return 0;
 }

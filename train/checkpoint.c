@@ -11,39 +11,28 @@
 /* HDF5 prints its error stack by default; we report our own one-liners. */
 static void h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
 
+/* Scalar attributes: file_type on disk, mem_type in memory. */
+static int attr_write(hid_t loc, const char *name, hid_t file_type, hid_t mem_type, const void *v) {
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(loc, name, file_type, sp, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t r = a >= 0 ? H5Awrite(a, mem_type, v) : -1;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    return r < 0 ? -1 : 0;
+}
+
+static int attr_read(hid_t loc, const char *name, hid_t mem_type, void *v) {
+    if (H5Aexists(loc, name) <= 0) return -1;
+    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+    herr_t r = H5Aread(a, mem_type, v);
+    H5Aclose(a);
+    return r < 0 ? -1 : 0;
+}
+
 static int attr_write_i64(hid_t loc, const char *name, int64_t v) {
-    hid_t sp = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(loc, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t r = a >= 0 ? H5Awrite(a, H5T_NATIVE_INT64, &v) : -1;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    return r < 0 ? -1 : 0;
+    return attr_write(loc, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &v);
 }
-
-static int attr_write_f64(hid_t loc, const char *name, double v) {
-    hid_t sp = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(loc, name, H5T_IEEE_F64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t r = a >= 0 ? H5Awrite(a, H5T_NATIVE_DOUBLE, &v) : -1;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    return r < 0 ? -1 : 0;
-}
-
-static int attr_read_i64(hid_t loc, const char *name, int64_t *v) {
-    if (H5Aexists(loc, name) <= 0) return -1;
-    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
-    herr_t r = H5Aread(a, H5T_NATIVE_INT64, v);
-    H5Aclose(a);
-    return r < 0 ? -1 : 0;
-}
-
-static int attr_read_f64(hid_t loc, const char *name, double *v) {
-    if (H5Aexists(loc, name) <= 0) return -1;
-    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
-    herr_t r = H5Aread(a, H5T_NATIVE_DOUBLE, v);
-    H5Aclose(a);
-    return r < 0 ? -1 : 0;
-}
+static int attr_read_i64(hid_t loc, const char *name, int64_t *v) { return attr_read(loc, name, H5T_NATIVE_INT64, v); }
 
 static int write_dataset(hid_t loc, const char *name, hid_t file_type, hid_t mem_type, int rank, const int64_t *shape,
                          const void *data) {
@@ -95,12 +84,11 @@ int ckpt_write_tmp(const char *path, model *m, const optimizer *o, const ckpt_me
         int64_t n = (int64_t)o->n;
         if (go < 0 || write_dataset(go, "exp_avg", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &n, o->m) ||
             write_dataset(go, "exp_avg_sq", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &n, o->v) ||
-            attr_write_i64(go, "optim_step", o->step) || attr_write_i64(go, "optim_kind", o->cfg.kind) ||
-            attr_write_i64(go, "momentum_initialised", o->has_momentum_buf))
+            attr_write_i64(go, "optim_step", o->step) || attr_write_i64(go, "optim_kind", o->cfg.kind))
             goto fail;
     }
     if (attr_write_i64(f, "step", meta->step) || attr_write_i64(f, "epoch", meta->epoch) ||
-        attr_write_i64(f, "seed", (int64_t)meta->seed) || attr_write_f64(f, "best_acc", meta->best_acc))
+        attr_write_i64(f, "seed", (int64_t)meta->seed) || attr_write(f, "best_acc", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->best_acc))
         goto fail;
     if (config_text) {
         hid_t st = H5Tcopy(H5T_C_S1);
@@ -279,9 +267,8 @@ int ckpt_load(const char *path, model *m, optimizer *o, ckpt_meta *meta, mx_err 
     g = H5Gopen2(f, "model", H5P_DEFAULT);
     if (read_model(g, path, m, true, false, err)) goto done;
     go = H5Gopen2(f, "optim", H5P_DEFAULT);
-    int64_t n = (int64_t)o->n, kind, ostep, mom;
-    if (attr_read_i64(go, "optim_kind", &kind) || attr_read_i64(go, "optim_step", &ostep) ||
-        attr_read_i64(go, "momentum_initialised", &mom)) {
+    int64_t n = (int64_t)o->n, kind, ostep;
+    if (attr_read_i64(go, "optim_kind", &kind) || attr_read_i64(go, "optim_step", &ostep)) {
         mx_err_set(err, "%s: optimizer attributes missing", path);
         goto done;
     }
@@ -294,10 +281,9 @@ int ckpt_load(const char *path, model *m, optimizer *o, ckpt_meta *meta, mx_err 
         read_checked(go, "exp_avg_sq", path, 1, &n, false, o->v, err))
         goto done;
     o->step = ostep;
-    o->has_momentum_buf = mom != 0;
     int64_t seed;
     if (attr_read_i64(f, "step", &meta->step) || attr_read_i64(f, "epoch", &meta->epoch) ||
-        attr_read_i64(f, "seed", &seed) || attr_read_f64(f, "best_acc", &meta->best_acc)) {
+        attr_read_i64(f, "seed", &seed) || attr_read(f, "best_acc", H5T_NATIVE_DOUBLE, &meta->best_acc)) {
         mx_err_set(err, "%s: step/epoch/seed attributes missing", path);
         goto done;
     }

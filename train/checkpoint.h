@@ -1,7 +1,7 @@
 /* HDF5 checkpoints (spec/interfaces.md):
  *   /model/<state_dict name>   float32 in PyTorch's shape (conv OIHW); num_batches_tracked int64
  *   /optim/exp_avg, /optim/exp_avg_sq   flat optimizer state (AdamW moments; SGD momentum in exp_avg)
- *   attributes step, epoch, seed, best_acc, optim_step, optim_kind, momentum_initialised
+ *   attributes step, epoch, seed, best_acc, optim_step, optim_kind
  *   /config                    the resolved config text
  * Written to FILE.tmp and renamed, so an interrupted write never replaces a
  * good checkpoint. Reading validates every name, shape and type. */

@@ -8,19 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "autograd/ops.h"
+#include "core/timer.h"
 #include "train/checkpoint.h"
 #include "train/report.h"
 #include "train/runlog.h"
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 int make_dirs(const char *dir, mx_err *err) {
     char p[1024];
@@ -138,7 +132,7 @@ static void fmt_eta(char *b, size_t n, double s) {
 
 static void progress_update(progress *p, int64_t step, int64_t total, int64_t epoch, double lr, double loss,
                             double img_s, bool force) {
-    double t = now_s(), rate = (double)(step - p->step0) / (t - p->t0 + 1e-9);
+    double t = timer_now(), rate = (double)(step - p->step0) / (t - p->t0 + 1e-9);
     char eta[32];
     fmt_eta(eta, sizeof eta, (double)(total - step) / (rate > 0 ? rate : 1e-9));
     if (p->tty) {
@@ -233,11 +227,6 @@ static int write_text(const char *path, const char *text, mx_err *err) {
     return 0;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 typedef struct run_state {
     config *cfg;
     session s;
@@ -269,7 +258,8 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
     run_state *r = mx_calloc(1, sizeof *r);
     r->cfg = cfg;
     int rc = -1;
-    bool s_open = false, opt_open = false, log_open = false;
+    bool s_open = false, opt_open = false, log_open = false, sig_set = false;
+    struct sigaction old_sa; /* restored at the end, on every path */
     if (opts->resume_dir) {
         mx_err e2;
         char set[1200];
@@ -362,16 +352,16 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
         goto out;
     }
     g_interrupted = 0;
-    struct sigaction sa, old_sa;
+    struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
-    sigaction(SIGINT, &sa, &old_sa);
+    sig_set = sigaction(SIGINT, &sa, &old_sa) == 0;
 
-    progress pg = {isatty(2) && cfg->v.log_progress, cfg->v.log_print_every, 0, now_s(), r->meta.step};
+    progress pg = {isatty(2) && cfg->v.log_progress, cfg->v.log_print_every, 0, timer_now(), r->meta.step};
     double *step_times = mx_malloc(sizeof(double) * (size_t)(total + 1));
     int64_t n_times = 0, skipped = 0;
     int64_t step = r->meta.step, epoch = r->meta.epoch;
-    double t_start = now_s(), last_loss = NAN, ema = NAN;
+    double t_start = timer_now(), last_loss = NAN, ema = NAN;
     bool stop = false;
     while (step < total && !stop) {
         int64_t first = step - epoch * nb;
@@ -382,7 +372,7 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
         loader_start_epoch(r->train_l, epoch, first);
         data_batch b;
         int lr_rc;
-        double t_prev = now_s();
+        double t_prev = timer_now();
         while (step < total && (lr_rc = loader_next(r->train_l, &b, err)) == 1) {
             bool stats_now = r->s.has_policy && cfg->v.log_stats_every > 0 && step % cfg->v.log_stats_every == 0;
             if (r->s.has_policy) {
@@ -409,13 +399,12 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
                 runlog_step(&r->log, step + 1, epoch, lr, loss, 0);
                 runlog_flush(&r->log);
                 free(step_times);
-                sigaction(SIGINT, &old_sa, NULL);
                 goto out;
             }
             if (r->oc.clip_grad_norm > 0) optim_clip_grad_norm(&r->s.m.params, gnorm, r->oc.clip_grad_norm);
             optim_step(&r->opt, lr);
             step++;
-            double t = now_s(), dt = t - t_prev;
+            double t = timer_now(), dt = t - t_prev;
             t_prev = t;
             step_times[n_times++] = dt;
             last_loss = loss;
@@ -480,24 +469,20 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
             goto out;
         }
         write_report(r);
-        pg.t0 = now_s();
+        pg.t0 = timer_now();
         pg.step0 = step;
     }
-    sigaction(SIGINT, &old_sa, NULL);
     if (r->log.n_s > 0 && runlog_write_stats_h5(&r->log, err)) {
         free(step_times);
         goto out;
     }
     write_report(r);
     res->steps = step;
-    res->seconds = now_s() - t_start;
+    res->seconds = timer_now() - t_start;
     res->final_loss = last_loss;
     res->best_acc = r->meta.best_acc;
     res->mean_grad_underflow = runlog_mean_grad_underflow(&r->log);
-    if (n_times) {
-        qsort(step_times, (size_t)n_times, sizeof(double), cmp_double);
-        res->median_step_s = step_times[n_times / 2];
-    }
+    if (n_times) res->median_step_s = timer_median(step_times, (int)n_times);
     free(step_times);
     if (!res->interrupted)
         fprintf(stderr, "done: %lld steps in %.0f s, eval acc %.2f%% (best %.2f%%), eval loss %.4f%s; %s\n",
@@ -505,6 +490,7 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
                 skipped ? " (non-finite steps skipped)" : "", r->report);
     rc = res->interrupted ? TRAIN_EXIT_INTERRUPTED : 0;
 out:
+    if (sig_set) sigaction(SIGINT, &old_sa, NULL);
     if (log_open) runlog_close(&r->log);
     if (opt_open) optim_free(&r->opt);
     if (s_open) session_close(&r->s);
