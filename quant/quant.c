@@ -230,6 +230,8 @@ static const qk_row_fn qk_rows[2][2][5] = {
  * multiples of 8 floats (1x32 blocks, 8x8 tiles, ...). The whole tile stays in
  * registers between the amax pass and the quantize pass. Chosen at run time;
  * the portable row kernel above gives identical bits. ---- */
+#define QK_COLS 64 /* COLUMNS: columns processed together (one panel) */
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 
@@ -331,6 +333,47 @@ __attribute__((target("avx2"))) static bool qk_tile_even_avx2(const qk *k, const
     return true;
 }
 
+/* COLUMNS panel: `rows` x w (w a multiple of 8, at most QK_COLS) with one
+ * scale per column; row stride ld. Same arithmetic as the tile kernel with a
+ * scale vector per 8 columns. False (nothing written) on a non-finite column. */
+__attribute__((target("avx2"))) static bool qk_panel_even_avx2(const qk *k, const float *x, float *y, uint8_t *codes,
+                                                               int rows, int w, int64_t ld, uint8_t *scale_out) {
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
+    __m256i vmax[QK_COLS / 8];
+    int nv = w / 8;
+    for (int v = 0; v < nv; v++) vmax[v] = _mm256_setzero_si256();
+    for (int i = 0; i < rows; i++)
+        for (int v = 0; v < nv; v++)
+            vmax[v] = _mm256_max_epu32(
+                vmax[v], _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i * ld + 8 * v)), absmask));
+    uint32_t amax[QK_COLS];
+    float sv[QK_COLS], inv[QK_COLS];
+    for (int v = 0; v < nv; v++) _mm256_storeu_si256((__m256i *)(amax + 8 * v), vmax[v]);
+    for (int j = 0; j < w; j++)
+        if (amax[j] >= 0x7f800000u) return false;
+    for (int j = 0; j < w; j++) {
+        int se = qk_scale_exp(k, amax[j]);
+        if (scale_out) scale_out[j] = (uint8_t)(se + 127);
+        sv[j] = quant_pow2f(se);
+        inv[j] = quant_pow2f(-se);
+    }
+    __m256i eb0 = _mm256_set1_epi32(k->eminb), off = _mm256_set1_epi32(23 - k->p);
+    __m256i low_below = _mm256_set1_epi32((int)k->low_below), low_eb0 = _mm256_set1_epi32(k->low_eminb),
+            low_off = _mm256_set1_epi32(23 - k->low_p);
+    __m256 maxn = _mm256_set1_ps(k->max_norm);
+    int has_low = k->fi->has_low;
+    for (int i = 0; i < rows; i++)
+        for (int v = 0; v < nv; v++) {
+            __m256 xv = _mm256_loadu_ps(x + i * ld + 8 * v), s = _mm256_loadu_ps(sv + 8 * v),
+                   inv_s = _mm256_loadu_ps(inv + 8 * v);
+            __m256 q = has_low ? qk_vec_even(xv, inv_s, s, eb0, off, maxn, 1, low_below, low_eb0, low_off)
+                               : qk_vec_even(xv, inv_s, s, eb0, off, maxn, 0, low_below, low_eb0, low_off);
+            if (y) _mm256_storeu_ps(y + i * ld + 8 * v, _mm256_mul_ps(q, s));
+            else qk_vec_encode(k, q, codes + i * ld + 8 * v);
+        }
+    return true;
+}
+
 static bool qk_have_avx2(void) {
     static int have = -1;
     if (have < 0) have = __builtin_cpu_supports("avx2") ? 1 : 0;
@@ -339,6 +382,10 @@ static bool qk_have_avx2(void) {
 #else
 static bool qk_tile_even_avx2(const qk *k, const float *x, float *y, uint8_t *codes, int rows, int cols,
                               int64_t ld, uint8_t *scale_out) {
+    return false;
+}
+static bool qk_panel_even_avx2(const qk *k, const float *x, float *y, uint8_t *codes, int rows, int w, int64_t ld,
+                               uint8_t *scale_out) {
     return false;
 }
 static bool qk_have_avx2(void) { return false; }
@@ -508,8 +555,6 @@ static void qk_run_tiles(const qk *k, const qlayout *l, const float *x, float *y
     }
 }
 
-#define QK_COLS 64
-
 /* COLUMNS: blocks of k along L for each of `inner` columns; a chunk of up to
  * QK_COLS columns shares the k x chunk panel, so amax and quantization run
  * along contiguous memory. */
@@ -518,6 +563,7 @@ static void qk_run_columns(const qk *k, const qlayout *l, const float *x, float 
     int64_t nchunk = (l->inner + QK_COLS - 1) / QK_COLS;
     int64_t total = l->outer * l->nb * nchunk;
     quant_stats *part = st_out ? calloc((size_t)nth, sizeof *part) : NULL;
+    bool fast = qk_have_avx2() && !getenv("MXTRAIN_NO_SIMD") && !st_out && k->mode == QK_EVEN_FAST;
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
         int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -530,6 +576,11 @@ static void qk_run_columns(const qk *k, const qlayout *l, const float *x, float 
             int w = (int)(l->inner - j0 < QK_COLS ? l->inner - j0 : QK_COLS);
             int rows = (int)(l->L - b * l->k < l->k ? l->L - b * l->k : l->k);
             int64_t base = o * l->L * l->inner + b * l->k * l->inner + j0;
+            uint8_t *sc0 = scales ? scales + o * l->nb * l->inner + b * l->inner + j0 : NULL;
+            if (fast && w % 8 == 0 &&
+                qk_panel_even_avx2(k, x + base, y ? y + base : NULL, codes ? codes + base : NULL, rows, w, l->inner,
+                                   sc0))
+                continue;
             uint32_t amax[QK_COLS];
             memset(amax, 0, sizeof amax);
             for (int i = 0; i < rows; i++) {
@@ -539,7 +590,7 @@ static void qk_run_columns(const qk *k, const qlayout *l, const float *x, float 
                     amax[j] = a > amax[j] ? a : amax[j];
                 }
             }
-            uint8_t *sc = scales ? scales + o * l->nb * l->inner + b * l->inner + j0 : NULL;
+            uint8_t *sc = sc0;
             for (int j = 0; j < w; j++) {
                 /* one column of one block: `rows` elements, stride inner */
                 float s, inv_s;

@@ -241,10 +241,11 @@ START_TEST(test_fast_path_matches_reference) {
     float *a = malloc(sizeof(float) * 64 * 96), *b = malloc(sizeof(float) * 64 * 96);
     for (int f = 0; f < QUANT_FORMAT_COUNT; f++)
         for (int sm = 0; sm < QUANT_SCALE_COUNT; sm++)
-            for (int tile = 0; tile < 2; tile++) {
+            for (int tile = 0; tile < 3; tile++) { /* 1x32 rows, 8x8 tiles, 32-blocks down columns */
                 quant_spec s = quant_spec_default((quant_format)f);
                 s.scale = (quant_scale)sm;
-                if (tile) s.block_rows = s.block_cols = 8;
+                if (tile == 1) s.block_rows = s.block_cols = 8;
+                if (tile == 2) s.axis = 0;
                 quant_fake(&s, x, a, 2, shape, NULL, NULL);
                 quant_fake_reference(&s, x, b, 2, shape, NULL);
                 for (int i = 0; i < 64 * 96; i++)
