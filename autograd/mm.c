@@ -270,11 +270,28 @@ void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const floa
     }
 }
 
+typedef struct mm_da_gemm {
+    const mm_shape *sh;
+    float *da;
+} mm_da_gemm;
+
+static void mm_da_default(void *user, const float *dyq, const float *bq) {
+    const mm_da_gemm *g = user;
+    mm_gemm_da(g->sh, dyq, bq, g->da);
+}
+
 void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
                  const float *b, const float *dy, float *da, float *db) {
+    mm_da_gemm g = {sh, da};
+    mm_backward_da_fn(ctx, site, sh, sv, a, b, dy, da ? mm_da_default : NULL, &g, db);
+}
+
+void mm_backward_da_fn(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
+                       const float *b, const float *dy, mm_da_fn da_fn, void *da_user, float *db) {
     mm_policy *p = ctx->mm;
+    bool da = da_fn != NULL;
     if (!p) {
-        if (da) mm_count(ctx, sh), mm_gemm_da(sh, dy, b, da);
+        if (da) mm_count(ctx, sh), da_fn(da_user, dy, b);
         if (db) mm_count(ctx, sh), mm_gemm_db(sh, a, dy, db);
         return;
     }
@@ -285,7 +302,7 @@ void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_
         /* one quantization of dY serves both products; A and B are the forward's copies */
         const float *dyq = mm_quant(ctx, site, MM_ROLE_BWD_GRAD_DX, dy, B, sh->m, sh->n, MM_AXIS_COLS, false);
         const float *aq = sv->a_prequantized ? a : mm_unpack_act(ctx, site, sv, B, sh->m, sh->k);
-        if (da) mm_count(ctx, sh), mm_gemm_da(sh, dyq, sv->bq ? sv->bq : b, da);
+        if (da) mm_count(ctx, sh), da_fn(da_user, dyq, sv->bq ? sv->bq : b);
         if (db) mm_count(ctx, sh), mm_gemm_db(sh, aq ? aq : a, dyq, db);
         arena_release(&ctx->scratch, mark);
         return;
@@ -298,7 +315,7 @@ void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_
         const float *bq = mm_quant(ctx, site, MM_ROLE_BWD_WEIGHT_DX, src_b, B, sh->b_trans ? sh->n : sh->k,
                                    sh->b_trans ? sh->k : sh->n, sh->b_trans ? MM_AXIS_ROWS : MM_AXIS_COLS, false);
         mm_count(ctx, sh);
-        mm_gemm_da(sh, dyq, bq, da);
+        da_fn(da_user, dyq, bq);
     }
     if (db) { /* reduces over M */
         const float *dyq = mm_quant(ctx, site, MM_ROLE_BWD_GRAD_DW, dy, B, sh->m, sh->n, MM_AXIS_ROWS, false);

@@ -121,6 +121,12 @@ void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const floa
  * a and b are the full-precision operands (a: the im2col columns for conv). */
 void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
                  const float *b, const float *dy, float *da, float *db);
+/* As mm_backward, but the dA product is the op's own: da_fn receives dY and B
+ * quantized exactly as mm_backward would use them (conv computes dX as a
+ * transposed convolution instead of dA = dY . B'^T followed by col2im). */
+typedef void (*mm_da_fn)(void *user, const float *dyq, const float *bq);
+void mm_backward_da_fn(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
+                       const float *b, const float *dy, mm_da_fn da_fn, void *da_user, float *db);
 
 /* Convolution: quantize the NHWC activation x ([rows, c], channels last)
  * before im2col, as the forward activation role. Returns x itself when the

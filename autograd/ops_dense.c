@@ -6,6 +6,7 @@
 #include "autograd/ops.h"
 #include "autograd/ops_util.h"
 #include "core/error.h"
+#include "core/gemm.h"
 
 /* ---------------- shared helpers ---------------- */
 
@@ -127,21 +128,66 @@ typedef struct conv_saved {
 
 static bool conv_is_pointwise(const conv_geom *g) { return g->kh == 1 && g->kw == 1 && g->stride == 1 && g->pad == 0; }
 
-static void conv_im2col(const conv_geom *g, const float *x, float *cols) {
-    int64_t K = g->kh * g->kw * g->c, M = g->n * g->oh * g->ow;
+/* Gathers kernel windows of an NHWC tensor src [n, sh, sw, c] into cols: row
+ * (image, py, px) of the ph x pw output grid, columns (i, j, c) for kernel
+ * position (i, j) < (kh, kw), reading src pixel (py*stride + off + sgn*i,
+ * px*stride + off + sgn*j), zero outside. im2col of x: off = -pad, sgn = +1.
+ * The transposed convolution that gives dX (stride 1) gathers dY with
+ * off = +pad, sgn = -1. */
+typedef struct conv_window {
+    int64_t n, sh, sw, c, ph, pw, kh, kw;
+    int stride, off, sgn;
+} conv_window;
+
+static void conv_gather(const conv_window *g, const float *src, float *cols) {
+    int64_t K = g->kh * g->kw * g->c, M = g->n * g->ph * g->pw;
 #pragma omp parallel for schedule(static) if (M * K >= AG_PAR_MIN)
     for (int64_t r = 0; r < M; r++) {
-        int64_t ni = r / (g->oh * g->ow), oh = (r / g->ow) % g->oh, ow = r % g->ow;
+        int64_t ni = r / (g->ph * g->pw), py = (r / g->pw) % g->ph, px = r % g->pw;
         float *dst = cols + r * K;
         for (int64_t i = 0; i < g->kh; i++) {
-            int64_t ih = oh * g->stride - g->pad + i;
+            int64_t sy = py * g->stride + g->off + g->sgn * i;
             for (int64_t j = 0; j < g->kw; j++, dst += g->c) {
-                int64_t iw = ow * g->stride - g->pad + j;
-                if (ih < 0 || ih >= g->h || iw < 0 || iw >= g->w) memset(dst, 0, sizeof(float) * (size_t)g->c);
-                else memcpy(dst, x + ((ni * g->h + ih) * g->w + iw) * g->c, sizeof(float) * (size_t)g->c);
+                int64_t sx = px * g->stride + g->off + g->sgn * j;
+                if (sy < 0 || sy >= g->sh || sx < 0 || sx >= g->sw) memset(dst, 0, sizeof(float) * (size_t)g->c);
+                else memcpy(dst, src + ((ni * g->sh + sy) * g->sw + sx) * g->c, sizeof(float) * (size_t)g->c);
             }
         }
     }
+}
+
+static void conv_im2col(const conv_geom *g, const float *x, float *cols) {
+    conv_window w = {g->n, g->h, g->w, g->c, g->oh, g->ow, g->kh, g->kw, g->stride, -g->pad, 1};
+    conv_gather(&w, x, cols);
+}
+
+/* dX of a stride-1 conv as a transposed convolution:
+ *   dX[(n,y,x), c] += sum_(i,j,o) dY[n, y+pad-i, x+pad-j, o] W[o,i,j,c],
+ * one GEMM with reduction kh*kw*O over a gather of dY. Unlike dcols = dY . W
+ * then col2im, nothing of size M x kh*kw*C is zeroed, accumulated into or
+ * scattered, and the GEMM reduces over kh*kw*O instead of O. dyq and wq come
+ * quantized from mm_backward_da_fn, so the values multiplied are the same. */
+typedef struct conv_dx_job {
+    ag_ctx *ctx;
+    const conv_geom *g;
+    float *dx;
+} conv_dx_job;
+
+static void conv_dx_transposed(void *user, const float *dyq, const float *wq) {
+    const conv_dx_job *job = user;
+    const conv_geom *g = job->g;
+    ag_ctx *ctx = job->ctx;
+    int64_t KO = g->kh * g->kw * g->o, P = g->n * g->h * g->w;
+    arena_mark mark = arena_get_mark(&ctx->scratch);
+    float *wt = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(KO * g->c));
+    for (int64_t o = 0; o < g->o; o++) /* W [O, KH, KW, C] -> W' [(KH, KW, O), C] */
+        for (int64_t ij = 0; ij < g->kh * g->kw; ij++)
+            memcpy(wt + (ij * g->o + o) * g->c, wq + (o * g->kh * g->kw + ij) * g->c, sizeof(float) * (size_t)g->c);
+    float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(P * KO));
+    conv_window w = {g->n, g->oh, g->ow, g->o, g->h, g->w, g->kh, g->kw, 1, g->pad, -1};
+    conv_gather(&w, dyq, cols);
+    gemm_f32(false, false, (int)P, (int)g->c, (int)KO, 1.0f, cols, (int)KO, wt, (int)g->c, 1.0f, job->dx, (int)g->c);
+    arena_release(&ctx->scratch, mark);
 }
 
 /* dx += col2im(dcols); parallel over images so each thread owns its writes. */
@@ -210,6 +256,11 @@ void ag_conv2d_backward(ag_ctx *ctx, ag_node *n) {
     const float *xin = mm_conv_input_for_backward(ctx, s->site, s->mm, x->value.data, g->n * g->h * g->w, g->c);
     if (conv_is_pointwise(g)) {
         mm_backward(ctx, s->site, &sh, s->mm, xin, w->value.data, dy, dx, dw);
+    } else if (g->stride == 1) {
+        float *cols = dw ? arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(M * K)) : NULL;
+        if (dw) conv_im2col(g, xin, cols);
+        conv_dx_job job = {ctx, g, dx};
+        mm_backward_da_fn(ctx, s->site, &sh, s->mm, cols, w->value.data, dy, dx ? conv_dx_transposed : NULL, &job, dw);
     } else {
         float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(M * K));
         conv_im2col(g, xin, cols);

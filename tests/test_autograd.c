@@ -73,9 +73,11 @@ START_TEST(test_gradcheck_ops) {
         gc_leaf(&g, 3, tb ? (int64_t[]){2, 5, 4} : (int64_t[]){2, 4, 5}, 1.0f);
         gc_run(&g);
     }
-    /* conv: 3x3 stride 1 pad 1 with bias; 3x3 stride 2 pad 1; 1x1; 1x1 stride 2 */
-    const int conv_cfg[][5] = {{3, 1, 1, 1, 3}, {3, 2, 1, 0, 3}, {1, 1, 0, 1, 1}, {1, 2, 0, 0, 1}};
-    for (int k = 0; k < 4; k++) {
+    /* conv: 3x3 stride 1 pad 1 with bias; 3x3 stride 2 pad 1; 1x1; 1x1 stride 2;
+     * stride 1 with pad 0 and with a 5x5 kernel (dX as a transposed convolution) */
+    const int conv_cfg[][5] = {{3, 1, 1, 1, 3}, {3, 2, 1, 0, 3}, {1, 1, 0, 1, 1}, {1, 2, 0, 0, 1}, {3, 1, 0, 0, 3},
+                               {5, 1, 2, 0, 5}};
+    for (int k = 0; k < 6; k++) {
         gc_begin(&g, "conv2d", f_conv);
         int ks = conv_cfg[k][0];
         g.i[0] = conv_cfg[k][1];

@@ -247,7 +247,27 @@ START_TEST(test_conv_quantizes_nhwc_input) {
     expect_bitwise(y->value.data, ry->value.data, ag_numel(y), "conv y");
     ag_ctx_free(&ctx);
     ag_ctx_free(&ref);
-    free(x); free(w); free(xq); free(wq);
+    free(xq); free(wq);
+    /* backward, 1d: dX (a transposed convolution) multiplies dY and W both
+     * blocked along O, here a partial block of 8 in blocks of 16 */
+    const int P = Nb * H * W;
+    float *dy = randn(P * O, 15, 1e-3f), *dx = calloc((size_t)(P * C), sizeof(float)),
+          *dw = calloc((size_t)(O * 9 * C), sizeof(float)), *rdx = calloc((size_t)(P * C), sizeof(float)),
+          *rdw = calloc((size_t)(O * 9 * C), sizeof(float));
+    ag_ctx_init(&ctx, 0);
+    ctx.mm = &p;
+    vx = ag_leaf(x, dx, 4, (int64_t[]){Nb, H, W, C});
+    vw = ag_leaf(w, dw, 4, (int64_t[]){O, 3, 3, C});
+    ag_backward_from(&ctx, ag_conv2d(&ctx, &site, &vx, &vw, NULL, 1, 1), dy);
+    float *dyq = q2(&p, QUANT_FORMAT_MXINT8, dy, P, O, -1), *wo = q2(&p, QUANT_FORMAT_MXINT8, w, O, 9 * C, 0);
+    ag_ctx_init(&ref, 0);
+    rx = ag_leaf(x, rdx, 4, (int64_t[]){Nb, H, W, C});
+    rw = ag_leaf(wo, rdw, 4, (int64_t[]){O, 3, 3, C});
+    ag_backward_from(&ref, ag_conv2d(&ref, &site, &rx, &rw, NULL, 1, 1), dyq);
+    expect_bitwise(dx, rdx, P * C, "conv dx");
+    ag_ctx_free(&ctx);
+    ag_ctx_free(&ref);
+    free(x); free(w); free(dy); free(dx); free(dw); free(rdx); free(rdw); free(dyq); free(wo);
 }
 END_TEST
 
