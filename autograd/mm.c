@@ -128,8 +128,8 @@ static quant_spec mm_spec(ag_ctx *ctx, mm_policy *p, quant_format f, mm_role rol
 /* Fake-quantizes batch x [rows, cols] into the step arena (keep: the backward
  * needs it) or the scratch arena; returns src itself for fp32. One pass,
  * counted; statistics when collected. */
-static const float *mm_quant(ag_ctx *ctx, const mm_site *site, mm_role role, const float *src, int batch,
-                             int64_t rows, int64_t cols, mm_axis axis, bool keep) {
+static const float *mm_quant_n(ag_ctx *ctx, const mm_site *site, mm_role role, const float *src, int batch,
+                               int64_t rows, int64_t cols, mm_axis axis, bool keep, bool count_pass) {
     mm_policy *p = ctx->mm;
     quant_format f = mm_policy_format(p, site->name, role);
     if (f == QUANT_FORMAT_FP32) return src;
@@ -139,9 +139,21 @@ static const float *mm_quant(ag_ctx *ctx, const mm_site *site, mm_role role, con
     quant_stats st;
     quant_fake(&s, src, dst, 3, shape, NULL, p->collect_stats ? &st : NULL);
     if (p->collect_stats) mm_stats_add(p, site->name, role, f, &st);
-    p->passes++;
+    p->passes += count_pass;
     p->bytes_quantized += 4 * n;
     return dst;
+}
+
+static const float *mm_quant(ag_ctx *ctx, const mm_site *site, mm_role role, const float *src, int batch,
+                             int64_t rows, int64_t cols, mm_axis axis, bool keep) {
+    return mm_quant_n(ctx, site, role, src, batch, rows, cols, axis, keep, true);
+}
+
+const float *mm_chunk_quant_rows(mm_chunk_quant *q, const float *a, int64_t rows, int64_t cols) {
+    if (!q->active) return a;
+    const float *r = mm_quant_n(q->ctx, q->site, MM_ROLE_BWD_ACT_DW, a, 1, rows, cols, MM_AXIS_ROWS, false, !q->counted);
+    q->counted = true;
+    return r;
 }
 
 /* 2d forward activation: packed once (kept for the backward) and unpacked
@@ -230,17 +242,23 @@ static void mm_check_contiguous(const mm_shape *sh) {
 
 void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const float *a, const float *b, float *y,
                 mm_saved *sv) {
+    mm_forward_custom(ctx, site, sh, a, b, y, sv, NULL);
+}
+
+void mm_forward_custom(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const float *a, const float *b, float *y,
+                       mm_saved *sv, const mm_custom *cu) {
     mm_policy *p = ctx->mm;
     if (!p) {
         mm_count(ctx, sh);
-        mm_gemm_y(sh, a, b, y);
+        if (cu) cu->y(cu->user, a, b, y);
+        else mm_gemm_y(sh, a, b, y);
         return;
     }
     mm_check_contiguous(sh);
     arena_mark mark = arena_get_mark(&ctx->scratch);
     int64_t a_el = (int64_t)sh->batch * sh->m * sh->k, b_el = (int64_t)sh->batch * sh->k * sh->n;
     const float *aq = a;
-    bool pre = sv && sv->a_prequantized;
+    bool pre = cu || (sv && sv->a_prequantized); /* a custom product's A comes quantized */
     bool keep = sv && p->tiling != MM_TILING_1D; /* forward copies the backward reuses */
     if (!pre) {
         if (p->tiling == MM_TILING_2D) aq = mm_pack_act(ctx, site, a, sh->batch, sh->m, sh->k, sv);
@@ -250,7 +268,8 @@ void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const floa
     const float *bq = mm_quant(ctx, site, MM_ROLE_FWD_WEIGHT, b, sh->batch, sh->b_trans ? sh->n : sh->k,
                                sh->b_trans ? sh->k : sh->n, sh->b_trans ? MM_AXIS_COLS : MM_AXIS_ROWS, keep);
     mm_count(ctx, sh);
-    mm_gemm_y(sh, aq, bq, y);
+    if (cu) cu->y(cu->user, aq, bq, y);
+    else mm_gemm_y(sh, aq, bq, y);
     arena_release(&ctx->scratch, mark);
     if (!sv) return;
     switch (p->tiling) {
@@ -270,29 +289,38 @@ void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const floa
     }
 }
 
-typedef struct mm_da_gemm {
-    const mm_shape *sh;
-    float *da;
-} mm_da_gemm;
-
-static void mm_da_default(void *user, const float *dyq, const float *bq) {
-    const mm_da_gemm *g = user;
-    mm_gemm_da(g->sh, dyq, bq, g->da);
-}
-
 void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
                  const float *b, const float *dy, float *da, float *db) {
-    mm_da_gemm g = {sh, da};
-    mm_backward_da_fn(ctx, site, sh, sv, a, b, dy, da ? mm_da_default : NULL, &g, db);
+    mm_policy *p = ctx->mm;
+    if (!p) {
+        if (da) mm_count(ctx, sh), mm_gemm_da(sh, dy, b, da);
+        if (db) mm_count(ctx, sh), mm_gemm_db(sh, a, dy, db);
+        return;
+    }
+    mm_backward_custom(ctx, site, sh, sv, a, b, dy, da != NULL, db, &(mm_custom){NULL, NULL, NULL, da});
 }
 
-void mm_backward_da_fn(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
-                       const float *b, const float *dy, mm_da_fn da_fn, void *da_user, float *db) {
+/* The dA and dB products, by the op's hooks or plain GEMMs. */
+static void mm_do_da(const mm_custom *cu, const mm_shape *sh, const float *dyq, const float *bq) {
+    if (cu->da) cu->da(cu->user, dyq, bq);
+    else mm_gemm_da(sh, dyq, bq, cu->user);
+}
+
+static void mm_do_db(const mm_custom *cu, mm_chunk_quant *q, const mm_shape *sh, const float *a, const float *dyq,
+                     float *db) {
+    if (cu->db) cu->db(cu->user, q, a, dyq, db);
+    else mm_gemm_db(sh, q->active ? mm_quant(q->ctx, q->site, MM_ROLE_BWD_ACT_DW, a, sh->batch, sh->m, sh->k,
+                                             MM_AXIS_ROWS, false) : a, dyq, db);
+}
+
+/* cu->user is dA for mm_backward's plain GEMMs (no hooks). */
+void mm_backward_custom(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
+                        const float *b, const float *dy, bool da, float *db, const mm_custom *cu) {
     mm_policy *p = ctx->mm;
-    bool da = da_fn != NULL;
+    mm_chunk_quant q = {ctx, site, false, p ? p->block : 1, false};
     if (!p) {
-        if (da) mm_count(ctx, sh), da_fn(da_user, dy, b);
-        if (db) mm_count(ctx, sh), mm_gemm_db(sh, a, dy, db);
+        if (da) mm_count(ctx, sh), mm_do_da(cu, sh, dy, b);
+        if (db) mm_count(ctx, sh), mm_do_db(cu, &q, sh, a, dy, db);
         return;
     }
     mm_check_contiguous(sh);
@@ -302,8 +330,8 @@ void mm_backward_da_fn(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, con
         /* one quantization of dY serves both products; A and B are the forward's copies */
         const float *dyq = mm_quant(ctx, site, MM_ROLE_BWD_GRAD_DX, dy, B, sh->m, sh->n, MM_AXIS_COLS, false);
         const float *aq = sv->a_prequantized ? a : mm_unpack_act(ctx, site, sv, B, sh->m, sh->k);
-        if (da) mm_count(ctx, sh), da_fn(da_user, dyq, sv->bq ? sv->bq : b);
-        if (db) mm_count(ctx, sh), mm_gemm_db(sh, aq ? aq : a, dyq, db);
+        if (da) mm_count(ctx, sh), mm_do_da(cu, sh, dyq, sv->bq ? sv->bq : b);
+        if (db) mm_count(ctx, sh), mm_do_db(cu, &q, sh, aq ? aq : a, dyq, db);
         arena_release(&ctx->scratch, mark);
         return;
     }
@@ -315,13 +343,13 @@ void mm_backward_da_fn(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, con
         const float *bq = mm_quant(ctx, site, MM_ROLE_BWD_WEIGHT_DX, src_b, B, sh->b_trans ? sh->n : sh->k,
                                    sh->b_trans ? sh->k : sh->n, sh->b_trans ? MM_AXIS_ROWS : MM_AXIS_COLS, false);
         mm_count(ctx, sh);
-        da_fn(da_user, dyq, bq);
+        mm_do_da(cu, sh, dyq, bq);
     }
-    if (db) { /* reduces over M */
+    if (db) { /* reduces over M: A's blocks run along M, quantized whole or by chunks */
         const float *dyq = mm_quant(ctx, site, MM_ROLE_BWD_GRAD_DW, dy, B, sh->m, sh->n, MM_AXIS_ROWS, false);
-        const float *aq = mm_quant(ctx, site, MM_ROLE_BWD_ACT_DW, src_a, B, sh->m, sh->k, MM_AXIS_ROWS, false);
+        q.active = true;
         mm_count(ctx, sh);
-        mm_gemm_db(sh, aq, dyq, db);
+        mm_do_db(cu, &q, sh, src_a, dyq, db);
     }
     arena_release(&ctx->scratch, mark);
 }

@@ -121,12 +121,36 @@ void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const floa
  * a and b are the full-precision operands (a: the im2col columns for conv). */
 void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
                  const float *b, const float *dy, float *da, float *db);
-/* As mm_backward, but the dA product is the op's own: da_fn receives dY and B
- * quantized exactly as mm_backward would use them (conv computes dX as a
- * transposed convolution instead of dA = dY . B'^T followed by col2im). */
-typedef void (*mm_da_fn)(void *user, const float *dyq, const float *bq);
-void mm_backward_da_fn(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
-                       const float *b, const float *dy, mm_da_fn da_fn, void *da_user, float *db);
+/* Products an op forms itself (conv: im2col by chunks of rows that stay in
+ * cache, never the whole column matrix). mm_forward_custom/mm_backward_custom
+ * quantize exactly as mm_forward/mm_backward and hand over the operands:
+ *   y:  Y = Aq . Bq'        (aq: A as the op passed it, already quantized by
+ *                            the op, e.g. mm_quantize_conv_input)
+ *   da: dA += dYq . Bq'^T
+ *   db: dB += Aq^T . dYq    (A in the op's own form; 1d blocks run along M, so
+ *                            the op quantizes its chunks of A rows through q,
+ *                            chunks starting at multiples of q->align rows)
+ * Any hook may be NULL when its product is not needed. */
+typedef struct mm_chunk_quant {
+    ag_ctx *ctx;
+    const mm_site *site;
+    bool active;   /* false: chunks are used as they are */
+    int align;     /* chunk starts must be multiples of this many rows */
+    bool counted;  /* the pass was counted (once for all chunks) */
+} mm_chunk_quant;
+/* A chunk of A rows [rows, cols] quantized for the dB product (scratch arena), or a itself. */
+const float *mm_chunk_quant_rows(mm_chunk_quant *q, const float *a, int64_t rows, int64_t cols);
+
+typedef struct mm_custom {
+    void (*y)(void *user, const float *aq, const float *bq, float *y);
+    void (*da)(void *user, const float *dyq, const float *bq);
+    void (*db)(void *user, mm_chunk_quant *q, const float *a, const float *dyq, float *db);
+    void *user;
+} mm_custom;
+void mm_forward_custom(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const float *a, const float *b, float *y,
+                       mm_saved *sv, const mm_custom *cu);
+void mm_backward_custom(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
+                        const float *b, const float *dy, bool want_da, float *db, const mm_custom *cu);
 
 /* Convolution: quantize the NHWC activation x ([rows, c], channels last)
  * before im2col, as the forward activation role. Returns x itself when the

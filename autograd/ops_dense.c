@@ -109,11 +109,20 @@ void ag_matmul_backward(ag_ctx *ctx, ag_node *n) {
                 a->requires_grad ? ag_grad(ctx, a) : NULL, b->requires_grad ? ag_grad(ctx, b) : NULL);
 }
 
-/* ---------------- conv2d, NHWC, via im2col ----------------
+/* ---------------- conv2d, NHWC, via im2col by chunks ----------------
  * cols[M = N*OH*OW, K = KH*KW*C]: row (n, oh, ow), columns (kh, kw, c), so a
- * kernel position's channels stay contiguous. Y[M, O] = cols . W^T is already
- * NHWC. The backward recomputes cols instead of keeping them (9x the input for
- * a 3x3 conv), into arena memory released right after. */
+ * kernel position's channels stay contiguous; Y[M, O] = cols . W^T is NHWC.
+ * The column matrix (9x the input for a 3x3 conv) is never formed whole: each
+ * product runs over chunks of rows gathered into a buffer of about 2.5 MB that
+ * stays in cache while OpenBLAS packs and multiplies it. (Whole, ResNet-18's
+ * first stage runs at half the GEMM rate: packing streams it from memory.)
+ *   forward       Y[rows]     = cols[rows] . W^T
+ *   dW            dW         += dY[rows]^T . cols[rows]
+ *   dX, stride 1  a transposed convolution (below)
+ *   dX, stride 2  dX         += col2im(dY[rows] . W)
+ * The hooks receive operands already quantized by mm_*_custom: x along
+ * channels before the gather (mm_quantize_conv_input), W and dY whole, and the
+ * 1d dW product's column chunks (blocks down M) through mm_chunk_quant_rows. */
 
 typedef struct conv_geom {
     int64_t n, h, w, c, o, kh, kw, oh, ow;
@@ -128,23 +137,22 @@ typedef struct conv_saved {
 
 static bool conv_is_pointwise(const conv_geom *g) { return g->kh == 1 && g->kw == 1 && g->stride == 1 && g->pad == 0; }
 
-/* Gathers kernel windows of an NHWC tensor src [n, sh, sw, c] into cols: row
- * (image, py, px) of the ph x pw output grid, columns (i, j, c) for kernel
- * position (i, j) < (kh, kw), reading src pixel (py*stride + off + sgn*i,
- * px*stride + off + sgn*j), zero outside. im2col of x: off = -pad, sgn = +1.
- * The transposed convolution that gives dX (stride 1) gathers dY with
- * off = +pad, sgn = -1. */
+/* Rows [r0, r1) of the gather of kernel windows of an NHWC tensor src
+ * [n, sh, sw, c]: row (image, py, px) of the ph x pw grid, columns (i, j, c)
+ * for kernel position (i, j), reading src pixel (py*stride + off + sgn*i,
+ * px*stride + off + sgn*j), zero outside. im2col of x: off = -pad, sgn = +1;
+ * the transposed convolution gathers dY with off = +pad, sgn = -1. */
 typedef struct conv_window {
     int64_t n, sh, sw, c, ph, pw, kh, kw;
     int stride, off, sgn;
 } conv_window;
 
-static void conv_gather(const conv_window *g, const float *src, float *cols) {
-    int64_t K = g->kh * g->kw * g->c, M = g->n * g->ph * g->pw;
-#pragma omp parallel for schedule(static) if (M * K >= AG_PAR_MIN)
-    for (int64_t r = 0; r < M; r++) {
+static void conv_gather_rows(const conv_window *g, const float *src, int64_t r0, int64_t r1, float *cols) {
+    int64_t K = g->kh * g->kw * g->c;
+#pragma omp parallel for schedule(static) if ((r1 - r0) * K >= AG_PAR_MIN)
+    for (int64_t r = r0; r < r1; r++) {
         int64_t ni = r / (g->ph * g->pw), py = (r / g->pw) % g->ph, px = r % g->pw;
-        float *dst = cols + r * K;
+        float *dst = cols + (r - r0) * K;
         for (int64_t i = 0; i < g->kh; i++) {
             int64_t sy = py * g->stride + g->off + g->sgn * i;
             for (int64_t j = 0; j < g->kw; j++, dst += g->c) {
@@ -156,58 +164,144 @@ static void conv_gather(const conv_window *g, const float *src, float *cols) {
     }
 }
 
-static void conv_im2col(const conv_geom *g, const float *x, float *cols) {
-    conv_window w = {g->n, g->h, g->w, g->c, g->oh, g->ow, g->kh, g->kw, g->stride, -g->pad, 1};
-    conv_gather(&w, x, cols);
+static conv_window conv_im2col_window(const conv_geom *g) {
+    return (conv_window){g->n, g->h, g->w, g->c, g->oh, g->ow, g->kh, g->kw, g->stride, -g->pad, 1};
 }
 
-/* dX of a stride-1 conv as a transposed convolution:
- *   dX[(n,y,x), c] += sum_(i,j,o) dY[n, y+pad-i, x+pad-j, o] W[o,i,j,c],
- * one GEMM with reduction kh*kw*O over a gather of dY. Unlike dcols = dY . W
- * then col2im, nothing of size M x kh*kw*C is zeroed, accumulated into or
- * scattered, and the GEMM reduces over kh*kw*O instead of O. dyq and wq come
- * quantized from mm_backward_da_fn, so the values multiplied are the same. */
-typedef struct conv_dx_job {
+/* Rows per chunk of a product with K columns and N outputs: about 2.5 MB of
+ * columns, so the chunk stays in cache while OpenBLAS packs it, but at least
+ * 2N rows, since every chunk's GEMM packs the N x K weight again (ResNet's
+ * last stage: 9.4 MB of it). Chunk starts are multiples of align. Measured
+ * on each ResNet-18 stage (mxtrain bench step; docs/performance.md). */
+static int64_t conv_chunk_rows(int64_t K, int64_t N, int64_t M, int align) {
+    int64_t r = (int64_t)(2.5 * 1024 * 1024) / (4 * K);
+    r = r < 2 * N ? 2 * N : r;
+    r = r / align * align;
+    r = r < align ? align : r;
+    return r < M ? r : M;
+}
+
+/* dx[rows' windows] += dcols rows [r0, r1); threads split the channels, so no
+ * two write the same element. */
+static void conv_col2im_add_rows(const conv_geom *g, const float *dcols, int64_t r0, int64_t r1, float *dx) {
+    int64_t K = g->kh * g->kw * g->c;
+#pragma omp parallel if ((r1 - r0) * K >= AG_PAR_MIN)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        int64_t c0 = g->c * t / nt, c1 = g->c * (t + 1) / nt;
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t ni = r / (g->oh * g->ow), oh = (r / g->ow) % g->oh, ow = r % g->ow;
+            const float *src = dcols + (r - r0) * K;
+            for (int64_t i = 0; i < g->kh; i++) {
+                int64_t ih = oh * g->stride - g->pad + i;
+                for (int64_t j = 0; j < g->kw; j++, src += g->c) {
+                    int64_t iw = ow * g->stride - g->pad + j;
+                    if (ih < 0 || ih >= g->h || iw < 0 || iw >= g->w) continue;
+                    float *d = dx + ((ni * g->h + ih) * g->w + iw) * g->c;
+                    for (int64_t c = c0; c < c1; c++) d[c] += src[c];
+                }
+            }
+        }
+    }
+}
+
+typedef struct conv_job {
     ag_ctx *ctx;
     const conv_geom *g;
     float *dx;
-} conv_dx_job;
+} conv_job;
 
-static void conv_dx_transposed(void *user, const float *dyq, const float *wq) {
-    const conv_dx_job *job = user;
+static void conv_y(void *user, const float *xq, const float *wq, float *y) {
+    const conv_job *job = user;
+    const conv_geom *g = job->g;
+    int64_t M = g->n * g->oh * g->ow, K = g->kh * g->kw * g->c;
+    if (conv_is_pointwise(g)) {
+        gemm_f32(false, true, (int)M, (int)g->o, (int)K, 1.0f, xq, (int)K, wq, (int)K, 0.0f, y, (int)g->o);
+        return;
+    }
+    arena_mark mark = arena_get_mark(&job->ctx->scratch);
+    int64_t rows = conv_chunk_rows(K, g->o, M, 1);
+    float *cols = arena_alloc(&job->ctx->scratch, sizeof(float) * (size_t)(rows * K));
+    conv_window win = conv_im2col_window(g);
+    for (int64_t r0 = 0; r0 < M; r0 += rows) {
+        int64_t r1 = r0 + rows < M ? r0 + rows : M;
+        conv_gather_rows(&win, xq, r0, r1, cols);
+        gemm_f32(false, true, (int)(r1 - r0), (int)g->o, (int)K, 1.0f, cols, (int)K, wq, (int)K, 0.0f,
+                 y + r0 * g->o, (int)g->o);
+    }
+    arena_release(&job->ctx->scratch, mark);
+}
+
+/* dX. Stride 1 as a transposed convolution,
+ *   dX[(n,y,x), c] += sum_(i,j,o) dY[n, y+pad-i, x+pad-j, o] W[o,i,j,c]:
+ * a gather of dY and one GEMM reducing over KH*KW*O per chunk, where
+ * dcols = dY . W followed by col2im would zero, accumulate and scatter 9x the
+ * input with a GEMM reducing over O alone. */
+static void conv_da(void *user, const float *dyq, const float *wq) {
+    const conv_job *job = user;
     const conv_geom *g = job->g;
     ag_ctx *ctx = job->ctx;
-    int64_t KO = g->kh * g->kw * g->o, P = g->n * g->h * g->w;
+    int64_t M = g->n * g->oh * g->ow, K = g->kh * g->kw * g->c;
+    if (conv_is_pointwise(g)) {
+        gemm_f32(false, false, (int)M, (int)K, (int)g->o, 1.0f, dyq, (int)g->o, wq, (int)K, 1.0f, job->dx, (int)K);
+        return;
+    }
     arena_mark mark = arena_get_mark(&ctx->scratch);
-    float *wt = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(KO * g->c));
-    for (int64_t o = 0; o < g->o; o++) /* W [O, KH, KW, C] -> W' [(KH, KW, O), C] */
-        for (int64_t ij = 0; ij < g->kh * g->kw; ij++)
-            memcpy(wt + (ij * g->o + o) * g->c, wq + (o * g->kh * g->kw + ij) * g->c, sizeof(float) * (size_t)g->c);
-    float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(P * KO));
-    conv_window w = {g->n, g->oh, g->ow, g->o, g->h, g->w, g->kh, g->kw, 1, g->pad, -1};
-    conv_gather(&w, dyq, cols);
-    gemm_f32(false, false, (int)P, (int)g->c, (int)KO, 1.0f, cols, (int)KO, wt, (int)g->c, 1.0f, job->dx, (int)g->c);
+    if (g->stride == 1) {
+        int64_t KO = g->kh * g->kw * g->o, P = g->n * g->h * g->w;
+        float *wt = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(KO * g->c));
+        for (int64_t o = 0; o < g->o; o++) /* W [O, KH, KW, C] -> W' [(KH, KW, O), C] */
+            for (int64_t ij = 0; ij < g->kh * g->kw; ij++)
+                memcpy(wt + (ij * g->o + o) * g->c, wq + (o * g->kh * g->kw + ij) * g->c,
+                       sizeof(float) * (size_t)g->c);
+        int64_t rows = conv_chunk_rows(KO, g->c, P, 1);
+        float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * KO));
+        conv_window win = {g->n, g->oh, g->ow, g->o, g->h, g->w, g->kh, g->kw, 1, g->pad, -1};
+        for (int64_t r0 = 0; r0 < P; r0 += rows) {
+            int64_t r1 = r0 + rows < P ? r0 + rows : P;
+            conv_gather_rows(&win, dyq, r0, r1, cols);
+            gemm_f32(false, false, (int)(r1 - r0), (int)g->c, (int)KO, 1.0f, cols, (int)KO, wt, (int)g->c, 1.0f,
+                     job->dx + r0 * g->c, (int)g->c);
+        }
+    } else {
+        int64_t rows = conv_chunk_rows(K, g->o, M, 1);
+        float *dcols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
+        for (int64_t r0 = 0; r0 < M; r0 += rows) {
+            int64_t r1 = r0 + rows < M ? r0 + rows : M;
+            gemm_f32(false, false, (int)(r1 - r0), (int)K, (int)g->o, 1.0f, dyq + r0 * g->o, (int)g->o, wq, (int)K,
+                     0.0f, dcols, (int)K);
+            conv_col2im_add_rows(g, dcols, r0, r1, job->dx);
+        }
+    }
     arena_release(&ctx->scratch, mark);
 }
 
-/* dx += col2im(dcols); parallel over images so each thread owns its writes. */
-static void conv_col2im_add(const conv_geom *g, const float *dcols, float *dx) {
-    int64_t K = g->kh * g->kw * g->c;
-#pragma omp parallel for schedule(static) if (g->n > 1)
-    for (int64_t ni = 0; ni < g->n; ni++)
-        for (int64_t oh = 0; oh < g->oh; oh++)
-            for (int64_t ow = 0; ow < g->ow; ow++) {
-                const float *src = dcols + ((ni * g->oh + oh) * g->ow + ow) * K;
-                for (int64_t i = 0; i < g->kh; i++) {
-                    int64_t ih = oh * g->stride - g->pad + i;
-                    for (int64_t j = 0; j < g->kw; j++, src += g->c) {
-                        int64_t iw = ow * g->stride - g->pad + j;
-                        if (ih < 0 || ih >= g->h || iw < 0 || iw >= g->w) continue;
-                        float *d = dx + ((ni * g->h + ih) * g->w + iw) * g->c;
-                        for (int64_t c = 0; c < g->c; c++) d[c] += src[c];
-                    }
-                }
-            }
+/* dW += dY^T . cols, by chunks of rows (quantized per chunk in 1d). */
+static void conv_db(void *user, mm_chunk_quant *q, const float *x, const float *dyq, float *dw) {
+    const conv_job *job = user;
+    const conv_geom *g = job->g;
+    ag_ctx *ctx = job->ctx;
+    int64_t M = g->n * g->oh * g->ow, K = g->kh * g->kw * g->c;
+    arena_mark mark = arena_get_mark(&ctx->scratch);
+    if (conv_is_pointwise(g)) {
+        const float *xq = mm_chunk_quant_rows(q, x, M, K);
+        gemm_f32(true, false, (int)g->o, (int)K, (int)M, 1.0f, dyq, (int)g->o, xq, (int)K, 1.0f, dw, (int)K);
+        arena_release(&ctx->scratch, mark);
+        return;
+    }
+    int64_t rows = conv_chunk_rows(K, g->o, M, q->align);
+    float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
+    conv_window win = conv_im2col_window(g);
+    for (int64_t r0 = 0; r0 < M; r0 += rows) {
+        int64_t r1 = r0 + rows < M ? r0 + rows : M;
+        conv_gather_rows(&win, x, r0, r1, cols);
+        arena_mark chunk = arena_get_mark(&ctx->scratch);
+        const float *cq = mm_chunk_quant_rows(q, cols, r1 - r0, K);
+        gemm_f32(true, false, (int)g->o, (int)K, (int)(r1 - r0), 1.0f, dyq + r0 * g->o, (int)g->o, cq, (int)K, 1.0f,
+                 dw, (int)K);
+        arena_release(&ctx->scratch, chunk);
+    }
+    arena_release(&ctx->scratch, mark);
 }
 
 ag_var *ag_conv2d(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var *b, int stride, int pad) {
@@ -227,14 +321,9 @@ ag_var *ag_conv2d(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var
     arena_mark mark = arena_get_mark(&ctx->scratch);
     /* MX: the NHWC activation is quantized before im2col (blocks along channels) */
     const float *xin = mm_quantize_conv_input(ctx, site, xv->data, g.n * g.h * g.w, g.c, sv);
-    const float *cols = xin;
-    if (!conv_is_pointwise(&g)) {
-        float *c = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(M * K));
-        conv_im2col(&g, xin, c);
-        cols = c;
-    }
     mm_shape sh = {1, (int)M, (int)g.o, (int)K, true, 0, 0, 0};
-    mm_forward(ctx, site, &sh, cols, wv->data, y->value.data, sv);
+    conv_job job = {ctx, &g, NULL};
+    mm_forward_custom(ctx, site, &sh, xin, wv->data, y->value.data, sv, &(mm_custom){conv_y, NULL, NULL, &job});
     arena_release(&ctx->scratch, mark);
     if (b) ag_rows_add_bias(y->value.data, M, g.o, b->value.data);
     ag_node *n = ag_record(ctx, AG_OP_CONV2D, y, ins, b ? 3 : 2);
@@ -252,22 +341,11 @@ void ag_conv2d_backward(ag_ctx *ctx, ag_node *n) {
     float *dw = w->requires_grad ? ag_grad(ctx, w) : NULL;
     mm_shape sh = {1, (int)M, (int)g->o, (int)K, true, 0, 0, 0};
     arena_mark mark = arena_get_mark(&ctx->scratch);
-    /* the activation the dW product uses: the forward's quantized copy or x */
+    /* the activation the dW product gathers: the forward's quantized copy or x */
     const float *xin = mm_conv_input_for_backward(ctx, s->site, s->mm, x->value.data, g->n * g->h * g->w, g->c);
-    if (conv_is_pointwise(g)) {
-        mm_backward(ctx, s->site, &sh, s->mm, xin, w->value.data, dy, dx, dw);
-    } else if (g->stride == 1) {
-        float *cols = dw ? arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(M * K)) : NULL;
-        if (dw) conv_im2col(g, xin, cols);
-        conv_dx_job job = {ctx, g, dx};
-        mm_backward_da_fn(ctx, s->site, &sh, s->mm, cols, w->value.data, dy, dx ? conv_dx_transposed : NULL, &job, dw);
-    } else {
-        float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(M * K));
-        conv_im2col(g, xin, cols);
-        float *dcols = dx ? arena_calloc(&ctx->scratch, sizeof(float) * (size_t)(M * K)) : NULL;
-        mm_backward(ctx, s->site, &sh, s->mm, cols, w->value.data, dy, dcols, dw);
-        if (dx) conv_col2im_add(g, dcols, dx);
-    }
+    conv_job job = {ctx, g, dx};
+    mm_backward_custom(ctx, s->site, &sh, s->mm, xin, w->value.data, dy, dx != NULL, dw,
+                       &(mm_custom){NULL, conv_da, conv_db, &job});
     arena_release(&ctx->scratch, mark);
     if (b && b->requires_grad) ag_colsum_add(ctx, dy, M, g->o, ag_grad(ctx, b));
 }
