@@ -271,6 +271,36 @@ START_TEST(test_conv_quantizes_nhwc_input) {
 }
 END_TEST
 
+/* A conv's output is the same with and without a tape (evaluation): the
+ * columns are never quantized a second time (here 2d tiles of MXSF, which
+ * would cut the 3x3xC columns differently from the NHWC input). */
+START_TEST(test_conv_eval_matches_training_forward) {
+    const int Nb = 2, H = 6, W = 6, C = 8, O = 16;
+    float *x = randn(Nb * H * W * C, 31, 1.0f), *w = randn(O * 9 * C, 32, 0.1f);
+    float *dx = calloc((size_t)(Nb * H * W * C), sizeof(float)), *dw = calloc((size_t)(O * 9 * C), sizeof(float));
+    mm_policy p;
+    mm_policy_init(&p, QUANT_FORMAT_MXSF);
+    p.tiling = MM_TILING_2D;
+    mm_site site;
+    mm_site_init(&site, "conv", MM_B_WEIGHT);
+    float *ys[2];
+    for (int train = 0; train < 2; train++) {
+        ag_ctx ctx;
+        ag_ctx_init(&ctx, 0);
+        ctx.mm = &p;
+        ctx.grad_enabled = train;
+        ag_var vx = ag_leaf(x, train ? dx : NULL, 4, (int64_t[]){Nb, H, W, C}),
+               vw = ag_leaf(w, train ? dw : NULL, 4, (int64_t[]){O, 3, 3, C});
+        ag_var *y = ag_conv2d(&ctx, &site, &vx, &vw, NULL, 1, 1);
+        ys[train] = malloc(sizeof(float) * (size_t)ag_numel(y));
+        memcpy(ys[train], y->value.data, sizeof(float) * (size_t)ag_numel(y));
+        ag_ctx_free(&ctx);
+    }
+    expect_bitwise(ys[0], ys[1], Nb * H * W * O, "eval y");
+    free(x); free(w); free(dx); free(dw); free(ys[0]); free(ys[1]);
+}
+END_TEST
+
 /* Tiny CNN and ViT train a few SGD steps on a fixed batch under every format
  * and tiling: the loss stays finite and goes down (best loss reached against
  * the first: a tiny ViT's SGD loss oscillates step to step, so the last value
@@ -388,6 +418,7 @@ int main(void) {
     tcase_add_test(tc, test_stats_and_keep_rules);
     tcase_add_test(tc, test_batched_matmul_1d_axes);
     tcase_add_test(tc, test_conv_quantizes_nhwc_input);
+    tcase_add_test(tc, test_conv_eval_matches_training_forward);
     tcase_add_test(tc, test_elementwise_bf16);
     tcase_add_test(tc, test_tiny_models_train_under_every_format_and_tiling);
     tcase_set_timeout(tc, 300);
