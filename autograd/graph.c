@@ -15,6 +15,8 @@ void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes) {
 }
 
 void ag_ctx_free(ag_ctx *ctx) {
+    for (int i = 0; i < ctx->n_bufs; i++) free(ctx->bufs[i].p);
+    free(ctx->bufs);
     arena_free(&ctx->ar);
     arena_free(&ctx->scratch);
     free(ctx->nodes);
@@ -22,6 +24,7 @@ void ag_ctx_free(ag_ctx *ctx) {
 }
 
 void ag_ctx_reset(ag_ctx *ctx) {
+    for (int i = 0; i < ctx->n_bufs; i++) ctx->bufs[i].used = false;
     arena_reset(&ctx->ar);
     arena_reset(&ctx->scratch);
     ctx->n_nodes = 0;
@@ -50,8 +53,43 @@ ag_var ag_leaf(float *data, float *grad, int ndim, const int64_t *shape) {
 
 int64_t ag_numel(const ag_var *v) { return tensor_numel(&v->value); }
 
+/* A free pool buffer of exactly `bytes` (activation shapes repeat), or a new one. */
+static float *ag_pool_take(ag_ctx *ctx, size_t bytes) {
+    for (int i = 0; i < ctx->n_bufs; i++)
+        if (!ctx->bufs[i].used && ctx->bufs[i].bytes == bytes) {
+            ctx->bufs[i].used = true;
+            return ctx->bufs[i].p;
+        }
+    if (ctx->n_bufs == ctx->cap_bufs) {
+        ctx->cap_bufs = ctx->cap_bufs ? 2 * ctx->cap_bufs : 32;
+        ctx->bufs = realloc(ctx->bufs, sizeof(ag_buf) * (size_t)ctx->cap_bufs);
+        MX_ASSERT(ctx->bufs);
+    }
+    ag_buf *b = &ctx->bufs[ctx->n_bufs++];
+    *b = (ag_buf){mx_aligned_alloc(bytes), bytes, true};
+    return b->p;
+}
+
+static void ag_pool_give(ag_ctx *ctx, float *p) {
+    for (int i = 0; i < ctx->n_bufs; i++)
+        if (ctx->bufs[i].p == p) {
+            ctx->bufs[i].used = false;
+            return;
+        }
+    MX_ASSERTF(false, "gradient buffer not from the pool");
+}
+
+size_t ag_grad_pool_bytes(const ag_ctx *ctx) {
+    size_t n = 0;
+    for (int i = 0; i < ctx->n_bufs; i++) n += ctx->bufs[i].bytes;
+    return n;
+}
+
 float *ag_grad(ag_ctx *ctx, ag_var *v) {
-    if (!v->grad) v->grad = arena_calloc(&ctx->ar, (size_t)ag_numel(v) * sizeof(float));
+    if (v->grad) return v->grad;
+    size_t bytes = (size_t)ag_numel(v) * sizeof(float);
+    v->grad = v->is_leaf ? arena_alloc(&ctx->ar, bytes) : ag_pool_take(ctx, bytes);
+    memset(v->grad, 0, bytes);
     return v->grad;
 }
 
@@ -103,5 +141,9 @@ void ag_backward_from(ag_ctx *ctx, ag_var *y, const float *dy) {
         ag_node *n = &ctx->nodes[i];
         if (!n->out->grad) continue; /* nothing flowed here */
         ag_op_table[n->op].backward(ctx, n);
+        if (!n->out->is_leaf) { /* consumed: every user of out ran its backward before */
+            ag_pool_give(ctx, n->out->grad);
+            n->out->grad = NULL;
+        }
     }
 }

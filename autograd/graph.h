@@ -73,8 +73,19 @@ extern const ag_op_info ag_op_table[AG_OP_COUNT];
 
 struct mm_policy;
 
+/* A gradient buffer of the pool (see ag_grad). */
+typedef struct ag_buf {
+    float *p;
+    size_t bytes;
+    bool used;
+} ag_buf;
+
 typedef struct ag_ctx {
-    arena ar;               /* per-step memory: outputs, saved state, gradients */
+    arena ar;               /* per-step memory: outputs, saved state, leaf gradients */
+    ag_buf *bufs;           /* gradients of non-leaf variables: a buffer returns to the
+                               pool once its node's backward has run, so the backward
+                               holds a few at a time instead of one per activation */
+    int n_bufs, cap_bufs;
     arena scratch;          /* per-call temporaries (im2col columns, transient quantized copies):
                                marked and released around each product */
     ag_node *nodes;         /* the tape; capacity persists across steps */
@@ -95,12 +106,15 @@ void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes);
 void ag_ctx_free(ag_ctx *ctx);
 /* New step: forgets the tape and every arena tensor. */
 void ag_ctx_reset(ag_ctx *ctx);
+/* Bytes held by the gradient pool (steady after the first step). */
+size_t ag_grad_pool_bytes(const ag_ctx *ctx);
 
 /* A new non-leaf variable (arena storage, uninitialised). */
 ag_var *ag_new(ag_ctx *ctx, int ndim, const int64_t *shape);
 /* A leaf over caller-owned storage (parameters, inputs). */
 ag_var ag_leaf(float *data, float *grad, int ndim, const int64_t *shape);
-/* Gradient buffer of v, allocated (zeroed) from the arena if absent. */
+/* Gradient buffer of v, allocated zeroed if absent (non-leaf: from the pool,
+ * valid until v's producing node has run its backward). */
 float *ag_grad(ag_ctx *ctx, ag_var *v);
 int64_t ag_numel(const ag_var *v);
 

@@ -1,7 +1,11 @@
 #include "core/arena.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "core/error.h"
 
@@ -77,8 +81,15 @@ tensor arena_tensor(arena *a, int ndim, const int64_t *shape) {
 }
 
 void arena_reset(arena *a) {
+    bool had_overflow = a->overflow != NULL;
     arena_free_overflow(a->overflow, NULL);
     a->overflow = NULL;
+#ifdef __GLIBC__
+    /* glibc keeps freed blocks below its (adaptive, up to 32 MB) mmap
+     * threshold resident in the heap: without this the first step's overflow
+     * blocks stay counted next to the grown main block (ResNet-18: +580 MB RSS) */
+    if (had_overflow) malloc_trim(0);
+#endif
     if (a->peak > a->cap) {
         /* Grow the main block to the step's peak (+1/8 slack) so that the
          * next identical step needs no malloc. */

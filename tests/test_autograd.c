@@ -220,6 +220,33 @@ START_TEST(test_no_grad_and_steady_state) {
 }
 END_TEST
 
+/* Gradients of intermediates return to the pool as the backward passes them:
+ * a chain of 20 same-shape ops needs two buffers of that shape, not 20, and
+ * the next step takes the same buffers again. */
+START_TEST(test_grad_pool_reuses_buffers) {
+    const int64_t n = 1000;
+    float *x = malloc(sizeof(float) * n), *dx = calloc(n, sizeof(float));
+    for (int64_t i = 0; i < n; i++) x[i] = (float)(i % 7) - 2.5f;
+    ag_ctx ctx;
+    ag_ctx_init(&ctx, 0);
+    size_t bytes = 0;
+    for (int step = 0; step < 3; step++) {
+        ag_ctx_reset(&ctx);
+        ag_var vx = ag_leaf(x, dx, 1, &n);
+        ag_var *h = &vx;
+        for (int k = 0; k < 20; k++) h = k % 2 ? ag_relu(&ctx, h) : ag_add(&ctx, h, &vx);
+        ag_backward(&ctx, ag_sum(&ctx, h));
+        if (step == 0) bytes = ag_grad_pool_bytes(&ctx);
+        ck_assert_uint_eq(ag_grad_pool_bytes(&ctx), bytes);
+    }
+    ck_assert_uint_le(bytes, 2 * n * sizeof(float) + 64);
+    ck_assert_float_gt(dx[3], 0.0f); /* x = 0.5 stays positive: something flowed back */
+    ag_ctx_free(&ctx);
+    free(x);
+    free(dx);
+}
+END_TEST
+
 
 /* ---- PyTorch fixtures (tests/fixtures, written by gen_torch_fixtures.py) ---- */
 
@@ -388,6 +415,7 @@ int main(void) {
     tcase_add_test(tc, test_gradcheck_ops);
     tcase_add_test(tc, test_backward_twice_accumulates);
     tcase_add_test(tc, test_no_grad_and_steady_state);
+    tcase_add_test(tc, test_grad_pool_reuses_buffers);
     tcase_add_test(tc, test_pytorch_fixtures);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);

@@ -40,6 +40,7 @@ static int bench_session_steps(const config *c, const float *images, const int32
     optimizer o;
     optim_init(&o, &oc, &s.m.params);
     double *t = mx_malloc(sizeof(double) * (size_t)steps);
+    if (getenv("RSSDBG")) fprintf(stderr, "open rss %.0f\n", peak_rss_mb());
     int64_t flops = 0, passes = 0, bytes_q = 0, held = 0;
     double loss = 0;
     for (int i = 0; i < warmup + steps; i++) {
@@ -50,6 +51,7 @@ static int bench_session_steps(const config *c, const float *images, const int32
         optim_step(&o, oc.lr);
         double dt = timer_now() - t0;
         if (i >= warmup) t[i - warmup] = dt;
+        if (getenv("RSSDBG")) fprintf(stderr, "step %d rss %.0f\n", i, peak_rss_mb());
         flops = s.ctx.flops;
         if (s.has_policy) passes = s.policy.passes, bytes_q = s.policy.bytes_quantized, held = s.policy.bytes_held;
     }
@@ -57,11 +59,13 @@ static int bench_session_steps(const config *c, const float *images, const int32
     printf("{\"model\":\"%s\",\"params\":%lld,\"batch\":%d,\"img_size\":%d,\"threads\":%d,\"format\":\"%s\","
            "\"tiling\":\"%s\",\"steps\":%d,\"median_step_s\":%.4f,\"min_step_s\":%.4f,\"img_per_s\":%.1f,"
            "\"peak_rss_mb\":%.0f,\"gflop_per_step\":%.2f,\"gflop_per_s\":%.1f,\"quant_passes\":%lld,"
-           "\"quant_bytes\":%lld,\"bytes_held_for_backward\":%lld,\"loss\":%.4f}\n",
+           "\"quant_bytes\":%lld,\"bytes_held_for_backward\":%lld,\"step_arena_mb\":%.0f,\"scratch_mb\":%.0f,\"grad_pool_mb\":%.0f,"
+           "\"loss\":%.4f}\n",
            model_arch_name(s.mc.arch), (long long)model_num_params(&s.m), batch, side, threads_get(),
            c->v.quant_format, s.has_policy ? c->v.quant_tiling : "-", steps, med, t[0], batch / med, peak_rss_mb(),
            (double)flops * 1e-9, (double)flops * 1e-9 / med, (long long)passes, (long long)bytes_q, (long long)held,
-           loss);
+           (double)s.ctx.ar.cap / 1048576.0, (double)s.ctx.scratch.cap / 1048576.0,
+           (double)ag_grad_pool_bytes(&s.ctx) / 1048576.0, loss);
     fflush(stdout);
     free(t);
     optim_free(&o);
