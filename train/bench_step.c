@@ -40,7 +40,6 @@ static int bench_session_steps(const config *c, const float *images, const int32
     optimizer o;
     optim_init(&o, &oc, &s.m.params);
     double *t = mx_malloc(sizeof(double) * (size_t)steps);
-    if (getenv("RSSDBG")) fprintf(stderr, "open rss %.0f\n", peak_rss_mb());
     int64_t flops = 0, passes = 0, bytes_q = 0, held = 0;
     double loss = 0;
     for (int i = 0; i < warmup + steps; i++) {
@@ -51,7 +50,6 @@ static int bench_session_steps(const config *c, const float *images, const int32
         optim_step(&o, oc.lr);
         double dt = timer_now() - t0;
         if (i >= warmup) t[i - warmup] = dt;
-        if (getenv("RSSDBG")) fprintf(stderr, "step %d rss %.0f\n", i, peak_rss_mb());
         flops = s.ctx.flops;
         if (s.has_policy) passes = s.policy.passes, bytes_q = s.policy.bytes_quantized, held = s.policy.bytes_held;
     }
