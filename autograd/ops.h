@@ -19,6 +19,12 @@ ag_var *ag_conv2d(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var
  * running statistics updated with momentum (unbiased variance, as PyTorch). */
 ag_var *ag_batchnorm2d(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float *running_mean, float *running_var,
                        float momentum, float eps);
+/* The same followed by "+ residual" (unless NULL) and ReLU (if relu), in one
+ * pass: relu(bn(x) + residual) as ResNet's blocks end. Only the output is
+ * kept (the BN output and the sum are never stored); the results equal the
+ * separate ops', bf16 rounding of each intermediate included. */
+ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float *running_mean,
+                           float *running_var, float momentum, float eps, ag_var *residual, bool relu);
 ag_var *ag_layernorm(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float eps);
 ag_var *ag_relu(ag_ctx *ctx, ag_var *x);
 ag_var *ag_gelu(ag_ctx *ctx, ag_var *x);      /* exact: 0.5 x (1 + erf(x / sqrt 2)) */

@@ -466,15 +466,5 @@ void ag_attention_backward(ag_ctx *ctx, ag_node *n) {
 void ag_round_elementwise(const ag_ctx *ctx, float *y, int64_t n) {
     if (!ctx->elementwise_bf16) return;
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t b;
-        memcpy(&b, &y[i], 4);
-        if ((b & 0x7f800000u) == 0x7f800000u) { /* Inf stays, NaN stays NaN (quiet) */
-            if (b & 0x007fffffu) b |= 0x00400000u;
-        } else {
-            b += 0x7fffu + ((b >> 16) & 1u); /* may carry into the exponent: overflow to Inf is right */
-        }
-        b &= 0xffff0000u;
-        memcpy(&y[i], &b, 4);
-    }
+    for (int64_t i = 0; i < n; i++) y[i] = ag_bf16_round(y[i]);
 }

@@ -12,14 +12,15 @@
 typedef struct bn_saved {
     float *mean, *invstd; /* per channel: batch statistics (train) or running ones (eval) */
     int64_t rows, c;
-    bool train;
+    bool train, relu;     /* relu: the output went through ReLU (its mask gates dy) */
 } bn_saved;
 
 /* Per-channel sums over rows, in double, deterministic for a fixed thread
  * count. Without dy: s1 = sum x, s2 = sum x^2 (forward statistics). With dy:
- * s1 = sum dy, s2 = sum dy * xhat, xhat = (x - mean) * invstd (backward). */
-static void bn_channel_sums(ag_ctx *ctx, const float *x, const float *dy, const float *mean, const float *invstd,
-                            int64_t rows, int64_t c, double *s1, double *s2) {
+ * s1 = sum g, s2 = sum g * xhat, xhat = (x - mean) * invstd, g = dy, or 0
+ * where the ReLU output y is not positive (backward). */
+static void bn_channel_sums(ag_ctx *ctx, const float *x, const float *dy, const float *y, const float *mean,
+                            const float *invstd, int64_t rows, int64_t c, double *s1, double *s2) {
     int nth = rows * c >= AG_PAR_MIN ? omp_get_max_threads() : 1;
     double *part = arena_calloc(&ctx->ar, sizeof(double) * (size_t)(2 * nth * c));
 #pragma omp parallel num_threads(nth)
@@ -30,7 +31,7 @@ static void bn_channel_sums(ag_ctx *ctx, const float *x, const float *dy, const 
             for (int64_t j = 0; j < c; j++) {
                 double v = x[r * c + j];
                 if (dy) {
-                    double d = dy[r * c + j];
+                    double d = (!y || y[r * c + j] > 0.0f) ? dy[r * c + j] : 0.0f;
                     p1[j] += d;
                     p2[j] += d * ((x[r * c + j] - mean[j]) * invstd[j]);
                 } else {
@@ -50,12 +51,19 @@ static void bn_channel_sums(ag_ctx *ctx, const float *x, const float *dy, const 
 
 ag_var *ag_batchnorm2d(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float *running_mean, float *running_var,
                        float momentum, float eps) {
+    return ag_batchnorm2d_act(ctx, x, gamma, beta, running_mean, running_var, momentum, eps, NULL, false);
+}
+
+ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float *running_mean,
+                           float *running_var, float momentum, float eps, ag_var *residual, bool relu) {
     int64_t c = x->value.shape[x->value.ndim - 1], rows = ag_numel(x) / c;
+    MX_ASSERTF(!residual || ag_numel(residual) == rows * c, "batchnorm2d: residual has %lld elements, want %lld",
+               residual ? (long long)ag_numel(residual) : 0LL, (long long)(rows * c));
     ag_var *y = ag_new(ctx, x->value.ndim, x->value.shape);
     float *mean = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c), *invstd = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c);
     if (ctx->training) {
         double *s1 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c), *s2 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c);
-        bn_channel_sums(ctx, x->value.data, NULL, NULL, NULL, rows, c, s1, s2);
+        bn_channel_sums(ctx, x->value.data, NULL, NULL, NULL, NULL, rows, c, s1, s2);
         for (int64_t j = 0; j < c; j++) {
             double m = s1[j] / (double)rows, var = s2[j] / (double)rows - m * m;
             if (var < 0) var = 0;
@@ -74,16 +82,28 @@ ag_var *ag_batchnorm2d(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, floa
         }
     }
     const float *xs = x->value.data, *g = gamma->value.data, *bt = beta->value.data;
+    const float *res = residual ? residual->value.data : NULL;
     float *ys = y->value.data;
+    bool bf16 = ctx->elementwise_bf16;
 #pragma omp parallel for schedule(static) if (rows * c >= AG_PAR_MIN)
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t j = 0; j < c; j++) ys[r * c + j] = (xs[r * c + j] - mean[j]) * invstd[j] * g[j] + bt[j];
-    ag_round_elementwise(ctx, ys, rows * c);
-    ag_var *ins[3] = {x, gamma, beta};
-    ag_node *n = ag_record(ctx, AG_OP_BATCHNORM2D, y, ins, 3);
+    for (int64_t r = 0; r < rows; r++) {
+        if (!res && !relu && !bf16) { /* plain BN: the loop the compiler vectorizes */
+            for (int64_t j = 0; j < c; j++) ys[r * c + j] = (xs[r * c + j] - mean[j]) * invstd[j] * g[j] + bt[j];
+            continue;
+        }
+        for (int64_t j = 0; j < c; j++) {
+            float v = (xs[r * c + j] - mean[j]) * invstd[j] * g[j] + bt[j];
+            if (bf16) v = ag_bf16_round(v);
+            if (res) v = bf16 ? ag_bf16_round(v + res[r * c + j]) : v + res[r * c + j];
+            if (relu) v = v > 0.0f ? v : 0.0f;
+            ys[r * c + j] = v;
+        }
+    }
+    ag_var *ins[4] = {x, gamma, beta, residual};
+    ag_node *n = ag_record(ctx, AG_OP_BATCHNORM2D, y, ins, residual ? 4 : 3);
     if (n) {
         bn_saved *s = ag_save(ctx, n, sizeof *s);
-        *s = (bn_saved){mean, invstd, rows, c, ctx->training};
+        *s = (bn_saved){mean, invstd, rows, c, ctx->training, relu};
     }
     return y;
 }
@@ -93,8 +113,16 @@ void ag_batchnorm2d_backward(ag_ctx *ctx, ag_node *n) {
     ag_var *x = n->in[0], *gamma = n->in[1], *beta = n->in[2];
     int64_t rows = s->rows, c = s->c;
     const float *xs = x->value.data, *dy = n->out->grad, *g = gamma->value.data;
+    const float *ys = s->relu ? n->out->value.data : NULL; /* ReLU mask: output > 0 */
+    ag_var *res = n->n_in > 3 ? n->in[3] : NULL;
+    if (res && res->requires_grad) { /* the residual's gradient: dy through the ReLU */
+        float *dr = ag_grad(ctx, res);
+        int64_t cnt = rows * c;
+#pragma omp parallel for schedule(static) if (cnt >= AG_PAR_MIN)
+        for (int64_t i = 0; i < cnt; i++) dr[i] += (!ys || ys[i] > 0.0f) ? dy[i] : 0.0f;
+    }
     double *sdy = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c), *sdyx = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c);
-    bn_channel_sums(ctx, xs, dy, s->mean, s->invstd, rows, c, sdy, sdyx);
+    bn_channel_sums(ctx, xs, dy, ys, s->mean, s->invstd, rows, c, sdy, sdyx);
     if (gamma->requires_grad) {
         float *dg = ag_grad(ctx, gamma);
         for (int64_t j = 0; j < c; j++) dg[j] += (float)sdyx[j];
@@ -117,7 +145,8 @@ void ag_batchnorm2d_backward(ag_ctx *ctx, ag_node *n) {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t j = 0; j < c; j++) {
             float xhat = (xs[r * c + j] - s->mean[j]) * s->invstd[j];
-            dx[r * c + j] += k1[j] * (dy[r * c + j] - k2[j] - xhat * k3[j]);
+            float d = (!ys || ys[r * c + j] > 0.0f) ? dy[r * c + j] : 0.0f;
+            dx[r * c + j] += k1[j] * (d - k2[j] - xhat * k3[j]);
         }
 }
 

@@ -81,9 +81,14 @@ void batchnorm2d_layer_declare(batchnorm2d_layer *l, param_store *s, const char 
 }
 
 ag_var *batchnorm2d_layer_forward(ag_ctx *ctx, param_store *s, batchnorm2d_layer *l, ag_var *x) {
+    return batchnorm2d_layer_forward_act(ctx, s, l, x, NULL, false);
+}
+
+ag_var *batchnorm2d_layer_forward_act(ag_ctx *ctx, param_store *s, batchnorm2d_layer *l, ag_var *x, ag_var *residual,
+                                      bool relu) {
     if (ctx->training) param_data(s, l->num_batches_tracked)[0] += 1.0f;
-    return ag_batchnorm2d(ctx, x, param_var(s, l->w), param_var(s, l->b), param_data(s, l->running_mean),
-                          param_data(s, l->running_var), l->momentum, l->eps);
+    return ag_batchnorm2d_act(ctx, x, param_var(s, l->w), param_var(s, l->b), param_data(s, l->running_mean),
+                              param_data(s, l->running_var), l->momentum, l->eps, residual, relu);
 }
 
 /* ---------------- layernorm ---------------- */

@@ -45,6 +45,9 @@ ag_var *linear_layer_forward(ag_ctx *ctx, param_store *s, linear_layer *l, ag_va
 
 void batchnorm2d_layer_declare(batchnorm2d_layer *l, param_store *s, const char *name, int c);
 ag_var *batchnorm2d_layer_forward(ag_ctx *ctx, param_store *s, batchnorm2d_layer *l, ag_var *x);
+/* relu(bn(x) + residual), fused (see ag_batchnorm2d_act); residual may be NULL. */
+ag_var *batchnorm2d_layer_forward_act(ag_ctx *ctx, param_store *s, batchnorm2d_layer *l, ag_var *x, ag_var *residual,
+                                      bool relu);
 
 void layernorm_layer_declare(layernorm_layer *l, param_store *s, const char *name, int d, float eps);
 ag_var *layernorm_layer_forward(ag_ctx *ctx, param_store *s, layernorm_layer *l, ag_var *x);

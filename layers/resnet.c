@@ -58,19 +58,19 @@ void *resnet_declare(param_store *s, const model_config *c) {
 }
 
 static ag_var *basic_block_forward(ag_ctx *ctx, param_store *s, basic_block *b, ag_var *x) {
+    /* BN, residual add and ReLU fused: one pass, and only the block's output kept */
     ag_var *h = conv2d_layer_forward(ctx, s, &b->conv1, x);
-    h = ag_relu(ctx, batchnorm2d_layer_forward(ctx, s, &b->bn1, h));
+    h = batchnorm2d_layer_forward_act(ctx, s, &b->bn1, h, NULL, true);
     h = conv2d_layer_forward(ctx, s, &b->conv2, h);
-    h = batchnorm2d_layer_forward(ctx, s, &b->bn2, h);
     ag_var *shortcut = x;
     if (b->has_down) shortcut = batchnorm2d_layer_forward(ctx, s, &b->down_bn, conv2d_layer_forward(ctx, s, &b->down_conv, x));
-    return ag_relu(ctx, ag_add(ctx, h, shortcut));
+    return batchnorm2d_layer_forward_act(ctx, s, &b->bn2, h, shortcut, true);
 }
 
 ag_var *resnet_forward(ag_ctx *ctx, param_store *s, void *impl, ag_var *x) {
     resnet *r = impl;
     ag_var *h = conv2d_layer_forward(ctx, s, &r->conv1, x);
-    h = ag_relu(ctx, batchnorm2d_layer_forward(ctx, s, &r->bn1, h));
+    h = batchnorm2d_layer_forward_act(ctx, s, &r->bn1, h, NULL, true);
     if (r->maxpool) h = ag_maxpool2d(ctx, h, 3, 2, 1);
     for (int i = 0; i < r->n_blocks; i++) h = basic_block_forward(ctx, s, &r->blocks[i], h);
     h = ag_avgpool_global(ctx, h);

@@ -22,6 +22,14 @@ static ag_var *f_matmul(ag_ctx *c, gc_case *g) { return ag_matmul(c, &g->site, &
 static ag_var *f_conv(ag_ctx *c, gc_case *g) {
     return ag_conv2d(c, &g->site, &g->leaf[0], &g->leaf[1], g->i[2] ? &g->leaf[2] : NULL, g->i[0], g->i[1]);
 }
+/* relu(bn(x) + residual), training statistics; residual = leaf 3 when present */
+static ag_var *f_bn_act(ag_ctx *c, gc_case *g) {
+    float rm[64] = {0}, rv[64];
+    for (int j = 0; j < 64; j++) rv[j] = 1.0f;
+    return ag_batchnorm2d_act(c, &g->leaf[0], &g->leaf[1], &g->leaf[2], rm, rv, 0.1f, 1e-5f,
+                              g->n_leaf > 3 ? &g->leaf[3] : NULL, true);
+}
+
 static ag_var *f_bn(ag_ctx *c, gc_case *g) {
     c->training = g->i[0];
     float rm[64], rv[64];
@@ -105,6 +113,21 @@ START_TEST(test_gradcheck_ops) {
     gc_leaf(&g, 1, (int64_t[]){6}, 1.0f);
     gc_leaf(&g, 1, (int64_t[]){6}, 1.0f);
     gc_run(&g);
+    /* fused BN (+ residual) + ReLU: gamma small and beta / residual away from
+     * zero keep every ReLU input clear of the kink */
+    for (int with_res = 0; with_res < 2; with_res++) {
+        gc_begin(&g, with_res ? "batchnorm2d_add_relu" : "batchnorm2d_relu", f_bn_act);
+        gc_leaf(&g, 4, (int64_t[]){3, 2, 3, 4}, 1.0f);
+        gc_leaf(&g, 1, (int64_t[]){4}, 0.1f);
+        gc_leaf(&g, 1, (int64_t[]){4}, 0.1f);
+        if (with_res) {
+            gc_leaf(&g, 4, (int64_t[]){3, 2, 3, 4}, 0.5f);
+            gc_away_from_zero(&g, 3, 0.6f);
+        } else {
+            gc_away_from_zero(&g, 2, 0.6f);
+        }
+        gc_run(&g);
+    }
     gc_begin(&g, "relu", f_relu);
     gc_leaf(&g, 2, (int64_t[]){5, 7}, 1.0f);
     gc_away_from_zero(&g, 0, 0.05f);
@@ -217,6 +240,48 @@ START_TEST(test_no_grad_and_steady_state) {
     ck_assert_uint_eq(ctx.ar.grow_count, grows);
     ag_ctx_free(&ctx);
     gc_end(&g);
+}
+END_TEST
+
+/* The fused relu(bn(x) + r) equals batchnorm2d, add and relu run
+ * separately, bit for bit, forward and backward, with and without bf16
+ * rounding of the intermediates. */
+START_TEST(test_batchnorm_act_matches_separate_ops) {
+    enum { R = 2 * 5 * 5, C = 8 };
+    rng r;
+    rng_init(&r, 77, 0);
+    float x[R * C], res[R * C], gam[C], bet[C], dy[R * C];
+    for (int i = 0; i < R * C; i++) x[i] = rng_normal(&r), res[i] = rng_normal(&r), dy[i] = rng_normal(&r);
+    for (int j = 0; j < C; j++) gam[j] = 1.0f + 0.1f * rng_normal(&r), bet[j] = 0.1f * rng_normal(&r);
+    int64_t xs[4] = {2, 5, 5, C}, cs[1] = {C};
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        float out[2][R * C], dx[2][R * C], dr[2][R * C], dg[2][C], db[2][C], rm[2][C], rv[2][C];
+        for (int fused = 0; fused < 2; fused++) {
+            memset(dx[fused], 0, sizeof dx[0]);
+            memset(dr[fused], 0, sizeof dr[0]);
+            memset(dg[fused], 0, sizeof dg[0]);
+            memset(db[fused], 0, sizeof db[0]);
+            for (int j = 0; j < C; j++) rm[fused][j] = 0.0f, rv[fused][j] = 1.0f;
+            ag_ctx ctx;
+            ag_ctx_init(&ctx, 0);
+            ctx.elementwise_bf16 = bf16;
+            ag_var vx = ag_leaf(x, dx[fused], 4, xs), vr = ag_leaf(res, dr[fused], 4, xs),
+                   vg = ag_leaf(gam, dg[fused], 1, cs), vb = ag_leaf(bet, db[fused], 1, cs);
+            ag_var *y = fused ? ag_batchnorm2d_act(&ctx, &vx, &vg, &vb, rm[fused], rv[fused], 0.1f, 1e-5f, &vr, true)
+                              : ag_relu(&ctx, ag_add(&ctx, ag_batchnorm2d(&ctx, &vx, &vg, &vb, rm[fused], rv[fused],
+                                                                          0.1f, 1e-5f),
+                                                     &vr));
+            memcpy(out[fused], y->value.data, sizeof out[0]);
+            ag_backward_from(&ctx, y, dy);
+            ag_ctx_free(&ctx);
+        }
+        ck_assert_int_eq(memcmp(out[0], out[1], sizeof out[0]), 0);
+        ck_assert_int_eq(memcmp(dx[0], dx[1], sizeof dx[0]), 0);
+        ck_assert_int_eq(memcmp(dr[0], dr[1], sizeof dr[0]), 0);
+        ck_assert_int_eq(memcmp(dg[0], dg[1], sizeof dg[0]), 0);
+        ck_assert_int_eq(memcmp(db[0], db[1], sizeof db[0]), 0);
+        ck_assert_int_eq(memcmp(rv[0], rv[1], sizeof rv[0]), 0);
+    }
 }
 END_TEST
 
@@ -416,6 +481,7 @@ int main(void) {
     tcase_add_test(tc, test_backward_twice_accumulates);
     tcase_add_test(tc, test_no_grad_and_steady_state);
     tcase_add_test(tc, test_grad_pool_reuses_buffers);
+    tcase_add_test(tc, test_batchnorm_act_matches_separate_ops);
     tcase_add_test(tc, test_pytorch_fixtures);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
