@@ -6,6 +6,7 @@
 #include "autograd/ops.h"
 #include "autograd/ops_util.h"
 #include "core/error.h"
+#include "core/fastmath.h"
 #include "core/gemm.h"
 
 /* ---------------- shared helpers ---------------- */
@@ -394,7 +395,7 @@ ag_var *ag_attention(ag_ctx *ctx, const mm_site *site_qk, const mm_site *site_pv
             mx = row[j] > mx ? row[j] : mx;
         }
         for (int64_t j = 0; j < T; j++) {
-            row[j] = expf(row[j] - mx);
+            row[j] = mx_expf(row[j] - mx);
             sum += row[j];
         }
         for (int64_t j = 0; j < T; j++) row[j] /= sum;

@@ -6,6 +6,7 @@
 #include "autograd/ops.h"
 #include "autograd/ops_util.h"
 #include "core/error.h"
+#include "core/fastmath.h"
 #include "core/rng.h"
 
 static ag_var *ag_unary_out(ag_ctx *ctx, ag_var *x) { return ag_new(ctx, x->value.ndim, x->value.shape); }
@@ -44,13 +45,20 @@ void ag_relu_backward(ag_ctx *ctx, ag_node *n) {
 #define AG_INV_SQRT_2PI 0.39894228040143267794f
 #define AG_SQRT_2_OVER_PI 0.79788456080286535588f
 
+/* Phi(v) = 0.5 erfc(-v / sqrt 2), from erfc of |v| so both tails keep their
+ * relative precision (1 + erf(v / sqrt 2) would cancel for v << 0). */
+static inline float ag_gelu_cdf(float v) {
+    float ec = 0.5f * mx_erfcf_pos((v < 0 ? -v : v) * AG_SQRT1_2);
+    return v < 0 ? ec : 1.0f - ec;
+}
+
 ag_var *ag_gelu(ag_ctx *ctx, ag_var *x) {
     ag_var *y = ag_unary_out(ctx, x);
     int64_t n = ag_numel(x);
     const float *xs = x->value.data;
     float *ys = y->value.data;
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) ys[i] = 0.5f * xs[i] * (1.0f + erff(xs[i] * AG_SQRT1_2));
+    for (int64_t i = 0; i < n; i++) ys[i] = xs[i] * ag_gelu_cdf(xs[i]);
     ag_round_elementwise(ctx, ys, n);
     ag_record1(ctx, AG_OP_GELU, y, x);
     return y;
@@ -64,7 +72,7 @@ void ag_gelu_backward(ag_ctx *ctx, ag_node *n) {
 #pragma omp parallel for schedule(static) if (cnt >= AG_PAR_MIN)
     for (int64_t i = 0; i < cnt; i++) {
         float v = xs[i];
-        float cdf = 0.5f * (1.0f + erff(v * AG_SQRT1_2)), pdf = AG_INV_SQRT_2PI * expf(-0.5f * v * v);
+        float cdf = ag_gelu_cdf(v), pdf = AG_INV_SQRT_2PI * mx_expf(-0.5f * v * v);
         dx[i] += dy[i] * (cdf + v * pdf);
     }
 }
@@ -77,7 +85,7 @@ ag_var *ag_gelu_tanh(ag_ctx *ctx, ag_var *x) {
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         float v = xs[i];
-        ys[i] = 0.5f * v * (1.0f + tanhf(AG_SQRT_2_OVER_PI * (v + 0.044715f * v * v * v)));
+        ys[i] = 0.5f * v * (1.0f + mx_tanhf(AG_SQRT_2_OVER_PI * (v + 0.044715f * v * v * v)));
     }
     ag_round_elementwise(ctx, ys, n);
     ag_record1(ctx, AG_OP_GELU_TANH, y, x);
@@ -91,7 +99,7 @@ void ag_gelu_tanh_backward(ag_ctx *ctx, ag_node *n) {
     float *dx = ag_grad(ctx, x);
 #pragma omp parallel for schedule(static) if (cnt >= AG_PAR_MIN)
     for (int64_t i = 0; i < cnt; i++) {
-        float v = xs[i], u = AG_SQRT_2_OVER_PI * (v + 0.044715f * v * v * v), th = tanhf(u);
+        float v = xs[i], u = AG_SQRT_2_OVER_PI * (v + 0.044715f * v * v * v), th = mx_tanhf(u);
         float du = AG_SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * v * v);
         dx[i] += dy[i] * (0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * du);
     }
@@ -109,7 +117,7 @@ ag_var *ag_softmax(ag_ctx *ctx, ag_var *x) {
         const float *xr = xs + r * d;
         float *yr = ys + r * d, mx = -INFINITY, sum = 0;
         for (int64_t j = 0; j < d; j++) mx = xr[j] > mx ? xr[j] : mx;
-        for (int64_t j = 0; j < d; j++) sum += (yr[j] = expf(xr[j] - mx));
+        for (int64_t j = 0; j < d; j++) sum += (yr[j] = mx_expf(xr[j] - mx));
         for (int64_t j = 0; j < d; j++) yr[j] /= sum;
     }
     ag_round_elementwise(ctx, ys, rows * d);

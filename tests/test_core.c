@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/arena.h"
+#include "core/fastmath.h"
 #include "core/gemm.h"
 #include "core/npy.h"
 #include "core/rng.h"
@@ -353,6 +354,30 @@ START_TEST(test_npy_float64_converts) {
 }
 END_TEST
 
+/* The vectorizable exp/erfc/tanh against double-precision libm over their
+ * ranges (GELU, softmax and attention use them). */
+START_TEST(test_fastmath_accuracy) {
+    double worst_exp = 0, worst_erfc = 0, worst_tanh = 0;
+    for (int i = 0; i <= 200000; i++) {
+        float x = -87.0f + 175.0f * (float)i / 200000.0f;
+        double e = exp((double)x);
+        worst_exp = fmax(worst_exp, fabs(mx_expf(x) - e) / e);
+        float z = 9.0f * (float)i / 200000.0f;
+        double c = erfc((double)z);
+        worst_erfc = fmax(worst_erfc, fabs(mx_erfcf_pos(z) - c) / c);
+        float u = -12.0f + 24.0f * (float)i / 200000.0f;
+        worst_tanh = fmax(worst_tanh, fabs(mx_tanhf(u) - tanh((double)u)));
+    }
+    ck_assert_msg(worst_exp < 3e-7, "exp relative error %g", worst_exp);
+    ck_assert_msg(worst_erfc < 5e-7, "erfc relative error %g", worst_erfc);
+    ck_assert_msg(worst_tanh < 3e-7, "tanh absolute error %g", worst_tanh);
+    ck_assert_float_eq(mx_expf(-100.0f), 0.0f);
+    ck_assert_float_eq(mx_expf(0.0f), 1.0f);
+    ck_assert(mx_expf(-87.0f) > 0.0f);
+}
+END_TEST
+
+
 int main(void) {
     Suite *s = suite_create("core");
     TCase *tc = tcase_create("core");
@@ -371,6 +396,7 @@ int main(void) {
     tcase_add_test(tc, test_npy_malformed_files);
     tcase_add_test(tc, test_npy_truncation_sweep);
     tcase_add_test(tc, test_npy_float64_converts);
+    tcase_add_test(tc, test_fastmath_accuracy);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
