@@ -87,8 +87,22 @@ ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, 
     bool bf16 = ctx->elementwise_bf16;
 #pragma omp parallel for schedule(static) if (rows * c >= AG_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
-        if (!res && !relu && !bf16) { /* plain BN: the loop the compiler vectorizes */
-            for (int64_t j = 0; j < c; j++) ys[r * c + j] = (xs[r * c + j] - mean[j]) * invstd[j] * g[j] + bt[j];
+        /* fp32: branch-free loops per case, so they vectorize */
+        const float *xr = xs + r * c;
+        float *yr = ys + r * c;
+        if (!bf16 && !res) {
+            for (int64_t j = 0; j < c; j++) {
+                float v = (xr[j] - mean[j]) * invstd[j] * g[j] + bt[j];
+                yr[j] = relu ? (v > 0.0f ? v : 0.0f) : v;
+            }
+            continue;
+        }
+        if (!bf16) {
+            const float *rr = res + r * c;
+            for (int64_t j = 0; j < c; j++) {
+                float v = (xr[j] - mean[j]) * invstd[j] * g[j] + bt[j] + rr[j];
+                yr[j] = relu ? (v > 0.0f ? v : 0.0f) : v;
+            }
             continue;
         }
         for (int64_t j = 0; j < c; j++) {

@@ -24,6 +24,9 @@
 enum { QK_EVEN_FAST, QK_EVEN_INT, QK_AWAY, QK_FLOOR, QK_STOCH };
 enum { QK_OUT_FAKE, QK_OUT_PACK };
 
+/* Decode tables in the scaled domain, one per MX format (built at load). */
+static float quant_lut[QUANT_FORMAT_COUNT][256];
+
 /* Kernel parameters derived once per call from the spec and the format row. */
 typedef struct qk {
     const quant_format_info *fi;
@@ -328,7 +331,7 @@ __attribute__((target("avx2"))) static bool qk_tile_even_avx2(const qk *k, const
             __m256 q = has_low ? qk_vec_even(xv, inv_s, s, eb0, off, maxn, 1, low_below, low_eb0, low_off)
                                : qk_vec_even(xv, inv_s, s, eb0, off, maxn, 0, low_below, low_eb0, low_off);
             if (y) _mm256_storeu_ps(y + i * ld + j, _mm256_mul_ps(q, s));
-            else qk_vec_encode(k, q, codes + i * ld + j);
+            if (codes) qk_vec_encode(k, q, codes + i * ld + j);
         }
     return true;
 }
@@ -369,7 +372,7 @@ __attribute__((target("avx2"))) static bool qk_panel_even_avx2(const qk *k, cons
             __m256 q = has_low ? qk_vec_even(xv, inv_s, s, eb0, off, maxn, 1, low_below, low_eb0, low_off)
                                : qk_vec_even(xv, inv_s, s, eb0, off, maxn, 0, low_below, low_eb0, low_off);
             if (y) _mm256_storeu_ps(y + i * ld + 8 * v, _mm256_mul_ps(q, s));
-            else qk_vec_encode(k, q, codes + i * ld + 8 * v);
+            if (codes) qk_vec_encode(k, q, codes + i * ld + 8 * v);
         }
     return true;
 }
@@ -546,6 +549,8 @@ static void qk_run_tiles(const qk *k, const qlayout *l, const float *x, float *y
             for (int i = 0; i < rows; i++) {
                 int64_t o = off + i * l->C;
                 row(k, x + o, y ? y + o : NULL, codes ? codes + o : NULL, cols, inv_s, s, st, e_amax, (uint64_t)o);
+                if (y && codes) /* both wanted: the row kernel packed; decode as quant_unpack does */
+                    for (int j = 0; j < cols; j++) y[o + j] = quant_lut[k->format][codes[o + j]] * s;
             }
         }
     }
@@ -593,7 +598,7 @@ static void qk_run_columns(const qk *k, const qlayout *l, const float *x, float 
             uint8_t *sc = sc0;
             for (int j = 0; j < w; j++) {
                 /* one column of one block: `rows` elements, stride inner */
-                float s, inv_s;
+                float s = 0, inv_s = 0;
                 int e_amax = 0;
                 bool nonfinite = amax[j] >= 0x7f800000u;
                 if (!nonfinite) {
@@ -617,6 +622,7 @@ static void qk_run_columns(const qk *k, const qlayout *l, const float *x, float 
                     } else {
                         row(k, x + off, y ? y + off : NULL, codes ? codes + off : NULL, 1, inv_s, s, st, e_amax,
                             (uint64_t)off);
+                        if (y && codes) y[off] = quant_lut[k->format][codes[off]] * s;
                     }
                 }
             }
@@ -712,14 +718,17 @@ void quant_fake_reference(const quant_spec *s, const float *x, float *y, int ndi
     quant_run(s, x, y, NULL, ndim, shape, scales, NULL, true);
 }
 
+void quant_pack_fake(const quant_spec *s, const float *x, uint8_t *codes, float *y, int ndim, const int64_t *shape,
+                     uint8_t *scales, quant_stats *stats) {
+    MX_ASSERT(codes && y && scales && quant_format_get(s->format)->is_mx);
+    quant_run(s, x, y, codes, ndim, shape, scales, stats, false);
+}
+
 void quant_pack(const quant_spec *s, const float *x, uint8_t *codes, int ndim, const int64_t *shape, uint8_t *scales,
                 quant_stats *stats) {
     MX_ASSERT(codes && scales && quant_format_get(s->format)->is_mx);
     quant_run(s, x, NULL, codes, ndim, shape, scales, stats, false);
 }
-
-/* Decode tables in the scaled domain, one per MX format, built once. */
-static float quant_lut[QUANT_FORMAT_COUNT][256];
 
 __attribute__((constructor)) static void quant_lut_init(void) {
     for (int f = 0; f < QUANT_FORMAT_COUNT; f++) {
@@ -744,20 +753,23 @@ void quant_unpack(const quant_spec *s, const uint8_t *codes, const uint8_t *scal
         int64_t width = l.kind == QL_TILES ? l.C : l.inner;
         const uint8_t *cr = codes + row * width;
         float *yr = y + row * width;
-        const uint8_t *sr;
-        int64_t step; /* scale stride per element-column group */
-        if (l.kind == QL_TILES) {
+        if (l.kind == QL_TILES) { /* one scale per c columns */
             int64_t li = row / l.R, r = row % l.R;
-            sr = scales + li * l.ntr * l.ntc + (r / l.r) * l.ntc;
-            step = l.c;
-        } else {
+            const uint8_t *sr = scales + li * l.ntr * l.ntc + (r / l.r) * l.ntc;
+            for (int64_t tc = 0; tc < l.ntc; tc++) {
+                int64_t j0 = tc * l.c, j1 = j0 + l.c < width ? j0 + l.c : width;
+                if (sr[tc] == 255) {
+                    for (int64_t j = j0; j < j1; j++) yr[j] = quant_nanf();
+                    continue;
+                }
+                float sc = quant_pow2f((int)sr[tc] - 127);
+                for (int64_t j = j0; j < j1; j++) yr[j] = lut[cr[j]] * sc;
+            }
+        } else { /* one scale per column */
             int64_t o = row / l.L, i = row % l.L;
-            sr = scales + o * l.nb * l.inner + (i / l.k) * l.inner;
-            step = 1;
-        }
-        for (int64_t j = 0; j < width; j++) {
-            uint8_t sc = sr[j / step];
-            yr[j] = sc == 255 ? quant_nanf() : lut[cr[j]] * quant_pow2f((int)sc - 127);
+            const uint8_t *sr = scales + o * l.nb * l.inner + (i / l.k) * l.inner;
+            for (int64_t j = 0; j < width; j++)
+                yr[j] = sr[j] == 255 ? quant_nanf() : lut[cr[j]] * quant_pow2f((int)sr[j] - 127);
         }
     }
 }

@@ -263,6 +263,45 @@ START_TEST(test_fast_path_matches_reference) {
 }
 END_TEST
 
+/* quant_pack_fake gives quant_pack's codes and scales and quant_fake's values
+ * in one pass: every format, tiles and columns, SIMD on and off, with
+ * statistics, non-finite blocks and ragged edges. */
+START_TEST(test_pack_fake_one_pass) {
+    enum { R = 40, C = 44 };
+    int64_t shape[2] = {R, C};
+    float *x = random_data(R * C, 9, 30.0f);
+    x[5] = INFINITY;
+    float *a = malloc(sizeof(float) * R * C), *b = malloc(sizeof(float) * R * C);
+    uint8_t ca[R * C], cb[R * C], sa[R * C], sb[R * C];
+    for (int f = 0; f < QUANT_FORMAT_COUNT; f++) {
+        if (!quant_format_get((quant_format)f)->is_mx) continue;
+        for (int layout = 0; layout < 3; layout++)
+            for (int simd = 0; simd < 2; simd++)
+                for (int stats = 0; stats < 2; stats++) {
+                    quant_spec s = quant_spec_default((quant_format)f);
+                    if (layout == 1) s.block_rows = s.block_cols = 8;
+                    if (layout == 2) s.axis = 0;
+                    if (!simd) setenv("MXTRAIN_NO_SIMD", "1", 1);
+                    quant_stats st;
+                    quant_pack_fake(&s, x, ca, a, 2, shape, sa, stats ? &st : NULL);
+                    quant_pack(&s, x, cb, 2, shape, sb, NULL);
+                    quant_fake(&s, x, b, 2, shape, NULL, NULL);
+                    unsetenv("MXTRAIN_NO_SIMD");
+                    int64_t nb = quant_num_blocks(&s, 2, shape, NULL);
+                    ck_assert_int_eq(memcmp(ca, cb, R * C), 0);
+                    ck_assert_int_eq(memcmp(sa, sb, (size_t)nb), 0);
+                    for (int i = 0; i < R * C; i++)
+                        ck_assert_msg(same_value(a[i], b[i]), "%s layout %d simd %d: [%d] %a vs %a",
+                                      quant_format_get((quant_format)f)->name, layout, simd, i, (double)a[i],
+                                      (double)b[i]);
+                }
+    }
+    free(x);
+    free(a);
+    free(b);
+}
+END_TEST
+
 /* Stochastic rounding: unbiased (mean error within 4 standard errors of 0
  * over 10^6 draws) and reproducible for a seed, whatever the thread count. */
 START_TEST(test_stochastic_unbiased_and_reproducible) {
@@ -611,6 +650,7 @@ int main(void) {
     tcase_add_test(tc, test_stats_equal_direct_counts);
     tcase_add_test(tc, test_edge_cases);
     tcase_add_test(tc, test_axis_and_ragged_blocks);
+    tcase_add_test(tc, test_pack_fake_one_pass);
     tcase_add_test(tc, test_tiles_transpose_invariant);
     tcase_add_test(tc, test_bf16_edges);
     tcase_add_test(tc, test_cli_golden_and_errors);
