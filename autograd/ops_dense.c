@@ -169,13 +169,14 @@ static conv_window conv_im2col_window(const conv_geom *g) {
     return (conv_window){g->n, g->h, g->w, g->c, g->oh, g->ow, g->kh, g->kw, g->stride, -g->pad, 1};
 }
 
-/* Rows per chunk of a product with K columns and N outputs: about 2.5 MB of
- * columns, so the chunk stays in cache while OpenBLAS packs it, but at least
- * 2N rows, since every chunk's GEMM packs the N x K weight again (ResNet's
- * last stage: 9.4 MB of it). Chunk starts are multiples of align. Measured
- * on each ResNet-18 stage (mxtrain bench step; docs/performance.md). */
+/* Rows per chunk of a product with K columns and N outputs: about 1.25 MB of
+ * columns per thread (2.5 MB on 2 threads, best on every ResNet-18 stage
+ * there), so the chunk stays in cache while OpenBLAS packs it, and each
+ * thread still gets a worthwhile share; at least 2N rows, since every
+ * chunk's GEMM packs the N x K weight again (ResNet's last stage: 9.4 MB of
+ * it). Chunk starts are multiples of align. */
 static int64_t conv_chunk_rows(int64_t K, int64_t N, int64_t M, int align) {
-    int64_t r = (int64_t)(2.5 * 1024 * 1024) / (4 * K);
+    int64_t r = (int64_t)(1.25 * 1024 * 1024) * omp_get_max_threads() / (4 * K);
     r = r < 2 * N ? 2 * N : r;
     r = r / align * align;
     r = r < align ? align : r;
