@@ -130,12 +130,9 @@ void ag_backward(ag_ctx *ctx, ag_var *loss) {
 
 void ag_backward_from(ag_ctx *ctx, ag_var *y, const float *dy) {
     MX_ASSERTF(y->requires_grad, "backward: the output does not depend on anything that needs a gradient");
-    /* Intermediate gradients start from zero on every backward, so a second
-     * backward over the same tape adds exactly the same to the leaves. */
-    for (int i = 0; i < ctx->n_nodes; i++) {
-        ag_var *o = ctx->nodes[i].out;
-        if (!o->is_leaf && o->grad) memset(o->grad, 0, (size_t)ag_numel(o) * sizeof(float));
-    }
+    /* Intermediate gradients are taken zeroed from the pool and given back
+     * once consumed, so a second backward over the same tape adds exactly the
+     * same to the leaves. */
     memcpy(ag_grad(ctx, y), dy, (size_t)ag_numel(y) * sizeof(float));
     for (int i = ctx->n_nodes - 1; i >= 0; i--) {
         ag_node *n = &ctx->nodes[i];

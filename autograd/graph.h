@@ -97,6 +97,8 @@ typedef struct ag_ctx {
     uint64_t rng_calls;     /* per-step counter of random streams drawn */
     struct mm_policy *mm;   /* the GEMM path's quantization policy (NULL: fp32) */
     int64_t flops;          /* GEMM floating-point operations since the caller last zeroed it */
+    int64_t conv_chunk_bytes; /* im2col bytes per conv chunk; 0: 1.25 MB per thread (tests
+                                 set a tiny value to cover many chunks) */
     bool elementwise_bf16;  /* quant.elementwise = bf16: norms, activations, softmax and
                                residual adds round their outputs to bfloat16 (emulating
                                BF16 vector units); gradients pass straight through */

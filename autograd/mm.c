@@ -288,23 +288,24 @@ void mm_forward_custom(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, con
     }
 }
 
+/* mm_backward's own dA product: a plain GEMM into the caller's dA. */
+typedef struct mm_plain_da {
+    const mm_shape *sh;
+    float *da;
+} mm_plain_da;
+
+static void mm_plain_da_fn(void *user, const float *dyq, const float *bq) {
+    const mm_plain_da *d = user;
+    mm_gemm_da(d->sh, dyq, bq, d->da);
+}
+
 void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
                  const float *b, const float *dy, float *da, float *db) {
-    mm_policy *p = ctx->mm;
-    if (!p) {
-        if (da) mm_count(ctx, sh), mm_gemm_da(sh, dy, b, da);
-        if (db) mm_count(ctx, sh), mm_gemm_db(sh, a, dy, db);
-        return;
-    }
-    mm_backward_custom(ctx, site, sh, sv, a, b, dy, da != NULL, db, &(mm_custom){NULL, NULL, NULL, da});
+    mm_plain_da d = {sh, da};
+    mm_backward_custom(ctx, site, sh, sv, a, b, dy, da != NULL, db, &(mm_custom){NULL, mm_plain_da_fn, NULL, &d});
 }
 
-/* The dA and dB products, by the op's hooks or plain GEMMs. */
-static void mm_do_da(const mm_custom *cu, const mm_shape *sh, const float *dyq, const float *bq) {
-    if (cu->da) cu->da(cu->user, dyq, bq);
-    else mm_gemm_da(sh, dyq, bq, cu->user);
-}
-
+/* The dB product: the op's hook, or one GEMM over A quantized whole (1d). */
 static void mm_do_db(const mm_custom *cu, mm_chunk_quant *q, const mm_shape *sh, const float *a, const float *dyq,
                      float *db) {
     if (cu->db) cu->db(cu->user, q, a, dyq, db);
@@ -312,13 +313,12 @@ static void mm_do_db(const mm_custom *cu, mm_chunk_quant *q, const mm_shape *sh,
                                              MM_AXIS_ROWS, false) : a, dyq, db);
 }
 
-/* cu->user is dA for mm_backward's plain GEMMs (no hooks). */
 void mm_backward_custom(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
                         const float *b, const float *dy, bool da, float *db, const mm_custom *cu) {
     mm_policy *p = ctx->mm;
     mm_chunk_quant q = {ctx, site, false, p ? p->block : 1, false};
     if (!p) {
-        if (da) mm_count(ctx, sh), mm_do_da(cu, sh, dy, b);
+        if (da) mm_count(ctx, sh), cu->da(cu->user, dy, b);
         if (db) mm_count(ctx, sh), mm_do_db(cu, &q, sh, a, dy, db);
         return;
     }
@@ -329,7 +329,7 @@ void mm_backward_custom(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, co
         /* one quantization of dY serves both products; A and B are the forward's copies */
         const float *dyq = mm_quant(ctx, site, MM_ROLE_BWD_GRAD_DX, dy, B, sh->m, sh->n, MM_AXIS_COLS, false);
         const float *aq = sv->a_prequantized ? a : mm_unpack_act(ctx, site, sv, B, sh->m, sh->k);
-        if (da) mm_count(ctx, sh), mm_do_da(cu, sh, dyq, sv->bq ? sv->bq : b);
+        if (da) mm_count(ctx, sh), cu->da(cu->user, dyq, sv->bq ? sv->bq : b);
         if (db) mm_count(ctx, sh), mm_do_db(cu, &q, sh, aq ? aq : a, dyq, db);
         arena_release(&ctx->scratch, mark);
         return;
@@ -342,7 +342,7 @@ void mm_backward_custom(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, co
         const float *bq = mm_quant(ctx, site, MM_ROLE_BWD_WEIGHT_DX, src_b, B, sh->b_trans ? sh->n : sh->k,
                                    sh->b_trans ? sh->k : sh->n, sh->b_trans ? MM_AXIS_ROWS : MM_AXIS_COLS, false);
         mm_count(ctx, sh);
-        mm_do_da(cu, sh, dyq, bq);
+        cu->da(cu->user, dyq, bq);
     }
     if (db) { /* reduces over M: A's blocks run along M, quantized whole or by chunks */
         const float *dyq = mm_quant(ctx, site, MM_ROLE_BWD_GRAD_DW, dy, B, sh->m, sh->n, MM_AXIS_ROWS, false);

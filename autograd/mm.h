@@ -130,7 +130,8 @@ void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_
  *   db: dB += Aq^T . dYq    (A in the op's own form; 1d blocks run along M, so
  *                            the op quantizes its chunks of A rows through q,
  *                            chunks starting at multiples of q->align rows)
- * Any hook may be NULL when its product is not needed. */
+ * da is required when want_da; db may be NULL (one GEMM over A as passed,
+ * quantized whole in 1d); y is required by mm_forward_custom. */
 typedef struct mm_chunk_quant {
     ag_ctx *ctx;
     const mm_site *site;

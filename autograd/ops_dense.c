@@ -175,8 +175,9 @@ static conv_window conv_im2col_window(const conv_geom *g) {
  * thread still gets a worthwhile share; at least 2N rows, since every
  * chunk's GEMM packs the N x K weight again (ResNet's last stage: 9.4 MB of
  * it). Chunk starts are multiples of align. */
-static int64_t conv_chunk_rows(int64_t K, int64_t N, int64_t M, int align) {
-    int64_t r = (int64_t)(1.25 * 1024 * 1024) * omp_get_max_threads() / (4 * K);
+static int64_t conv_chunk_rows(const ag_ctx *ctx, int64_t K, int64_t N, int64_t M, int align) {
+    int64_t bytes = ctx->conv_chunk_bytes ? ctx->conv_chunk_bytes : (int64_t)(1.25 * 1024 * 1024) * omp_get_max_threads();
+    int64_t r = bytes / (4 * K);
     r = r < 2 * N ? 2 * N : r;
     r = r / align * align;
     r = r < align ? align : r;
@@ -222,7 +223,7 @@ static void conv_y(void *user, const float *xq, const float *wq, float *y) {
         return;
     }
     arena_mark mark = arena_get_mark(&job->ctx->scratch);
-    int64_t rows = conv_chunk_rows(K, g->o, M, 1);
+    int64_t rows = conv_chunk_rows(job->ctx, K, g->o, M, 1);
     float *cols = arena_alloc(&job->ctx->scratch, sizeof(float) * (size_t)(rows * K));
     conv_window win = conv_im2col_window(g);
     for (int64_t r0 = 0; r0 < M; r0 += rows) {
@@ -256,7 +257,7 @@ static void conv_da(void *user, const float *dyq, const float *wq) {
             for (int64_t ij = 0; ij < g->kh * g->kw; ij++)
                 memcpy(wt + (ij * g->o + o) * g->c, wq + (o * g->kh * g->kw + ij) * g->c,
                        sizeof(float) * (size_t)g->c);
-        int64_t rows = conv_chunk_rows(KO, g->c, P, 1);
+        int64_t rows = conv_chunk_rows(ctx, KO, g->c, P, 1);
         float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * KO));
         conv_window win = {g->n, g->oh, g->ow, g->o, g->h, g->w, g->kh, g->kw, 1, g->pad, -1};
         for (int64_t r0 = 0; r0 < P; r0 += rows) {
@@ -266,7 +267,7 @@ static void conv_da(void *user, const float *dyq, const float *wq) {
                      job->dx + r0 * g->c, (int)g->c);
         }
     } else {
-        int64_t rows = conv_chunk_rows(K, g->o, M, 1);
+        int64_t rows = conv_chunk_rows(job->ctx, K, g->o, M, 1);
         float *dcols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
         for (int64_t r0 = 0; r0 < M; r0 += rows) {
             int64_t r1 = r0 + rows < M ? r0 + rows : M;
@@ -291,7 +292,7 @@ static void conv_db(void *user, mm_chunk_quant *q, const float *x, const float *
         arena_release(&ctx->scratch, mark);
         return;
     }
-    int64_t rows = conv_chunk_rows(K, g->o, M, q->align);
+    int64_t rows = conv_chunk_rows(ctx, K, g->o, M, q->align);
     float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
     conv_window win = conv_im2col_window(g);
     for (int64_t r0 = 0; r0 < M; r0 += rows) {

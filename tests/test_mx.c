@@ -301,6 +301,58 @@ START_TEST(test_conv_eval_matches_training_forward) {
 }
 END_TEST
 
+/* A conv computed over many small im2col chunks equals the one-chunk result
+ * up to summation order: fp32, 1d (the dW columns quantized per chunk along
+ * M, chunk starts on block boundaries) and 2d; stride 1 (transposed-conv dX)
+ * and stride 2 (col2im dX). A chunk cut through a block would change the
+ * quantized values by far more than the tolerance. */
+static void conv_run(mm_policy *p, int64_t chunk_bytes, int stride, const float *x, const float *w, const float *dy,
+                     float *y, float *dx, float *dw) {
+    const int Nb = 2, H = 6, W = 6, C = 8, O = 8, OH = (H - 1) / stride + 1;
+    ag_ctx ctx;
+    ag_ctx_init(&ctx, 0);
+    ctx.mm = p;
+    ctx.conv_chunk_bytes = chunk_bytes;
+    memset(dx, 0, sizeof(float) * Nb * H * W * C);
+    memset(dw, 0, sizeof(float) * O * 9 * C);
+    ag_var vx = ag_leaf((float *)x, dx, 4, (int64_t[]){Nb, H, W, C}), vw = ag_leaf((float *)w, dw, 4, (int64_t[]){O, 3, 3, C});
+    mm_site site;
+    mm_site_init(&site, "conv", MM_B_WEIGHT);
+    ag_var *out = ag_conv2d(&ctx, &site, &vx, &vw, NULL, stride, 1);
+    memcpy(y, out->value.data, sizeof(float) * Nb * OH * OH * O);
+    ag_backward_from(&ctx, out, dy);
+    ag_ctx_free(&ctx);
+}
+
+static void expect_close(const float *a, const float *b, int n, const char *what) {
+    double big = 0;
+    for (int i = 0; i < n; i++) big = fmax(big, fabs(b[i]));
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(fabs(a[i] - b[i]) <= 1e-5 * big, "%s[%d]: %g vs %g", what, i, (double)a[i], (double)b[i]);
+}
+
+START_TEST(test_conv_chunks_match_whole) {
+    enum { NX = 2 * 6 * 6 * 8, NW = 8 * 9 * 8 };
+    float *x = randn(NX, 41, 1.0f), *w = randn(NW, 42, 0.1f), *dy = randn(NX, 43, 1e-3f);
+    float y[2][NX], dx[2][NX], dw[2][NW];
+    for (int variant = 0; variant < 3; variant++)
+        for (int stride = 1; stride <= 2; stride++) {
+            mm_policy p;
+            mm_policy_init(&p, variant == 2 ? QUANT_FORMAT_MXSF : QUANT_FORMAT_MXFP8_E4M3);
+            p.block = 12; /* chunks of 2N = 16 rows would cut blocks of 12 unless aligned */
+            p.tiling = variant == 2 ? MM_TILING_2D : MM_TILING_1D;
+            for (int chunked = 0; chunked < 2; chunked++) /* 1 byte: the smallest chunks */
+                conv_run(variant ? &p : NULL, chunked ? 1 : 0, stride, x, w, dy, y[chunked], dx[chunked], dw[chunked]);
+            int ny = 2 * (stride == 1 ? 36 : 9) * 8;
+            expect_close(y[1], y[0], ny, "y");
+            expect_close(dx[1], dx[0], NX, "dx");
+            expect_close(dw[1], dw[0], NW, "dw");
+            mm_policy_free(&p);
+        }
+    free(x); free(w); free(dy);
+}
+END_TEST
+
 /* Tiny CNN and ViT train a few SGD steps on a fixed batch under every format
  * and tiling: the loss stays finite and goes down (best loss reached against
  * the first: a tiny ViT's SGD loss oscillates step to step, so the last value
@@ -419,6 +471,7 @@ int main(void) {
     tcase_add_test(tc, test_batched_matmul_1d_axes);
     tcase_add_test(tc, test_conv_quantizes_nhwc_input);
     tcase_add_test(tc, test_conv_eval_matches_training_forward);
+    tcase_add_test(tc, test_conv_chunks_match_whole);
     tcase_add_test(tc, test_elementwise_bf16);
     tcase_add_test(tc, test_tiny_models_train_under_every_format_and_tiling);
     tcase_set_timeout(tc, 300);

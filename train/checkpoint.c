@@ -34,6 +34,14 @@ static int attr_write_i64(hid_t loc, const char *name, int64_t v) {
 }
 static int attr_read_i64(hid_t loc, const char *name, int64_t *v) { return attr_read(loc, name, H5T_NATIVE_INT64, v); }
 
+/* buf with room for n floats (contents not kept): one buffer serves every entry. */
+static float *ckpt_grow(float *buf, size_t *cap, size_t n) {
+    if (n <= *cap) return buf;
+    free(buf);
+    *cap = n;
+    return mx_malloc(sizeof(float) * n);
+}
+
 static int write_dataset(hid_t loc, const char *name, hid_t file_type, hid_t mem_type, int rank, const int64_t *shape,
                          const void *data) {
     hsize_t dims[8];
@@ -64,18 +72,14 @@ int ckpt_write_tmp(const char *path, model *m, const optimizer *o, const ckpt_me
         int rank = param_torch_shape(e, shape);
         const float *src = param_data(ps, i);
         if (e->is_integer) {
-            int64_t *iv = malloc(sizeof(int64_t) * (size_t)e->numel);
+            int64_t *iv = mx_malloc(sizeof(int64_t) * (size_t)e->numel);
             for (int64_t k = 0; k < e->numel; k++) iv[k] = (int64_t)src[k];
             int r = write_dataset(gm, e->name, H5T_STD_I64LE, H5T_NATIVE_INT64, rank, shape, iv);
             free(iv);
             if (r) goto fail;
             continue;
         }
-        if ((size_t)e->numel > cap) {
-            cap = (size_t)e->numel;
-            free(buf);
-            buf = mx_malloc(sizeof(float) * cap);
-        }
+        buf = ckpt_grow(buf, &cap, (size_t)e->numel);
         param_to_torch(e, src, buf);
         if (write_dataset(gm, e->name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, rank, shape, buf)) goto fail;
     }
@@ -211,11 +215,7 @@ static int read_model(hid_t g, const char *path, model *m, bool strict_names, bo
             if (r) goto fail;
             continue;
         }
-        if ((size_t)e->numel > cap) {
-            cap = (size_t)e->numel;
-            free(buf);
-            buf = mx_malloc(sizeof(float) * cap);
-        }
+        buf = ckpt_grow(buf, &cap, (size_t)e->numel);
         if (read_checked(g, e->name, path, rank, shape, false, buf, err)) goto fail;
         param_from_torch(e, buf, param_data(ps, i));
     }
