@@ -1,5 +1,6 @@
 #include "autograd/graph.h"
 #include "autograd/mm.h"
+#include "autograd/ops_util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +11,8 @@ void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes) {
     memset(ctx, 0, sizeof *ctx);
     arena_init(&ctx->ar, arena_bytes);
     arena_init(&ctx->scratch, 0);
-    ctx->grad_enabled = true;
-    ctx->training = true;
+    ctx->run.grad_enabled = true;
+    ctx->run.training = true;
 }
 
 void ag_ctx_free(ag_ctx *ctx) {
@@ -29,9 +30,7 @@ void ag_ctx_reset(ag_ctx *ctx) {
     arena_reset(&ctx->scratch);
     ctx->n_nodes = 0;
     ctx->rng_calls = 0;
-    /* stochastic-rounding streams restart each step (mixed with ctx->step), so a
-       resumed run draws the same bits as an uninterrupted one */
-    if (ctx->mm) ctx->mm->calls = 0;
+    if (ctx->run.mm) mm_plan_new_step(ctx->run.mm);
 }
 
 ag_var *ag_new(ag_ctx *ctx, int ndim, const int64_t *shape) {
@@ -60,11 +59,7 @@ static float *ag_pool_take(ag_ctx *ctx, size_t bytes) {
             ctx->bufs[i].used = true;
             return ctx->bufs[i].p;
         }
-    if (ctx->n_bufs == ctx->cap_bufs) {
-        ctx->cap_bufs = ctx->cap_bufs ? 2 * ctx->cap_bufs : 32;
-        ctx->bufs = realloc(ctx->bufs, sizeof(ag_buf) * (size_t)ctx->cap_bufs);
-        MX_ASSERT(ctx->bufs);
-    }
+    MX_GROW(ctx->bufs, ctx->cap_bufs, ctx->n_bufs + 1, 32);
     ag_buf *b = &ctx->bufs[ctx->n_bufs++];
     *b = (ag_buf){mx_aligned_alloc(bytes), bytes, true};
     return b->p;
@@ -96,18 +91,15 @@ float *ag_grad(ag_ctx *ctx, ag_var *v) {
 bool ag_will_record(const ag_ctx *ctx, ag_var *const *in, int n_in) {
     bool need = false;
     for (int i = 0; i < n_in; i++) need |= in[i] && in[i]->requires_grad;
-    return ctx->grad_enabled && need;
+    return ctx->run.grad_enabled && need;
 }
 
 ag_node *ag_record(ag_ctx *ctx, ag_op op, ag_var *out, ag_var *const *in, int n_in) {
     MX_ASSERT(n_in <= AG_MAX_INPUTS);
+    if (ag_op_table[op].bf16_out) ag_round_elementwise(ctx, out->value.data, ag_numel(out));
     out->requires_grad = ag_will_record(ctx, in, n_in);
     if (!out->requires_grad) return NULL;
-    if (ctx->n_nodes == ctx->cap_nodes) {
-        ctx->cap_nodes = ctx->cap_nodes ? 2 * ctx->cap_nodes : 256;
-        ctx->nodes = realloc(ctx->nodes, sizeof(ag_node) * (size_t)ctx->cap_nodes);
-        MX_ASSERT(ctx->nodes);
-    }
+    MX_GROW(ctx->nodes, ctx->cap_nodes, ctx->n_nodes + 1, 256);
     ag_node *n = &ctx->nodes[ctx->n_nodes++];
     memset(n, 0, sizeof *n);
     n->op = op;

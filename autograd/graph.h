@@ -67,6 +67,8 @@ typedef void (*ag_backward_fn)(struct ag_ctx *ctx, ag_node *node);
 typedef struct ag_op_info {
     const char *name;
     ag_backward_fn backward;
+    bool bf16_out;          /* an elementwise result: ag_record rounds the output to bfloat16
+                               under quant.elementwise = bf16 (fused ops round inside) */
 } ag_op_info;
 
 extern const ag_op_info ag_op_table[AG_OP_COUNT];
@@ -80,28 +82,36 @@ typedef struct ag_buf {
     bool used;
 } ag_buf;
 
+/* What the step is: set by its caller (trainer, bench, tests), read by the ops. */
+typedef struct ag_run {
+    bool grad_enabled;      /* false: no tape (evaluation) */
+    bool training;          /* batch statistics for BN, dropout and drop-path active */
+    bool elementwise_bf16;  /* quant.elementwise = bf16: ops flagged in the op table round
+                               their outputs to bfloat16 (emulating BF16 vector units);
+                               gradients pass straight through */
+    uint64_t seed;          /* randomness: dropout masks use stream (step, call) */
+    uint64_t step;
+    struct mm_plan *mm;     /* every product site's quantization, resolved (NULL: fp32) */
+    int64_t conv_chunk_bytes; /* im2col bytes per conv chunk; 0: 1.25 MB per thread (tests
+                                 set a tiny value to cover many chunks) */
+} ag_run;
+
+/* The tape and the step's memory, plus the settings it runs under. */
 typedef struct ag_ctx {
+    ag_run run;
     arena ar;               /* per-step memory: outputs, saved state, leaf gradients */
     ag_buf *bufs;           /* gradients of non-leaf variables: a buffer returns to the
                                pool once its node's backward has run, so the backward
                                holds a few at a time instead of one per activation */
-    int n_bufs, cap_bufs;
-    arena scratch;          /* per-call temporaries (im2col columns, transient quantized copies):
+    int n_bufs;
+    int64_t cap_bufs;
+    arena scratch;          /* per-call temporaries (im2col chunks, transient quantized copies):
                                marked and released around each product */
     ag_node *nodes;         /* the tape; capacity persists across steps */
-    int n_nodes, cap_nodes;
-    bool grad_enabled;      /* false: no tape (evaluation) */
-    bool training;          /* batch statistics for BN, dropout and drop-path active */
-    uint64_t seed;          /* randomness: dropout masks use stream (step, call) */
-    uint64_t step;
-    uint64_t rng_calls;     /* per-step counter of random streams drawn */
-    struct mm_policy *mm;   /* the GEMM path's quantization policy (NULL: fp32) */
+    int n_nodes;
+    int64_t cap_nodes;
+    uint64_t rng_calls;     /* per-step counter of dropout streams drawn */
     int64_t flops;          /* GEMM floating-point operations since the caller last zeroed it */
-    int64_t conv_chunk_bytes; /* im2col bytes per conv chunk; 0: 1.25 MB per thread (tests
-                                 set a tiny value to cover many chunks) */
-    bool elementwise_bf16;  /* quant.elementwise = bf16: norms, activations, softmax and
-                               residual adds round their outputs to bfloat16 (emulating
-                               BF16 vector units); gradients pass straight through */
 } ag_ctx;
 
 void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes);
@@ -120,8 +130,10 @@ ag_var ag_leaf(float *data, float *grad, int ndim, const int64_t *shape);
 float *ag_grad(ag_ctx *ctx, ag_var *v);
 int64_t ag_numel(const ag_var *v);
 
-/* Appends a node when gradients are on and some input needs one; returns
- * NULL otherwise (the op then saves nothing). Sets out->requires_grad. */
+/* Called by every op once its output is computed: rounds the output when the
+ * op is flagged bf16_out and the run asks for it, then appends a node when
+ * gradients are on and some input needs one; returns NULL otherwise (the op
+ * then saves nothing). Sets out->requires_grad. */
 ag_node *ag_record(ag_ctx *ctx, ag_op op, ag_var *out, ag_var *const *in, int n_in);
 /* Whether ag_record will record (decides before the forward what to save). */
 bool ag_will_record(const ag_ctx *ctx, ag_var *const *in, int n_in);

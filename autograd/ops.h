@@ -15,7 +15,7 @@ ag_var *ag_linear(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var
 ag_var *ag_matmul(ag_ctx *ctx, const mm_site *site, ag_var *a, ag_var *b, bool trans_b);
 /* x [N, H, W, C], w [O, KH, KW, C], b [O] or NULL -> [N, OH, OW, O]. */
 ag_var *ag_conv2d(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var *b, int stride, int pad);
-/* BatchNorm over N, H, W of NHWC x. Training (ctx->training): batch statistics,
+/* BatchNorm over N, H, W of NHWC x. Training (ctx->run.training): batch statistics,
  * running statistics updated with momentum (unbiased variance, as PyTorch). */
 ag_var *ag_batchnorm2d(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float *running_mean, float *running_var,
                        float momentum, float eps);

@@ -25,7 +25,6 @@ ag_var *ag_relu(ag_ctx *ctx, ag_var *x) {
     float *ys = y->value.data;
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
     for (int64_t i = 0; i < n; i++) ys[i] = xs[i] > 0.0f ? xs[i] : 0.0f;
-    ag_round_elementwise(ctx, ys, n);
     ag_record1(ctx, AG_OP_RELU, y, x);
     return y;
 }
@@ -59,7 +58,6 @@ ag_var *ag_gelu(ag_ctx *ctx, ag_var *x) {
     float *ys = y->value.data;
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
     for (int64_t i = 0; i < n; i++) ys[i] = xs[i] * ag_gelu_cdf(xs[i]);
-    ag_round_elementwise(ctx, ys, n);
     ag_record1(ctx, AG_OP_GELU, y, x);
     return y;
 }
@@ -87,7 +85,6 @@ ag_var *ag_gelu_tanh(ag_ctx *ctx, ag_var *x) {
         float v = xs[i];
         ys[i] = 0.5f * v * (1.0f + mx_tanhf(AG_SQRT_2_OVER_PI * (v + 0.044715f * v * v * v)));
     }
-    ag_round_elementwise(ctx, ys, n);
     ag_record1(ctx, AG_OP_GELU_TANH, y, x);
     return y;
 }
@@ -120,7 +117,6 @@ ag_var *ag_softmax(ag_ctx *ctx, ag_var *x) {
         for (int64_t j = 0; j < d; j++) sum += (yr[j] = mx_expf(xr[j] - mx));
         for (int64_t j = 0; j < d; j++) yr[j] /= sum;
     }
-    ag_round_elementwise(ctx, ys, rows * d);
     ag_record1(ctx, AG_OP_SOFTMAX, y, x);
     return y;
 }
@@ -156,14 +152,14 @@ static inline float drop_scale(uint64_t seed, const drop_saved *s, int64_t i) {
 
 static ag_var *ag_drop(ag_ctx *ctx, ag_var *x, float p, int64_t group, ag_op op) {
     MX_ASSERTF(p >= 0.0f && p < 1.0f, "drop probability %g out of [0, 1)", (double)p);
-    if (!ctx->training || p == 0.0f) return x;
+    if (!ctx->run.training || p == 0.0f) return x;
     ag_var *y = ag_unary_out(ctx, x);
-    drop_saved s = {rng_mix(ctx->step, ctx->rng_calls++), p, group};
+    drop_saved s = {rng_mix(ctx->run.step, ctx->rng_calls++), p, group};
     int64_t n = ag_numel(x);
     const float *xs = x->value.data;
     float *ys = y->value.data;
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) ys[i] = xs[i] * drop_scale(ctx->seed, &s, i);
+    for (int64_t i = 0; i < n; i++) ys[i] = xs[i] * drop_scale(ctx->run.seed, &s, i);
     ag_node *node = ag_record1(ctx, op, y, x);
     if (node) *(drop_saved *)ag_save(ctx, node, sizeof s) = s;
     return y;
@@ -182,7 +178,7 @@ static void ag_drop_backward(ag_ctx *ctx, ag_node *n) {
     const float *dy = n->out->grad;
     float *dx = ag_grad(ctx, x);
 #pragma omp parallel for schedule(static) if (cnt >= AG_PAR_MIN)
-    for (int64_t i = 0; i < cnt; i++) dx[i] += dy[i] * drop_scale(ctx->seed, s, i);
+    for (int64_t i = 0; i < cnt; i++) dx[i] += dy[i] * drop_scale(ctx->run.seed, s, i);
 }
 
 void ag_dropout_backward(ag_ctx *ctx, ag_node *n) { ag_drop_backward(ctx, n); }
@@ -198,7 +194,6 @@ ag_var *ag_add(ag_ctx *ctx, ag_var *a, ag_var *b) {
     float *ys = y->value.data;
 #pragma omp parallel for schedule(static) if (na >= AG_PAR_MIN)
     for (int64_t i = 0; i < na; i++) ys[i] = as[i] + bs[i % nb];
-    ag_round_elementwise(ctx, ys, na);
     ag_var *ins[2] = {a, b};
     ag_record(ctx, AG_OP_ADD, y, ins, 2);
     return y;

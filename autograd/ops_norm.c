@@ -61,7 +61,7 @@ ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, 
                residual ? (long long)ag_numel(residual) : 0LL, (long long)(rows * c));
     ag_var *y = ag_new(ctx, x->value.ndim, x->value.shape);
     float *mean = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c), *invstd = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c);
-    if (ctx->training) {
+    if (ctx->run.training) {
         double *s1 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c), *s2 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c);
         bn_channel_sums(ctx, x->value.data, NULL, NULL, NULL, NULL, rows, c, s1, s2);
         for (int64_t j = 0; j < c; j++) {
@@ -84,7 +84,7 @@ ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, 
     const float *xs = x->value.data, *g = gamma->value.data, *bt = beta->value.data;
     const float *res = residual ? residual->value.data : NULL;
     float *ys = y->value.data;
-    bool bf16 = ctx->elementwise_bf16;
+    bool bf16 = ctx->run.elementwise_bf16;
 #pragma omp parallel for schedule(static) if (rows * c >= AG_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         /* fp32: branch-free loops per case, so they vectorize */
@@ -117,7 +117,7 @@ ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, 
     ag_node *n = ag_record(ctx, AG_OP_BATCHNORM2D, y, ins, residual ? 4 : 3);
     if (n) {
         bn_saved *s = ag_save(ctx, n, sizeof *s);
-        *s = (bn_saved){mean, invstd, rows, c, ctx->training, relu};
+        *s = (bn_saved){mean, invstd, rows, c, ctx->run.training, relu};
     }
     return y;
 }
@@ -189,7 +189,6 @@ ag_var *ag_layernorm(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float 
         rstd[r] = rs;
         for (int64_t j = 0; j < d; j++) ys[r * d + j] = (xr[j] - (float)m) * rs * g[j] + b[j];
     }
-    ag_round_elementwise(ctx, y->value.data, rows * d);
     ag_var *ins[3] = {x, gamma, beta};
     ag_node *n = ag_record(ctx, AG_OP_LAYERNORM, y, ins, 3);
     if (n) {

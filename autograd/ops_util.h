@@ -18,7 +18,7 @@ void ag_rows_add_bias(float *y, int64_t rows, int64_t cols, const float *b);
 void ag_accumulate(float *dst, const float *src, int64_t n);
 
 /* quant.elementwise = bf16: rounds y[0..n) to bfloat16 (nearest, ties to even;
- * NaN stays NaN) when ctx->elementwise_bf16 is set; otherwise does nothing. */
+ * NaN stays NaN) when ctx->run.elementwise_bf16 is set; otherwise does nothing. */
 void ag_round_elementwise(const ag_ctx *ctx, float *y, int64_t n);
 /* One value rounded to bfloat16 as ag_round_elementwise does (for fused loops). */
 static inline float ag_bf16_round(float v) {

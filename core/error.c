@@ -42,3 +42,17 @@ void *mx_aligned_alloc_at(size_t bytes, const char *file, int line) {
     if (!p) mx_fatal(file, line, "out of memory allocating %zu bytes", bytes);
     return p;
 }
+
+void *mx_grow_at(void *p, int64_t *cap, int64_t need, size_t size, int64_t first, const char *file, int line) {
+    if (need <= *cap) return p;
+    int64_t c = *cap > 0 ? *cap : first;
+    while (c < need) {
+        if (c > INT64_MAX / 2) mx_fatal(file, line, "array of %lld elements too large", (long long)need);
+        c *= 2;
+    }
+    if ((uint64_t)c > SIZE_MAX / size) mx_fatal(file, line, "array of %lld x %zu bytes too large", (long long)c, size);
+    void *q = realloc(p, (size_t)c * size);
+    if (!q) mx_fatal(file, line, "out of memory growing an array to %lld x %zu bytes", (long long)c, size);
+    *cap = c;
+    return q;
+}

@@ -8,6 +8,7 @@
 #define MX_CORE_ERROR_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct mx_err {
     char msg[512];
@@ -32,5 +33,12 @@ void *mx_aligned_alloc_at(size_t bytes, const char *file, int line); /* 64-byte 
 #define mx_malloc(b) mx_malloc_at((b), __FILE__, __LINE__)
 #define mx_calloc(n, s) mx_calloc_at((n), (s), __FILE__, __LINE__)
 #define mx_aligned_alloc(b) mx_aligned_alloc_at((b), __FILE__, __LINE__)
+
+/* The one growth rule of every growing array: returns p resized so that it
+ * holds at least `need` elements of `size` bytes, doubling *cap (from
+ * `first`); p itself when it already does. */
+void *mx_grow_at(void *p, int64_t *cap, int64_t need, size_t size, int64_t first, const char *file, int line);
+#define MX_GROW(ptr, cap, need, first) \
+    ((ptr) = mx_grow_at((ptr), &(cap), (need), sizeof *(ptr), (first), __FILE__, __LINE__))
 
 #endif

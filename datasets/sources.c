@@ -178,7 +178,7 @@ static int cifar_open(dataset *ds, const char *dir0, data_split split, mx_err *e
     if (stat(dir, &st) != 0) snprintf(dir, sizeof dir, "%s", dir0);
     const int rec = 1 + 3072;
     int nfiles = split == DATA_SPLIT_TRAIN ? 5 : 1;
-    int64_t cap = 0;
+    int64_t cap_img = 0, cap_lab = 0;
     ds->h = ds->w = 32;
     ds->c = 3;
     ds->num_classes = 10;
@@ -202,12 +202,8 @@ static int cifar_open(dataset *ds, const char *dir0, data_split split, mx_err *e
                               rec);
         }
         int64_t cnt = size / rec;
-        if (ds->n + cnt > cap) {
-            cap = ds->n + cnt;
-            ds->images = realloc(ds->images, (size_t)cap * 3072);
-            ds->labels = realloc(ds->labels, sizeof(int32_t) * (size_t)cap);
-            MX_ASSERT(ds->images && ds->labels);
-        }
+        MX_GROW(ds->images, cap_img, (ds->n + cnt) * 3072, 3072);
+        MX_GROW(ds->labels, cap_lab, ds->n + cnt, 1);
         for (int64_t r = 0; r < cnt; r++) {
             if (fread(buf, 1, (size_t)rec, f) != (size_t)rec) {
                 fclose(f);
@@ -366,8 +362,9 @@ static bool is_image_name(const char *n) {
 static int list_dir(const char *dir, bool want_dirs, char ***out, int *count, mx_err *err) {
     DIR *d = opendir(dir);
     if (!d) return mx_err_set(err, "%s: cannot open folder", dir);
-    int cap = 16, n = 0;
-    char **v = mx_malloc(sizeof(char *) * (size_t)cap);
+    int n = 0;
+    int64_t cap = 0;
+    char **v = NULL;
     struct dirent *e;
     char p[2048];
     while ((e = readdir(d))) {
@@ -377,15 +374,13 @@ static int list_dir(const char *dir, bool want_dirs, char ***out, int *count, mx
         if (stat(p, &st) != 0) continue;
         bool is_dir = S_ISDIR(st.st_mode);
         if (want_dirs ? !is_dir : (is_dir || !is_image_name(e->d_name))) continue;
-        if (n == cap) {
-            cap *= 2;
-            v = realloc(v, sizeof(char *) * (size_t)cap);
-            MX_ASSERT(v);
-        }
-        v[n++] = strdup(e->d_name);
+        MX_GROW(v, cap, n + 1, 16);
+        v[n] = strdup(e->d_name);
+        MX_ASSERT(v[n]);
+        n++;
     }
     closedir(d);
-    qsort(v, (size_t)n, sizeof *v, cmp_str);
+    if (n) qsort(v, (size_t)n, sizeof *v, cmp_str);
     *out = v;
     *count = n;
     return 0;
@@ -414,9 +409,9 @@ static int imagefolder_open(dataset *ds, const data_config *cfg, const char *roo
         free(classes);
         return mx_err_set(err, "%s: no class folders", tdir);
     }
-    int64_t cap = 256;
-    ds->files = mx_malloc(sizeof(char *) * (size_t)cap);
-    ds->labels = mx_malloc(sizeof(int32_t) * (size_t)cap);
+    int64_t cap_files = 0, cap_labels = 0;
+    ds->files = NULL;
+    ds->labels = NULL;
     ds->n = 0;
     char **sub;
     int ns;
@@ -442,12 +437,8 @@ static int imagefolder_open(dataset *ds, const data_config *cfg, const char *roo
             return -1;
         }
         for (int i = 0; i < ni; i++) {
-            if (ds->n == cap) {
-                cap *= 2;
-                ds->files = realloc(ds->files, sizeof(char *) * (size_t)cap);
-                ds->labels = realloc(ds->labels, sizeof(int32_t) * (size_t)cap);
-                MX_ASSERT(ds->files && ds->labels);
-            }
+            MX_GROW(ds->files, cap_files, ds->n + 1, 256);
+            MX_GROW(ds->labels, cap_labels, ds->n + 1, 256);
             size_t len = strlen(cdir) + strlen(imgs[i]) + 2;
             ds->files[ds->n] = mx_malloc(len);
             snprintf(ds->files[ds->n], len, "%s/%s", cdir, imgs[i]);

@@ -29,7 +29,7 @@ void conv2d_layer_declare(conv2d_layer *l, param_store *s, const char *name, int
     }
     l->stride = stride;
     l->pad = pad;
-    mm_site_init(&l->site, name, MM_B_WEIGHT);
+    mm_site_declare(&s->sites, &l->site, name, MM_B_WEIGHT);
 }
 
 ag_var *conv2d_layer_forward(ag_ctx *ctx, param_store *s, conv2d_layer *l, ag_var *x) {
@@ -53,7 +53,7 @@ void linear_layer_declare(linear_layer *l, param_store *s, const char *name, int
         l->b = param_add(s, n, 1, bshape, PARAM_KIND_NO_DECAY, PARAM_LAYOUT_SAME,
                          init == LAYER_INIT_TRUNC_NORMAL ? PARAM_INIT_ZEROS : PARAM_INIT_UNIFORM, bound);
     }
-    mm_site_init(&l->site, name, MM_B_WEIGHT);
+    mm_site_declare(&s->sites, &l->site, name, MM_B_WEIGHT);
 }
 
 ag_var *linear_layer_forward(ag_ctx *ctx, param_store *s, linear_layer *l, ag_var *x) {
@@ -86,7 +86,7 @@ ag_var *batchnorm2d_layer_forward(ag_ctx *ctx, param_store *s, batchnorm2d_layer
 
 ag_var *batchnorm2d_layer_forward_act(ag_ctx *ctx, param_store *s, batchnorm2d_layer *l, ag_var *x, ag_var *residual,
                                       bool relu) {
-    if (ctx->training) param_data(s, l->num_batches_tracked)[0] += 1.0f;
+    if (ctx->run.training) param_data(s, l->num_batches_tracked)[0] += 1.0f;
     return ag_batchnorm2d_act(ctx, x, param_var(s, l->w), param_var(s, l->b), param_data(s, l->running_mean),
                               param_data(s, l->running_var), l->momentum, l->eps, residual, relu);
 }

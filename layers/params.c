@@ -15,6 +15,7 @@ void param_store_free(param_store *s) {
     free(s->data);
     free(s->grad);
     free(s->buffers);
+    mm_sites_free(&s->sites);
     memset(s, 0, sizeof *s);
 }
 
@@ -22,11 +23,7 @@ int param_add(param_store *s, const char *name, int ndim, const int64_t *shape, 
               param_layout layout, param_init init, float init_arg) {
     MX_ASSERTF(!s->finalized, "param_add after finalize (%s)", name);
     MX_ASSERTF(param_find(s, name) < 0, "duplicate parameter name %s", name);
-    if (s->count == s->cap) {
-        s->cap = s->cap ? 2 * s->cap : 64;
-        s->entries = realloc(s->entries, sizeof(param_entry) * (size_t)s->cap);
-        MX_ASSERT(s->entries);
-    }
+    MX_GROW(s->entries, s->cap, s->count + 1, 64);
     param_entry *e = &s->entries[s->count];
     memset(e, 0, sizeof *e);
     MX_ASSERTF(strlen(name) < sizeof e->name, "parameter name too long: %s", name);

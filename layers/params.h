@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "autograd/graph.h"
+#include "autograd/mm.h"
 
 typedef enum param_kind {
     PARAM_KIND_WEIGHT,   /* trainable, weight decay applies */
@@ -51,12 +51,14 @@ typedef struct param_entry {
 
 typedef struct param_store {
     param_entry *entries;
-    int count, cap;
+    int count;
+    int64_t cap;
     float *data, *grad;   /* trainable values and gradients */
     size_t n_trainable;
     float *buffers;
     size_t n_buffers;
     bool finalized;
+    mm_sites sites;       /* the model's product sites (mm_site_declare), ids in declaration order */
 } param_store;
 
 void param_store_init(param_store *s);

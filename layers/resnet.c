@@ -21,14 +21,14 @@ typedef struct resnet {
 } resnet;
 
 void *resnet_declare(param_store *s, const model_config *c) {
-    resnet *r = calloc(1, sizeof *r);
+    resnet *r = mx_calloc(1, sizeof *r);
     bool cifar = c->stem == MODEL_STEM_CIFAR;
     conv2d_layer_declare(&r->conv1, s, "conv1", c->in_chans, c->widths[0], cifar ? 3 : 7, cifar ? 1 : 2,
                          cifar ? 1 : 3, false, LAYER_INIT_KAIMING_OUT);
     batchnorm2d_layer_declare(&r->bn1, s, "bn1", c->widths[0]);
     r->maxpool = !cifar;
     for (int st = 0; st < 4; st++) r->n_blocks += c->blocks[st];
-    r->blocks = calloc((size_t)r->n_blocks, sizeof(basic_block));
+    r->blocks = mx_calloc((size_t)r->n_blocks, sizeof(basic_block));
     int in = c->widths[0], k = 0;
     for (int st = 0; st < 4; st++)
         for (int i = 0; i < c->blocks[st]; i++, k++) {

@@ -24,7 +24,7 @@ typedef struct vit {
 } vit;
 
 void *vit_declare(param_store *s, const model_config *c) {
-    vit *v = calloc(1, sizeof *v);
+    vit *v = mx_calloc(1, sizeof *v);
     int D = c->dim, grid = c->img_size / c->patch_size;
     v->dim = D;
     v->depth = c->depth;
@@ -35,7 +35,7 @@ void *vit_declare(param_store *s, const model_config *c) {
     v->cls_token = param_add(s, "cls_token", 3, cls_shape, PARAM_KIND_NO_DECAY, PARAM_LAYOUT_SAME, PARAM_INIT_NORMAL, 1e-6f);
     v->pos_embed = param_add(s, "pos_embed", 3, pos_shape, PARAM_KIND_NO_DECAY, PARAM_LAYOUT_SAME,
                              PARAM_INIT_TRUNC_NORMAL, 0.02f);
-    v->blocks = calloc((size_t)c->depth, sizeof(vit_block));
+    v->blocks = mx_calloc((size_t)c->depth, sizeof(vit_block));
     int hidden = (int)((float)D * c->mlp_ratio);
     for (int i = 0; i < c->depth; i++) {
         vit_block *b = &v->blocks[i];
@@ -43,8 +43,8 @@ void *vit_declare(param_store *s, const model_config *c) {
 #define VIT_NAME(leaf) (snprintf(n, sizeof n, "blocks.%d." leaf, i), n)
         layernorm_layer_declare(&b->norm1, s, VIT_NAME("norm1"), D, 1e-6f);
         linear_layer_declare(&b->qkv, s, VIT_NAME("attn.qkv"), D, 3 * D, true, LAYER_INIT_TRUNC_NORMAL);
-        mm_site_init(&b->attn_qk, VIT_NAME("attn.qk"), MM_B_ACT);
-        mm_site_init(&b->attn_pv, VIT_NAME("attn.pv"), MM_B_ACT);
+        mm_site_declare(&s->sites, &b->attn_qk, VIT_NAME("attn.qk"), MM_B_ACT);
+        mm_site_declare(&s->sites, &b->attn_pv, VIT_NAME("attn.pv"), MM_B_ACT);
         linear_layer_declare(&b->proj, s, VIT_NAME("attn.proj"), D, D, true, LAYER_INIT_TRUNC_NORMAL);
         layernorm_layer_declare(&b->norm2, s, VIT_NAME("norm2"), D, 1e-6f);
         linear_layer_declare(&b->fc1, s, VIT_NAME("mlp.fc1"), D, hidden, true, LAYER_INIT_TRUNC_NORMAL);

@@ -38,7 +38,7 @@ typedef struct qk {
     uint32_t low_below;   /* 0x3f800000 (|t| < 1) for MXSF, 0 otherwise */
     int bias, low_bias;   /* encodings */
     float max_norm;
-    uint64_t seed, stream;
+    uint64_t seed, stream, offset;
 } qk;
 
 static qk qk_make(const quant_spec *s, bool reference) {
@@ -67,6 +67,7 @@ static qk qk_make(const quant_spec *s, bool reference) {
     }
     k.seed = s->seed;
     k.stream = s->stream;
+    k.offset = s->offset;
     return k;
 }
 
@@ -153,7 +154,7 @@ static void qk_fill_random(const qk *k, uint64_t index, int n, uint32_t *u) {
     int i = 0;
     while (i < n) {
         uint32_t w[4];
-        uint64_t idx = index + (uint64_t)i;
+        uint64_t idx = k->offset + index + (uint64_t)i;
         rng_philox4x32(k->seed, k->stream, idx >> 2, w);
         for (unsigned j = (unsigned)(idx & 3); j < 4 && i < n; j++) u[i++] = w[j];
     }
@@ -503,7 +504,7 @@ static inline void qk_tile_next(const qlayout *l, int64_t *li, int64_t *tr, int6
 static void qk_run_tiles(const qk *k, const qlayout *l, const float *x, float *y, uint8_t *codes, uint8_t *scales,
                          quant_stats *st_out, qk_row_fn row, int nth) {
     bool avx2 = qk_have_avx2() && !getenv("MXTRAIN_NO_SIMD");
-    quant_stats *part = st_out ? calloc((size_t)nth, sizeof *part) : NULL;
+    quant_stats *part = st_out ? mx_calloc((size_t)nth, sizeof *part) : NULL;
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
         int tid = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -567,7 +568,7 @@ static void qk_run_columns(const qk *k, const qlayout *l, const float *x, float 
                            quant_stats *st_out, qk_row_fn row, int nth) {
     int64_t nchunk = (l->inner + QK_COLS - 1) / QK_COLS;
     int64_t total = l->outer * l->nb * nchunk;
-    quant_stats *part = st_out ? calloc((size_t)nth, sizeof *part) : NULL;
+    quant_stats *part = st_out ? mx_calloc((size_t)nth, sizeof *part) : NULL;
     bool fast = qk_have_avx2() && !getenv("MXTRAIN_NO_SIMD") && !st_out && k->mode == QK_EVEN_FAST;
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
@@ -637,7 +638,7 @@ static void qk_run_columns(const qk *k, const qlayout *l, const float *x, float 
 /* bf16 / fp32: elementwise. */
 static void qk_run_elementwise(const quant_spec *s, const float *x, float *y, int64_t n, quant_stats *st_out,
                                int nth) {
-    quant_stats *part = st_out ? calloc((size_t)nth, sizeof *part) : NULL;
+    quant_stats *part = st_out ? mx_calloc((size_t)nth, sizeof *part) : NULL;
     int mode = s->round;
     bool bf16 = s->format == QUANT_FORMAT_BF16;
 #pragma omp parallel num_threads(nth) if (nth > 1)
@@ -647,7 +648,7 @@ static void qk_run_elementwise(const quant_spec *s, const float *x, float *y, in
         qk_range(n, tid, nt, &i0, &i1);
         if (bf16) {
             /* branch-free per mode so the loops vectorize; NaN is kept quiet */
-            uint64_t seed = s->seed, stream = s->stream;
+            uint64_t seed = s->seed, stream = s->stream, off = s->offset;
 #define QK_BF16_LOOP(expr)                                                                        \
     for (int64_t i = i0; i < i1; i++) {                                                            \
         uint32_t b = quant_bits(x[i]);                                                             \
@@ -657,7 +658,7 @@ static void qk_run_elementwise(const quant_spec *s, const float *x, float *y, in
             if (mode == QUANT_ROUND_EVEN) QK_BF16_LOOP(b + 0x7fffu + ((b >> 16) & 1u))
             else if (mode == QUANT_ROUND_AWAY) QK_BF16_LOOP(b + 0x8000u)
             else if (mode == QUANT_ROUND_FLOOR) QK_BF16_LOOP(b)
-            else QK_BF16_LOOP(b + (rng_u32_at(seed, stream, (uint64_t)i) >> 16))
+            else QK_BF16_LOOP(b + (rng_u32_at(seed, stream, off + (uint64_t)i) >> 16))
 #undef QK_BF16_LOOP
         } else if (y != x) {
             memcpy(y + i0, x + i0, (size_t)(i1 - i0) * sizeof(float));
@@ -774,10 +775,15 @@ void quant_unpack(const quant_spec *s, const uint8_t *codes, const uint8_t *scal
     }
 }
 
-double quant_packed_bytes_per_element(const quant_spec *s) {
-    const quant_format_info *fi = quant_format_get(s->format);
-    if (!fi->is_mx) return fi->bits / 8.0;
-    return 1.0 + 1.0 / ((double)s->block_rows * s->block_cols);
+int64_t quant_tensor_numel(const quant_tensor *t) {
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    return n;
+}
+
+void quant_tensor_values(const quant_tensor *t, float *y) {
+    if (t->values) memcpy(y, t->values, sizeof(float) * (size_t)quant_tensor_numel(t));
+    else quant_unpack(&t->spec, t->codes, t->scales, y, t->ndim, t->shape);
 }
 
 void quant_stats_clear(quant_stats *st) { memset(st, 0, sizeof *st); }

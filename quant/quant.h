@@ -74,8 +74,22 @@ typedef struct quant_spec {
     int block_cols;      /* k for 1D blocks; c for tiles */
     int axis;            /* 1D: blocked axis (negative counts from the end) */
     uint64_t seed;       /* stochastic rounding: Philox key ... */
-    uint64_t stream;     /* ... and stream; element i uses word i of the stream */
+    uint64_t stream;     /* ... and stream; element i uses word offset + i of the stream */
+    uint64_t offset;     /* so a piece of a tensor (a chunk of rows) draws the bits the whole would */
 } quant_spec;
+
+/* A quantized operand: how it was quantized (spec: format, rounding, layout
+ * as 1D axis + block or 2D tile) over which shape, and what is held of it:
+ * packed codes and scales, the dequantized values, or both. For fp32 (no
+ * quantization) values is the source itself. */
+#define QUANT_TENSOR_MAX_DIMS 3
+typedef struct quant_tensor {
+    quant_spec spec;
+    int ndim;
+    int64_t shape[QUANT_TENSOR_MAX_DIMS];
+    const uint8_t *codes, *scales; /* packed (both or neither) */
+    const float *values;           /* dequantized, or NULL */
+} quant_tensor;
 
 #define QUANT_GAP_BINS 32 /* exponent gaps 0..30, and 31+ */
 
@@ -121,8 +135,9 @@ void quant_pack_fake(const quant_spec *s, const float *x, uint8_t *codes, float 
 void quant_unpack(const quant_spec *s, const uint8_t *codes, const uint8_t *scales, float *y, int ndim,
                   const int64_t *shape);
 
-/* Bytes per element of packed storage, scales included (e.g. 8-bit, 1x32: 1 + 1/32). */
-double quant_packed_bytes_per_element(const quant_spec *s);
+/* The values of a quantized operand into y: a copy of t->values, or its codes unpacked. */
+void quant_tensor_values(const quant_tensor *t, float *y);
+int64_t quant_tensor_numel(const quant_tensor *t);
 
 /* Decoding and encoding of single element codes in the scaled domain (for
  * tests and docs): value of code c; code of an already-quantized value t. */

@@ -20,8 +20,8 @@ void gc_begin(gc_case *g, const char *name, gc_forward_fn f) {
     g->atol = 2e-3f;
     g->rtol = 2e-2f;
     g->seed = 1;
-    mm_site_init(&g->site, name, MM_B_WEIGHT);
-    mm_site_init(&g->site2, name, MM_B_ACT);
+    mm_site_declare(&g->sites, &g->site, name, MM_B_WEIGHT);
+    mm_site_declare(&g->sites, &g->site2, name, MM_B_ACT);
 }
 
 ag_var *gc_leaf(gc_case *g, int ndim, const int64_t *shape, float scale) {
@@ -68,10 +68,10 @@ void gc_distinct(gc_case *g, int k, float gap) {
 /* sum(R * y) in double */
 static double gc_loss(ag_ctx *ctx, gc_case *g, const float *R, int64_t *ny) {
     ag_ctx_reset(ctx);
-    bool ge = ctx->grad_enabled;
-    ctx->grad_enabled = false;
+    bool ge = ctx->run.grad_enabled;
+    ctx->run.grad_enabled = false;
     ag_var *y = g->forward(ctx, g);
-    ctx->grad_enabled = ge;
+    ctx->run.grad_enabled = ge;
     double s = 0;
     for (int64_t i = 0; i < ag_numel(y); i++) s += (double)R[i] * y->value.data[i];
     if (ny) *ny = ag_numel(y);
@@ -92,7 +92,7 @@ static double gc_central(ag_ctx *ctx, gc_case *g, const float *R, ag_var *v, int
 void gc_run(gc_case *g) {
     ag_ctx ctx;
     ag_ctx_init(&ctx, 1 << 20);
-    ctx.seed = 1234;
+    ctx.run.seed = 1234;
     /* analytic */
     ag_ctx_reset(&ctx);
     ag_var *y = g->forward(&ctx, g);
@@ -138,4 +138,5 @@ void gc_end(gc_case *g) {
         free(g->leaf[k].grad);
     }
     g->n_leaf = 0;
+    mm_sites_free(&g->sites);
 }

@@ -20,6 +20,7 @@ struct gc_case {
     int i[4];
     int32_t labels[64];
     float running_mean[64], running_var[64];
+    mm_sites sites; /* site, site2 */
     mm_site site, site2;
     float h, atol, rtol;
     bool richardson; /* (4 D(h/2) - D(h)) / 3: cancels the h^2 error on strongly curved losses */

@@ -31,7 +31,7 @@ static ag_var *f_bn_act(ag_ctx *c, gc_case *g) {
 }
 
 static ag_var *f_bn(ag_ctx *c, gc_case *g) {
-    c->training = g->i[0];
+    c->run.training = g->i[0];
     float rm[64], rv[64];
     memcpy(rm, g->running_mean, sizeof rm);
     memcpy(rv, g->running_var, sizeof rv);
@@ -225,11 +225,11 @@ START_TEST(test_no_grad_and_steady_state) {
     gc_leaf(&g, 1, (int64_t[]){16}, 1.0f);
     ag_ctx ctx;
     ag_ctx_init(&ctx, 0);
-    ctx.grad_enabled = false;
+    ctx.run.grad_enabled = false;
     ag_var *y = f_linear(&ctx, &g);
     ck_assert_int_eq(ctx.n_nodes, 0);
     ck_assert(!y->requires_grad);
-    ctx.grad_enabled = true;
+    ctx.run.grad_enabled = true;
     size_t grows = 0;
     for (int step = 0; step < 4; step++) {
         ag_ctx_reset(&ctx);
@@ -264,7 +264,7 @@ START_TEST(test_batchnorm_act_matches_separate_ops) {
             for (int j = 0; j < C; j++) rm[fused][j] = 0.0f, rv[fused][j] = 1.0f;
             ag_ctx ctx;
             ag_ctx_init(&ctx, 0);
-            ctx.elementwise_bf16 = bf16;
+            ctx.run.elementwise_bf16 = bf16;
             ag_var vx = ag_leaf(x, dx[fused], 4, xs), vr = ag_leaf(res, dr[fused], 4, xs),
                    vg = ag_leaf(gam, dg[fused], 1, cs), vb = ag_leaf(bet, db[fused], 1, cs);
             ag_var *y = fused ? ag_batchnorm2d_act(&ctx, &vx, &vg, &vb, rm[fused], rv[fused], 0.1f, 1e-5f, &vr, true)
@@ -365,9 +365,10 @@ static void fx_backward(ag_ctx *ctx, const char *cas, ag_var *y) {
 START_TEST(test_pytorch_fixtures) {
     ag_ctx ctx;
     ag_ctx_init(&ctx, 1 << 20);
+    mm_sites sites = {0};
     mm_site site, site2;
-    mm_site_init(&site, "fixture", MM_B_WEIGHT);
-    mm_site_init(&site2, "fixture2", MM_B_ACT);
+    mm_site_declare(&sites, &site, "fixture", MM_B_WEIGHT);
+    mm_site_declare(&sites, &site2, "fixture2", MM_B_ACT);
     /* conv2d, stride 1 (with bias) and stride 2 */
     const char *convs[2] = {"conv2d_s1", "conv2d_s2"};
     for (int k = 0; k < 2; k++) {
@@ -397,7 +398,7 @@ START_TEST(test_pytorch_fixtures) {
     const char *bns[2] = {"batchnorm2d_train", "batchnorm2d_eval"};
     for (int k = 0; k < 2; k++) {
         ag_ctx_reset(&ctx);
-        ctx.training = k == 0;
+        ctx.run.training = k == 0;
         npy_array x = fx_load(bns[k], "x"), g = fx_load(bns[k], "gamma"), b = fx_load(bns[k], "beta");
         npy_array rm = fx_load(bns[k], "running_mean"), rv = fx_load(bns[k], "running_var");
         ag_var vx = fx_leaf(&x), vg = fx_leaf(&g), vb = fx_leaf(&b);
@@ -411,7 +412,7 @@ START_TEST(test_pytorch_fixtures) {
         free(vx.grad); free(vg.grad); free(vb.grad);
         npy_free(&x); npy_free(&g); npy_free(&b); npy_free(&rm); npy_free(&rv);
     }
-    ctx.training = true;
+    ctx.run.training = true;
     {
         ag_ctx_reset(&ctx);
         npy_array x = fx_load("layernorm", "x"), g = fx_load("layernorm", "gamma"), b = fx_load("layernorm", "beta");
@@ -471,6 +472,7 @@ START_TEST(test_pytorch_fixtures) {
     }
     fprintf(stderr, "PyTorch fixtures: worst relative error %.3g (%s)\n", fx_worst_rel, fx_worst_where);
     ag_ctx_free(&ctx);
+    mm_sites_free(&sites);
 }
 END_TEST
 

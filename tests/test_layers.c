@@ -116,7 +116,7 @@ static ag_var *f_model(ag_ctx *ctx, gc_case *g) {
      * PyTorch; here it runs on running statistics, so the model is smooth
      * enough for central differences to check the composition: residual
      * wiring, layouts, shared inputs, the class token path. */
-    ctx->training = false;
+    ctx->run.training = false;
     return model_forward(ctx, m, &g->leaf[0]);
 }
 

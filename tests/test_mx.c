@@ -2,6 +2,7 @@
  * exactly the axes, that docs/quantization.md says; counters; statistics;
  * per-layer overrides; tiny models train under every format and tiling. */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,28 +46,67 @@ static void expect_bitwise(const float *got, const float *want, int64_t n, const
 
 enum { M = 16, K = 40, N = 24 };
 
-/* Runs a linear layer Y = X W^T under the policy; returns passes. */
-static int64_t run_linear(mm_policy *p, const float *x, const float *w, const float *dy, float *y, float *dx, float *dw) {
+/* A standalone site and, for a policy, the plan resolved for it. */
+typedef struct one_site {
+    mm_sites sites;
+    mm_site site;
+    mm_plan plan;
+    bool has_plan;
+} one_site;
+
+static void one_site_open(one_site *o, ag_ctx *ctx, const mm_policy *p, const char *name, mm_b_role role) {
+    memset(o, 0, sizeof *o);
+    mm_site_declare(&o->sites, &o->site, name, role);
+    o->has_plan = p != NULL;
+    if (p) mm_plan_init(&o->plan, p, &o->sites);
+    ctx->run.mm = p ? &o->plan : NULL;
+}
+
+static void one_site_close(one_site *o) {
+    if (o->has_plan) mm_plan_free(&o->plan);
+    mm_sites_free(&o->sites);
+}
+
+/* What run_linear reports besides the products. */
+typedef struct run_info {
+    int64_t passes, bytes_held;
+    quant_stats stats[MM_ROLE_COUNT];
+} run_info;
+
+/* Runs a linear layer Y = X W^T under the policy (statistics collected); returns passes. */
+static int64_t run_linear_info(const mm_policy *p, const float *x, const float *w, const float *dy, float *y,
+                               float *dx, float *dw, run_info *info) {
     ag_ctx ctx;
     ag_ctx_init(&ctx, 0);
-    ctx.mm = p;
+    one_site os;
+    one_site_open(&os, &ctx, p, "lin", MM_B_WEIGHT);
+    if (p) os.plan.collect_stats = true;
     float *xd = malloc(sizeof(float) * M * K), *wd = malloc(sizeof(float) * N * K);
     memcpy(xd, x, sizeof(float) * M * K);
     memcpy(wd, w, sizeof(float) * N * K);
     memset(dx, 0, sizeof(float) * M * K);
     memset(dw, 0, sizeof(float) * N * K);
     ag_var vx = ag_leaf(xd, dx, 2, (int64_t[]){M, K}), vw = ag_leaf(wd, dw, 2, (int64_t[]){N, K});
-    mm_site site;
-    mm_site_init(&site, "lin", MM_B_WEIGHT);
-    if (p) mm_policy_reset_counters(p);
-    ag_var *out = ag_linear(&ctx, &site, &vx, &vw, NULL);
+    ag_var *out = ag_linear(&ctx, &os.site, &vx, &vw, NULL);
     memcpy(y, out->value.data, sizeof(float) * M * N);
     ag_backward_from(&ctx, out, dy);
-    int64_t passes = p ? p->passes : 0;
+    run_info r = {0};
+    if (p) {
+        r.passes = os.plan.passes;
+        r.bytes_held = os.plan.bytes_held;
+        memcpy(r.stats, os.plan.stats[0], sizeof r.stats);
+    }
+    if (info) *info = r;
+    one_site_close(&os);
     ag_ctx_free(&ctx);
     free(xd);
     free(wd);
-    return passes;
+    return r.passes;
+}
+
+static int64_t run_linear(const mm_policy *p, const float *x, const float *w, const float *dy, float *y, float *dx,
+                          float *dw) {
+    return run_linear_info(p, x, w, dy, y, dx, dw, NULL);
 }
 
 START_TEST(test_2d_reuses_forward_copies) {
@@ -86,8 +126,9 @@ START_TEST(test_2d_reuses_forward_copies) {
     expect_bitwise(dx, rdx, M * K, "dx");
     expect_bitwise(dw, rdw, N * K, "dw");
     /* held for backward: X packed (1 byte + scale per tile) and Wq as float */
-    run_linear(&p, x, w, dy, y, dx, dw);
-    ck_assert_int_eq(p.bytes_held, M * K + (M / 8) * (K / 8) + 4 * N * K);
+    run_info info;
+    run_linear_info(&p, x, w, dy, y, dx, dw, &info);
+    ck_assert_int_eq(info.bytes_held, M * K + (M / 8) * (K / 8) + 4 * N * K);
     free(x); free(w); free(dy); free(xq); free(wq); free(dyq);
 }
 END_TEST
@@ -145,27 +186,22 @@ START_TEST(test_stats_and_keep_rules) {
     float y[M * N], dx[M * K], dw[N * K];
     mm_policy p;
     mm_policy_init(&p, QUANT_FORMAT_BOOST);
-    p.collect_stats = true;
-    run_linear(&p, x, w, dy, y, dx, dw);
-    ck_assert_int_eq(p.n_stats, MM_ROLE_COUNT);
+    run_info info;
+    run_linear_info(&p, x, w, dy, y, dx, dw, &info);
+    for (int r = 0; r < MM_ROLE_COUNT; r++) /* every role, with its operand's size */
+        ck_assert_int_eq(info.stats[r].elements, r == MM_ROLE_FWD_ACT || r == MM_ROLE_BWD_ACT_DW          ? M * K
+                                                 : r == MM_ROLE_FWD_WEIGHT || r == MM_ROLE_BWD_WEIGHT_DX ? N * K
+                                                                                                        : M * N);
     /* fwd_act statistics equal a direct quantization of X */
     quant_spec s = quant_spec_default(QUANT_FORMAT_BOOST);
     quant_stats direct;
     float *tmp = malloc(sizeof(float) * M * K);
     quant_fake(&s, x, tmp, 2, (int64_t[]){M, K}, NULL, &direct);
-    bool found = false;
-    for (int i = 0; i < p.n_stats; i++) {
-        mm_stat *st = &p.stats[i];
-        ck_assert_str_eq(st->site, "lin");
-        if (st->role != MM_ROLE_FWD_ACT) continue;
-        found = true;
-        ck_assert_int_eq(st->st.elements, direct.elements);
-        ck_assert_int_eq(st->st.underflow, direct.underflow);
-        ck_assert_int_eq(st->st.nonzero, direct.nonzero);
-        for (int g = 0; g < QUANT_GAP_BINS; g++) ck_assert_int_eq(st->st.gap_hist[g], direct.gap_hist[g]);
-    }
-    ck_assert(found);
-    mm_policy_free(&p);
+    const quant_stats *st = &info.stats[MM_ROLE_FWD_ACT];
+    ck_assert_int_eq(st->elements, direct.elements);
+    ck_assert_int_eq(st->underflow, direct.underflow);
+    ck_assert_int_eq(st->nonzero, direct.nonzero);
+    for (int g = 0; g < QUANT_GAP_BINS; g++) ck_assert_int_eq(st->gap_hist[g], direct.gap_hist[g]);
     /* keep rules: by name, with wildcards, covering sub-products */
     mm_policy_init(&p, QUANT_FORMAT_MXFP4_E2M1);
     mx_err err;
@@ -196,12 +232,11 @@ START_TEST(test_batched_matmul_1d_axes) {
     p.block = 8;
     ag_ctx ctx;
     ag_ctx_init(&ctx, 0);
-    ctx.mm = &p;
+    one_site os;
+    one_site_open(&os, &ctx, &p, "pv", MM_B_ACT);
     float *da = calloc(BB * MM * KK, sizeof(float)), *db = calloc(BB * KK * NN, sizeof(float));
     ag_var va = ag_leaf(a, da, 3, (int64_t[]){BB, MM, KK}), vb = ag_leaf(b, db, 3, (int64_t[]){BB, KK, NN});
-    mm_site site;
-    mm_site_init(&site, "pv", MM_B_ACT);
-    ag_var *y = ag_matmul(&ctx, &site, &va, &vb, false);
+    ag_var *y = ag_matmul(&ctx, &os.site, &va, &vb, false);
     ag_backward_from(&ctx, y, dy);
     for (int i = 0; i < BB; i++) {
         const float *ai = a + i * MM * KK, *bi = b + i * KK * NN, *dyi = dy + i * MM * NN;
@@ -217,6 +252,7 @@ START_TEST(test_batched_matmul_1d_axes) {
         expect_bitwise(db + i * KK * NN, rdb, KK * NN, "batched db");
         free(aq); free(bq); free(dy_n); free(b_n); free(dy_m); free(a_m);
     }
+    one_site_close(&os);
     ag_ctx_free(&ctx);
     free(a); free(b); free(dy); free(da); free(db);
 }
@@ -231,19 +267,19 @@ START_TEST(test_conv_quantizes_nhwc_input) {
     p.block = 16;
     ag_ctx ctx;
     ag_ctx_init(&ctx, 0);
-    ctx.mm = &p;
-    ctx.grad_enabled = false;
-    mm_site site;
-    mm_site_init(&site, "conv", MM_B_WEIGHT);
+    one_site os;
+    one_site_open(&os, &ctx, &p, "conv", MM_B_WEIGHT);
+    const mm_site *site = &os.site;
+    ctx.run.grad_enabled = false;
     ag_var vx = ag_leaf(x, NULL, 4, (int64_t[]){Nb, H, W, C}), vw = ag_leaf(w, NULL, 4, (int64_t[]){O, 3, 3, C});
-    ag_var *y = ag_conv2d(&ctx, &site, &vx, &vw, NULL, 1, 1);
+    ag_var *y = ag_conv2d(&ctx, site, &vx, &vw, NULL, 1, 1);
     /* reference: fp32 conv of the explicitly quantized x (along C) and w (along K = 3*3*C) */
     float *xq = q2(&p, QUANT_FORMAT_MXINT8, x, Nb * H * W, C, -1), *wq = q2(&p, QUANT_FORMAT_MXINT8, w, O, 9 * C, -1);
     ag_ctx ref;
     ag_ctx_init(&ref, 0);
-    ref.grad_enabled = false;
+    ref.run.grad_enabled = false;
     ag_var rx = ag_leaf(xq, NULL, 4, (int64_t[]){Nb, H, W, C}), rw = ag_leaf(wq, NULL, 4, (int64_t[]){O, 3, 3, C});
-    ag_var *ry = ag_conv2d(&ref, &site, &rx, &rw, NULL, 1, 1);
+    ag_var *ry = ag_conv2d(&ref, site, &rx, &rw, NULL, 1, 1);
     expect_bitwise(y->value.data, ry->value.data, ag_numel(y), "conv y");
     ag_ctx_free(&ctx);
     ag_ctx_free(&ref);
@@ -255,16 +291,17 @@ START_TEST(test_conv_quantizes_nhwc_input) {
           *dw = calloc((size_t)(O * 9 * C), sizeof(float)), *rdx = calloc((size_t)(P * C), sizeof(float)),
           *rdw = calloc((size_t)(O * 9 * C), sizeof(float));
     ag_ctx_init(&ctx, 0);
-    ctx.mm = &p;
+    ctx.run.mm = &os.plan;
     vx = ag_leaf(x, dx, 4, (int64_t[]){Nb, H, W, C});
     vw = ag_leaf(w, dw, 4, (int64_t[]){O, 3, 3, C});
-    ag_backward_from(&ctx, ag_conv2d(&ctx, &site, &vx, &vw, NULL, 1, 1), dy);
+    ag_backward_from(&ctx, ag_conv2d(&ctx, site, &vx, &vw, NULL, 1, 1), dy);
     float *dyq = q2(&p, QUANT_FORMAT_MXINT8, dy, P, O, -1), *wo = q2(&p, QUANT_FORMAT_MXINT8, w, O, 9 * C, 0);
     ag_ctx_init(&ref, 0);
     rx = ag_leaf(x, rdx, 4, (int64_t[]){Nb, H, W, C});
     rw = ag_leaf(wo, rdw, 4, (int64_t[]){O, 3, 3, C});
-    ag_backward_from(&ref, ag_conv2d(&ref, &site, &rx, &rw, NULL, 1, 1), dyq);
+    ag_backward_from(&ref, ag_conv2d(&ref, site, &rx, &rw, NULL, 1, 1), dyq);
     expect_bitwise(dx, rdx, P * C, "conv dx");
+    one_site_close(&os);
     ag_ctx_free(&ctx);
     ag_ctx_free(&ref);
     free(x); free(w); free(dy); free(dx); free(dw); free(rdx); free(rdw); free(dyq); free(wo);
@@ -281,19 +318,20 @@ START_TEST(test_conv_eval_matches_training_forward) {
     mm_policy p;
     mm_policy_init(&p, QUANT_FORMAT_MXSF);
     p.tiling = MM_TILING_2D;
-    mm_site site;
-    mm_site_init(&site, "conv", MM_B_WEIGHT);
     float *ys[2];
     for (int train = 0; train < 2; train++) {
         ag_ctx ctx;
         ag_ctx_init(&ctx, 0);
-        ctx.mm = &p;
-        ctx.grad_enabled = train;
+        one_site os;
+        one_site_open(&os, &ctx, &p, "conv", MM_B_WEIGHT);
+        const mm_site *site = &os.site;
+        ctx.run.grad_enabled = train;
         ag_var vx = ag_leaf(x, train ? dx : NULL, 4, (int64_t[]){Nb, H, W, C}),
                vw = ag_leaf(w, train ? dw : NULL, 4, (int64_t[]){O, 3, 3, C});
-        ag_var *y = ag_conv2d(&ctx, &site, &vx, &vw, NULL, 1, 1);
+        ag_var *y = ag_conv2d(&ctx, site, &vx, &vw, NULL, 1, 1);
         ys[train] = malloc(sizeof(float) * (size_t)ag_numel(y));
         memcpy(ys[train], y->value.data, sizeof(float) * (size_t)ag_numel(y));
+        one_site_close(&os);
         ag_ctx_free(&ctx);
     }
     expect_bitwise(ys[0], ys[1], Nb * H * W * O, "eval y");
@@ -306,21 +344,21 @@ END_TEST
  * M, chunk starts on block boundaries) and 2d; stride 1 (transposed-conv dX)
  * and stride 2 (col2im dX). A chunk cut through a block would change the
  * quantized values by far more than the tolerance. */
-static void conv_run(mm_policy *p, int64_t chunk_bytes, int stride, const float *x, const float *w, const float *dy,
+static void conv_run(const mm_policy *p, int64_t chunk_bytes, int stride, const float *x, const float *w, const float *dy,
                      float *y, float *dx, float *dw) {
     const int Nb = 2, H = 6, W = 6, C = 8, O = 8, OH = (H - 1) / stride + 1;
     ag_ctx ctx;
     ag_ctx_init(&ctx, 0);
-    ctx.mm = p;
-    ctx.conv_chunk_bytes = chunk_bytes;
+    one_site os;
+    one_site_open(&os, &ctx, p, "conv", MM_B_WEIGHT);
+    ctx.run.conv_chunk_bytes = chunk_bytes;
     memset(dx, 0, sizeof(float) * Nb * H * W * C);
     memset(dw, 0, sizeof(float) * O * 9 * C);
     ag_var vx = ag_leaf((float *)x, dx, 4, (int64_t[]){Nb, H, W, C}), vw = ag_leaf((float *)w, dw, 4, (int64_t[]){O, 3, 3, C});
-    mm_site site;
-    mm_site_init(&site, "conv", MM_B_WEIGHT);
-    ag_var *out = ag_conv2d(&ctx, &site, &vx, &vw, NULL, stride, 1);
+    ag_var *out = ag_conv2d(&ctx, &os.site, &vx, &vw, NULL, stride, 1);
     memcpy(y, out->value.data, sizeof(float) * Nb * OH * OH * O);
     ag_backward_from(&ctx, out, dy);
+    one_site_close(&os);
     ag_ctx_free(&ctx);
 }
 
@@ -335,21 +373,84 @@ START_TEST(test_conv_chunks_match_whole) {
     enum { NX = 2 * 6 * 6 * 8, NW = 8 * 9 * 8 };
     float *x = randn(NX, 41, 1.0f), *w = randn(NW, 42, 0.1f), *dy = randn(NX, 43, 1e-3f);
     float y[2][NX], dx[2][NX], dw[2][NW];
-    for (int variant = 0; variant < 3; variant++)
+    /* variants: fp32, 1d, 2d, 1d with stochastic rounding (chunks draw the bits the whole would) */
+    for (int variant = 0; variant < 4; variant++)
         for (int stride = 1; stride <= 2; stride++) {
             mm_policy p;
             mm_policy_init(&p, variant == 2 ? QUANT_FORMAT_MXSF : QUANT_FORMAT_MXFP8_E4M3);
             p.block = 12; /* chunks of 2N = 16 rows would cut blocks of 12 unless aligned */
             p.tiling = variant == 2 ? MM_TILING_2D : MM_TILING_1D;
+            if (variant == 3) p.round = p.grad_round = QUANT_ROUND_STOCHASTIC;
             for (int chunked = 0; chunked < 2; chunked++) /* 1 byte: the smallest chunks */
                 conv_run(variant ? &p : NULL, chunked ? 1 : 0, stride, x, w, dy, y[chunked], dx[chunked], dw[chunked]);
             int ny = 2 * (stride == 1 ? 36 : 9) * 8;
             expect_close(y[1], y[0], ny, "y");
             expect_close(dx[1], dx[0], NX, "dx");
             expect_close(dw[1], dw[0], NW, "dw");
-            mm_policy_free(&p);
         }
     free(x); free(w); free(dy);
+}
+END_TEST
+
+/* Stochastic rounding draws from streams keyed by (seed, step, site, role):
+ * two products run in the other order, or on one thread instead of several,
+ * quantize every operand to the same bits; another step draws other bits. */
+static void sr_run(int order, int threads, uint64_t step, const float *x, const float *w1, const float *w2,
+                   const float *dy, float *out) {
+    enum { NY = M * N, NX = M * K, NW = N * K };
+    mm_policy p;
+    mm_policy_init(&p, QUANT_FORMAT_MXFP8_E4M3);
+    p.round = p.grad_round = QUANT_ROUND_STOCHASTIC;
+    p.seed = 9;
+    mm_sites t = {0};
+    mm_site sa, sb;
+    mm_site_declare(&t, &sa, "a", MM_B_WEIGHT);
+    mm_site_declare(&t, &sb, "b", MM_B_WEIGHT);
+    mm_plan plan;
+    mm_plan_init(&plan, &p, &t);
+    ag_ctx ctx;
+    ag_ctx_init(&ctx, 0);
+    ctx.run.mm = &plan;
+    ctx.run.step = step;
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    float *dx = out + 2 * NY, *dw1 = dx + NX, *dw2 = dw1 + NW;
+    memset(dx, 0, sizeof(float) * (NX + 2 * NW));
+    ag_var vx = ag_leaf((float *)x, dx, 2, (int64_t[]){M, K}), v1 = ag_leaf((float *)w1, dw1, 2, (int64_t[]){N, K}),
+           v2 = ag_leaf((float *)w2, dw2, 2, (int64_t[]){N, K});
+    ag_var *ya, *yb;
+    if (order == 0) {
+        ya = ag_linear(&ctx, &sa, &vx, &v1, NULL);
+        yb = ag_linear(&ctx, &sb, &vx, &v2, NULL);
+    } else {
+        yb = ag_linear(&ctx, &sb, &vx, &v2, NULL);
+        ya = ag_linear(&ctx, &sa, &vx, &v1, NULL);
+    }
+    memcpy(out, ya->value.data, sizeof(float) * NY);
+    memcpy(out + NY, yb->value.data, sizeof(float) * NY);
+    /* the tape's order, and so the backward's, follows the forward's */
+    ag_backward_from(&ctx, order == 0 ? ag_add(&ctx, ya, yb) : ag_add(&ctx, yb, ya), dy);
+    omp_set_num_threads(saved);
+    ag_ctx_free(&ctx);
+    mm_plan_free(&plan);
+    mm_sites_free(&t);
+}
+
+START_TEST(test_stochastic_streams_do_not_depend_on_order) {
+    enum { NOUT = 2 * M * N + M * K + 2 * N * K };
+    float *x = randn(M * K, 51, 1.0f), *w1 = randn(N * K, 52, 0.1f), *w2 = randn(N * K, 53, 0.1f),
+          *dy = randn(M * N, 54, 1e-3f);
+    static float out[4][NOUT];
+    sr_run(0, 2, 3, x, w1, w2, dy, out[0]);
+    sr_run(1, 2, 3, x, w1, w2, dy, out[1]);
+    sr_run(0, 1, 3, x, w1, w2, dy, out[2]);
+    sr_run(0, 2, 4, x, w1, w2, dy, out[3]);
+    expect_bitwise(out[1], out[0], NOUT, "other order");
+    expect_bitwise(out[2], out[0], NOUT, "one thread");
+    int differ = 0;
+    for (int i = 0; i < M * N; i++) differ += out[3][i] != out[0][i];
+    ck_assert_msg(differ > M * N / 4, "step 4 drew the bits of step 3 (%d of %d outputs differ)", differ, M * N);
+    free(x); free(w1); free(w2); free(dy);
 }
 END_TEST
 
@@ -377,15 +478,17 @@ static double train_steps(model_arch arch, quant_format f, mm_tiling t, int step
     mm_policy p;
     mm_policy_init(&p, f);
     p.tiling = t;
+    mm_plan plan;
+    mm_plan_init(&plan, &p, &m.params.sites);
     ag_ctx ctx;
     ag_ctx_init(&ctx, 0);
-    ctx.mm = &p;
+    ctx.run.mm = &plan;
     float *xd = randn(8 * 16 * 16 * 3, 20, 1.0f);
     int32_t labels[8] = {0, 1, 2, 3, 0, 1, 2, 3};
     double first = 0, best = 0;
     for (int s = 0; s < steps; s++) {
         ag_ctx_reset(&ctx);
-        ctx.step = (uint64_t)s;
+        ctx.run.step = (uint64_t)s;
         param_zero_grad(&m.params);
         ag_var x = ag_leaf(xd, NULL, 4, (int64_t[]){8, 16, 16, 3});
         ag_var *loss = ag_cross_entropy(&ctx, model_forward(&ctx, &m, &x), labels, 0.0f);
@@ -398,7 +501,7 @@ static double train_steps(model_arch arch, quant_format f, mm_tiling t, int step
         for (size_t i = 0; i < m.params.n_trainable; i++) m.params.data[i] -= lr * m.params.grad[i];
     }
     ag_ctx_free(&ctx);
-    mm_policy_free(&p);
+    mm_plan_free(&plan);
     model_free(&m);
     free(xd);
     return best / first;
@@ -416,7 +519,7 @@ START_TEST(test_elementwise_bf16) {
         for (int mode = 0; mode < 2; mode++) {
             ag_ctx ctx;
             ag_ctx_init(&ctx, 0);
-            ctx.elementwise_bf16 = mode == 1;
+            ctx.run.elementwise_bf16 = mode == 1;
             ag_var vx = ag_leaf(x, NULL, 2, shape), vg = ag_leaf(g, NULL, 1, (int64_t[]){C}),
                    vb = ag_leaf(bt, NULL, 1, (int64_t[]){C});
             ag_var *y = op == 0   ? ag_relu(&ctx, &vx)
@@ -472,6 +575,7 @@ int main(void) {
     tcase_add_test(tc, test_conv_quantizes_nhwc_input);
     tcase_add_test(tc, test_conv_eval_matches_training_forward);
     tcase_add_test(tc, test_conv_chunks_match_whole);
+    tcase_add_test(tc, test_stochastic_streams_do_not_depend_on_order);
     tcase_add_test(tc, test_elementwise_bf16);
     tcase_add_test(tc, test_tiny_models_train_under_every_format_and_tiling);
     tcase_set_timeout(tc, 300);

@@ -82,13 +82,11 @@ START_TEST(test_config_set_and_roundtrip) {
     ck_assert_int_eq(pol.tiling, MM_TILING_1D);
     ck_assert_int_eq(mm_policy_format(&pol, "head", MM_ROLE_FWD_ACT), QUANT_FORMAT_BF16);
     ck_assert_int_eq(mm_policy_format(&pol, "blocks.0.attn.qkv", MM_ROLE_FWD_ACT), QUANT_FORMAT_MXSF);
-    mm_policy_free(&pol);
     ck_assert_int_eq(config_set(c, "quant.bwd_grad=mxfp8_e5m2", &err), 0);
     ck_assert_int_eq(config_policy(c, &pol, &err), 1);
     ck_assert_int_eq(mm_policy_format(&pol, "x", MM_ROLE_BWD_GRAD_DW), QUANT_FORMAT_MXFP8_E5M2);
     ck_assert_int_eq(mm_policy_format(&pol, "x", MM_ROLE_BWD_GRAD_DX), QUANT_FORMAT_MXFP8_E5M2);
     ck_assert_int_eq(mm_policy_format(&pol, "x", MM_ROLE_FWD_WEIGHT), QUANT_FORMAT_MXSF);
-    mm_policy_free(&pol);
     /* the resolved config reads back to the same values */
     const char *rp = test_path("resolved.ini");
     FILE *f = fopen(rp, "w");
@@ -140,8 +138,7 @@ START_TEST(test_shipped_configs) {
         ck_assert_msg(config_data(c, &dc, &err) == 0 && config_optim(c, &oc, &err) == 0, "%s: %s", names[i], err.msg);
         ck_assert_int_eq(config_policy(c, &pol, &err), 1);
         ck_assert_int_eq(pol.tiling, MM_TILING_2D);
-        mm_policy_free(&pol);
-        model_free(&m);
+            model_free(&m);
         free(c);
     }
 }

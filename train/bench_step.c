@@ -43,7 +43,7 @@ static int bench_session_steps(const config *c, const float *images, const int32
     int64_t flops = 0, passes = 0, bytes_q = 0, held = 0;
     double loss = 0;
     for (int i = 0; i < warmup + steps; i++) {
-        if (s.has_policy) mm_policy_reset_counters(&s.policy);
+        if (s.has_plan) mm_plan_reset_counters(&s.plan);
         s.ctx.flops = 0;
         double t0 = timer_now();
         loss = session_forward_backward(&s, images, labels, batch, side, chans, (uint64_t)i);
@@ -51,7 +51,7 @@ static int bench_session_steps(const config *c, const float *images, const int32
         double dt = timer_now() - t0;
         if (i >= warmup) t[i - warmup] = dt;
         flops = s.ctx.flops;
-        if (s.has_policy) passes = s.policy.passes, bytes_q = s.policy.bytes_quantized, held = s.policy.bytes_held;
+        if (s.has_plan) passes = s.plan.passes, bytes_q = s.plan.bytes_quantized, held = s.plan.bytes_held;
     }
     double med = timer_median(t, steps); /* sorts: t[0] is the minimum */
     printf("{\"model\":\"%s\",\"params\":%lld,\"batch\":%d,\"img_size\":%d,\"threads\":%d,\"format\":\"%s\","
@@ -60,7 +60,7 @@ static int bench_session_steps(const config *c, const float *images, const int32
            "\"quant_bytes\":%lld,\"bytes_held_for_backward\":%lld,\"step_arena_mb\":%.0f,\"scratch_mb\":%.0f,\"grad_pool_mb\":%.0f,"
            "\"loss\":%.4f}\n",
            model_arch_name(s.mc.arch), (long long)model_num_params(&s.m), batch, side, threads_get(),
-           c->v.quant_format, s.has_policy ? c->v.quant_tiling : "-", steps, med, t[0], batch / med, peak_rss_mb(),
+           c->v.quant_format, s.has_plan ? c->v.quant_tiling : "-", steps, med, t[0], batch / med, peak_rss_mb(),
            (double)flops * 1e-9, (double)flops * 1e-9 / med, (long long)passes, (long long)bytes_q, (long long)held,
            (double)s.ctx.ar.cap / 1048576.0, (double)s.ctx.scratch.cap / 1048576.0,
            (double)ag_grad_pool_bytes(&s.ctx) / 1048576.0, loss);

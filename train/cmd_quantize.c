@@ -95,8 +95,8 @@ int cmd_quantize(int argc, char **argv) {
         fprintf(stderr, "mxtrain quantize: %s: %s\n", pos[0], err.msg);
         goto done;
     }
-    out = malloc((size_t)in.numel * sizeof(float) + 64);
-    scales = malloc((size_t)nblocks + 1);
+    out = mx_malloc((size_t)in.numel * sizeof(float) + 64);
+    scales = mx_malloc((size_t)nblocks + 1);
     quant_stats st;
     quant_fake(&spec, in.data, out, in.ndim, in.shape, fi->is_mx ? scales : NULL, &st);
     npy_array o = npy_wrap(NPY_DTYPE_F32, in.ndim, in.shape, out);

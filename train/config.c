@@ -116,9 +116,7 @@ static int parse_keep(const char *v, mm_policy *p, mx_err *err) {
 static int check_keep(const char *v, mx_err *err) {
     mm_policy tmp;
     mm_policy_init(&tmp, QUANT_FORMAT_FP32);
-    int rc = parse_keep(v, &tmp, err);
-    mm_policy_free(&tmp);
-    return rc;
+    return parse_keep(v, &tmp, err);
 }
 
 /* ---------------- the table ---------------- */
@@ -570,13 +568,8 @@ int config_policy(const config *c, mm_policy *p, mx_err *err) {
     bool any = false;
     for (int r = 0; r < MM_ROLE_COUNT; r++) any |= p->role_format[r] != QUANT_FORMAT_FP32;
     for (int i = 0; i < p->n_keep; i++) any |= p->keep[i].format != QUANT_FORMAT_FP32;
-    if (!any) {
-        mm_policy_free(p);
-        return 0;
-    }
-    return 1;
+    return any ? 1 : 0;
 fail:
-    mm_policy_free(p);
     return -1;
 }
 

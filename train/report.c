@@ -10,12 +10,12 @@
 #include "train/svg.h"
 
 static void loss_and_accuracy(FILE *f, const report_run *runs, int n) {
-    svg_series *ls = calloc((size_t)n, sizeof *ls), *as = calloc((size_t)n, sizeof *as);
-    double **buf = calloc((size_t)n * 4, sizeof *buf);
+    svg_series *ls = mx_calloc((size_t)n, sizeof *ls), *as = mx_calloc((size_t)n, sizeof *as);
+    double **buf = mx_calloc((size_t)n * 4, sizeof *buf);
     for (int k = 0; k < n; k++) {
         const runlog *r = runs[k].log;
-        double *lx = malloc(sizeof(double) * (size_t)(r->n_m + 1)), *ly = malloc(sizeof(double) * (size_t)(r->n_m + 1));
-        double *ax = malloc(sizeof(double) * (size_t)(r->n_m + 1)), *ay = malloc(sizeof(double) * (size_t)(r->n_m + 1));
+        double *lx = mx_malloc(sizeof(double) * (size_t)(r->n_m + 1)), *ly = mx_malloc(sizeof(double) * (size_t)(r->n_m + 1));
+        double *ax = mx_malloc(sizeof(double) * (size_t)(r->n_m + 1)), *ay = mx_malloc(sizeof(double) * (size_t)(r->n_m + 1));
         int nl = 0, na = 0;
         for (int64_t i = 0; i < r->n_m; i++) {
             const metric_rec *m = &r->m[i];
@@ -53,16 +53,16 @@ static void heatmaps(FILE *f, const report_run *run) {
     const runlog *r = run->log;
     if (r->n_s == 0) return;
     int cap = 1024;
-    char(*layers)[96] = malloc(sizeof *layers * (size_t)cap);
-    double *steps = malloc(sizeof(double) * (size_t)(r->n_s + 1));
+    char(*layers)[96] = mx_malloc(sizeof *layers * (size_t)cap);
+    double *steps = mx_malloc(sizeof(double) * (size_t)(r->n_s + 1));
     int nl = 0, ns = 0;
     for (int64_t i = 0; i < r->n_s; i++) {
         if (find_str(layers, nl, r->s[i].layer) < 0 && nl < cap) snprintf(layers[nl++], 96, "%s", r->s[i].layer);
         if (find_step(steps, ns, (double)r->s[i].step) < 0) steps[ns++] = (double)r->s[i].step;
     }
-    const char **names = malloc(sizeof(char *) * (size_t)nl);
+    const char **names = mx_malloc(sizeof(char *) * (size_t)nl);
     for (int i = 0; i < nl; i++) names[i] = layers[i];
-    double *v = malloc(sizeof(double) * (size_t)nl * (size_t)ns);
+    double *v = mx_malloc(sizeof(double) * (size_t)nl * (size_t)ns);
     for (int role = 0; role < MM_ROLE_COUNT; role++) {
         bool any = false;
         for (size_t i = 0; i < (size_t)nl * (size_t)ns; i++) v[i] = NAN;

@@ -7,15 +7,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define GROW(ptr, n, cap)                                               \
-    do {                                                                \
-        if ((n) == (cap)) {                                             \
-            (cap) = (cap) ? 2 * (cap) : 256;                            \
-            (ptr) = realloc((ptr), sizeof *(ptr) * (size_t)(cap));      \
-            MX_ASSERT(ptr);                                             \
-        }                                                               \
-    } while (0)
-
 static void csv_header(FILE *f) { fprintf(f, "step,epoch,lr,loss,img_per_s,eval_loss,eval_acc\n"); }
 
 static void stats_header(FILE *f) {
@@ -74,7 +65,7 @@ static void load_metrics(runlog *r, const char *path, int64_t keep) {
             if ((p = strstr(line, "\"img_per_s\":"))) m.img_per_s = strtod(p + 12, NULL);
         }
         if (m.step > keep) continue;
-        GROW(r->m, r->n_m, r->cap_m);
+        MX_GROW(r->m, r->cap_m, r->n_m + 1, 256);
         r->m[r->n_m++] = m;
     }
     fclose(f);
@@ -119,7 +110,7 @@ static void load_stats(runlog *r, const char *path, int64_t keep) {
             s.st.gap_hist[g] = t ? strtoll(t, NULL, 10) : 0;
         }
         if (s.step > keep) continue;
-        GROW(r->s, r->n_s, r->cap_s);
+        MX_GROW(r->s, r->cap_s, r->n_s + 1, 256);
         r->s[r->n_s++] = s;
     }
     fclose(f);
@@ -177,7 +168,7 @@ void runlog_flush(runlog *r) {
 }
 
 void runlog_step(runlog *r, int64_t step, int64_t epoch, double lr, double loss, double img_per_s) {
-    GROW(r->m, r->n_m, r->cap_m);
+    MX_GROW(r->m, r->cap_m, r->n_m + 1, 256);
     metric_rec *m = &r->m[r->n_m++];
     memset(m, 0, sizeof *m);
     m->step = step, m->epoch = epoch, m->lr = lr, m->loss = loss, m->img_per_s = img_per_s;
@@ -185,7 +176,7 @@ void runlog_step(runlog *r, int64_t step, int64_t epoch, double lr, double loss,
 }
 
 void runlog_eval(runlog *r, int64_t step, int64_t epoch, double eval_loss, double eval_acc) {
-    GROW(r->m, r->n_m, r->cap_m);
+    MX_GROW(r->m, r->cap_m, r->n_m + 1, 256);
     metric_rec *m = &r->m[r->n_m++];
     memset(m, 0, sizeof *m);
     m->step = step, m->epoch = epoch, m->is_eval = true, m->eval_loss = eval_loss, m->eval_acc = eval_acc;
@@ -193,18 +184,19 @@ void runlog_eval(runlog *r, int64_t step, int64_t epoch, double eval_loss, doubl
     runlog_flush(r);
 }
 
-void runlog_stats(runlog *r, int64_t step, const mm_policy *p) {
-    for (int i = 0; i < p->n_stats; i++) {
-        if (p->stats[i].st.elements == 0) continue;
-        GROW(r->s, r->n_s, r->cap_s);
-        stat_rec *s = &r->s[r->n_s++];
-        s->step = step;
-        snprintf(s->layer, sizeof s->layer, "%s", p->stats[i].site);
-        s->role = p->stats[i].role;
-        s->format = p->stats[i].format;
-        s->st = p->stats[i].st;
-        write_stat(r->stats_csv, s);
-    }
+void runlog_stats(runlog *r, int64_t step, const mm_plan *p) {
+    for (int i = 0; i < p->sites->n; i++)
+        for (int role = 0; role < MM_ROLE_COUNT; role++) {
+            if (p->stats[i][role].elements == 0) continue;
+            MX_GROW(r->s, r->cap_s, r->n_s + 1, 256);
+            stat_rec *s = &r->s[r->n_s++];
+            s->step = step;
+            snprintf(s->layer, sizeof s->layer, "%s", p->sites->at[i]->name);
+            s->role = (mm_role)role;
+            s->format = p->format[i][role];
+            s->st = p->stats[i][role];
+            write_stat(r->stats_csv, s);
+        }
     fflush(r->stats_csv);
 }
 

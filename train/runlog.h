@@ -44,7 +44,7 @@ void runlog_load(runlog *r, const char *dir);
 void runlog_step(runlog *r, int64_t step, int64_t epoch, double lr, double loss, double img_per_s);
 void runlog_eval(runlog *r, int64_t step, int64_t epoch, double eval_loss, double eval_acc);
 /* Appends the policy's statistics as rows for `step`. */
-void runlog_stats(runlog *r, int64_t step, const mm_policy *p);
+void runlog_stats(runlog *r, int64_t step, const mm_plan *p);
 /* Writes stats.h5 (atomically) from the rows in memory. */
 int runlog_write_stats_h5(const runlog *r, mx_err *err);
 void runlog_flush(runlog *r);

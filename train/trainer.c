@@ -35,31 +35,33 @@ int session_open(session *s, const config *cfg, mx_err *err) {
     memset(s, 0, sizeof *s);
     s->cfg = cfg;
     if (config_model(cfg, &s->mc, err) || model_build(&s->m, &s->mc, err)) return -1;
-    int pr = config_policy(cfg, &s->policy, err);
+    mm_policy pol;
+    int pr = config_policy(cfg, &pol, err);
     if (pr < 0) {
         model_free(&s->m);
         return -1;
     }
-    s->has_policy = pr == 1;
+    s->has_plan = pr == 1;
+    if (s->has_plan) mm_plan_init(&s->plan, &pol, &s->m.params.sites);
     ag_ctx_init(&s->ctx, 0);
-    s->ctx.mm = s->has_policy ? &s->policy : NULL;
-    s->ctx.elementwise_bf16 = config_elementwise_bf16(cfg);
-    s->ctx.seed = (uint64_t)cfg->v.train_seed;
+    s->ctx.run.mm = s->has_plan ? &s->plan : NULL;
+    s->ctx.run.elementwise_bf16 = config_elementwise_bf16(cfg);
+    s->ctx.run.seed = (uint64_t)cfg->v.train_seed;
     s->label_smoothing = (float)cfg->v.train_label_smoothing;
     return 0;
 }
 
 void session_close(session *s) {
     ag_ctx_free(&s->ctx);
-    if (s->has_policy) mm_policy_free(&s->policy);
+    if (s->has_plan) mm_plan_free(&s->plan);
     model_free(&s->m);
 }
 
 double session_forward_backward(session *s, const float *images, const int32_t *labels, int count, int side,
                                 int chans, uint64_t step) {
     ag_ctx *ctx = &s->ctx;
-    ctx->step = step;
-    ctx->training = ctx->grad_enabled = true;
+    ctx->run.step = step;
+    ctx->run.training = ctx->run.grad_enabled = true;
     ag_ctx_reset(ctx);
     param_zero_grad(&s->m.params);
     ag_var x = ag_leaf((float *)images, NULL, 4, (int64_t[]){count, side, side, chans});
@@ -71,9 +73,9 @@ double session_forward_backward(session *s, const float *images, const int32_t *
 
 int session_evaluate(session *s, loader *l, double *loss, double *acc, mx_err *err) {
     ag_ctx *ctx = &s->ctx;
-    bool collect = s->has_policy && s->policy.collect_stats;
-    if (s->has_policy) s->policy.collect_stats = false;
-    ctx->training = ctx->grad_enabled = false;
+    bool collect = s->has_plan && s->plan.collect_stats;
+    if (s->has_plan) s->plan.collect_stats = false;
+    ctx->run.training = ctx->run.grad_enabled = false;
     loader_start_epoch(l, 0, 0);
     data_batch b;
     double sum = 0;
@@ -96,8 +98,8 @@ int session_evaluate(session *s, loader *l, double *loss, double *acc, mx_err *e
         }
         seen += b.count;
     }
-    ctx->training = ctx->grad_enabled = true;
-    if (s->has_policy) s->policy.collect_stats = collect;
+    ctx->run.training = ctx->run.grad_enabled = true;
+    if (s->has_plan) s->plan.collect_stats = collect;
     if (r < 0) return -1;
     *loss = seen ? sum / (double)seen : NAN;
     *acc = seen ? (double)correct / (double)seen : NAN;
@@ -201,17 +203,22 @@ static void describe_worst(session *s, char *out, size_t n) {
     for (int64_t k = 0; k < e->numel; k++) wmax = fmaxf(wmax, fabsf(w[k])); /* fmaxf keeps Inf, drops NaN */
     size_t len = (size_t)snprintf(out, n, "worst layer: %s (%lld of %lld gradient values non-finite, finite-part norm %.3g, max |w| %.3g)",
                                   e->name, (long long)worst_bad, (long long)e->numel, sqrt(worst_norm), (double)wmax);
-    if (!s->has_policy || len >= n) return;
+    if (!s->has_plan || len >= n) return;
     /* the GEMM statistics of that layer, when collected this step */
     char layer[96];
     snprintf(layer, sizeof layer, "%s", e->name);
     char *dot = strrchr(layer, '.');
     if (dot) *dot = 0;
-    for (int i = 0; i < s->policy.n_stats && len < n; i++) {
-        const mm_stat *st = &s->policy.stats[i];
-        if (strcmp(st->site, layer) != 0 || st->st.elements == 0) continue;
-        len += (size_t)snprintf(out + len, n - len, "; %s underflow %.3g saturation %.3g", mm_role_name(st->role),
-                                quant_stats_underflow_ratio(&st->st), quant_stats_saturation_ratio(&st->st));
+    const mm_sites *sites = s->plan.sites;
+    for (int i = 0; i < sites->n; i++) {
+        if (strcmp(sites->at[i]->name, layer) != 0) continue;
+        for (int role = 0; role < MM_ROLE_COUNT && len < n; role++) {
+            const quant_stats *st = &s->plan.stats[i][role];
+            if (st->elements == 0) continue;
+            len += (size_t)snprintf(out + len, n - len, "; %s underflow %.3g saturation %.3g",
+                                    mm_role_name((mm_role)role), quant_stats_underflow_ratio(st),
+                                    quant_stats_saturation_ratio(st));
+        }
     }
 }
 
@@ -374,11 +381,11 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
         int lr_rc;
         double t_prev = timer_now();
         while (step < total && (lr_rc = loader_next(r->train_l, &b, err)) == 1) {
-            bool stats_now = r->s.has_policy && cfg->v.log_stats_every > 0 && step % cfg->v.log_stats_every == 0;
-            if (r->s.has_policy) {
-                r->s.policy.collect_stats = stats_now;
-                if (stats_now) mm_policy_reset_stats(&r->s.policy);
-                mm_policy_reset_counters(&r->s.policy);
+            bool stats_now = r->s.has_plan && cfg->v.log_stats_every > 0 && step % cfg->v.log_stats_every == 0;
+            if (r->s.has_plan) {
+                r->s.plan.collect_stats = stats_now;
+                if (stats_now) mm_plan_reset_stats(&r->s.plan);
+                mm_plan_reset_counters(&r->s.plan);
             }
             double lr = optim_lr_at(&r->oc, step);
             double loss = session_forward_backward(&r->s, b.images, b.labels, b.count, side, chans, (uint64_t)step);
@@ -410,11 +417,11 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
             last_loss = loss;
             ema = isfinite(ema) ? 0.98 * ema + 0.02 * loss : loss;
             runlog_step(&r->log, step, epoch, lr, loss, b.count / dt);
-            if (stats_now) runlog_stats(&r->log, step, &r->s.policy);
-            if (r->s.has_policy) {
-                res->passes_per_step = r->s.policy.passes;
-                res->bytes_quantized_per_step = r->s.policy.bytes_quantized;
-                res->bytes_held = r->s.policy.bytes_held;
+            if (stats_now) runlog_stats(&r->log, step, &r->s.plan);
+            if (r->s.has_plan) {
+                res->passes_per_step = r->s.plan.passes;
+                res->bytes_quantized_per_step = r->s.plan.bytes_quantized;
+                res->bytes_held = r->s.plan.bytes_held;
             }
             progress_update(&pg, step, total, epoch, lr, ema, b.count / dt, false);
             r->meta.step = step;

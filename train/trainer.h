@@ -1,5 +1,5 @@
 /* Training and evaluation driven by a config (mxtrain train / eval / compare /
- * bench step). A session holds what a step needs: model, GEMM policy and the
+ * bench step). A session holds what a step needs: model, quantization plan and the
  * autograd context; the trainer adds data, optimizer, run directory,
  * checkpoints, metrics, statistics and the report. */
 #ifndef MX_TRAIN_TRAINER_H
@@ -19,8 +19,8 @@ typedef struct session {
     const config *cfg;
     model_config mc;
     model m;
-    mm_policy policy;
-    bool has_policy;   /* some operand is quantized */
+    mm_plan plan;      /* the quant.* policy resolved for the model's sites */
+    bool has_plan;     /* some operand is quantized */
     ag_ctx ctx;
     float label_smoothing;
 } session;

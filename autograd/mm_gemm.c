@@ -1,0 +1,209 @@
+/* The products of the product path: dense (batched) GEMMs and convolutions
+ * by chunks of im2col rows. The only code that calls core/gemm.h.
+ *
+ * Convolution, A = im2col(x): cols[M = N*OH*OW, K = KH*KW*C], row (n, oh, ow),
+ * columns (kh, kw, c), so a kernel position's channels stay contiguous;
+ * Y[M, O] = cols . W^T is NHWC. The column matrix (9x the input for a 3x3
+ * conv) is never formed whole: each product runs over chunks of rows gathered
+ * into a buffer that stays in cache while OpenBLAS packs and multiplies it.
+ * (Whole, ResNet-18's first stage runs at half the GEMM rate: packing streams
+ * it from memory.)
+ *   forward       Y[rows]     = cols[rows] . W^T
+ *   dW            dW         += dY[rows]^T . cols[rows]   (1d: chunks quantized down M)
+ *   dX, stride 1  a transposed convolution (below)
+ *   dX, stride 2  dX         += col2im(dY[rows] . W) */
+#include <omp.h>
+#include <string.h>
+
+#include "autograd/mm_impl.h"
+#include "autograd/ops_util.h"
+#include "core/error.h"
+#include "core/gemm.h"
+
+/* ---------------- dense ---------------- */
+
+static void dense_y(const mm_shape *sh, const float *a, const float *b, float *y) {
+    for (int i = 0; i < sh->batch; i++)
+        gemm_f32(false, sh->b_trans, sh->m, sh->n, sh->k, 1.0f, a + i * sh->stride_a, sh->k, b + i * sh->stride_b,
+                 sh->b_trans ? sh->k : sh->n, 0.0f, y + i * sh->stride_y, sh->n);
+}
+
+static void dense_da(const mm_shape *sh, const float *dy, const float *b, float *da) {
+    for (int i = 0; i < sh->batch; i++) /* dA[M,K] += dY[M,N] . B'^T */
+        gemm_f32(false, !sh->b_trans, sh->m, sh->k, sh->n, 1.0f, dy + i * sh->stride_y, sh->n, b + i * sh->stride_b,
+                 sh->b_trans ? sh->k : sh->n, 1.0f, da + i * sh->stride_a, sh->k);
+}
+
+/* rows m of A and dY, lda/ldy their row strides */
+static void dense_db1(const mm_shape *sh, int m, const float *a, const float *dy, float *db) {
+    if (sh->b_trans) /* dB[N,K] += dY^T[N,M] . A[M,K] */
+        gemm_f32(true, false, sh->n, sh->k, m, 1.0f, dy, sh->n, a, sh->k, 1.0f, db, sh->k);
+    else /* dB[K,N] += A^T[K,M] . dY[M,N] */
+        gemm_f32(true, false, sh->k, sh->n, m, 1.0f, a, sh->k, dy, sh->n, 1.0f, db, sh->n);
+}
+
+/* ---------------- im2col by chunks ---------------- */
+
+/* Rows [r0, r1) of the gather of kernel windows of an NHWC tensor src
+ * [n, sh, sw, c]: row (image, py, px) of the ph x pw grid, columns (i, j, c)
+ * for kernel position (i, j), reading src pixel (py*stride + off + sgn*i,
+ * px*stride + off + sgn*j), zero outside. im2col of x: off = -pad, sgn = +1;
+ * the transposed convolution gathers dY with off = +pad, sgn = -1. */
+typedef struct conv_window {
+    int64_t n, sh, sw, c, ph, pw, kh, kw;
+    int stride, off, sgn;
+} conv_window;
+
+static void conv_gather_rows(const conv_window *g, const float *src, int64_t r0, int64_t r1, float *cols) {
+    int64_t K = g->kh * g->kw * g->c;
+#pragma omp parallel for schedule(static) if ((r1 - r0) * K >= AG_PAR_MIN)
+    for (int64_t r = r0; r < r1; r++) {
+        int64_t ni = r / (g->ph * g->pw), py = (r / g->pw) % g->ph, px = r % g->pw;
+        float *dst = cols + (r - r0) * K;
+        for (int64_t i = 0; i < g->kh; i++) {
+            int64_t sy = py * g->stride + g->off + g->sgn * i;
+            for (int64_t j = 0; j < g->kw; j++, dst += g->c) {
+                int64_t sx = px * g->stride + g->off + g->sgn * j;
+                if (sy < 0 || sy >= g->sh || sx < 0 || sx >= g->sw) memset(dst, 0, sizeof(float) * (size_t)g->c);
+                else memcpy(dst, src + ((ni * g->sh + sy) * g->sw + sx) * g->c, sizeof(float) * (size_t)g->c);
+            }
+        }
+    }
+}
+
+static conv_window conv_im2col_window(const mm_im2col *g) {
+    return (conv_window){g->n, g->h, g->w, g->c, g->oh, g->ow, g->kh, g->kw, g->stride, -g->pad, 1};
+}
+
+/* Rows per chunk of a product with K columns and N outputs: about 1.25 MB of
+ * columns per thread (2.5 MB on 2 threads, best on every ResNet-18 stage
+ * there), so the chunk stays in cache while OpenBLAS packs it, and each
+ * thread still gets a worthwhile share; at least 2N rows, since every
+ * chunk's GEMM packs the N x K weight again (ResNet's last stage: 9.4 MB of
+ * it). Chunk starts are multiples of align. */
+static int64_t conv_chunk_rows(const ag_ctx *ctx, int64_t K, int64_t N, int64_t M, int align) {
+    int64_t bytes = ctx->run.conv_chunk_bytes ? ctx->run.conv_chunk_bytes
+                                              : (int64_t)(1.25 * 1024 * 1024) * omp_get_max_threads();
+    int64_t r = bytes / (4 * K);
+    r = r < 2 * N ? 2 * N : r;
+    r = r / align * align;
+    r = r < align ? align : r;
+    return r < M ? r : M;
+}
+
+/* dx[rows' windows] += dcols rows [r0, r1); threads split the channels, so no
+ * two write the same element. */
+static void conv_col2im_add_rows(const mm_im2col *g, const float *dcols, int64_t r0, int64_t r1, float *dx) {
+    int64_t K = g->kh * g->kw * g->c;
+#pragma omp parallel if ((r1 - r0) * K >= AG_PAR_MIN)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        int64_t c0 = g->c * t / nt, c1 = g->c * (t + 1) / nt;
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t ni = r / (g->oh * g->ow), oh = (r / g->ow) % g->oh, ow = r % g->ow;
+            const float *src = dcols + (r - r0) * K;
+            for (int64_t i = 0; i < g->kh; i++) {
+                int64_t ih = oh * g->stride - g->pad + i;
+                for (int64_t j = 0; j < g->kw; j++, src += g->c) {
+                    int64_t iw = ow * g->stride - g->pad + j;
+                    if (ih < 0 || ih >= g->h || iw < 0 || iw >= g->w) continue;
+                    float *d = dx + ((ni * g->h + ih) * g->w + iw) * g->c;
+                    for (int64_t c = c0; c < c1; c++) d[c] += src[c];
+                }
+            }
+        }
+    }
+}
+
+static void conv_y(ag_ctx *ctx, const mm_shape *sh, const float *x, const float *w, float *y) {
+    const mm_im2col *g = &sh->g;
+    int64_t M = sh->m, K = sh->k, O = sh->n;
+    arena_mark mark = arena_get_mark(&ctx->scratch);
+    int64_t rows = conv_chunk_rows(ctx, K, O, M, 1);
+    float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
+    conv_window win = conv_im2col_window(g);
+    for (int64_t r0 = 0; r0 < M; r0 += rows) {
+        int64_t r1 = r0 + rows < M ? r0 + rows : M;
+        conv_gather_rows(&win, x, r0, r1, cols);
+        gemm_f32(false, true, (int)(r1 - r0), (int)O, (int)K, 1.0f, cols, (int)K, w, (int)K, 0.0f, y + r0 * O, (int)O);
+    }
+    arena_release(&ctx->scratch, mark);
+}
+
+/* dX. Stride 1 as a transposed convolution,
+ *   dX[(n,y,x), c] += sum_(i,j,o) dY[n, y+pad-i, x+pad-j, o] W[o,i,j,c]:
+ * a gather of dY and one GEMM reducing over KH*KW*O per chunk, where
+ * dcols = dY . W followed by col2im would zero, accumulate and scatter 9x the
+ * input with a GEMM reducing over O alone. */
+static void conv_dx(ag_ctx *ctx, const mm_shape *sh, const float *dy, const float *w, float *dx) {
+    const mm_im2col *g = &sh->g;
+    int64_t M = sh->m, K = sh->k, O = sh->n;
+    arena_mark mark = arena_get_mark(&ctx->scratch);
+    if (g->stride == 1) {
+        int64_t KO = g->kh * g->kw * O, P = g->n * g->h * g->w;
+        float *wt = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(KO * g->c));
+        for (int64_t o = 0; o < O; o++) /* W [O, KH, KW, C] -> W' [(KH, KW, O), C] */
+            for (int64_t ij = 0; ij < g->kh * g->kw; ij++)
+                memcpy(wt + (ij * O + o) * g->c, w + (o * g->kh * g->kw + ij) * g->c, sizeof(float) * (size_t)g->c);
+        int64_t rows = conv_chunk_rows(ctx, KO, g->c, P, 1);
+        float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * KO));
+        conv_window win = {g->n, g->oh, g->ow, O, g->h, g->w, g->kh, g->kw, 1, g->pad, -1};
+        for (int64_t r0 = 0; r0 < P; r0 += rows) {
+            int64_t r1 = r0 + rows < P ? r0 + rows : P;
+            conv_gather_rows(&win, dy, r0, r1, cols);
+            gemm_f32(false, false, (int)(r1 - r0), (int)g->c, (int)KO, 1.0f, cols, (int)KO, wt, (int)g->c, 1.0f,
+                     dx + r0 * g->c, (int)g->c);
+        }
+    } else {
+        int64_t rows = conv_chunk_rows(ctx, K, O, M, 1);
+        float *dcols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
+        for (int64_t r0 = 0; r0 < M; r0 += rows) {
+            int64_t r1 = r0 + rows < M ? r0 + rows : M;
+            gemm_f32(false, false, (int)(r1 - r0), (int)K, (int)O, 1.0f, dy + r0 * O, (int)O, w, (int)K, 0.0f, dcols,
+                     (int)K);
+            conv_col2im_add_rows(g, dcols, r0, r1, dx);
+        }
+    }
+    arena_release(&ctx->scratch, mark);
+}
+
+/* dW += dY^T . cols, by chunks of rows (each quantized through q). */
+static void conv_dw(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const float *x, const float *dy, float *dw) {
+    int64_t M = sh->m, K = sh->k;
+    arena_mark mark = arena_get_mark(&ctx->scratch);
+    int64_t rows = conv_chunk_rows(ctx, K, sh->n, M, q->align);
+    float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
+    conv_window win = conv_im2col_window(&sh->g);
+    for (int64_t r0 = 0; r0 < M; r0 += rows) {
+        int64_t r1 = r0 + rows < M ? r0 + rows : M;
+        conv_gather_rows(&win, x, r0, r1, cols);
+        arena_mark chunk = arena_get_mark(&ctx->scratch);
+        dense_db1(sh, (int)(r1 - r0), mm_rowq_apply(q, cols, 1, r0, r1 - r0, K), dy + r0 * sh->n, dw);
+        arena_release(&ctx->scratch, chunk);
+    }
+    arena_release(&ctx->scratch, mark);
+}
+
+/* ---------------- entry points ---------------- */
+
+void mm_gemm_y(ag_ctx *ctx, const mm_shape *sh, const float *a, const float *b, float *y) {
+    if (sh->im2col) conv_y(ctx, sh, a, b, y);
+    else dense_y(sh, a, b, y);
+}
+
+void mm_gemm_da(ag_ctx *ctx, const mm_shape *sh, const float *dy, const float *b, float *da) {
+    if (sh->im2col) conv_dx(ctx, sh, dy, b, da);
+    else dense_da(sh, dy, b, da);
+}
+
+void mm_gemm_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const float *a, const float *dy, float *db) {
+    if (sh->im2col) {
+        conv_dw(ctx, sh, q, a, dy, db);
+        return;
+    }
+    arena_mark mark = arena_get_mark(&ctx->scratch);
+    const float *aq = mm_rowq_apply(q, a, sh->batch, 0, sh->m, sh->k);
+    for (int i = 0; i < sh->batch; i++)
+        dense_db1(sh, sh->m, aq + i * sh->stride_a, dy + i * sh->stride_y, db + i * sh->stride_b);
+    arena_release(&ctx->scratch, mark);
+}
