@@ -18,13 +18,13 @@ _Static_assert(sizeof mm_tiling_names / sizeof mm_tiling_names[0] == MM_TILING_C
 const char *mm_role_name(mm_role r) { return mm_role_names[r]; }
 const char *mm_tiling_name(mm_tiling t) { return mm_tiling_names[t]; }
 
+MX_ENUM_OF_NAMES(mm_tiling_enum, "tiling", mm_tiling_names);
+
 int mm_tiling_parse(const char *s, mm_tiling *out, mx_err *err) {
-    for (int i = 0; i < MM_TILING_COUNT; i++)
-        if (strcmp(s, mm_tiling_names[i]) == 0) {
-            *out = (mm_tiling)i;
-            return 0;
-        }
-    return mx_err_set(err, "unknown tiling '%s' (valid: 1d, 1d_requant, 2d)", s);
+    int v;
+    if (mx_enum_parse(&mm_tiling_enum, s, &v, err)) return -1;
+    *out = (mm_tiling)v;
+    return 0;
 }
 
 void mm_site_declare(mm_sites *t, mm_site *site, const char *name, mm_b_role role) {

@@ -113,6 +113,29 @@ typedef struct mm_policy {
     uint64_t seed;             /* stochastic rounding */
 } mm_policy;
 
+/* The [quant] keys of a config file, as read: per-role formats may be unset
+ * (-1: `format`), so may grad_round (-1: `round`). mm_config_policy derives
+ * the policy. */
+typedef enum mm_elementwise { MM_ELEMENTWISE_FP32, MM_ELEMENTWISE_BF16, MM_ELEMENTWISE_COUNT } mm_elementwise;
+
+typedef struct mm_config {
+    quant_format format;
+    int fwd_act, fwd_weight, bwd_grad, bwd_act, bwd_weight; /* quant_format, or -1 */
+    mm_tiling tiling;
+    int block, tile_rows, tile_cols;
+    quant_round round;
+    int grad_round;                                         /* quant_round, or -1 */
+    quant_scale scale;
+    mm_elementwise elementwise;
+    mm_keep_rule keep[MM_MAX_KEEP];
+    int n_keep;
+} mm_config;
+
+extern const key_table mm_key_table;
+/* The policy c describes (seed: stochastic rounding's); returns whether any
+ * operand is quantized at all. */
+bool mm_config_policy(const mm_config *c, uint64_t seed, mm_policy *p);
+
 /* A policy resolved for one model's sites: each site's format per role, the
  * statistics per (site, role), and the step's counters. Nothing on the step's
  * path looks at a name. */
@@ -135,6 +158,7 @@ typedef struct mm_saved {
 
 const char *mm_role_name(mm_role r);
 const char *mm_tiling_name(mm_tiling t);
+extern const mx_enum mm_tiling_enum;
 int mm_tiling_parse(const char *s, mm_tiling *out, mx_err *err);
 
 /* Every role in `format`, 1d blocks of 32, 8x8 tiles, even rounding, floor scale. */

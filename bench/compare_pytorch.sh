@@ -9,6 +9,10 @@
 #
 # Prints one line per measurement and a summary with medians and ratios
 # (mxtrain / PyTorch: below 1 means mxtrain is faster).
+#
+# MX_BEFORE=/path/to/an/older/mxtrain adds that binary to every round, run
+# alternately with build/mxtrain, and a column with each variant's step time
+# against it (before/after tables of a change, measured side by side).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODEL="${1:-resnet18_cifar}" BATCH="${2:-64}" THREADS="${3:-2}" STEPS="${4:-5}" ROUNDS="${5:-3}"
@@ -16,6 +20,8 @@ MX="$ROOT/build/mxtrain"
 PEER="$ROOT/../shared/peers/torch_step.py"
 PY=/usr/bin/python3   # Debian's interpreter: python3-torch lives there
 [ -x "$MX" ] || { echo "build first: scripts/run.sh" >&2; exit 1; }
+BEFORE="${MX_BEFORE:-}"
+[ -z "$BEFORE" ] || [ -x "$BEFORE" ] || { echo "MX_BEFORE=$BEFORE is not an executable" >&2; exit 1; }
 [ -f "$PEER" ] || { echo "$PEER not found" >&2; exit 1; }
 $PY -c "import torch, torchvision" 2>/dev/null || {
     echo "needs Debian's python3-torch and python3-torchvision (apt-get install python3-torchvision)" >&2; exit 1; }
@@ -41,6 +47,8 @@ for r in $(seq 1 "$ROUNDS"); do
     f="${v%%:*}" t="${v##*:}"
     "$MX" --threads "$THREADS" bench step "${MXARGS[@]}" --batch "$BATCH" --format "$f" --tiling "$t" \
         --steps "$STEPS" --warmup 1 | tee -a "$out/mx_${f}_${t}.json"
+    [ -z "$BEFORE" ] || "$BEFORE" --threads "$THREADS" bench step "${MXARGS[@]}" --batch "$BATCH" --format "$f" \
+        --tiling "$t" --steps "$STEPS" --warmup 1 | tee -a "$out/before_${f}_${t}.json"
   done
 done
 
@@ -54,7 +62,9 @@ gemm = json.loads(open(f"{out}/gemm.json").readline())
 t_med = statistics.median(torch)
 print(f"\n{model}, batch {batch}, {threads} threads; sgemm {gemm['gflop_per_s']:.0f} GFLOP/s, "
       f"memcpy {mem['memcpy_gbps']:.1f} GB/s")
-print(f"{'variant':<18} {'step s':>8} {'img/s':>8} {'GFLOP/s':>8} {'RSS MB':>7} {'vs torch':>9} {'vs mx fp32':>10}")
+has_before = bool(glob.glob(f"{out}/before_*.json"))
+print(f"{'variant':<18} {'step s':>8} {'img/s':>8} {'GFLOP/s':>8} {'RSS MB':>7} {'vs torch':>9} {'vs mx fp32':>10}"
+      + (f" {'vs before':>9}" if has_before else ""))
 print(f"{'pytorch fp32':<18} {t_med:8.3f} {int(batch)/t_med:8.1f} {'':>8} {statistics.median(rss):7.0f} {1.0:9.2f}")
 base = None
 for v in ["fp32_2d", "mxfp8_e4m3_1d", "mxsf_2d", "mxsf_1d"]:
@@ -62,6 +72,10 @@ for v in ["fp32_2d", "mxfp8_e4m3_1d", "mxsf_2d", "mxsf_1d"]:
     s = statistics.median(r["median_step_s"] for r in rows)
     base = base or s
     r0 = rows[0]
+    extra = ""
+    if has_before:
+        b = statistics.median(json.loads(l)["median_step_s"] for l in open(f"{out}/before_{v}.json"))
+        extra = f" {s/b:9.2f}  (before {b:.3f} s)"
     print(f"{'mxtrain ' + v:<18} {s:8.3f} {int(batch)/s:8.1f} {r0['gflop_per_step']/s:8.1f} "
-          f"{max(r['peak_rss_mb'] for r in rows):7.0f} {s/t_med:9.2f} {s/base:10.2f}")
+          f"{max(r['peak_rss_mb'] for r in rows):7.0f} {s/t_med:9.2f} {s/base:10.2f}" + extra)
 PYEOF

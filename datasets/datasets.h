@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/keys.h"
 
 typedef enum data_kind {
     DATA_KIND_FASHION_MNIST,
@@ -47,8 +48,13 @@ typedef struct data_config {
     char h5_images[128], h5_labels[128];
     bool shuffle, augment;
     int workers;              /* background decode threads (>= 1) */
+    int batch_size, eval_batch_size; /* eval 0 = batch_size (the loader takes them as arguments) */
     uint64_t seed;
 } data_config;
+
+/* The [data] keys of a config file, over data_config (channels, classes and
+ * seed come from the model and train sections). */
+extern const key_table data_key_table;
 
 typedef struct dataset {
     data_kind kind;
@@ -66,6 +72,7 @@ typedef struct dataset {
 } dataset;
 
 const char *data_kind_name(data_kind k);
+extern const mx_enum data_kind_enum;
 int data_kind_parse(const char *s, data_kind *out, mx_err *err);
 data_config data_config_default(data_kind k);
 /* The dataset's standard per-channel mean/std (after scaling to [0, 1]). */

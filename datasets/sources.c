@@ -15,11 +15,13 @@ static const char *const data_kind_names[DATA_KIND_COUNT] = {"fashion-mnist", "m
 
 const char *data_kind_name(data_kind k) { return (unsigned)k < DATA_KIND_COUNT ? data_kind_names[k] : "?"; }
 
+MX_ENUM_OF_NAMES(data_kind_enum, "dataset", data_kind_names);
+
 int data_kind_parse(const char *s, data_kind *out, mx_err *err) {
-    for (int i = 0; i < DATA_KIND_COUNT; i++)
-        if (strcmp(s, data_kind_names[i]) == 0) return *out = (data_kind)i, 0;
-    return mx_err_set(err, "unknown dataset '%s' (valid: fashion-mnist, mnist, cifar10, imagefolder, hdf5, synthetic)",
-                      s);
+    int v;
+    if (mx_enum_parse(&data_kind_enum, s, &v, err)) return -1;
+    *out = (data_kind)v;
+    return 0;
 }
 
 data_config data_config_default(data_kind k) {
@@ -37,6 +39,53 @@ data_config data_config_default(data_kind k) {
     c.workers = 2;
     return c;
 }
+
+/* per-channel statistics: 1..DATA_MAX_CHANNELS numbers, or empty */
+static int data_parse_floats(const char *v, float *out, int *n, mx_err *err) {
+    double d[DATA_MAX_CHANNELS];
+    *n = 0;
+    if (!v[0]) return 0;
+    if (key_parse_list(v, d, 1, DATA_MAX_CHANNELS, false, n, err)) return -1;
+    for (int i = 0; i < *n; i++) out[i] = (float)d[i];
+    return 0;
+}
+static int data_parse_mean(const char *v, void *cfg, mx_err *err) {
+    data_config *c = cfg;
+    return data_parse_floats(v, c->mean, &c->n_mean, err);
+}
+static int data_parse_std(const char *v, void *cfg, mx_err *err) {
+    data_config *c = cfg;
+    return data_parse_floats(v, c->std, &c->n_std, err);
+}
+
+#define DK(...) KEY_NUM(data_config, __VA_ARGS__)
+#define BIG 1e18
+static const key_def data_keys[] = {
+    KEY_ENUMV(data_config, "dataset", kind, "fashion-mnist", &data_kind_enum, "what the images are"),
+    KEY_TEXTV(data_config, "path", path, "",
+              "dataset location; empty = default (`/usr/share/datasets/fashion-mnist` for fashion-mnist)"),
+    DK("batch_size", INT, batch_size, "128", 1, 1 << 20, "training batch size"),
+    DK("eval_batch_size", INT, eval_batch_size, "0", 0, 1 << 20, "evaluation batch size; 0 = batch_size"),
+    KEY_BOOLV(data_config, "shuffle", shuffle, "true", "shuffle training samples each epoch (seeded)"),
+    KEY_BOOLV(data_config, "augment", augment, "true",
+              "training augmentation: random crop (pad side/8) + horizontal flip (no flip for mnist); imagefolder: "
+              "random-resized-crop + flip"),
+    DK("limit_train", I64, limit_train, "0", 0, BIG, "use only the first N training samples; 0 = all"),
+    DK("limit_eval", I64, limit_eval, "0", 0, BIG, "use only the first N evaluation samples; 0 = all"),
+    KEY_CUSTOMV("mean", "", data_parse_mean,
+                "per-channel mean after scaling pixels to [0,1], comma-separated; empty = the dataset's standard values"),
+    KEY_CUSTOMV("std", "", data_parse_std, "per-channel std, like `mean`"),
+    DK("workers", INT, workers, "2", 1, 64, "background loader threads"),
+    DK("img_size", INT, img_size, "0", 0, 4096,
+       "resize file datasets to this side; 0 = native (imagefolder/synthetic use model.img_size)"),
+    KEY_TEXTV(data_config, "h5_images", h5_images, "images", "hdf5: uint8 images dataset (N x H x W x C)"),
+    KEY_TEXTV(data_config, "h5_labels", h5_labels, "labels", "hdf5: integer labels dataset (N)"),
+    DK("synthetic_train", I64, synthetic_train, "2048", 1, BIG, "synthetic: training samples"),
+    DK("synthetic_eval", I64, synthetic_eval, "512", 1, BIG, "synthetic: evaluation samples"),
+};
+#undef DK
+#undef BIG
+const key_table data_key_table = KEY_TABLE("data", data_keys);
 
 void data_default_norm(data_kind k, int channels, float *mean, float *std) {
     static const float cifar_m[3] = {0.4914f, 0.4822f, 0.4465f}, cifar_s[3] = {0.2470f, 0.2435f, 0.2616f};

@@ -2,6 +2,8 @@
 
 #include <string.h>
 
+#include "core/keys.h"
+
 #include "layers/model_impl.h"
 
 typedef struct model_family {
@@ -21,21 +23,56 @@ _Static_assert(sizeof model_families / sizeof model_families[0] == MODEL_ARCH_CO
 
 const char *model_arch_name(model_arch a) { return model_families[a].name; }
 
-int model_arch_parse(const char *s, model_arch *out, mx_err *err) {
-    for (int i = 0; i < MODEL_ARCH_COUNT; i++)
-        if (strcmp(s, model_families[i].name) == 0) {
-            *out = (model_arch)i;
-            return 0;
-        }
-    return mx_err_set(err, "unknown model.arch '%s' (valid: resnet18, resnet, deit_tiny, vit)", s);
-}
+static const char *model_arch_name_at(int i) { return model_families[i].name; }
+const mx_enum model_arch_enum = {"model.arch", MODEL_ARCH_COUNT, model_arch_name_at, NULL};
+static const char *const model_stem_names[] = {[MODEL_STEM_IMAGENET] = "imagenet", [MODEL_STEM_CIFAR] = "cifar"};
+_Static_assert(sizeof model_stem_names / sizeof model_stem_names[0] == MODEL_STEM_COUNT, "stem names");
+MX_ENUM_OF_NAMES(model_stem_enum, "model.stem", model_stem_names);
 
-int model_stem_parse(const char *s, model_stem *out, mx_err *err) {
-    if (strcmp(s, "imagenet") == 0) *out = MODEL_STEM_IMAGENET;
-    else if (strcmp(s, "cifar") == 0) *out = MODEL_STEM_CIFAR;
-    else return mx_err_set(err, "unknown model.stem '%s' (valid: imagenet, cifar)", s);
+int model_arch_parse(const char *s, model_arch *out, mx_err *err) {
+    int v;
+    if (mx_enum_parse(&model_arch_enum, s, &v, err)) return -1;
+    *out = (model_arch)v;
     return 0;
 }
+
+/* "a,b,c,d": four positive integers */
+static int model_parse_int4(const char *v, int *out, mx_err *err) {
+    double d[4];
+    int n;
+    if (key_parse_list(v, d, 4, 4, true, &n, err)) return -1;
+    for (int i = 0; i < 4; i++) out[i] = (int)d[i];
+    return 0;
+}
+static int model_parse_blocks(const char *v, void *cfg, mx_err *err) {
+    return model_parse_int4(v, ((model_config *)cfg)->blocks, err);
+}
+static int model_parse_widths(const char *v, void *cfg, mx_err *err) {
+    return model_parse_int4(v, ((model_config *)cfg)->widths, err);
+}
+
+#define MK(...) KEY_NUM(model_config, __VA_ARGS__)
+static const key_def model_keys[] = {
+    KEY_ENUMV(model_config, "arch", arch, "resnet18", &model_arch_enum,
+              "`resnet18` (torchvision), `resnet` (blocks/widths below), `deit_tiny` (timm), `vit` (dim/depth/heads "
+              "below)"),
+    MK("num_classes", INT, num_classes, "10", 2, 100000, "classes of the classifier head"),
+    MK("in_chans", INT, in_chans, "3", 1, 4, "input channels (1 for Fashion-MNIST/MNIST)"),
+    KEY_ENUMV(model_config, "stem", stem, "cifar", &model_stem_enum,
+              "ResNet stem: `imagenet` (7x7/2 conv + max-pool) or `cifar` (3x3/1 conv, no pool)"),
+    KEY_CUSTOMV("blocks", "2,2,2,2", model_parse_blocks, "`resnet`: BasicBlocks per stage (4 positive integers)"),
+    KEY_CUSTOMV("widths", "64,128,256,512", model_parse_widths, "`resnet`: channels per stage (4 positive integers)"),
+    MK("img_size", INT, img_size, "32", 4, 4096,
+       "ViT input side (the patch grid is img_size / patch_size); also the decode size of imagefolder/synthetic data"),
+    MK("patch_size", INT, patch_size, "4", 1, 1024, "ViT patch side"),
+    MK("dim", INT, dim, "192", 8, 65536, "`vit`: embedding width"),
+    MK("depth", INT, depth, "12", 1, 1024, "`vit`: transformer blocks"),
+    MK("heads", INT, heads, "3", 1, 1024, "`vit`: attention heads (dim must divide)"),
+    MK("mlp_ratio", FLOAT, mlp_ratio, "4", 0.25, 64, "ViT MLP hidden width / dim"),
+    MK("drop_path", FLOAT, drop_path, "0", 0, 0.99, "ViT stochastic depth rate (linear over blocks)"),
+};
+#undef MK
+const key_table model_key_table = KEY_TABLE("model", model_keys);
 
 model_config model_config_default(model_arch a) {
     model_config c;

@@ -4,6 +4,7 @@
 #define MX_LAYERS_MODEL_H
 
 #include "core/error.h"
+#include "core/keys.h"
 #include "layers/layers.h"
 
 typedef enum model_arch {
@@ -33,9 +34,12 @@ typedef struct model {
     void *impl;
 } model;
 
+/* The [model] keys of a config file, over model_config (seed comes from train.seed). */
+extern const key_table model_key_table;
+
 const char *model_arch_name(model_arch a);
+extern const mx_enum model_arch_enum, model_stem_enum;
 int model_arch_parse(const char *s, model_arch *out, mx_err *err);
-int model_stem_parse(const char *s, model_stem *out, mx_err *err);
 /* Defaults for an architecture (10 classes, 3 channels, cifar stem, 32x32 / patch 4). */
 model_config model_config_default(model_arch a);
 

@@ -8,22 +8,43 @@
 static const char *const optim_kind_names[OPTIM_KIND_COUNT] = {"adamw", "sgd"};
 static const char *const optim_schedule_names[OPTIM_SCHEDULE_COUNT] = {"constant", "cosine", "step"};
 
+MX_ENUM_OF_NAMES(optim_kind_enum, "optimizer", optim_kind_names);
+MX_ENUM_OF_NAMES(optim_schedule_enum, "schedule", optim_schedule_names);
+
 const char *optim_kind_name(optim_kind k) { return (unsigned)k < OPTIM_KIND_COUNT ? optim_kind_names[k] : "?"; }
-const char *optim_schedule_name(optim_schedule s) {
-    return (unsigned)s < OPTIM_SCHEDULE_COUNT ? optim_schedule_names[s] : "?";
-}
 
 int optim_kind_parse(const char *s, optim_kind *out, mx_err *err) {
-    for (int i = 0; i < OPTIM_KIND_COUNT; i++)
-        if (strcmp(s, optim_kind_names[i]) == 0) return *out = (optim_kind)i, 0;
-    return mx_err_set(err, "unknown optimizer '%s' (valid: adamw, sgd)", s);
+    int v;
+    if (mx_enum_parse(&optim_kind_enum, s, &v, err)) return -1;
+    *out = (optim_kind)v;
+    return 0;
 }
 
-int optim_schedule_parse(const char *s, optim_schedule *out, mx_err *err) {
-    for (int i = 0; i < OPTIM_SCHEDULE_COUNT; i++)
-        if (strcmp(s, optim_schedule_names[i]) == 0) return *out = (optim_schedule)i, 0;
-    return mx_err_set(err, "unknown schedule '%s' (valid: constant, cosine, step)", s);
-}
+#define OK(...) KEY_NUM(optim_config, __VA_ARGS__)
+#define BIG 1e18
+static const key_def optim_keys[] = {
+    KEY_ENUMV(optim_config, "name", kind, "adamw", &optim_kind_enum, "the optimizer (PyTorch semantics)"),
+    OK("lr", DOUBLE, lr, "0.001", 0, 1e6, "peak learning rate"),
+    OK("weight_decay", DOUBLE, weight_decay, "0.05", 0, 1e3,
+       "weight decay (AdamW: decoupled; SGD: L2); applies to weights of rank >= 2 only, never to biases, norm "
+       "parameters, `cls_token`, `pos_embed`"),
+    OK("beta1", DOUBLE, beta1, "0.9", 0, 0.999999, "AdamW beta1"),
+    OK("beta2", DOUBLE, beta2, "0.999", 0, 0.99999999, "AdamW beta2"),
+    OK("eps", DOUBLE, eps, "1e-8", 0, 1, "AdamW epsilon (outside the square root)"),
+    OK("momentum", DOUBLE, momentum, "0.9", 0, 0.999999, "SGD momentum (0 = none)"),
+    KEY_BOOLV(optim_config, "nesterov", nesterov, "false", "SGD Nesterov momentum"),
+    KEY_ENUMV(optim_config, "schedule", schedule, "cosine", &optim_schedule_enum,
+              "`cosine` (to min_lr at the last step), `step` (x gamma every step_size steps), `constant`; all after "
+              "warmup"),
+    OK("warmup_steps", I64, warmup_steps, "0", 0, BIG, "linear warmup steps"),
+    OK("min_lr", DOUBLE, min_lr, "0", 0, 1e6, "cosine floor"),
+    OK("step_size", I64, step_size, "1000", 1, BIG, "step schedule: steps between decays"),
+    OK("gamma", DOUBLE, gamma, "0.1", 0, 1, "step schedule: decay factor"),
+    OK("clip_grad_norm", DOUBLE, clip_grad_norm, "0", 0, 1e9, "clip gradients to this global L2 norm; 0 = off"),
+};
+#undef OK
+#undef BIG
+const key_table optim_key_table = KEY_TABLE("optim", optim_keys);
 
 optim_config optim_config_default(optim_kind k) {
     optim_config c = {0};

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/keys.h"
 #include "layers/params.h"
 
 typedef enum optim_kind { OPTIM_KIND_ADAMW, OPTIM_KIND_SGD, OPTIM_KIND_COUNT } optim_kind;
@@ -46,10 +47,11 @@ typedef struct optimizer {
     int64_t step;     /* updates done */
 } optimizer;
 
+extern const mx_enum optim_kind_enum, optim_schedule_enum;
+/* The [optim] keys of a config file, over optim_config (total_steps comes from the run). */
+extern const key_table optim_key_table;
 const char *optim_kind_name(optim_kind k);
 int optim_kind_parse(const char *s, optim_kind *out, mx_err *err);
-const char *optim_schedule_name(optim_schedule s);
-int optim_schedule_parse(const char *s, optim_schedule *out, mx_err *err);
 
 /* PyTorch's defaults: AdamW lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight
  * decay 0.01; constant schedule; no clipping. */

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/keys.h"
 #include "quant/quant_internal.h"
 
 /* name alias mx int bits ebits p emax emin bias max_norm low(p emin bias) */
@@ -42,37 +43,31 @@ const quant_format_info *quant_format_get(quant_format f) {
 const char *quant_round_name(quant_round r) { return quant_round_names[r]; }
 const char *quant_scale_name(quant_scale s) { return quant_scale_names[s]; }
 
+static const char *quant_format_name_at(int i) { return quant_formats[i].name; }
+static const char *quant_format_alias_at(int i) { return quant_formats[i].alias; }
+const mx_enum quant_format_enum = {"format", QUANT_FORMAT_COUNT, quant_format_name_at, quant_format_alias_at};
+MX_ENUM_OF_NAMES(quant_round_enum, "rounding", quant_round_names);
+MX_ENUM_OF_NAMES(quant_scale_enum, "scale mode", quant_scale_names);
+
 int quant_format_parse(const char *name, quant_format *out, mx_err *err) {
-    for (int i = 0; i < QUANT_FORMAT_COUNT; i++)
-        if (strcmp(name, quant_formats[i].name) == 0 ||
-            (quant_formats[i].alias && strcmp(name, quant_formats[i].alias) == 0)) {
-            *out = (quant_format)i;
-            return 0;
-        }
-    char list[256] = "";
-    for (int i = 0; i < QUANT_FORMAT_COUNT; i++) {
-        strcat(list, i ? ", " : "");
-        strcat(list, quant_formats[i].name);
-    }
-    return mx_err_set(err, "unknown format '%s' (valid: %s; aliases mxfp8, mxfp8_e2m5)", name, list);
+    int v;
+    if (mx_enum_parse(&quant_format_enum, name, &v, err)) return -1;
+    *out = (quant_format)v;
+    return 0;
 }
 
 int quant_round_parse(const char *name, quant_round *out, mx_err *err) {
-    for (int i = 0; i < QUANT_ROUND_COUNT; i++)
-        if (strcmp(name, quant_round_names[i]) == 0) {
-            *out = (quant_round)i;
-            return 0;
-        }
-    return mx_err_set(err, "unknown rounding '%s' (valid: even, away, floor, stochastic)", name);
+    int v;
+    if (mx_enum_parse(&quant_round_enum, name, &v, err)) return -1;
+    *out = (quant_round)v;
+    return 0;
 }
 
 int quant_scale_parse(const char *name, quant_scale *out, mx_err *err) {
-    for (int i = 0; i < QUANT_SCALE_COUNT; i++)
-        if (strcmp(name, quant_scale_names[i]) == 0) {
-            *out = (quant_scale)i;
-            return 0;
-        }
-    return mx_err_set(err, "unknown scale mode '%s' (valid: floor, rceil)", name);
+    int v;
+    if (mx_enum_parse(&quant_scale_enum, name, &v, err)) return -1;
+    *out = (quant_scale)v;
+    return 0;
 }
 
 int quant_block_parse(const char *s, int *rows, int *cols, mx_err *err) {

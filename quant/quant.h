@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/keys.h"
 
 typedef enum quant_format {
     QUANT_FORMAT_FP32,
@@ -98,6 +99,9 @@ typedef struct quant_stats {
     double sum_x2, sum_err2;
     int64_t gap_hist[QUANT_GAP_BINS];
 } quant_stats;
+
+/* The names of formats (from the formats table, aliases included), rounding and scale modes. */
+extern const mx_enum quant_format_enum, quant_round_enum, quant_scale_enum;
 
 const quant_format_info *quant_format_get(quant_format f);
 const char *quant_round_name(quant_round r);

@@ -31,12 +31,7 @@ static int bench_session_steps(const config *c, const float *images, const int32
         fprintf(stderr, "mxtrain bench: %s\n", err.msg);
         return 1;
     }
-    optim_config oc;
-    if (config_optim(c, &oc, &err)) {
-        fprintf(stderr, "mxtrain bench: %s\n", err.msg);
-        session_close(&s);
-        return 1;
-    }
+    optim_config oc = config_optim(c);
     optimizer o;
     optim_init(&o, &oc, &s.m.params);
     double *t = mx_malloc(sizeof(double) * (size_t)steps);
@@ -60,7 +55,7 @@ static int bench_session_steps(const config *c, const float *images, const int32
            "\"quant_bytes\":%lld,\"bytes_held_for_backward\":%lld,\"step_arena_mb\":%.0f,\"scratch_mb\":%.0f,\"grad_pool_mb\":%.0f,"
            "\"loss\":%.4f}\n",
            model_arch_name(s.mc.arch), (long long)model_num_params(&s.m), batch, side, threads_get(),
-           c->v.quant_format, s.has_plan ? c->v.quant_tiling : "-", steps, med, t[0], batch / med, peak_rss_mb(),
+           quant_format_get(c->v.quant.format)->name, s.has_plan ? mm_tiling_name(c->v.quant.tiling) : "-", steps, med, t[0], batch / med, peak_rss_mb(),
            (double)flops * 1e-9, (double)flops * 1e-9 / med, (long long)passes, (long long)bytes_q, (long long)held,
            (double)s.ctx.ar.cap / 1048576.0, (double)s.ctx.scratch.cap / 1048576.0,
            (double)ag_grad_pool_bytes(&s.ctx) / 1048576.0, loss);
@@ -142,14 +137,14 @@ int bench_step(int argc, char **argv) {
             return 1;
         }
     /* synthetic batch: normal pixels, labels cycling over the classes */
-    int batch = c->v.data_batch_size, side = c->v.model_img_size, chans = c->v.model_in_chans;
+    int batch = c->v.data.batch_size, side = c->v.model.img_size, chans = c->v.model.in_chans;
     size_t n = (size_t)batch * side * side * chans;
     float *x = mx_aligned_alloc(sizeof(float) * n);
     int32_t *y = mx_malloc(sizeof(int32_t) * (size_t)batch);
     rng r;
     rng_init(&r, 1, 0);
     for (size_t i = 0; i < n; i++) x[i] = rng_normal(&r);
-    for (int i = 0; i < batch; i++) y[i] = i % c->v.model_num_classes;
+    for (int i = 0; i < batch; i++) y[i] = i % c->v.model.num_classes;
     rc = bench_session_steps(c, x, y, batch, side, chans, (int)warmup, (int)steps);
     free(x);
     free(y);
@@ -177,8 +172,9 @@ static int bench_cfg_extra(int argc, char **argv, int *i, void *user) {
 static int open_train_loader(const config *c, data_config *dc, dataset *ds, loader **l, mx_err *err) {
     memset(ds, 0, sizeof *ds);
     *l = NULL;
-    if (config_data(c, dc, err) || dataset_open(ds, dc, DATA_SPLIT_TRAIN, err) ||
-        loader_create(l, ds, dc, c->v.data_batch_size, true, true, err)) {
+    *dc = config_data(c);
+    if (dataset_open(ds, dc, DATA_SPLIT_TRAIN, err) ||
+        loader_create(l, ds, dc, c->v.data.batch_size, true, true, err)) {
         dataset_free(ds);
         return -1;
     }
@@ -255,7 +251,7 @@ int bench_data(int argc, char **argv) {
     } else {
         printf("{\"dataset\":\"%s\",\"workers\":%d,\"batch\":%d,\"img_size\":%d,\"channels\":%d,\"augment\":%s,"
                "\"batches\":%lld,\"images\":%lld,\"seconds\":%.3f,\"img_per_s\":%.0f,\"open_s\":%.2f}\n",
-               data_kind_name(dc.kind), dc.workers, c->v.data_batch_size, loader_out_size(l), ds.c,
+               data_kind_name(dc.kind), dc.workers, c->v.data.batch_size, loader_out_size(l), ds.c,
                dc.augment ? "true" : "false", (long long)nb, (long long)imgs, dt, (double)imgs / dt, t_open);
     }
     loader_free(l);

@@ -58,7 +58,7 @@ int cmd_compare(int argc, char **argv) {
     }
     char formats[32][64], tilings[8][64];
     int nf = split_list(a.formats, formats, 32), nt = a.tilings ? split_list(a.tilings, tilings, 8) : 0;
-    if (nt == 0) snprintf(tilings[nt++], 64, "%s", base->v.quant_tiling);
+    if (nt == 0) snprintf(tilings[nt++], 64, "%s", mm_tiling_name(base->v.quant.tiling));
     mx_err err = {0};
     /* validate every variant before training any */
     for (int i = 0; i < nf; i++) {
@@ -76,7 +76,7 @@ int cmd_compare(int argc, char **argv) {
         }
     }
     char out[1024];
-    snprintf(out, sizeof out, "%s", a.out ? a.out : base->v.log_dir);
+    snprintf(out, sizeof out, "%s", a.out ? a.out : base->v.log.dir);
     if (make_dirs(out, &err)) {
         fprintf(stderr, "mxtrain compare: %s\n", err.msg);
         rc = 1;

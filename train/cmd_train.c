@@ -134,15 +134,16 @@ int cmd_eval(int argc, char **argv) {
     data_config dc;
     memset(&ds, 0, sizeof ds);
     rc = 1;
-    if (config_data(c, &dc, &err) || dataset_open(&ds, &dc, DATA_SPLIT_EVAL, &err)) goto fail_nosession;
-    int ebs = c->v.data_eval_batch_size ? c->v.data_eval_batch_size : c->v.data_batch_size;
+    dc = config_data(c);
+    if (dataset_open(&ds, &dc, DATA_SPLIT_EVAL, &err)) goto fail_nosession;
+    int ebs = c->v.data.eval_batch_size ? c->v.data.eval_batch_size : c->v.data.batch_size;
     if (loader_create(&l, &ds, &dc, ebs, false, false, &err)) goto fail_nosession;
     if (session_open(&s, c, &err)) goto fail_nosession;
     double loss, acc;
     if (ckpt_load_weights(ckpt, &s.m, &err) || session_evaluate(&s, l, &loss, &acc, &err)) goto fail;
     printf("{\"checkpoint\":\"%s\",\"format\":\"%s\",\"tiling\":\"%s\",\"samples\":%lld,\"eval_loss\":%.6g,"
            "\"eval_acc\":%.6g}\n",
-           ckpt, c->v.quant_format, c->v.quant_tiling, (long long)ds.n, loss, acc);
+           ckpt, quant_format_get(c->v.quant.format)->name, mm_tiling_name(c->v.quant.tiling), (long long)ds.n, loss, acc);
     rc = 0;
 fail:
     session_close(&s);

@@ -34,20 +34,16 @@ int make_dirs(const char *dir, mx_err *err) {
 int session_open(session *s, const config *cfg, mx_err *err) {
     memset(s, 0, sizeof *s);
     s->cfg = cfg;
-    if (config_model(cfg, &s->mc, err) || model_build(&s->m, &s->mc, err)) return -1;
+    s->mc = config_model(cfg);
+    if (model_build(&s->m, &s->mc, err)) return -1;
     mm_policy pol;
-    int pr = config_policy(cfg, &pol, err);
-    if (pr < 0) {
-        model_free(&s->m);
-        return -1;
-    }
-    s->has_plan = pr == 1;
+    s->has_plan = config_policy(cfg, &pol);
     if (s->has_plan) mm_plan_init(&s->plan, &pol, &s->m.params.sites);
     ag_ctx_init(&s->ctx, 0);
     s->ctx.run.mm = s->has_plan ? &s->plan : NULL;
     s->ctx.run.elementwise_bf16 = config_elementwise_bf16(cfg);
-    s->ctx.run.seed = (uint64_t)cfg->v.train_seed;
-    s->label_smoothing = (float)cfg->v.train_label_smoothing;
+    s->ctx.run.seed = (uint64_t)cfg->v.train.seed;
+    s->label_smoothing = (float)cfg->v.train.label_smoothing;
     return 0;
 }
 
@@ -276,7 +272,7 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
             goto out;
         }
     }
-    snprintf(r->dir, sizeof r->dir, "%s", cfg->v.log_dir);
+    snprintf(r->dir, sizeof r->dir, "%s", cfg->v.log.dir);
     char ckdir[1100];
     snprintf(ckdir, sizeof ckdir, "%s/ckpt", r->dir);
     snprintf(r->last, sizeof r->last, "%s/last.h5", ckdir);
@@ -296,21 +292,20 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
     if (write_text(cpath, r->config_text, err)) goto out;
 
     /* data */
-    data_config dc;
-    if (config_data(cfg, &dc, err)) goto out;
+    data_config dc = config_data(cfg);
     if (dataset_open(&r->train_ds, &dc, DATA_SPLIT_TRAIN, err)) goto out;
     if (dataset_open(&r->eval_ds, &dc, DATA_SPLIT_EVAL, err)) goto out;
-    if (r->train_ds.c != cfg->v.model_in_chans) {
+    if (r->train_ds.c != cfg->v.model.in_chans) {
         mx_err_set(err, "%s: images have %d channels but model.in_chans = %d", r->train_ds.source, r->train_ds.c,
-                   cfg->v.model_in_chans);
+                   cfg->v.model.in_chans);
         goto out;
     }
-    if (r->train_ds.num_classes > cfg->v.model_num_classes) {
+    if (r->train_ds.num_classes > cfg->v.model.num_classes) {
         mx_err_set(err, "%s: %d classes but model.num_classes = %d", r->train_ds.source, r->train_ds.num_classes,
-                   cfg->v.model_num_classes);
+                   cfg->v.model.num_classes);
         goto out;
     }
-    int bs = cfg->v.data_batch_size, ebs = cfg->v.data_eval_batch_size ? cfg->v.data_eval_batch_size : bs;
+    int bs = cfg->v.data.batch_size, ebs = cfg->v.data.eval_batch_size ? cfg->v.data.eval_batch_size : bs;
     bool drop_last = r->train_ds.n >= bs;
     if (loader_create(&r->train_l, &r->train_ds, &dc, bs, true, drop_last, err)) goto out;
     if (loader_create(&r->eval_l, &r->eval_ds, &dc, ebs, false, false, err)) goto out;
@@ -319,21 +314,21 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
     /* model, policy, optimizer */
     if (session_open(&r->s, cfg, err)) goto out;
     s_open = true;
-    if (config_optim(cfg, &r->oc, err)) goto out;
+    r->oc = config_optim(cfg);
     int64_t nb = loader_num_batches(r->train_l);
-    int64_t total = (int64_t)cfg->v.train_epochs * nb;
-    if (cfg->v.train_max_steps > 0 && cfg->v.train_max_steps < total) total = cfg->v.train_max_steps;
+    int64_t total = (int64_t)cfg->v.train.epochs * nb;
+    if (cfg->v.train.max_steps > 0 && cfg->v.train.max_steps < total) total = cfg->v.train.max_steps;
     r->oc.total_steps = total;
     optim_init(&r->opt, &r->oc, &r->s.m.params);
     opt_open = true;
 
-    r->meta.seed = (uint64_t)cfg->v.train_seed;
+    r->meta.seed = (uint64_t)cfg->v.train.seed;
     r->meta.best_acc = -1;
     if (opts->resume_dir) {
         if (ckpt_load(r->last, &r->s.m, &r->opt, &r->meta, err)) goto out;
-        if (r->meta.seed != (uint64_t)cfg->v.train_seed) {
+        if (r->meta.seed != (uint64_t)cfg->v.train.seed) {
             mx_err_set(err, "%s: saved with train.seed = %llu, the config has %lld", r->last,
-                       (unsigned long long)r->meta.seed, (long long)cfg->v.train_seed);
+                       (unsigned long long)r->meta.seed, (long long)cfg->v.train.seed);
             goto out;
         }
         fprintf(stderr, "resuming %s at step %lld (epoch %lld)\n", r->dir, (long long)r->meta.step,
@@ -347,8 +342,8 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
 
     fprintf(stderr, "mxtrain train: %s (%lld parameters), %s %lld train / %lld eval images, %s, quant %s/%s, %lld steps\n",
             model_arch_name(r->s.mc.arch), (long long)model_num_params(&r->s.m), data_kind_name(dc.kind),
-            (long long)r->train_ds.n, (long long)r->eval_ds.n, optim_kind_name(r->oc.kind), cfg->v.quant_format,
-            cfg->v.quant_tiling, (long long)total);
+            (long long)r->train_ds.n, (long long)r->eval_ds.n, optim_kind_name(r->oc.kind), quant_format_get(cfg->v.quant.format)->name,
+            mm_tiling_name(cfg->v.quant.tiling), (long long)total);
 
     if (r->meta.step >= total) {
         fprintf(stderr, "%s: already complete at step %lld of %lld (raise train.epochs or train.max_steps to go on)\n",
@@ -364,7 +359,7 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
     sa.sa_handler = on_sigint;
     sig_set = sigaction(SIGINT, &sa, &old_sa) == 0;
 
-    progress pg = {isatty(2) && cfg->v.log_progress, cfg->v.log_print_every, 0, timer_now(), r->meta.step};
+    progress pg = {isatty(2) && cfg->v.log.progress, cfg->v.log.print_every, 0, timer_now(), r->meta.step};
     double *step_times = mx_malloc(sizeof(double) * (size_t)(total + 1));
     int64_t n_times = 0, skipped = 0;
     int64_t step = r->meta.step, epoch = r->meta.epoch;
@@ -381,7 +376,7 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
         int lr_rc;
         double t_prev = timer_now();
         while (step < total && (lr_rc = loader_next(r->train_l, &b, err)) == 1) {
-            bool stats_now = r->s.has_plan && cfg->v.log_stats_every > 0 && step % cfg->v.log_stats_every == 0;
+            bool stats_now = r->s.has_plan && cfg->v.log.stats_every > 0 && step % cfg->v.log.stats_every == 0;
             if (r->s.has_plan) {
                 r->s.plan.collect_stats = stats_now;
                 if (stats_now) mm_plan_reset_stats(&r->s.plan);
@@ -393,7 +388,7 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
             if (!isfinite(loss) || !isfinite(gnorm)) {
                 char why[1024];
                 describe_worst(&r->s, why, sizeof why);
-                if (strcmp(cfg->v.train_on_nonfinite, "skip") == 0) {
+                if (cfg->v.train.on_nonfinite == TRAIN_NONFINITE_SKIP) {
                     skipped++;
                     fprintf(stderr, "%sstep %lld: non-finite loss %g / gradient norm %g; step skipped; %s\n",
                             pg.tty ? "\n" : "", (long long)step, loss, gnorm, why);
@@ -426,7 +421,7 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
             progress_update(&pg, step, total, epoch, lr, ema, b.count / dt, false);
             r->meta.step = step;
             r->meta.epoch = epoch;
-            if (cfg->v.train_ckpt_every > 0 && step % cfg->v.train_ckpt_every == 0 && save_last(r, err)) {
+            if (cfg->v.train.ckpt_every > 0 && step % cfg->v.train.ckpt_every == 0 && save_last(r, err)) {
                 free(step_times);
                 goto out;
             }
