@@ -30,17 +30,23 @@ typedef struct permute_saved {
 static void permute_copy(const tensor *src, const int *perm, float *dst, bool add, bool inverse) {
     int nd = src->ndim;
     int64_t oshape[TENSOR_MAX_DIMS] = {1, 1, 1, 1}, istride[TENSOR_MAX_DIMS] = {0, 0, 0, 0};
+    int64_t cstride[TENSOR_MAX_DIMS]; /* src is contiguous */
+    int64_t st = 1;
+    for (int i = nd - 1; i >= 0; i--) {
+        cstride[i] = st;
+        st *= src->shape[i];
+    }
     /* out index i walks axis perm[i] of src (forward), or src walks out (inverse) */
     int pad = TENSOR_MAX_DIMS - nd;
     if (!inverse) {
         for (int i = 0; i < nd; i++) {
             oshape[pad + i] = src->shape[perm[i]];
-            istride[pad + i] = src->stride[perm[i]];
+            istride[pad + i] = cstride[perm[i]];
         }
     } else {
         /* src is the permuted tensor; out has the original axis order */
         int64_t sstride[TENSOR_MAX_DIMS];
-        for (int i = 0; i < nd; i++) sstride[perm[i]] = src->stride[i];
+        for (int i = 0; i < nd; i++) sstride[perm[i]] = cstride[i];
         int64_t sshape[TENSOR_MAX_DIMS];
         for (int i = 0; i < nd; i++) sshape[perm[i]] = src->shape[i];
         for (int i = 0; i < nd; i++) {

@@ -1,4 +1,5 @@
-/* A small float32 tensor: up to 4 dimensions, shape and strides in elements.
+/* A small float32 tensor: up to 4 dimensions, always contiguous (views that
+ * reorder axes are copies: ag_permute).
  *
  * Layout convention: row-major (C order), last axis contiguous. Images are
  * NHWC: the channel axis is innermost because it is the reduction axis of a
@@ -21,7 +22,6 @@ typedef struct tensor {
     float *data;
     int ndim;
     int64_t shape[TENSOR_MAX_DIMS];
-    int64_t stride[TENSOR_MAX_DIMS];
 } tensor;
 
 /* Contiguous view of `data` with the given shape. */
@@ -30,16 +30,9 @@ tensor tensor_view2(float *data, int64_t d0, int64_t d1);
 tensor tensor_view4(float *data, int64_t d0, int64_t d1, int64_t d2, int64_t d3);
 
 int64_t tensor_numel(const tensor *t);
-bool tensor_is_contiguous(const tensor *t);
 bool tensor_same_shape(const tensor *a, const tensor *b);
-/* Reshape a contiguous tensor (same element count). */
+/* Reshape (same element count). */
 tensor tensor_reshape(const tensor *t, int ndim, const int64_t *shape);
-/* Swap two axes by swapping strides (no copy). */
-tensor tensor_transpose(const tensor *t, int a, int b);
-/* Element offset of an index tuple. */
-int64_t tensor_offset(const tensor *t, const int64_t *idx);
-/* Copy any-strided src into contiguous dst of the same shape. */
-void tensor_copy_contiguous(float *dst, const tensor *src);
 
 /* Owning allocation (64-byte aligned, zeroed) for tools and tests. */
 tensor tensor_new(int ndim, const int64_t *shape);

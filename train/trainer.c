@@ -230,17 +230,30 @@ static int write_text(const char *path, const char *text, mx_err *err) {
     return 0;
 }
 
+/* Everything a run holds; run_close frees what run_open and the loop made,
+ * whichever step they got to. */
 typedef struct run_state {
     config *cfg;
+    const train_opts *opts;
+    train_result *res;
     session s;
+    bool s_open, opt_open, log_open, sig_set;
     dataset train_ds, eval_ds;
     loader *train_l, *eval_l;
     optimizer opt;
     optim_config oc;
     runlog log;
+    struct sigaction old_sa; /* restored by run_close */
     char dir[1024], last[1100], best[1100], report[1100];
     char *config_text;
     ckpt_meta meta;
+    int side, chans;         /* the loader's images */
+    int64_t nb, total;       /* batches per epoch, steps of the run */
+    double *step_times;      /* seconds of each step run here */
+    int64_t n_times, skipped;
+    int64_t step, epoch;
+    double t_start, t_prev, last_loss, ema; /* t_prev: end of the previous step (its time includes loading) */
+    progress pg;
 } run_state;
 
 static int save_last(run_state *r, mx_err *err) {
@@ -255,22 +268,14 @@ static void write_report(run_state *r) {
     if (report_write(r->report, title, &rr, 1, NULL, &e)) fprintf(stderr, "mxtrain train: %s\n", e.msg);
 }
 
-int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *err) {
-    memset(res, 0, sizeof *res);
-    res->mean_grad_underflow = NAN;
-    run_state *r = mx_calloc(1, sizeof *r);
-    r->cfg = cfg;
-    int rc = -1;
-    bool s_open = false, opt_open = false, log_open = false, sig_set = false;
-    struct sigaction old_sa; /* restored at the end, on every path */
-    if (opts->resume_dir) {
+/* The run directory and its config.ini. */
+static int run_open_dir(run_state *r, mx_err *err) {
+    config *cfg = r->cfg;
+    if (r->opts->resume_dir) {
         mx_err e2;
         char set[1200];
-        snprintf(set, sizeof set, "log.dir=%s", opts->resume_dir);
-        if (config_set(cfg, set, &e2)) {
-            mx_err_set(err, "%s", e2.msg);
-            goto out;
-        }
+        snprintf(set, sizeof set, "log.dir=%s", r->opts->resume_dir);
+        if (config_set(cfg, set, &e2)) return mx_err_set(err, "%s", e2.msg);
     }
     snprintf(r->dir, sizeof r->dir, "%s", cfg->v.log.dir);
     char ckdir[1100];
@@ -278,229 +283,237 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
     snprintf(r->last, sizeof r->last, "%s/last.h5", ckdir);
     snprintf(r->best, sizeof r->best, "%s/best.h5", ckdir);
     snprintf(r->report, sizeof r->report, "%s/report.html", r->dir);
-    if (opts->resume_dir && access(r->last, R_OK) != 0) {
-        mx_err_set(err, "%s: no checkpoint to resume from", r->last);
-        goto out;
-    }
-    if (make_dirs(ckdir, err)) goto out;
+    if (r->opts->resume_dir && access(r->last, R_OK) != 0)
+        return mx_err_set(err, "%s: no checkpoint to resume from", r->last);
+    if (make_dirs(ckdir, err)) return -1;
     size_t tl = 0;
     FILE *mem = open_memstream(&r->config_text, &tl);
     config_write(cfg, mem);
     fclose(mem);
     char cpath[1100];
     snprintf(cpath, sizeof cpath, "%s/config.ini", r->dir);
-    if (write_text(cpath, r->config_text, err)) goto out;
+    return write_text(cpath, r->config_text, err);
+}
 
-    /* data */
+/* Data, model, optimizer, resumed state and logs; returns 0, or 1 when the
+ * run is already complete, or -1. */
+static int run_open(run_state *r, mx_err *err) {
+    config *cfg = r->cfg;
+    if (run_open_dir(r, err)) return -1;
+
     data_config dc = config_data(cfg);
-    if (dataset_open(&r->train_ds, &dc, DATA_SPLIT_TRAIN, err)) goto out;
-    if (dataset_open(&r->eval_ds, &dc, DATA_SPLIT_EVAL, err)) goto out;
-    if (r->train_ds.c != cfg->v.model.in_chans) {
-        mx_err_set(err, "%s: images have %d channels but model.in_chans = %d", r->train_ds.source, r->train_ds.c,
-                   cfg->v.model.in_chans);
-        goto out;
-    }
-    if (r->train_ds.num_classes > cfg->v.model.num_classes) {
-        mx_err_set(err, "%s: %d classes but model.num_classes = %d", r->train_ds.source, r->train_ds.num_classes,
-                   cfg->v.model.num_classes);
-        goto out;
-    }
+    if (dataset_open(&r->train_ds, &dc, DATA_SPLIT_TRAIN, err)) return -1;
+    if (dataset_open(&r->eval_ds, &dc, DATA_SPLIT_EVAL, err)) return -1;
+    if (r->train_ds.c != cfg->v.model.in_chans)
+        return mx_err_set(err, "%s: images have %d channels but model.in_chans = %d", r->train_ds.source,
+                          r->train_ds.c, cfg->v.model.in_chans);
+    if (r->train_ds.num_classes > cfg->v.model.num_classes)
+        return mx_err_set(err, "%s: %d classes but model.num_classes = %d", r->train_ds.source,
+                          r->train_ds.num_classes, cfg->v.model.num_classes);
     int bs = cfg->v.data.batch_size, ebs = cfg->v.data.eval_batch_size ? cfg->v.data.eval_batch_size : bs;
     bool drop_last = r->train_ds.n >= bs;
-    if (loader_create(&r->train_l, &r->train_ds, &dc, bs, true, drop_last, err)) goto out;
-    if (loader_create(&r->eval_l, &r->eval_ds, &dc, ebs, false, false, err)) goto out;
-    int side = loader_out_size(r->train_l), chans = r->train_ds.c;
+    if (loader_create(&r->train_l, &r->train_ds, &dc, bs, true, drop_last, err)) return -1;
+    if (loader_create(&r->eval_l, &r->eval_ds, &dc, ebs, false, false, err)) return -1;
+    r->side = loader_out_size(r->train_l);
+    r->chans = r->train_ds.c;
 
-    /* model, policy, optimizer */
-    if (session_open(&r->s, cfg, err)) goto out;
-    s_open = true;
+    if (session_open(&r->s, cfg, err)) return -1;
+    r->s_open = true;
     r->oc = config_optim(cfg);
-    int64_t nb = loader_num_batches(r->train_l);
-    int64_t total = (int64_t)cfg->v.train.epochs * nb;
-    if (cfg->v.train.max_steps > 0 && cfg->v.train.max_steps < total) total = cfg->v.train.max_steps;
-    r->oc.total_steps = total;
+    r->nb = loader_num_batches(r->train_l);
+    r->total = (int64_t)cfg->v.train.epochs * r->nb;
+    if (cfg->v.train.max_steps > 0 && cfg->v.train.max_steps < r->total) r->total = cfg->v.train.max_steps;
+    r->oc.total_steps = r->total;
     optim_init(&r->opt, &r->oc, &r->s.m.params);
-    opt_open = true;
+    r->opt_open = true;
 
     r->meta.seed = (uint64_t)cfg->v.train.seed;
     r->meta.best_acc = -1;
-    if (opts->resume_dir) {
-        if (ckpt_load(r->last, &r->s.m, &r->opt, &r->meta, err)) goto out;
-        if (r->meta.seed != (uint64_t)cfg->v.train.seed) {
-            mx_err_set(err, "%s: saved with train.seed = %llu, the config has %lld", r->last,
-                       (unsigned long long)r->meta.seed, (long long)cfg->v.train.seed);
-            goto out;
-        }
+    if (r->opts->resume_dir) {
+        if (ckpt_load(r->last, &r->s.m, &r->opt, &r->meta, err)) return -1;
+        if (r->meta.seed != (uint64_t)cfg->v.train.seed)
+            return mx_err_set(err, "%s: saved with train.seed = %llu, the config has %lld", r->last,
+                              (unsigned long long)r->meta.seed, (long long)cfg->v.train.seed);
         fprintf(stderr, "resuming %s at step %lld (epoch %lld)\n", r->dir, (long long)r->meta.step,
                 (long long)r->meta.epoch);
-    } else if (opts->init_from) {
-        if (ckpt_load_weights(opts->init_from, &r->s.m, err)) goto out;
-        fprintf(stderr, "initialised weights from %s\n", opts->init_from);
+    } else if (r->opts->init_from) {
+        if (ckpt_load_weights(r->opts->init_from, &r->s.m, err)) return -1;
+        fprintf(stderr, "initialised weights from %s\n", r->opts->init_from);
     }
-    if (runlog_open(&r->log, r->dir, opts->resume_dir != NULL, r->meta.step, err)) goto out;
-    log_open = true;
+    if (runlog_open(&r->log, r->dir, r->opts->resume_dir != NULL, r->meta.step, err)) return -1;
+    r->log_open = true;
 
     fprintf(stderr, "mxtrain train: %s (%lld parameters), %s %lld train / %lld eval images, %s, quant %s/%s, %lld steps\n",
             model_arch_name(r->s.mc.arch), (long long)model_num_params(&r->s.m), data_kind_name(dc.kind),
-            (long long)r->train_ds.n, (long long)r->eval_ds.n, optim_kind_name(r->oc.kind), quant_format_get(cfg->v.quant.format)->name,
-            mm_tiling_name(cfg->v.quant.tiling), (long long)total);
-
-    if (r->meta.step >= total) {
+            (long long)r->train_ds.n, (long long)r->eval_ds.n, optim_kind_name(r->oc.kind),
+            quant_format_get(cfg->v.quant.format)->name, mm_tiling_name(cfg->v.quant.tiling), (long long)r->total);
+    if (r->meta.step >= r->total) {
         fprintf(stderr, "%s: already complete at step %lld of %lld (raise train.epochs or train.max_steps to go on)\n",
-                r->dir, (long long)r->meta.step, (long long)total);
-        res->steps = r->meta.step;
-        res->best_acc = r->meta.best_acc;
-        rc = 0;
-        goto out;
+                r->dir, (long long)r->meta.step, (long long)r->total);
+        r->res->steps = r->meta.step;
+        r->res->best_acc = r->meta.best_acc;
+        return 1;
     }
+    r->step_times = mx_malloc(sizeof(double) * (size_t)(r->total + 1));
+    r->step = r->meta.step;
+    r->epoch = r->meta.epoch;
+    r->t_start = timer_now();
+    r->last_loss = r->ema = NAN;
+    r->pg = (progress){isatty(2) && cfg->v.log.progress, cfg->v.log.print_every, 0, timer_now(), r->meta.step};
     g_interrupted = 0;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
-    sig_set = sigaction(SIGINT, &sa, &old_sa) == 0;
+    r->sig_set = sigaction(SIGINT, &sa, &r->old_sa) == 0;
+    return 0;
+}
 
-    progress pg = {isatty(2) && cfg->v.log.progress, cfg->v.log.print_every, 0, timer_now(), r->meta.step};
-    double *step_times = mx_malloc(sizeof(double) * (size_t)(total + 1));
-    int64_t n_times = 0, skipped = 0;
-    int64_t step = r->meta.step, epoch = r->meta.epoch;
-    double t_start = timer_now(), last_loss = NAN, ema = NAN;
-    bool stop = false;
-    while (step < total && !stop) {
-        int64_t first = step - epoch * nb;
-        if (first >= nb) { /* the epoch was complete */
-            epoch++;
-            continue;
-        }
-        loader_start_epoch(r->train_l, epoch, first);
-        data_batch b;
-        int lr_rc;
-        double t_prev = timer_now();
-        while (step < total && (lr_rc = loader_next(r->train_l, &b, err)) == 1) {
-            bool stats_now = r->s.has_plan && cfg->v.log.stats_every > 0 && step % cfg->v.log.stats_every == 0;
-            if (r->s.has_plan) {
-                r->s.plan.collect_stats = stats_now;
-                if (stats_now) mm_plan_reset_stats(&r->s.plan);
-                mm_plan_reset_counters(&r->s.plan);
-            }
-            double lr = optim_lr_at(&r->oc, step);
-            double loss = session_forward_backward(&r->s, b.images, b.labels, b.count, side, chans, (uint64_t)step);
-            double gnorm = optim_grad_norm(&r->s.m.params);
-            if (!isfinite(loss) || !isfinite(gnorm)) {
-                char why[1024];
-                describe_worst(&r->s, why, sizeof why);
-                if (cfg->v.train.on_nonfinite == TRAIN_NONFINITE_SKIP) {
-                    skipped++;
-                    fprintf(stderr, "%sstep %lld: non-finite loss %g / gradient norm %g; step skipped; %s\n",
-                            pg.tty ? "\n" : "", (long long)step, loss, gnorm, why);
-                    step++;
-                    continue;
-                }
-                progress_end_line(&pg);
-                mx_err_set(err, "step %lld: non-finite loss %g / gradient norm %g, run stopped (%s); last good checkpoint: %s",
-                           (long long)step, loss, gnorm, why, access(r->last, R_OK) == 0 ? r->last : "none yet");
-                runlog_step(&r->log, step + 1, epoch, lr, loss, 0);
-                runlog_flush(&r->log);
-                free(step_times);
-                goto out;
-            }
-            if (r->oc.clip_grad_norm > 0) optim_clip_grad_norm(&r->s.m.params, gnorm, r->oc.clip_grad_norm);
-            optim_step(&r->opt, lr);
-            step++;
-            double t = timer_now(), dt = t - t_prev;
-            t_prev = t;
-            step_times[n_times++] = dt;
-            last_loss = loss;
-            ema = isfinite(ema) ? 0.98 * ema + 0.02 * loss : loss;
-            runlog_step(&r->log, step, epoch, lr, loss, b.count / dt);
-            if (stats_now) runlog_stats(&r->log, step, &r->s.plan);
-            if (r->s.has_plan) {
-                res->passes_per_step = r->s.plan.passes;
-                res->bytes_quantized_per_step = r->s.plan.bytes_quantized;
-                res->bytes_held = r->s.plan.bytes_held;
-            }
-            progress_update(&pg, step, total, epoch, lr, ema, b.count / dt, false);
-            r->meta.step = step;
-            r->meta.epoch = epoch;
-            if (cfg->v.train.ckpt_every > 0 && step % cfg->v.train.ckpt_every == 0 && save_last(r, err)) {
-                free(step_times);
-                goto out;
-            }
-            if (g_interrupted) break;
-        }
-        if (g_interrupted) {
-            progress_end_line(&pg);
-            runlog_flush(&r->log);
-            if (save_last(r, err)) {
-                free(step_times);
-                goto out;
-            }
-            fprintf(stderr, "interrupted at step %lld: saved %s; continue with --resume %s\n", (long long)step, r->last,
-                    r->dir);
-            res->interrupted = true;
-            stop = true;
-            break;
-        }
-        if (step < total && lr_rc < 0) {
-            free(step_times);
-            goto out;
-        }
-        bool epoch_done = step - epoch * nb >= nb;
-        progress_end_line(&pg);
-        double el, ea;
-        if (session_evaluate(&r->s, r->eval_l, &el, &ea, err)) {
-            free(step_times);
-            goto out;
-        }
-        runlog_eval(&r->log, step, epoch, el, ea);
-        fprintf(stderr, "epoch %lld: step %lld, train loss %.4f, eval loss %.4f, eval acc %.2f%%\n",
-                (long long)epoch + 1, (long long)step, ema, el, 100 * ea);
-        res->final_acc = ea;
-        res->final_eval_loss = el;
-        if (epoch_done) epoch++;
-        r->meta.step = step;
-        r->meta.epoch = epoch;
-        if (ea > r->meta.best_acc) {
-            r->meta.best_acc = ea;
-            if (ckpt_save(r->best, &r->s.m, &r->opt, &r->meta, r->config_text, err)) {
-                free(step_times);
-                goto out;
-            }
-        }
-        if (save_last(r, err)) {
-            free(step_times);
-            goto out;
-        }
-        write_report(r);
-        pg.t0 = timer_now();
-        pg.step0 = step;
+/* One optimizer step on batch b; -1 when a non-finite step stops the run. */
+static int run_step(run_state *r, const data_batch *b, mx_err *err) {
+    const config *cfg = r->cfg;
+    int64_t step = r->step;
+    bool stats_now = r->s.has_plan && cfg->v.log.stats_every > 0 && step % cfg->v.log.stats_every == 0;
+    if (r->s.has_plan) {
+        r->s.plan.collect_stats = stats_now;
+        if (stats_now) mm_plan_reset_stats(&r->s.plan);
+        mm_plan_reset_counters(&r->s.plan);
     }
-    if (r->log.n_s > 0 && runlog_write_stats_h5(&r->log, err)) {
-        free(step_times);
-        goto out;
+    double lr = optim_lr_at(&r->oc, step);
+    double loss = session_forward_backward(&r->s, b->images, b->labels, b->count, r->side, r->chans, (uint64_t)step);
+    double gnorm = optim_grad_norm(&r->s.m.params);
+    if (!isfinite(loss) || !isfinite(gnorm)) {
+        char why[1024];
+        describe_worst(&r->s, why, sizeof why);
+        if (cfg->v.train.on_nonfinite == TRAIN_NONFINITE_SKIP) {
+            r->skipped++;
+            fprintf(stderr, "%sstep %lld: non-finite loss %g / gradient norm %g; step skipped; %s\n",
+                    r->pg.tty ? "\n" : "", (long long)step, loss, gnorm, why);
+            r->step++;
+            return 0;
+        }
+        progress_end_line(&r->pg);
+        runlog_step(&r->log, step + 1, r->epoch, lr, loss, 0);
+        runlog_flush(&r->log);
+        return mx_err_set(err, "step %lld: non-finite loss %g / gradient norm %g, run stopped (%s); last good checkpoint: %s",
+                          (long long)step, loss, gnorm, why, access(r->last, R_OK) == 0 ? r->last : "none yet");
     }
+    if (r->oc.clip_grad_norm > 0) optim_clip_grad_norm(&r->s.m.params, gnorm, r->oc.clip_grad_norm);
+    optim_step(&r->opt, lr);
+    step = ++r->step;
+    double t = timer_now(), dt = t - r->t_prev;
+    r->t_prev = t;
+    r->step_times[r->n_times++] = dt;
+    r->last_loss = loss;
+    r->ema = isfinite(r->ema) ? 0.98 * r->ema + 0.02 * loss : loss;
+    runlog_step(&r->log, step, r->epoch, lr, loss, b->count / dt);
+    if (stats_now) runlog_stats(&r->log, step, &r->s.plan);
+    if (r->s.has_plan) {
+        r->res->passes_per_step = r->s.plan.passes;
+        r->res->bytes_quantized_per_step = r->s.plan.bytes_quantized;
+        r->res->bytes_held = r->s.plan.bytes_held;
+    }
+    progress_update(&r->pg, step, r->total, r->epoch, lr, r->ema, b->count / dt, false);
+    r->meta.step = step;
+    r->meta.epoch = r->epoch;
+    if (cfg->v.train.ckpt_every > 0 && step % cfg->v.train.ckpt_every == 0 && save_last(r, err)) return -1;
+    return 0;
+}
+
+/* The rest of the current epoch (or up to the run's last step), then its
+ * evaluation and checkpoints; returns 0, 1 when interrupted (saved), or -1. */
+static int run_epoch(run_state *r, mx_err *err) {
+    int64_t first = r->step - r->epoch * r->nb;
+    if (first >= r->nb) { /* the epoch was complete */
+        r->epoch++;
+        return 0;
+    }
+    loader_start_epoch(r->train_l, r->epoch, first);
+    data_batch b;
+    int lr_rc = 1;
+    r->t_prev = timer_now();
+    while (r->step < r->total && (lr_rc = loader_next(r->train_l, &b, err)) == 1) {
+        if (run_step(r, &b, err)) return -1;
+        if (g_interrupted) break;
+    }
+    if (g_interrupted) {
+        progress_end_line(&r->pg);
+        runlog_flush(&r->log);
+        if (save_last(r, err)) return -1;
+        fprintf(stderr, "interrupted at step %lld: saved %s; continue with --resume %s\n", (long long)r->step, r->last,
+                r->dir);
+        r->res->interrupted = true;
+        return 1;
+    }
+    if (r->step < r->total && lr_rc < 0) return -1;
+    bool epoch_done = r->step - r->epoch * r->nb >= r->nb;
+    progress_end_line(&r->pg);
+    double el, ea;
+    if (session_evaluate(&r->s, r->eval_l, &el, &ea, err)) return -1;
+    runlog_eval(&r->log, r->step, r->epoch, el, ea);
+    fprintf(stderr, "epoch %lld: step %lld, train loss %.4f, eval loss %.4f, eval acc %.2f%%\n",
+            (long long)r->epoch + 1, (long long)r->step, r->ema, el, 100 * ea);
+    r->res->final_acc = ea;
+    r->res->final_eval_loss = el;
+    if (epoch_done) r->epoch++;
+    r->meta.step = r->step;
+    r->meta.epoch = r->epoch;
+    if (ea > r->meta.best_acc) {
+        r->meta.best_acc = ea;
+        if (ckpt_save(r->best, &r->s.m, &r->opt, &r->meta, r->config_text, err)) return -1;
+    }
+    if (save_last(r, err)) return -1;
     write_report(r);
-    res->steps = step;
-    res->seconds = timer_now() - t_start;
-    res->final_loss = last_loss;
+    r->pg.t0 = timer_now();
+    r->pg.step0 = r->step;
+    return 0;
+}
+
+/* stats.h5, the report and the result of a run that ended well. */
+static int run_finish(run_state *r, mx_err *err) {
+    if (r->log.n_s > 0 && runlog_write_stats_h5(&r->log, err)) return -1;
+    write_report(r);
+    train_result *res = r->res;
+    res->steps = r->step;
+    res->seconds = timer_now() - r->t_start;
+    res->final_loss = r->last_loss;
     res->best_acc = r->meta.best_acc;
     res->mean_grad_underflow = runlog_mean_grad_underflow(&r->log);
-    if (n_times) res->median_step_s = timer_median(step_times, (int)n_times);
-    free(step_times);
+    if (r->n_times) res->median_step_s = timer_median(r->step_times, (int)r->n_times);
     if (!res->interrupted)
         fprintf(stderr, "done: %lld steps in %.0f s, eval acc %.2f%% (best %.2f%%), eval loss %.4f%s; %s\n",
-                (long long)step, res->seconds, 100 * res->final_acc, 100 * res->best_acc, res->final_eval_loss,
-                skipped ? " (non-finite steps skipped)" : "", r->report);
-    rc = res->interrupted ? TRAIN_EXIT_INTERRUPTED : 0;
-out:
-    if (sig_set) sigaction(SIGINT, &old_sa, NULL);
-    if (log_open) runlog_close(&r->log);
-    if (opt_open) optim_free(&r->opt);
-    if (s_open) session_close(&r->s);
+                (long long)r->step, res->seconds, 100 * res->final_acc, 100 * res->best_acc, res->final_eval_loss,
+                r->skipped ? " (non-finite steps skipped)" : "", r->report);
+    return 0;
+}
+
+static void run_close(run_state *r) {
+    if (r->sig_set) sigaction(SIGINT, &r->old_sa, NULL);
+    if (r->log_open) runlog_close(&r->log);
+    if (r->opt_open) optim_free(&r->opt);
+    if (r->s_open) session_close(&r->s);
     loader_free(r->train_l);
     loader_free(r->eval_l);
     dataset_free(&r->train_ds);
     dataset_free(&r->eval_ds);
+    free(r->step_times);
     free(r->config_text);
     free(r);
+}
+
+int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *err) {
+    memset(res, 0, sizeof *res);
+    res->mean_grad_underflow = NAN;
+    run_state *r = mx_calloc(1, sizeof *r);
+    r->cfg = cfg;
+    r->opts = opts;
+    r->res = res;
+    int rc = run_open(r, err);
+    if (rc == 1) rc = 0; /* already complete */
+    else if (rc == 0) {
+        int e = 0;
+        while (r->step < r->total && (e = run_epoch(r, err)) == 0) {}
+        rc = e < 0 || run_finish(r, err) ? -1 : res->interrupted ? TRAIN_EXIT_INTERRUPTED : 0;
+    }
+    run_close(r);
     return rc;
 }
