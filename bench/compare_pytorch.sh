@@ -12,11 +12,12 @@
 #
 # MX_BEFORE=/path/to/an/older/mxtrain adds that binary to every round, run
 # alternately with build/mxtrain, and a column with each variant's step time
-# against it (before/after tables of a change, measured side by side).
+# against it: the median over rounds of the paired ratio after/before (before/
+# after tables of a change, measured side by side).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODEL="${1:-resnet18_cifar}" BATCH="${2:-64}" THREADS="${3:-2}" STEPS="${4:-5}" ROUNDS="${5:-3}"
-MX="$ROOT/build/mxtrain"
+MX="${MX_BIN:-$ROOT/build/mxtrain}"   # MX_BIN: another build to measure
 PEER="$ROOT/../shared/peers/torch_step.py"
 PY=/usr/bin/python3   # Debian's interpreter: python3-torch lives there
 [ -x "$MX" ] || { echo "build first: scripts/run.sh" >&2; exit 1; }
@@ -74,8 +75,12 @@ for v in ["fp32_2d", "mxfp8_e4m3_1d", "mxsf_2d", "mxsf_1d"]:
     r0 = rows[0]
     extra = ""
     if has_before:
-        b = statistics.median(json.loads(l)["median_step_s"] for l in open(f"{out}/before_{v}.json"))
-        extra = f" {s/b:9.2f}  (before {b:.3f} s)"
+        bs = [json.loads(l)["median_step_s"] for l in open(f"{out}/before_{v}.json")]
+        # each round runs both binaries back to back: the median of the paired
+        # ratios is robust to the machine's speed drifting between rounds
+        pr = statistics.median(r["median_step_s"] / b for r, b in zip(rows, bs))
+        extra = f" {pr:9.2f}  (before {statistics.median(bs):.3f} s; paired ratios " + \
+                ", ".join(f"{r['median_step_s'] / b:.2f}" for r, b in zip(rows, bs)) + ")"
     print(f"{'mxtrain ' + v:<18} {s:8.3f} {int(batch)/s:8.1f} {r0['gflop_per_step']/s:8.1f} "
           f"{max(r['peak_rss_mb'] for r in rows):7.0f} {s/t_med:9.2f} {s/base:10.2f}" + extra)
 PYEOF

@@ -32,8 +32,8 @@ int quant_bench(const quant_format *formats, int nformats, int64_t n, int reps) 
     rng r;
     rng_init(&r, 1234, 0);
     for (int64_t i = 0; i < n; i++) x[i] = rng_normal(&r) * (float)(1 << ((i >> 5) % 16));
-    double *t_fake = malloc(sizeof(double) * (size_t)reps), *t_pack = malloc(sizeof(double) * (size_t)reps),
-           *t_copy = malloc(sizeof(double) * (size_t)reps);
+    double *t_fake = mx_malloc(sizeof(double) * (size_t)reps), *t_pack = mx_malloc(sizeof(double) * (size_t)reps),
+           *t_copy = mx_malloc(sizeof(double) * (size_t)reps);
     int64_t shape[1] = {n};
     for (int f = 0; f < nformats; f++) {
         quant_spec s = quant_spec_default(formats[f]);
