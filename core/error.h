@@ -18,7 +18,12 @@ typedef struct mx_err {
  * write `return mx_err_set(err, "%s: truncated", path);`. */
 int mx_err_set(mx_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-_Noreturn void mx_fatal(const char *file, int line, const char *fmt, ...)
+#ifdef __cplusplus
+#define MX_NORETURN [[noreturn]]
+#else
+#define MX_NORETURN _Noreturn
+#endif
+MX_NORETURN void mx_fatal(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 #define MX_ASSERT(cond) \

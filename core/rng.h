@@ -9,8 +9,14 @@
 
 #include <stdint.h>
 
+#ifdef __CUDACC__
+#define RNG_HD __host__ __device__
+#else
+#define RNG_HD
+#endif
+
 /* Four 32-bit words for counter (stream, block) under key seed. */
-static inline void rng_philox4x32(uint64_t seed, uint64_t stream, uint64_t block, uint32_t out[4]) {
+RNG_HD static inline void rng_philox4x32(uint64_t seed, uint64_t stream, uint64_t block, uint32_t out[4]) {
     uint32_t c0 = (uint32_t)block, c1 = (uint32_t)(block >> 32);
     uint32_t c2 = (uint32_t)stream, c3 = (uint32_t)(stream >> 32);
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
@@ -33,7 +39,7 @@ static inline void rng_philox4x32(uint64_t seed, uint64_t stream, uint64_t block
 }
 
 /* The index-th 32-bit word of stream `stream`. */
-static inline uint32_t rng_u32_at(uint64_t seed, uint64_t stream, uint64_t index) {
+RNG_HD static inline uint32_t rng_u32_at(uint64_t seed, uint64_t stream, uint64_t index) {
     uint32_t w[4];
     rng_philox4x32(seed, stream, index >> 2, w);
     return w[index & 3];

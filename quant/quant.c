@@ -17,35 +17,17 @@
 #include <string.h>
 
 #include "core/rng.h"
-#include "quant/quant_internal.h"
-
-/* Rounding kernels: EVEN_FAST is production round-half-even; the others are
- * the integer path (EVEN_INT only serves as the tests' reference). */
-enum { QK_EVEN_FAST, QK_EVEN_INT, QK_AWAY, QK_FLOOR, QK_STOCH };
-enum { QK_OUT_FAKE, QK_OUT_PACK };
+#include "quant/quant_kernel.h"
 
 /* Decode tables in the scaled domain, one per MX format (built at load). */
-static float quant_lut[QUANT_FORMAT_COUNT][256];
+float quant_lut[QUANT_FORMAT_COUNT][256];
 
-/* Kernel parameters derived once per call from the spec and the format row. */
-typedef struct qk {
-    const quant_format_info *fi;
-    quant_format format;
-    quant_scale scale;
-    int mode;
-    int p, eminb;         /* main range: fraction bits, biased emin (emin + 127) */
-    int low_p, low_eminb; /* low range (MXSF), used for |t| bits < low_below */
-    uint32_t low_below;   /* 0x3f800000 (|t| < 1) for MXSF, 0 otherwise */
-    int bias, low_bias;   /* encodings */
-    float max_norm;
-    uint64_t seed, stream, offset;
-} qk;
+/* (the kernel parameters and per-element arithmetic: quant_kernel.h) */
 
-static qk qk_make(const quant_spec *s, bool reference) {
+qk qk_make(const quant_spec *s, bool reference) {
     const quant_format_info *fi = quant_format_get(s->format);
     qk k;
     memset(&k, 0, sizeof k);
-    k.fi = fi;
     k.format = s->format;
     k.scale = s->scale;
     static const int modes[] = {QK_EVEN_FAST, QK_AWAY, QK_FLOOR, QK_STOCH};
@@ -65,89 +47,14 @@ static qk qk_make(const quant_spec *s, bool reference) {
         k.low_eminb = k.eminb;
         k.low_bias = k.bias;
     }
+    k.emax = fi->emax;
+    k.bits = fi->bits;
+    k.is_int = fi->is_int;
+    k.has_low = fi->has_low;
     k.seed = s->seed;
     k.stream = s->stream;
     k.offset = s->offset;
     return k;
-}
-
-/* floor(log2 |v|) from the bits of |v| (nonzero, finite), subnormals included. */
-static inline int qk_exponent(uint32_t abits) {
-    int ef = (int)(abits >> 23);
-    if (ef) return ef - 127;
-    return (31 - __builtin_clz(abits)) - 149;
-}
-
-/* Shared exponent of a block from its largest magnitude's bits (finite). */
-static inline int qk_scale_exp(const qk *k, uint32_t amax) {
-    if (amax == 0) return -127; /* all-zero block: scale code 0 */
-    int se = qk_exponent(amax) - k->fi->emax;
-    if (k->scale == QUANT_SCALE_RCEIL && se <= 127) {
-        /* amax > max_norm * 2^se, exactly, in double (both sides exact; 2^se
-         * built from bits, no libm per block) */
-        uint64_t pbits = (uint64_t)(se + 1023) << 52;
-        double p2;
-        memcpy(&p2, &pbits, 8);
-        double a = (double)quant_from_bits(amax);
-        double lim = (double)k->max_norm * p2;
-        if (a > lim) se++;
-    }
-    if (se < -127) se = -127;
-    if (se > 127) se = 127;
-    return se;
-}
-
-/* Quantizes one element in the scaled domain; returns signed t_q. */
-static inline __attribute__((always_inline)) float qk_elem(const qk *k, float t, int mode, uint32_t u) {
-    uint32_t b = quant_bits(t), sg = b & 0x80000000u, a = b & 0x7fffffffu;
-    int low = a < k->low_below;
-    int pp = low ? k->low_p : k->p;
-    int eb0 = low ? k->low_eminb : k->eminb;
-    int ef = (int)(a >> 23);
-    int eb = ef > eb0 ? ef : eb0;
-    float q;
-    if (mode == QK_EVEN_FAST) {
-        float c = quant_from_bits((uint32_t)(eb - pp + 23) << 23);
-        q = (quant_from_bits(a) + c) - c;
-    } else {
-        int efp = ef ? ef : 1;
-        uint32_t m = (a & 0x7fffffu) | (ef ? 0x800000u : 0u);
-        int dfull = eb - efp + 23 - pp; /* bits below the element grid, >= 1 */
-        int d = dfull < 31 ? dfull : 31;
-        uint32_t r = m >> d, rem = m & ((1u << d) - 1u), half = 1u << (d - 1);
-        if (mode == QK_EVEN_INT) r += (rem > half) | ((rem == half) & (r & 1u));
-        else if (mode == QK_AWAY) r += rem >= half;
-        else if (mode == QK_STOCH) {
-            /* floor(v + u), u = U / 2^32: round up iff rem / 2^d + U / 2^32 >= 1 */
-            uint64_t rs = dfull <= 32 ? (uint64_t)rem << (32 - dfull)
-                                      : (dfull - 32 < 32 ? (uint64_t)(m >> (dfull - 32)) : 0);
-            r += (uint32_t)((rs + u) >> 32);
-        }
-        q = (float)r * quant_from_bits((uint32_t)(eb - pp) << 23);
-    }
-    q = q < k->max_norm ? q : k->max_norm;
-    return quant_from_bits(quant_bits(q) | sg);
-}
-
-/* Code byte of an already-quantized t_q. */
-static inline __attribute__((always_inline)) uint8_t qk_encode(const qk *k, float tq) {
-    uint32_t b = quant_bits(tq), sg = b >> 31, a = b & 0x7fffffffu;
-    if (k->fi->is_int) {
-        int v = (int)(quant_from_bits(a) * 64.0f);
-        return (uint8_t)(sg ? -v : v);
-    }
-    int low = a < k->low_below;
-    int pp = low ? k->low_p : k->p;
-    int emin = (low ? k->low_eminb : k->eminb) - 127;
-    int bias = low ? k->low_bias : k->bias;
-    int e = (int)(a >> 23) - 127;
-    uint32_t sig = (a & 0x7fffffu) | 0x800000u;
-    uint32_t normal = ((uint32_t)(e + bias) << pp) | ((sig >> (23 - pp)) & ((1u << pp) - 1u));
-    int sh = 23 - pp + (emin - e); /* only meaningful below emin; clamped so the unused lane stays defined */
-    sh = sh < 0 ? 0 : sh;
-    uint32_t sub = sh < 32 ? sig >> sh : 0;
-    uint32_t mag = a == 0 ? 0 : (e >= emin ? normal : sub);
-    return (uint8_t)((sg << (k->fi->bits - 1)) | mag);
 }
 
 static void qk_fill_random(const qk *k, uint64_t index, int n, uint32_t *u) {
@@ -173,9 +80,17 @@ static inline __attribute__((always_inline)) void qk_row(const qk *k, const floa
             if (out == QK_OUT_FAKE) {
                 float *ys = y + i0;
                 for (int i = 0; i < m; i++) ys[i] = qk_elem(k, xs[i] * inv_s, mode, mode == QK_STOCH ? ubuf[i] : 0) * s;
-            } else {
+            } else if (!y) {
                 uint8_t *cs = codes + i0;
                 for (int i = 0; i < m; i++) cs[i] = qk_encode(k, qk_elem(k, xs[i] * inv_s, mode, mode == QK_STOCH ? ubuf[i] : 0));
+            } else { /* packed, and the values quant_fake gives (signed zeros included) */
+                uint8_t *cs = codes + i0;
+                float *ys = y + i0;
+                for (int i = 0; i < m; i++) {
+                    float tq = qk_elem(k, xs[i] * inv_s, mode, mode == QK_STOCH ? ubuf[i] : 0);
+                    cs[i] = qk_encode(k, tq);
+                    ys[i] = tq * s;
+                }
             }
             continue;
         }
@@ -183,8 +98,8 @@ static inline __attribute__((always_inline)) void qk_row(const qk *k, const floa
             float xv = xs[i], t = xv * inv_s;
             float tq = qk_elem(k, t, mode, mode == QK_STOCH ? ubuf[i] : 0);
             float q = tq * s;
-            if (out == QK_OUT_FAKE) y[i0 + i] = q;
-            else codes[i0 + i] = qk_encode(k, tq);
+            if (y) y[i0 + i] = q;
+            if (out == QK_OUT_PACK) codes[i0 + i] = qk_encode(k, tq);
             uint32_t ax = quant_bits(xv) & 0x7fffffffu;
             if (ax) {
                 st->nonzero++;
@@ -266,15 +181,15 @@ __attribute__((target("avx2"))) static inline void qk_vec_encode(const qk *k, __
     const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
     __m256i qi = _mm256_castps_si256(q);
     __m256i a = _mm256_and_si256(qi, absmask);
-    __m256i sg = _mm256_slli_epi32(_mm256_srli_epi32(qi, 31), k->fi->bits - 1);
+    __m256i sg = _mm256_slli_epi32(_mm256_srli_epi32(qi, 31), k->bits - 1);
     __m256i mag;
-    if (k->fi->is_int) {
+    if (k->is_int) {
         __m256i v = _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(64.0f)));
         mag = _mm256_blendv_epi8(v, _mm256_sub_epi32(_mm256_setzero_si256(), v), _mm256_srai_epi32(qi, 31));
         sg = _mm256_setzero_si256();
     } else {
         __m256i pp = _mm256_set1_epi32(k->p), emin = _mm256_set1_epi32(k->eminb - 127), bias = _mm256_set1_epi32(k->bias);
-        if (k->fi->has_low) {
+        if (k->has_low) {
             __m256i low = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)k->low_below), a);
             pp = _mm256_blendv_epi8(pp, _mm256_set1_epi32(k->low_p), low);
             emin = _mm256_blendv_epi8(emin, _mm256_set1_epi32(k->low_eminb - 127), low);
@@ -324,7 +239,7 @@ __attribute__((target("avx2"))) static bool qk_tile_even_avx2(const qk *k, const
     __m256i low_below = _mm256_set1_epi32((int)k->low_below), low_eb0 = _mm256_set1_epi32(k->low_eminb),
             low_off = _mm256_set1_epi32(23 - k->low_p);
     __m256 maxn = _mm256_set1_ps(k->max_norm);
-    int has_low = k->fi->has_low;
+    int has_low = k->has_low;
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < cols; j += 8) {
             __m256 xv = _mm256_loadu_ps(x + i * ld + j);
@@ -365,7 +280,7 @@ __attribute__((target("avx2"))) static bool qk_panel_even_avx2(const qk *k, cons
     __m256i low_below = _mm256_set1_epi32((int)k->low_below), low_eb0 = _mm256_set1_epi32(k->low_eminb),
             low_off = _mm256_set1_epi32(23 - k->low_p);
     __m256 maxn = _mm256_set1_ps(k->max_norm);
-    int has_low = k->fi->has_low;
+    int has_low = k->has_low;
     for (int i = 0; i < rows; i++)
         for (int v = 0; v < nv; v++) {
             __m256 xv = _mm256_loadu_ps(x + i * ld + 8 * v), s = _mm256_loadu_ps(sv + 8 * v),
@@ -397,21 +312,7 @@ static bool qk_have_avx2(void) { return false; }
 
 /* ---- layouts ---- */
 
-typedef enum { QL_ELEMENTWISE, QL_TILES, QL_COLUMNS } ql_kind;
-
-/* TILES: lead x [R x C] matrices cut into r x c tiles (1D blocks along a
- * contiguous axis are 1 x k tiles). COLUMNS: [outer, L, inner] with 1D blocks
- * of k along L, i.e. strided columns, processed `inner` at a time. */
-typedef struct qlayout {
-    ql_kind kind;
-    int64_t lead, R, C, ntr, ntc;
-    int r, c;
-    int64_t outer, L, inner, nb;
-    int k;
-    int64_t nblocks, numel;
-} qlayout;
-
-static int ql_make(const quant_spec *s, int ndim, const int64_t *shape, qlayout *l, mx_err *err) {
+int ql_make(const quant_spec *s, int ndim, const int64_t *shape, qlayout *l, mx_err *err) {
     memset(l, 0, sizeof *l);
     l->numel = 1;
     for (int i = 0; i < ndim; i++) l->numel *= shape[i];
@@ -550,8 +451,6 @@ static void qk_run_tiles(const qk *k, const qlayout *l, const float *x, float *y
             for (int i = 0; i < rows; i++) {
                 int64_t o = off + i * l->C;
                 row(k, x + o, y ? y + o : NULL, codes ? codes + o : NULL, cols, inv_s, s, st, e_amax, (uint64_t)o);
-                if (y && codes) /* both wanted: the row kernel packed; decode as quant_unpack does */
-                    for (int j = 0; j < cols; j++) y[o + j] = quant_lut[k->format][codes[o + j]] * s;
             }
         }
     }
@@ -623,7 +522,6 @@ static void qk_run_columns(const qk *k, const qlayout *l, const float *x, float 
                     } else {
                         row(k, x + off, y ? y + off : NULL, codes ? codes + off : NULL, 1, inv_s, s, st, e_amax,
                             (uint64_t)off);
-                        if (y && codes) y[off] = quant_lut[k->format][codes[off]] * s;
                     }
                 }
             }

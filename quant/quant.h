@@ -133,7 +133,8 @@ void quant_fake(const quant_spec *s, const float *x, float *y, int ndim, const i
  * Not defined for fp32 (assertion). bf16 packs to nothing: use fake-quant. */
 void quant_pack(const quant_spec *s, const float *x, uint8_t *codes, int ndim, const int64_t *shape,
                 uint8_t *scales, quant_stats *stats);
-/* quant_pack and quant_fake in one pass: codes, scales and the dequantized y. */
+/* quant_pack and quant_fake in one pass: codes, scales and y, which equals
+ * quant_fake's bit for bit (signed zeros too: unpacking mxint8 codes gives +0). */
 void quant_pack_fake(const quant_spec *s, const float *x, uint8_t *codes, float *y, int ndim, const int64_t *shape,
                      uint8_t *scales, quant_stats *stats);
 void quant_unpack(const quant_spec *s, const uint8_t *codes, const uint8_t *scales, float *y, int ndim,

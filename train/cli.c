@@ -1,5 +1,10 @@
 #include "train/cli.h"
 
+#include "core/keys.h"
+#ifdef MXTRAIN_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -44,3 +49,20 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) {
 }
 
 bool cli_is_help(const char *arg) { return strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0; }
+
+static const char *const cli_device_names[] = {"cpu", "cuda"};
+_Static_assert(sizeof cli_device_names / sizeof cli_device_names[0] == CLI_DEVICE_COUNT, "device names");
+MX_ENUM_OF_NAMES(cli_device_enum, "device", cli_device_names);
+
+int cli_device_open(const char *name, cli_device *out, mx_err *err) {
+    int v;
+    if (mx_enum_parse(&cli_device_enum, name, &v, err)) return -1;
+    *out = (cli_device)v;
+    if (*out != CLI_DEVICE_CUDA) return 0;
+#ifdef MXTRAIN_HAVE_CUDA
+    return cu_init(err) ? -2 : 0;
+#else
+    mx_err_set(err, "this mxtrain was built without CUDA (no nvcc at build time); use --device cpu");
+    return -2;
+#endif
+}

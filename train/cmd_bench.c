@@ -4,6 +4,9 @@
 
 #include "quant/quant.h"
 #include "train/cli.h"
+#ifdef MXTRAIN_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
 #include "train/commands.h"
 
 int bench_step(int argc, char **argv);
@@ -12,7 +15,7 @@ int bench_data(int argc, char **argv);
 int bench_gemm(int argc, char **argv);
 
 static const char bench_usage[] =
-    "usage: mxtrain bench quantize [--format F] [--n N] [--reps R]\n"
+    "usage: mxtrain bench quantize [--format F] [--n N] [--reps R] [--device cpu|cuda]\n"
     "       mxtrain bench step [--model M] [--batch B] [--format F] [--tiling T] ...  (bench step --help)\n"
     "       mxtrain bench CONFIG [--steps N] [--set ...]   training steps on the config's first batch\n"
     "       mxtrain bench data CONFIG [--batches N]        loader images/s\n"
@@ -21,10 +24,12 @@ static const char bench_usage[] =
     "Measures, alternately in one run, fake-quant GB/s (8 bytes per element: read + write float32),\n"
     "pack GB/s (4 + 1 + 1/32 bytes per element) and memcpy GB/s of the same size on the same threads,\n"
     "and prints one JSON line per format with the ratios. Default: every format, N = 16777216\n"
-    "elements, R = 9 repetitions (medians). Set threads with the global --threads.\n";
+    "elements, R = 9 repetitions (medians). Set threads with the global --threads.\n"
+    "--device cuda: the same on the GPU against a device-to-device copy (CUDA events), plus the\n"
+    "fake-quant kernel that writes bf16 (6 bytes per element).\n";
 
 static int bench_quantize(int argc, char **argv) {
-    const char *fmt = NULL, *n_s = "16777216", *reps_s = "9";
+    const char *fmt = NULL, *n_s = "16777216", *reps_s = "9", *dev_s = "cpu";
     for (int i = 0; i < argc; i++) {
         if (cli_is_help(argv[i])) {
             fputs(bench_usage, stdout);
@@ -41,6 +46,9 @@ static int bench_quantize(int argc, char **argv) {
         } else if ((r = cli_take_value(argc, argv, &i, "--reps", &v)) != 0) {
             if (r < 0) return CLI_EXIT_USAGE;
             reps_s = v;
+        } else if ((r = cli_take_value(argc, argv, &i, "--device", &v)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            dev_s = v;
         } else {
             return cli_usage_error("bench quantize", "unknown argument '%s'", argv[i]);
         }
@@ -58,6 +66,17 @@ static int bench_quantize(int argc, char **argv) {
         for (int f = 0; f < QUANT_FORMAT_COUNT; f++)
             if (f != QUANT_FORMAT_FP32) formats[nf++] = (quant_format)f;
     }
+    cli_device dev;
+    mx_err derr;
+    int dr = cli_device_open(dev_s, &dev, &derr);
+    if (dr == -1) return cli_usage_error("bench quantize", "%s", derr.msg);
+    if (dr == -2) {
+        fprintf(stderr, "mxtrain bench quantize: %s\n", derr.msg);
+        return 1;
+    }
+#ifdef MXTRAIN_HAVE_CUDA
+    if (dev == CLI_DEVICE_CUDA) return cu_quant_bench(formats, nf, n, (int)reps);
+#endif
     return quant_bench(formats, nf, n, (int)reps);
 }
 

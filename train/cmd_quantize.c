@@ -8,11 +8,15 @@
 #include "core/npy.h"
 #include "quant/quant.h"
 #include "train/cli.h"
+#ifdef MXTRAIN_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
 #include "train/commands.h"
 
 static const char quantize_usage[] =
     "usage: mxtrain quantize --format F [--round even|away|floor|stochastic] [--scale floor|rceil]\n"
-    "                        [--block 1xK|RxC] [--axis N] [--seed S] [--scales-out SCALES.npy] IN.npy OUT.npy\n"
+    "                        [--block 1xK|RxC] [--axis N] [--seed S] [--scales-out SCALES.npy]\n"
+    "                        [--device cpu|cuda] IN.npy OUT.npy\n"
     "\n"
     "Reads a float32 .npy of any rank (float64 is converted), quantizes it and writes the dequantized\n"
     "float32 .npy. Prints one JSON line of statistics on stdout.\n"
@@ -25,6 +29,7 @@ static const char quantize_usage[] =
     "  --axis N          axis of 1D blocks (default -1; negative counts from the end)\n"
     "  --seed S          seed of stochastic rounding (default 0)\n"
     "  --scales-out F    write the uint8 E8M0 scale codes in block order\n"
+    "  --device D        cpu (default) or cuda: the GPU quantizer (bit-identical output)\n"
     "\n"
     "bf16 and fp32 take no block. Errors are one line on stderr and exit status 2.\n";
 
@@ -35,7 +40,7 @@ static void quantize_print_json_number(const char *key, double v, int last) {
 
 int cmd_quantize(int argc, char **argv) {
     const char *fmt = NULL, *round = "even", *scale = "floor", *block = NULL, *axis_s = "-1", *seed_s = "0",
-               *scales_out = NULL;
+               *scales_out = NULL, *dev_s = "cpu";
     const char *pos[2];
     int npos = 0;
     for (int i = 0; i < argc; i++) {
@@ -46,10 +51,10 @@ int cmd_quantize(int argc, char **argv) {
         const char **slot = NULL;
         const char *v;
         int r;
-        static const char *const names[] = {"--format", "--round", "--scale", "--block", "--axis", "--seed",
-                                            "--scales-out"};
-        const char **slots[] = {&fmt, &round, &scale, &block, &axis_s, &seed_s, &scales_out};
-        for (int k = 0; k < 7 && !slot; k++) {
+        static const char *const names[] = {"--format", "--round",      "--scale", "--block",
+                                            "--axis",   "--seed",       "--scales-out", "--device"};
+        const char **slots[] = {&fmt, &round, &scale, &block, &axis_s, &seed_s, &scales_out, &dev_s};
+        for (int k = 0; k < 8 && !slot; k++) {
             r = cli_take_value(argc, argv, &i, names[k], &v);
             if (r < 0) return CLI_EXIT_USAGE;
             if (r == 1) {
@@ -81,6 +86,13 @@ int cmd_quantize(int argc, char **argv) {
     if (!cli_parse_i64(seed_s, 0, INT64_MAX, &seed)) return cli_usage_error("quantize", "malformed --seed '%s'", seed_s);
     spec.axis = (int)axis;
     spec.seed = (uint64_t)seed;
+    cli_device dev;
+    int dr = cli_device_open(dev_s, &dev, &err);
+    if (dr == -1) return cli_usage_error("quantize", "%s", err.msg);
+    if (dr == -2) {
+        fprintf(stderr, "mxtrain quantize: %s\n", err.msg);
+        return 1;
+    }
 
     npy_array in;
     if (npy_read_f32(pos[0], &in, &err)) {
@@ -98,7 +110,21 @@ int cmd_quantize(int argc, char **argv) {
     out = mx_malloc((size_t)in.numel * sizeof(float) + 64);
     scales = mx_malloc((size_t)nblocks + 1);
     quant_stats st;
-    quant_fake(&spec, in.data, out, in.ndim, in.shape, fi->is_mx ? scales : NULL, &st);
+    if (dev == CLI_DEVICE_CPU) quant_fake(&spec, in.data, out, in.ndim, in.shape, fi->is_mx ? scales : NULL, &st);
+#ifdef MXTRAIN_HAVE_CUDA
+    else {
+        size_t bytes = (size_t)in.numel * sizeof(float);
+        float *dx = cu_malloc(bytes), *dy = cu_malloc(bytes);
+        uint8_t *dsc = cu_malloc((size_t)nblocks + 1);
+        cu_to_device(dx, in.data, bytes);
+        cu_quant_fake(&spec, dx, dy, in.ndim, in.shape, fi->is_mx ? dsc : NULL, &st);
+        cu_to_host(out, dy, bytes);
+        cu_to_host(scales, dsc, (size_t)nblocks + 1);
+        cu_free(dx);
+        cu_free(dy);
+        cu_free(dsc);
+    }
+#endif
     npy_array o = npy_wrap(NPY_DTYPE_F32, in.ndim, in.shape, out);
     if (npy_write(pos[1], &o, &err)) {
         fprintf(stderr, "mxtrain quantize: %s\n", err.msg);

@@ -3,6 +3,9 @@
 
 #include "core/cpu.h"
 #include "core/threads.h"
+#ifdef MXTRAIN_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
 #include "train/cli.h"
 #include "train/commands.h"
 
@@ -15,7 +18,7 @@ int cmd_version(int argc, char **argv) {
     for (int i = 0; i < argc; i++) {
         if (cli_is_help(argv[i])) {
             printf("usage: mxtrain version\n\nPrints the version, compiler, OpenBLAS build and kernels, threads and the\n"
-                   "CPU features detected at run time.\n");
+                   "CPU features detected at run time, and the CUDA runtime, driver and GPUs.\n");
             return 0;
         }
         return cli_usage_error("version", "unexpected argument '%s'", argv[i]);
@@ -33,5 +36,10 @@ int cmd_version(int argc, char **argv) {
            f.avx512f ? " avx512f" : "", f.avx512bw ? " avx512bw" : "", f.avx512vl ? " avx512vl" : "",
            f.avx512_vnni ? " avx512_vnni" : "", f.avx512_bf16 ? " avx512_bf16" : "", f.avx_vnni ? " avx_vnni" : "",
            (!f.avx512f) ? " (no AVX-512)" : "");
+#ifdef MXTRAIN_HAVE_CUDA
+    cu_describe(stdout);
+#else
+    printf("cuda: not built (no nvcc at build time)\n");
+#endif
     return 0;
 }

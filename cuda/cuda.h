@@ -1,0 +1,88 @@
+/* The GPU backend (optional: built when nvcc is found; MXTRAIN_HAVE_CUDA).
+ *
+ * A C interface over CUDA, so the rest of the code base stays C11 and knows
+ * no CUDA types. Pointers named d_* are device memory. Every CUDA call is
+ * checked: a failure is fatal with the file:line of the call (CU_CHECK in
+ * cuda_internal.h), like MX_ASSERT; user-facing failures (no GPU when one was
+ * asked for) are mx_err messages.
+ *
+ * The quantizer here computes exactly the CPU's bits: both use the per-element
+ * arithmetic of quant/quant_kernel.h, the same layouts, the same Philox
+ * streams for stochastic rounding, and no fused multiply-adds (the .cu files
+ * are compiled with --fmad=false). Statistics: counts and the exponent-gap
+ * histogram are exact; the QSNR sums are double sums in another order. */
+#ifndef MX_CUDA_CUDA_H
+#define MX_CUDA_CUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "core/error.h"
+#include "quant/quant.h"
+
+/* Whether a GPU is usable (driver present, at least one device). */
+bool cu_available(void);
+/* Selects GPU 0; -1 with "no GPU is visible (...)" when there is none. */
+int cu_init(mx_err *err);
+/* Runtime and driver versions and each GPU's name, memory and SM count (or
+ * that none is visible), for `mxtrain version`. */
+void cu_describe(FILE *f);
+
+/* Device memory (plain cudaMalloc; never managed memory). */
+void *cu_malloc(size_t bytes);
+void cu_free(void *d);
+void cu_to_device(void *d_dst, const void *src, size_t bytes);
+void cu_to_host(void *dst, const void *d_src, size_t bytes);
+void cu_copy(void *d_dst, const void *d_src, size_t bytes);
+void cu_memset(void *d, int value, size_t bytes);
+void cu_sync(void);
+
+/* A step arena on the device: one cudaMalloc block, bump allocation (256-byte
+ * aligned), reset per step. A step that outgrows it takes extra blocks; the
+ * next reset replaces everything by one block of the peak, so steady state
+ * allocates nothing. */
+typedef struct cu_arena {
+    char *base;
+    size_t cap, used, peak, extra_bytes;
+    void **extra;
+    int n_extra, cap_extra;
+} cu_arena;
+void cu_arena_init(cu_arena *a, size_t bytes);
+void *cu_arena_alloc(cu_arena *a, size_t bytes);
+void cu_arena_reset(cu_arena *a);
+void cu_arena_free(cu_arena *a);
+
+/* The quantizer on device arrays, with quant.h's contract (shape, spec,
+ * scales in block order, stats overwritten when not NULL). */
+void cu_quant_fake(const quant_spec *s, const float *d_x, float *d_y, int ndim, const int64_t *shape,
+                   uint8_t *d_scales, quant_stats *stats);
+void cu_quant_pack(const quant_spec *s, const float *d_x, uint8_t *d_codes, int ndim, const int64_t *shape,
+                   uint8_t *d_scales, quant_stats *stats);
+void cu_quant_pack_fake(const quant_spec *s, const float *d_x, uint8_t *d_codes, float *d_y, int ndim,
+                        const int64_t *shape, uint8_t *d_scales, quant_stats *stats);
+void cu_quant_unpack(const quant_spec *s, const uint8_t *d_codes, const uint8_t *d_scales, float *d_y, int ndim,
+                     const int64_t *shape);
+/* Fake-quantization written as bfloat16 (the GEMM operand form). Every value
+ * of an 8-bit-or-narrower MX format is exact in bf16 except below bf16's
+ * smallest subnormal step (2^-133), which blocks scaled near 2^-127 reach
+ * (MXSF's E3M2 subnormals); returns how many elements were not bf16-exact,
+ * so a caller can keep that operand in float32 instead. */
+int64_t cu_quant_fake_bf16(const quant_spec *s, const float *d_x, uint16_t *d_y, int ndim, const int64_t *shape,
+                           uint8_t *d_scales, quant_stats *stats);
+
+/* Device-to-device copy bandwidth (GB/s, bytes read + written) and the
+ * quantizer's throughput for `mxtrain bench quantize --device cuda`: one JSON
+ * line per format on stdout. */
+int cu_quant_bench(const quant_format *formats, int nformats, int64_t n, int reps);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,127 @@
+// Device selection, description, memory and the device step arena.
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda.h"
+#include "cuda/cuda_internal.h"
+
+extern "C" {
+
+bool cu_available(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* clear the sticky "no driver" error */
+        return false;
+    }
+    return n > 0;
+}
+
+int cu_init(mx_err *err) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        return mx_err_set(err, "no GPU is visible (%s); use --device cpu",
+                          e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device");
+    }
+    CU_CHECK(cudaSetDevice(0));
+    return 0;
+}
+
+void cu_describe(FILE *f) {
+    int rt = 0, drv = 0;
+    cudaRuntimeGetVersion(&rt);
+    cudaDriverGetVersion(&drv);
+    fprintf(f, "cuda: runtime %d.%d (static), driver %s", rt / 1000, (rt % 1000) / 10, drv ? "" : "none");
+    if (drv) fprintf(f, "%d.%d", drv / 1000, (drv % 1000) / 10);
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        fprintf(f, "; no GPU is visible\n");
+        return;
+    }
+    fprintf(f, "; %d GPU%s\n", n, n > 1 ? "s" : "");
+    for (int i = 0; i < n; i++) {
+        cudaDeviceProp p;
+        CU_CHECK(cudaGetDeviceProperties(&p, i));
+        fprintf(f, "gpu %d: %s, %.1f GiB, %d SMs, compute capability %d.%d\n", i, p.name,
+                (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), p.multiProcessorCount, p.major, p.minor);
+    }
+}
+
+void *cu_malloc(size_t bytes) {
+    void *d = NULL;
+    cudaError_t e = cudaMalloc(&d, bytes ? bytes : 1);
+    if (e != cudaSuccess) mx_fatal(__FILE__, __LINE__, "out of GPU memory allocating %zu bytes (%s)", bytes,
+                                   cudaGetErrorString(e));
+    return d;
+}
+
+void cu_free(void *d) {
+    if (d) CU_CHECK(cudaFree(d));
+}
+
+void cu_to_device(void *d_dst, const void *src, size_t bytes) {
+    CU_CHECK(cudaMemcpy(d_dst, src, bytes, cudaMemcpyHostToDevice));
+}
+void cu_to_host(void *dst, const void *d_src, size_t bytes) {
+    CU_CHECK(cudaMemcpy(dst, d_src, bytes, cudaMemcpyDeviceToHost));
+}
+void cu_copy(void *d_dst, const void *d_src, size_t bytes) {
+    CU_CHECK(cudaMemcpy(d_dst, d_src, bytes, cudaMemcpyDeviceToDevice));
+}
+void cu_memset(void *d, int value, size_t bytes) { CU_CHECK(cudaMemset(d, value, bytes)); }
+void cu_sync(void) { CU_CHECK(cudaDeviceSynchronize()); }
+
+/* ---------------- the device step arena ---------------- */
+
+static size_t cu_align(size_t n) { return (n + 255) & ~(size_t)255; }
+
+void cu_arena_init(cu_arena *a, size_t bytes) {
+    memset(a, 0, sizeof *a);
+    a->cap = cu_align(bytes);
+    if (a->cap) a->base = (char *)cu_malloc(a->cap);
+}
+
+void *cu_arena_alloc(cu_arena *a, size_t bytes) {
+    size_t n = cu_align(bytes ? bytes : 1);
+    if (a->used + n <= a->cap) {
+        void *p = a->base + a->used;
+        a->used += n;
+        if (a->used + a->extra_bytes > a->peak) a->peak = a->used + a->extra_bytes;
+        return p;
+    }
+    /* overflow for this step: an extra block, folded into one at the next reset */
+    if (a->n_extra == a->cap_extra) {
+        a->cap_extra = a->cap_extra ? 2 * a->cap_extra : 16;
+        void **e = (void **)realloc(a->extra, sizeof(void *) * (size_t)a->cap_extra);
+        if (!e) mx_fatal(__FILE__, __LINE__, "out of memory");
+        a->extra = e;
+    }
+    void *p = cu_malloc(n);
+    a->extra[a->n_extra++] = p;
+    a->extra_bytes += n;
+    if (a->used + a->extra_bytes > a->peak) a->peak = a->used + a->extra_bytes;
+    return p;
+}
+
+void cu_arena_reset(cu_arena *a) {
+    if (a->n_extra) {
+        for (int i = 0; i < a->n_extra; i++) cu_free(a->extra[i]);
+        a->n_extra = 0;
+        a->extra_bytes = 0;
+        cu_free(a->base);
+        a->cap = cu_align(a->peak);
+        a->base = (char *)cu_malloc(a->cap);
+    }
+    a->used = 0;
+}
+
+void cu_arena_free(cu_arena *a) {
+    for (int i = 0; i < a->n_extra; i++) cu_free(a->extra[i]);
+    free(a->extra);
+    cu_free(a->base);
+    memset(a, 0, sizeof *a);
+}
+
+}  // extern "C"

@@ -1,0 +1,148 @@
+/* The quantizer's per-element arithmetic, shared by the CPU kernels
+ * (quant.c) and the GPU kernels (cuda/quant.cu) so that both compute the same
+ * bits by construction: kernel parameters (qk), the shared exponent of a
+ * block, one element's rounding and its code. Also the layouts of a spec over
+ * a shape (qlayout). Internal to the quantizer. */
+#ifndef MX_QUANT_KERNEL_H
+#define MX_QUANT_KERNEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "quant/quant_internal.h"
+
+#ifdef __CUDACC__
+#define QK_INLINE __forceinline__
+#else
+#define QK_INLINE inline __attribute__((always_inline))
+#endif
+#ifdef __CUDA_ARCH__ /* the device pass of nvcc */
+#define QK_CLZ(x) __clz((int)(x))
+#else
+#define QK_CLZ(x) __builtin_clz(x)
+#endif
+
+/* Rounding kernels: EVEN_FAST is production round-half-even; the others are
+ * the integer path (EVEN_INT only serves as the tests' reference). */
+enum { QK_EVEN_FAST, QK_EVEN_INT, QK_AWAY, QK_FLOOR, QK_STOCH };
+enum { QK_OUT_FAKE, QK_OUT_PACK };
+
+/* Kernel parameters derived once per call from the spec and the format row. */
+typedef struct qk {
+    quant_format format;
+    quant_scale scale;
+    int mode;
+    int p, eminb;         /* main range: fraction bits, biased emin (emin + 127) */
+    int low_p, low_eminb; /* low range (MXSF), used for |t| bits < low_below */
+    uint32_t low_below;   /* 0x3f800000 (|t| < 1) for MXSF, 0 otherwise */
+    int bias, low_bias;   /* encodings */
+    float max_norm;
+    int emax, bits;       /* the format row's, copied: a GPU kernel cannot read the host table */
+    bool is_int, has_low;
+    uint64_t seed, stream, offset;
+} qk;
+
+
+/* floor(log2 |v|) from the bits of |v| (nonzero, finite), subnormals included. */
+QK_HD static inline int qk_exponent(uint32_t abits) {
+    int ef = (int)(abits >> 23);
+    if (ef) return ef - 127;
+    return (31 - QK_CLZ(abits)) - 149;
+}
+
+/* Shared exponent of a block from its largest magnitude's bits (finite). */
+QK_HD static inline int qk_scale_exp(const qk *k, uint32_t amax) {
+    if (amax == 0) return -127; /* all-zero block: scale code 0 */
+    int se = qk_exponent(amax) - k->emax;
+    if (k->scale == QUANT_SCALE_RCEIL && se <= 127) {
+        /* amax > max_norm * 2^se, exactly, in double (both sides exact; 2^se
+         * built from bits, no libm per block) */
+        uint64_t pbits = (uint64_t)(se + 1023) << 52;
+        double p2;
+        memcpy(&p2, &pbits, 8);
+        double a = (double)quant_from_bits(amax);
+        double lim = (double)k->max_norm * p2;
+        if (a > lim) se++;
+    }
+    if (se < -127) se = -127;
+    if (se > 127) se = 127;
+    return se;
+}
+
+/* Quantizes one element in the scaled domain; returns signed t_q. */
+QK_HD static QK_INLINE float qk_elem(const qk *k, float t, int mode, uint32_t u) {
+    uint32_t b = quant_bits(t), sg = b & 0x80000000u, a = b & 0x7fffffffu;
+    int low = a < k->low_below;
+    int pp = low ? k->low_p : k->p;
+    int eb0 = low ? k->low_eminb : k->eminb;
+    int ef = (int)(a >> 23);
+    int eb = ef > eb0 ? ef : eb0;
+    float q;
+    if (mode == QK_EVEN_FAST) {
+        float c = quant_from_bits((uint32_t)(eb - pp + 23) << 23);
+        q = (quant_from_bits(a) + c) - c;
+    } else {
+        int efp = ef ? ef : 1;
+        uint32_t m = (a & 0x7fffffu) | (ef ? 0x800000u : 0u);
+        int dfull = eb - efp + 23 - pp; /* bits below the element grid, >= 1 */
+        int d = dfull < 31 ? dfull : 31;
+        uint32_t r = m >> d, rem = m & ((1u << d) - 1u), half = 1u << (d - 1);
+        if (mode == QK_EVEN_INT) r += (rem > half) | ((rem == half) & (r & 1u));
+        else if (mode == QK_AWAY) r += rem >= half;
+        else if (mode == QK_STOCH) {
+            /* floor(v + u), u = U / 2^32: round up iff rem / 2^d + U / 2^32 >= 1 */
+            uint64_t rs = dfull <= 32 ? (uint64_t)rem << (32 - dfull)
+                                      : (dfull - 32 < 32 ? (uint64_t)(m >> (dfull - 32)) : 0);
+            r += (uint32_t)((rs + u) >> 32);
+        }
+        q = (float)r * quant_from_bits((uint32_t)(eb - pp) << 23);
+    }
+    q = q < k->max_norm ? q : k->max_norm;
+    return quant_from_bits(quant_bits(q) | sg);
+}
+
+/* Code byte of an already-quantized t_q. */
+QK_HD static QK_INLINE uint8_t qk_encode(const qk *k, float tq) {
+    uint32_t b = quant_bits(tq), sg = b >> 31, a = b & 0x7fffffffu;
+    if (k->is_int) {
+        int v = (int)(quant_from_bits(a) * 64.0f);
+        return (uint8_t)(sg ? -v : v);
+    }
+    int low = a < k->low_below;
+    int pp = low ? k->low_p : k->p;
+    int emin = (low ? k->low_eminb : k->eminb) - 127;
+    int bias = low ? k->low_bias : k->bias;
+    int e = (int)(a >> 23) - 127;
+    uint32_t sig = (a & 0x7fffffu) | 0x800000u;
+    uint32_t normal = ((uint32_t)(e + bias) << pp) | ((sig >> (23 - pp)) & ((1u << pp) - 1u));
+    int sh = 23 - pp + (emin - e); /* only meaningful below emin; clamped so the unused lane stays defined */
+    sh = sh < 0 ? 0 : sh;
+    uint32_t sub = sh < 32 ? sig >> sh : 0;
+    uint32_t mag = a == 0 ? 0 : (e >= emin ? normal : sub);
+    return (uint8_t)((sg << (k->bits - 1)) | mag);
+}
+
+
+typedef enum { QL_ELEMENTWISE, QL_TILES, QL_COLUMNS } ql_kind;
+
+/* TILES: lead x [R x C] matrices cut into r x c tiles (1D blocks along a
+ * contiguous axis are 1 x k tiles). COLUMNS: [outer, L, inner] with 1D blocks
+ * of k along L, i.e. strided columns, processed `inner` at a time. */
+typedef struct qlayout {
+    ql_kind kind;
+    int64_t lead, R, C, ntr, ntc;
+    int r, c;
+    int64_t outer, L, inner, nb;
+    int k;
+    int64_t nblocks, numel;
+} qlayout;
+
+/* The layout of spec s over shape (message and -1 when they do not fit). */
+int ql_make(const quant_spec *s, int ndim, const int64_t *shape, qlayout *l, mx_err *err);
+/* Kernel parameters of s (reference: the integer path for round-half-even too). */
+qk qk_make(const quant_spec *s, bool reference);
+/* Decode tables in the scaled domain, one per MX format: value of each code byte. */
+extern float quant_lut[QUANT_FORMAT_COUNT][256];
+
+#endif

@@ -1,0 +1,406 @@
+/* cuda/: the GPU quantizer against the CPU's, bit for bit: every golden case
+ * (../shared/golden, and ../shared/golden-bdr for the formats the build has),
+ * every format x rounding x scale x layout on random tensors, edge tensors
+ * (ragged shapes, Inf/NaN blocks, all-zero blocks, float32 subnormals, blocks
+ * scaled near 2^-127), statistics, pack/unpack, the bf16 output and a tensor
+ * over 2^31 bytes; the device arena. Without a GPU the suite prints one line
+ * and exits 77, which ctest reports as skipped. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/npy.h"
+#include "core/rng.h"
+#include "cuda/cuda.h"
+#include "quant/quant.h"
+#include "test_util.h"
+
+static uint32_t bits_of(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* Bit equality, except any NaN matches any NaN. */
+static bool same(float a, float b) { return (isnan(a) && isnan(b)) || bits_of(a) == bits_of(b); }
+
+/* (Plain loops find the first difference: a Check assertion per element
+ * costs a system call.) */
+static void expect_same(const float *got, const float *want, int64_t n, const char *what) {
+    int64_t i = 0;
+    while (i < n && same(got[i], want[i])) i++;
+    if (i < n) ck_abort_msg("%s [%lld]: gpu %a, cpu %a", what, (long long)i, (double)got[i], (double)want[i]);
+}
+
+static void expect_same_bytes(const uint8_t *got, const uint8_t *want, int64_t n, const char *what) {
+    int64_t i = 0;
+    while (i < n && got[i] == want[i]) i++;
+    if (i < n) ck_abort_msg("%s [%lld]: gpu %u, cpu %u", what, (long long)i, got[i], want[i]);
+}
+
+static bool close_sum(double g, double c) {
+    if (isnan(g) || isnan(c)) return isnan(g) && isnan(c);
+    if (isinf(g) || isinf(c)) return g == c;
+    return fabs(g - c) <= 1e-12 * fabs(c);
+}
+
+static void expect_stats(const quant_stats *g, const quant_stats *c, const char *what) {
+    ck_assert_msg(g->elements == c->elements && g->nonzero == c->nonzero && g->underflow == c->underflow &&
+                      g->saturated == c->saturated,
+                  "%s: counts gpu %lld/%lld/%lld/%lld cpu %lld/%lld/%lld/%lld", what, (long long)g->elements,
+                  (long long)g->nonzero, (long long)g->underflow, (long long)g->saturated, (long long)c->elements,
+                  (long long)c->nonzero, (long long)c->underflow, (long long)c->saturated);
+    for (int i = 0; i < QUANT_GAP_BINS; i++)
+        if (g->gap_hist[i] != c->gap_hist[i])
+            ck_abort_msg("%s: gap %d gpu %lld cpu %lld", what, i, (long long)g->gap_hist[i], (long long)c->gap_hist[i]);
+    /* double sums in another order: equal to rounding (NaN and Inf alike) */
+    ck_assert_msg(close_sum(g->sum_x2, c->sum_x2), "%s: sum_x2 %.17g vs %.17g", what, g->sum_x2, c->sum_x2);
+    ck_assert_msg(close_sum(g->sum_err2, c->sum_err2), "%s: sum_err2 %.17g vs %.17g", what, g->sum_err2, c->sum_err2);
+}
+
+/* Device buffers reused across checks (allocation is slow on some hosts). */
+static void *dev_buf(int slot, size_t bytes) {
+    static void *buf[6];
+    static size_t cap[6];
+    if (bytes > cap[slot]) {
+        cu_free(buf[slot]);
+        cap[slot] = bytes * 2;
+        buf[slot] = cu_malloc(cap[slot]);
+    }
+    return buf[slot];
+}
+
+/* Quantizes x on both devices every way the spec allows and compares. */
+static void check_spec(const quant_spec *s, const float *x, int ndim, const int64_t *shape, const char *what) {
+    mx_err err;
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    int64_t nb = quant_num_blocks(s, ndim, shape, &err);
+    ck_assert_msg(nb >= 0, "%s: %s", what, err.msg);
+    bool mx = quant_format_get(s->format)->is_mx;
+    size_t fb = sizeof(float) * (size_t)(n ? n : 1);
+    float *yc = malloc(fb), *yg = malloc(fb), *yu = malloc(fb);
+    uint8_t *sc = malloc((size_t)nb + 1), *sg = malloc((size_t)nb + 1), *cc = malloc((size_t)n + 1),
+            *cg = malloc((size_t)n + 1);
+    uint16_t *bg = malloc(sizeof(uint16_t) * (size_t)(n ? n : 1));
+    float *dx = dev_buf(0, fb), *dy = dev_buf(1, fb);
+    uint8_t *dsc = dev_buf(2, (size_t)nb + 1), *dcodes = dev_buf(3, (size_t)n + 1);
+    uint16_t *db = dev_buf(4, sizeof(uint16_t) * (size_t)(n ? n : 1));
+    if (n) cu_to_device(dx, x, fb);
+    quant_stats stc, stg;
+    char w[256];
+    /* fake-quant, with statistics */
+    quant_fake(s, x, yc, ndim, shape, mx ? sc : NULL, &stc);
+    cu_quant_fake(s, dx, dy, ndim, shape, mx ? dsc : NULL, &stg);
+    cu_to_host(yg, dy, fb);
+    snprintf(w, sizeof w, "%s fake", what);
+    expect_same(yg, yc, n, w);
+    expect_stats(&stg, &stc, w);
+    if (mx) {
+        cu_to_host(sg, dsc, (size_t)nb);
+        snprintf(w, sizeof w, "%s scales", what);
+        expect_same_bytes(sg, sc, nb, w);
+    }
+    /* without statistics: the other kernel variant */
+    cu_quant_fake(s, dx, dy, ndim, shape, NULL, NULL);
+    cu_to_host(yg, dy, fb);
+    snprintf(w, sizeof w, "%s fake (no stats)", what);
+    expect_same(yg, yc, n, w);
+    /* bf16 output: the float value rounded to bf16, counted when inexact */
+    int64_t inexact = cu_quant_fake_bf16(s, dx, db, ndim, shape, NULL, NULL), want_inexact = 0;
+    cu_to_host(bg, db, sizeof(uint16_t) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t b = bits_of(yc[i]);
+        want_inexact += (b & 0xffffu) != 0;
+        bool ok = isnan(yc[i]) ? (bg[i] & 0x7fc0u) == 0x7fc0u : (b & 0xffffu) || bg[i] == b >> 16;
+        if (!ok) ck_abort_msg("%s bf16 [%lld]: %04x for %a", what, (long long)i, bg[i], (double)yc[i]);
+    }
+    ck_assert_msg(inexact == want_inexact, "%s: bf16 inexact %lld, want %lld", what, (long long)inexact,
+                  (long long)want_inexact);
+    if (mx) {
+        /* packed, packed + fake, unpack */
+        quant_pack(s, x, cc, ndim, shape, sc, &stc);
+        cu_quant_pack(s, dx, dcodes, ndim, shape, dsc, &stg);
+        cu_to_host(cg, dcodes, (size_t)n);
+        snprintf(w, sizeof w, "%s codes", what);
+        expect_same_bytes(cg, cc, n, w);
+        expect_stats(&stg, &stc, w);
+        cu_quant_pack_fake(s, dx, dcodes, dy, ndim, shape, dsc, NULL);
+        cu_to_host(yg, dy, fb);
+        snprintf(w, sizeof w, "%s pack_fake", what);
+        expect_same(yg, yc, n, w);
+        /* unpack: the CPU's unpack of the same codes (which equals fake-quant
+         * as values; a format without a negative-zero code gives +0) */
+        cu_memset(dy, 0, fb);
+        cu_quant_unpack(s, dcodes, dsc, dy, ndim, shape);
+        cu_to_host(yu, dy, fb);
+        quant_unpack(s, cc, sc, yc, ndim, shape);
+        snprintf(w, sizeof w, "%s unpack", what);
+        expect_same(yu, yc, n, w);
+    }
+    free(yc); free(yg); free(yu); free(sc); free(sg); free(cc); free(cg); free(bg);
+}
+
+static float *random_tensor(int64_t n, uint64_t seed) {
+    float *x = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    rng r;
+    rng_init(&r, seed, 0);
+    /* block magnitudes spread over many binades, some exact zeros */
+    for (int64_t i = 0; i < n; i++) {
+        float v = rng_normal(&r) * ldexpf(1.0f, (int)(rng_next_u32(&r) % 40) - 20);
+        x[i] = rng_next_u32(&r) % 17 == 0 ? 0.0f : v;
+    }
+    return x;
+}
+
+/* ---------------- golden cases ---------------- */
+
+static const char *shared_dir(void) {
+    const char *d = getenv("MX_SHARED_DIR");
+    return d ? d : "../../shared";
+}
+
+static void golden_dir(const char *sub) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s/cases.tsv", shared_dir(), sub);
+    FILE *f = fopen(p, "r");
+    if (!f) {
+        fprintf(stderr, "SKIP golden cases of %s: %s not found\n", sub, p);
+        return;
+    }
+    char line[2048];
+    ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
+    int ran = 0, unknown = 0;
+    while (fgets(line, sizeof line, f)) {
+        char name[128], input[128], format[32], round[16], scale[16], block[16], axis[16], expected[160], scales[160];
+        if (sscanf(line, "%127s %127s %31s %15s %15s %15s %15s %159s %159s", name, input, format, round, scale, block,
+                   axis, expected, scales) != 9)
+            continue;
+        mx_err err;
+        quant_format fm;
+        if (quant_format_parse(format, &fm, &err)) { /* a format this build does not have yet */
+            unknown++;
+            continue;
+        }
+        quant_spec s = quant_spec_default(fm);
+        ck_assert_int_eq(quant_round_parse(round, &s.round, &err), 0);
+        if (strcmp(scale, "-")) ck_assert_int_eq(quant_scale_parse(scale, &s.scale, &err), 0);
+        if (strcmp(block, "-")) ck_assert_int_eq(quant_block_parse(block, &s.block_rows, &s.block_cols, &err), 0);
+        s.axis = strcmp(axis, "-") ? atoi(axis) : -1;
+        npy_array in, want;
+        snprintf(p, sizeof p, "%s/%s/%s", shared_dir(), sub, input);
+        ck_assert_msg(npy_read_f32(p, &in, &err) == 0, "%s", err.msg);
+        snprintf(p, sizeof p, "%s/%s/%s", shared_dir(), sub, expected);
+        ck_assert_msg(npy_read_any_order(p, &want, &err) == 0, "%s", err.msg);
+        /* the GPU against the golden values themselves ... */
+        size_t fb = sizeof(float) * (size_t)in.numel;
+        float *dx = dev_buf(0, fb), *dy = dev_buf(1, fb), *y = malloc(fb);
+        cu_to_device(dx, in.data, fb);
+        cu_quant_fake(&s, dx, dy, in.ndim, in.shape, NULL, NULL);
+        cu_to_host(y, dy, fb);
+        for (int64_t i = 0; i < in.numel; i++) {
+            float wv = ((float *)want.data)[i];
+            if (!same(y[i], wv) && !(y[i] == 0.0f && wv == 0.0f))
+                ck_abort_msg("%s [%lld]: gpu %a, golden %a", name, (long long)i, (double)y[i], (double)wv);
+        }
+        /* ... and every path against the CPU */
+        check_spec(&s, in.data, in.ndim, in.shape, name);
+        free(y);
+        npy_free(&in);
+        npy_free(&want);
+        ran++;
+    }
+    fclose(f);
+    fprintf(stderr, "golden %s: %d cases bit-exact on the GPU%s\n", sub, ran,
+            unknown ? " (cases of formats this build lacks skipped)" : "");
+    if (unknown) fprintf(stderr, "  %d cases of %s name formats this build does not have\n", unknown, sub);
+}
+
+START_TEST(test_golden_on_gpu) {
+    golden_dir("golden");
+    golden_dir("golden-bdr");
+}
+END_TEST
+
+/* ---------------- every format, rounding, scale, layout ---------------- */
+
+static void sweep_one(quant_format f, quant_round r, quant_scale sc, int br, int bc, int axis, int sh,
+                      const int64_t *shape, int ndim, const float *x) {
+    quant_spec s = quant_spec_default(f);
+    s.round = r;
+    s.scale = sc;
+    s.block_rows = br;
+    s.block_cols = bc;
+    s.axis = axis;
+    s.seed = 7;
+    s.stream = 11;
+    s.offset = (uint64_t)sh * 5; /* a chunk of a larger tensor */
+    char w[160];
+    snprintf(w, sizeof w, "%s %s %s %dx%d axis %d shape %d", quant_format_get(f)->name, quant_round_name(r),
+             quant_scale_name(sc), br, bc, axis, sh);
+    check_spec(&s, x, ndim, shape, w);
+}
+
+START_TEST(test_every_spec_matches_cpu) {
+    /* shapes: ragged last blocks and tiles; a strided axis (COLUMNS); batched tiles */
+    static const int64_t shapes[][3] = {{7, 45, 0}, {3, 37, 40}, {64, 96, 0}, {2, 9, 70}};
+    static const int ndims[] = {2, 3, 2, 3};
+    static const int blocks[][2] = {{1, 32}, {1, 12}, {8, 8}, {4, 4}, {1, 64}, {16, 16}, {1, 3}};
+    float *xs[4];
+    for (int sh = 0; sh < 4; sh++) {
+        int64_t n = 1;
+        for (int i = 0; i < ndims[sh]; i++) n *= shapes[sh][i];
+        xs[sh] = random_tensor(n, 100 + (uint64_t)sh);
+    }
+    int count = 0;
+    for (int f = 0; f < QUANT_FORMAT_COUNT; f++) {
+        const quant_format_info *fi = quant_format_get((quant_format)f);
+        /* every layout on every shape (even rounding, floor scale) ... */
+        for (int b = 0; b < (fi->is_mx ? 7 : 1); b++)
+            for (int sh = 0; sh < 4; sh++)
+                for (int axis = -1; axis >= (fi->is_mx && blocks[b][0] == 1 ? -ndims[sh] : -1); axis--, count++)
+                    sweep_one((quant_format)f, QUANT_ROUND_EVEN, QUANT_SCALE_FLOOR, blocks[b][0], blocks[b][1], axis,
+                              sh, shapes[sh], ndims[sh], xs[sh]);
+        /* ... and every rounding x scale on a contiguous, a tiled and a strided layout */
+        for (int r = 0; r < QUANT_ROUND_COUNT; r++)
+            for (int sc = 0; sc < QUANT_SCALE_COUNT; sc++)
+                for (int lay = 0; lay < (fi->is_mx ? 3 : 1); lay++, count++)
+                    sweep_one((quant_format)f, (quant_round)r, (quant_scale)sc, lay == 1 ? 8 : 1, lay == 1 ? 8 : 32,
+                              lay == 2 ? -2 : -1, 1, shapes[1], ndims[1], xs[1]);
+    }
+    for (int sh = 0; sh < 4; sh++) free(xs[sh]);
+    fprintf(stderr, "%d specs x shapes: GPU = CPU bit for bit\n", count);
+}
+END_TEST
+
+/* ---------------- edge tensors ---------------- */
+
+START_TEST(test_edge_tensors) {
+    enum { N = 4096 };
+    float *x = malloc(sizeof(float) * N);
+    int64_t shape[2] = {64, 64};
+    for (int variant = 0; variant < 5; variant++) {
+        rng r;
+        rng_init(&r, 5, (uint64_t)variant);
+        for (int i = 0; i < N; i++) {
+            float v = rng_normal(&r);
+            switch (variant) {
+            case 0: /* Inf and NaN in some blocks */
+                x[i] = i % 97 == 0 ? INFINITY : i % 131 == 0 ? NAN : i % 151 == 0 ? -INFINITY : v;
+                break;
+            case 1: x[i] = (i / 32) % 3 == 0 ? 0.0f : v; break;                 /* all-zero blocks */
+            case 2: x[i] = ldexpf(v, -135 - (int)(rng_next_u32(&r) % 14)); break; /* float32 subnormals */
+            case 3: x[i] = ldexpf(v, -120 - (int)(rng_next_u32(&r) % 8)); break;  /* scales near 2^-127 */
+            default: x[i] = ldexpf(v, 100 + (int)(rng_next_u32(&r) % 27)); break; /* near overflow */
+            }
+        }
+        for (int f = 0; f < QUANT_FORMAT_COUNT; f++)
+            for (int t = 0; t < 3; t++) {
+                quant_spec s = quant_spec_default((quant_format)f);
+                if (t == 1) s.block_rows = s.block_cols = 8;
+                if (t == 2) s.axis = 0; /* down columns */
+                s.scale = variant == 4 ? QUANT_SCALE_RCEIL : QUANT_SCALE_FLOOR;
+                char w[96];
+                snprintf(w, sizeof w, "edge %d %s layout %d", variant, quant_format_get(s.format)->name, t);
+                check_spec(&s, x, 2, shape, w);
+            }
+    }
+    free(x);
+}
+END_TEST
+
+/* MXSF blocks scaled at 2^-127 have values below bf16's subnormal step: the
+ * bf16 output counts them (a caller then keeps that operand in float32). */
+START_TEST(test_bf16_inexact_blocks_are_counted) {
+    enum { N = 256 };
+    float x[N];
+    for (int i = 0; i < N; i++) x[i] = ldexpf(1.0f + (float)(i % 8) / 8.0f, -140 + (i % 5));
+    quant_spec s = quant_spec_default(QUANT_FORMAT_MXSF);
+    int64_t shape[1] = {N};
+    float *dx = cu_malloc(sizeof x);
+    uint16_t *db = cu_malloc(sizeof(uint16_t) * N);
+    cu_to_device(dx, x, sizeof x);
+    int64_t inexact = cu_quant_fake_bf16(&s, dx, db, 1, shape, NULL, NULL);
+    ck_assert_msg(inexact > 0, "no inexact element reported for MXSF at 2^-127");
+    quant_spec e4 = quant_spec_default(QUANT_FORMAT_MXFP8_E4M3);
+    float y[N];
+    for (int i = 0; i < N; i++) y[i] = (float)(i % 13) - 6.0f;
+    cu_to_device(dx, y, sizeof y);
+    ck_assert_int_eq(cu_quant_fake_bf16(&e4, dx, db, 1, shape, NULL, NULL), 0);
+    check_spec(&s, x, 1, shape, "mxsf near 2^-127");
+    cu_free(dx);
+    cu_free(db);
+}
+END_TEST
+
+/* A tensor over 2^31 bytes (64-bit indexing throughout): GPU = CPU. */
+START_TEST(test_huge_tensor) {
+    if (getenv("MX_CUDA_QUICK")) { /* under compute-sanitizer: too slow */
+        fprintf(stderr, "SKIP test_huge_tensor: MX_CUDA_QUICK set\n");
+        return;
+    }
+    const int64_t n = ((int64_t)1 << 29) + 96; /* 2 GiB + 384 bytes of float32 */
+    float *x = malloc(sizeof(float) * (size_t)n), *yc = malloc(sizeof(float) * (size_t)n),
+          *yg = malloc(sizeof(float) * (size_t)n);
+    ck_assert(x && yc && yg);
+    for (int64_t i = 0; i < n; i++) x[i] = (float)((i * 2654435761u) % 1000003) * 1e-3f - 500.0f;
+    quant_spec s = quant_spec_default(QUANT_FORMAT_MXFP8_E4M3);
+    s.round = QUANT_ROUND_STOCHASTIC; /* word indices past 2^32 too */
+    int64_t shape[1] = {n};
+    float *dx = cu_malloc(sizeof(float) * (size_t)n), *dy = cu_malloc(sizeof(float) * (size_t)n);
+    cu_to_device(dx, x, sizeof(float) * (size_t)n);
+    quant_fake(&s, x, yc, 1, shape, NULL, NULL);
+    cu_quant_fake(&s, dx, dy, 1, shape, NULL, NULL);
+    cu_to_host(yg, dy, sizeof(float) * (size_t)n);
+    expect_same(yg, yc, n, "huge");
+    cu_free(dx);
+    cu_free(dy);
+    free(x);
+    free(yc);
+    free(yg);
+}
+END_TEST
+
+START_TEST(test_device_arena) {
+    cu_arena a;
+    cu_arena_init(&a, 1024);
+    void *p = cu_arena_alloc(&a, 100), *q = cu_arena_alloc(&a, 5000); /* overflows into an extra block */
+    ck_assert_ptr_ne(p, q);
+    ck_assert_int_eq((uintptr_t)p % 256, 0);
+    cu_memset(q, 0, 5000);
+    cu_arena_reset(&a); /* one block of the peak from now on */
+    ck_assert_int_ge(a.cap, 5120);
+    ck_assert_int_eq(a.n_extra, 0);
+    void *p2 = cu_arena_alloc(&a, 100);
+    cu_arena_alloc(&a, 5000);
+    ck_assert_int_eq(a.n_extra, 0);
+    ck_assert_ptr_eq(p2, a.base);
+    cu_arena_free(&a);
+}
+END_TEST
+
+int main(void) {
+    if (!cu_available()) {
+        printf("test_cuda: no GPU is visible: skipped (runs on the accelerator machine)\n");
+        return 77;
+    }
+    mx_err err;
+    if (cu_init(&err)) {
+        fprintf(stderr, "test_cuda: %s\n", err.msg);
+        return 1;
+    }
+    /* CUDA does not survive fork(): the tests run in this process */
+    setenv("CK_FORK", "no", 1);
+    Suite *s = suite_create("cuda");
+    TCase *tc = tcase_create("quant");
+    tcase_add_test(tc, test_golden_on_gpu);
+    tcase_add_test(tc, test_every_spec_matches_cpu);
+    tcase_add_test(tc, test_edge_tensors);
+    tcase_add_test(tc, test_bf16_inexact_blocks_are_counted);
+    tcase_add_test(tc, test_huge_tensor);
+    tcase_add_test(tc, test_device_arena);
+    tcase_set_timeout(tc, 600);
+    suite_add_tcase(s, tc);
+    return test_run_suite(s);
+}
