@@ -136,6 +136,14 @@ __device__ __forceinline__ void cu_store(const qout *r, void *y, uint8_t *codes,
 
 __device__ __forceinline__ void cu_stats_flush_all(lstats &ls, unsigned *sh_gap, cu_stats *g);
 
+/* Zeroes the thread block's gap histogram (statistics only). */
+template <bool ST>
+__device__ __forceinline__ void cu_stats_begin(unsigned *sh_gap) {
+    if (!ST) return;
+    for (int i = threadIdx.x; i < QUANT_GAP_BINS; i += blockDim.x) sh_gap[i] = 0;
+    __syncthreads();
+}
+
 /* Block-wide sum of the threads' statistics into the call's record. */
 template <bool ST>
 __device__ __forceinline__ void cu_stats_flush(lstats &ls, unsigned *sh_gap, cu_stats *g) {
@@ -181,10 +189,7 @@ template <int MODE, int OUT, bool ST, int VEC>
 __global__ void __launch_bounds__(256) k_tiles(qk k, tiles_args a, const float *__restrict__ x, void *y,
                                                uint8_t *codes, uint8_t *scales, cu_stats *g) {
     __shared__ unsigned sh_gap[QUANT_GAP_BINS];
-    if (ST) {
-        for (int i = threadIdx.x; i < QUANT_GAP_BINS; i += blockDim.x) sh_gap[i] = 0;
-        __syncthreads();
-    }
+    cu_stats_begin<ST>(sh_gap);
     lstats ls = {0, 0, 0, 0, 0.0, 0.0};
     const int G = a.G, lane = threadIdx.x & (G - 1);
     const unsigned gmask = (G == 32 ? 0xffffffffu : ((1u << G) - 1u) << ((threadIdx.x & 31) & ~(G - 1)));
@@ -284,10 +289,7 @@ template <int MODE, int OUT, bool ST>
 __global__ void __launch_bounds__(256) k_columns(qk k, cols_args a, const float *__restrict__ x, void *y,
                                                  uint8_t *codes, uint8_t *scales, cu_stats *g) {
     __shared__ unsigned sh_gap[QUANT_GAP_BINS];
-    if (ST) {
-        for (int i = threadIdx.x; i < QUANT_GAP_BINS; i += blockDim.x) sh_gap[i] = 0;
-        __syncthreads();
-    }
+    cu_stats_begin<ST>(sh_gap);
     lstats ls = {0, 0, 0, 0, 0.0, 0.0};
     const int64_t total = a.outer * a.nb * a.inner;
     for (int64_t w = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; w < total; w += (int64_t)gridDim.x * blockDim.x) {
@@ -347,10 +349,7 @@ __global__ void __launch_bounds__(256) k_elementwise(int mode, bool bf16, uint64
                                                      uint64_t offset, int64_t n, const float *__restrict__ x, void *y,
                                                      bool y_bf16, bool vec, cu_stats *g) {
     __shared__ unsigned sh_gap[QUANT_GAP_BINS]; /* stays zero: no gaps without blocks */
-    if (ST) {
-        for (int i = threadIdx.x; i < QUANT_GAP_BINS; i += blockDim.x) sh_gap[i] = 0;
-        __syncthreads();
-    }
+    cu_stats_begin<ST>(sh_gap);
     lstats ls = {0, 0, 0, 0, 0.0, 0.0};
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     int64_t i0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, done = 0;
