@@ -85,6 +85,7 @@ int key_set(const key_def *k, void *cfg, const char *value, mx_err *err) {
         return 0;
     case KEY_TEXT:
         if (strlen(value) >= k->size) return mx_err_set(err, "value longer than %zu characters", k->size - 1);
+        if ((double)strlen(value) < k->min) return mx_err_set(err, "must not be empty");
         memcpy(field, value, strlen(value) + 1);
         return 0;
     case KEY_ENUM: {
@@ -108,7 +109,7 @@ void key_type_text(const key_def *k, char *buf, size_t n) {
     case KEY_FLOAT:
     case KEY_DOUBLE: snprintf(buf, n, "number in [%g, %g]", k->min, k->max); break;
     case KEY_BOOL: snprintf(buf, n, "bool"); break;
-    case KEY_TEXT: snprintf(buf, n, "text"); break;
+    case KEY_TEXT: snprintf(buf, n, k->min > 0 ? "text, not empty" : "text"); break;
     case KEY_ENUM: {
         int len = snprintf(buf, n, "%s", k->optional ? "empty or one of " : "one of ");
         if (len > 0 && (size_t)len < n) mx_enum_list(k->values, true, buf + len, n - (size_t)len);

@@ -40,7 +40,7 @@ typedef enum key_type {
     KEY_FLOAT,   /* float */
     KEY_DOUBLE,  /* double */
     KEY_BOOL,    /* bool: true/false, 1/0, yes/no */
-    KEY_TEXT,    /* char[size] */
+    KEY_TEXT,    /* char[size]; min: the shortest length */
     KEY_ENUM,    /* an int-sized enum named by an mx_enum; optional: "" stores -1 (inherit) */
     KEY_CUSTOM,  /* parsed by the key's own function into the module's struct */
     KEY_TYPE_COUNT
@@ -70,6 +70,9 @@ typedef struct key_table {
     {name, KEY_##type, KEY_FIELD(T, field), def, lo, hi, NULL, false, NULL, doc}
 #define KEY_BOOLV(T, name, field, def, doc) {name, KEY_BOOL, KEY_FIELD(T, field), def, 0, 0, NULL, false, NULL, doc}
 #define KEY_TEXTV(T, name, field, def, doc) {name, KEY_TEXT, KEY_FIELD(T, field), def, 0, 0, NULL, false, NULL, doc}
+/* text that must not be empty (min: the shortest length) */
+#define KEY_TEXT_NONEMPTY(T, name, field, def, doc) \
+    {name, KEY_TEXT, KEY_FIELD(T, field), def, 1, 0, NULL, false, NULL, doc}
 #define KEY_ENUMV(T, name, field, def, values, doc) \
     {name, KEY_ENUM, KEY_FIELD(T, field), def, 0, 0, values, false, NULL, doc}
 #define KEY_ENUM_OPT(T, name, field, values, doc) \

@@ -50,6 +50,30 @@ START_TEST(test_config_errors) {
     mx_err err = {0};
     ck_assert_int_eq(config_load_file(c, test_path("missing.ini"), &err), -1);
     ck_assert_ptr_nonnull(strstr(err.msg, "missing.ini: cannot open"));
+    /* not regular files: a folder (read as an empty config before), /dev/zero (never ended) */
+    ck_assert_int_eq(config_load_file(c, test_tmpdir(), &err), -1);
+    ck_assert_msg(strstr(err.msg, "not a regular file") != NULL, "%s", err.msg);
+    ck_assert_int_eq(config_load_file(c, "/dev/zero", &err), -1);
+    ck_assert_msg(strstr(err.msg, "/dev/zero: not a regular file") != NULL, "%s", err.msg);
+    /* an empty run directory would write into / */
+    ck_assert_int_eq(config_set(c, "log.dir=", &err), -1);
+    ck_assert_msg(strstr(err.msg, "[log] dir: must not be empty") != NULL, "%s", err.msg);
+    free(c);
+    /* a line longer than the parser's buffer is an error, never split: the tail
+     * of this comment would otherwise set a key */
+    char longline[600];
+    memset(longline, 'x', sizeof longline);
+    memcpy(longline, "[train]\n; ", 10);
+    snprintf(longline + 560, 40, "max_steps = 3\n");
+    expect_cfg_error(longline, "bad.ini:2: line longer than");
+    /* a NUL byte */
+    static const char nul[] = "[train]\nepochs = 2\0junk\n";
+    const char *np = test_path("nul.ini");
+    test_write_file(np, nul, sizeof nul - 1);
+    c = malloc(sizeof *c);
+    config_init(c);
+    ck_assert_int_eq(config_load_file(c, np, &err), -1);
+    ck_assert_msg(strstr(err.msg, "nul.ini:2: NUL byte") != NULL, "%s", err.msg);
     free(c);
 }
 END_TEST

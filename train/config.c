@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ---------------- [train] and [log] ---------------- */
 
@@ -26,7 +27,7 @@ static const key_def train_keys[] = {
 static const key_table train_key_table = KEY_TABLE("train", train_keys);
 
 static const key_def log_keys[] = {
-    KEY_TEXTV(log_config, "dir", dir, "runs/run", "run directory (created)"),
+    KEY_TEXT_NONEMPTY(log_config, "dir", dir, "runs/run", "run directory (created; not empty)"),
     KEY_NUM(log_config, "stats_every", I64, stats_every, "0", 0, BIG,
             "collect per-layer quantization statistics every N steps into stats.csv/stats.h5; 0 = off"),
     KEY_NUM(log_config, "print_every", I64, print_every, "50", 1, BIG,
@@ -143,29 +144,44 @@ typedef struct parse_state {
     bool seen[CONFIG_MAX_KEYS];
     bool failed;
     mx_err *err;
+    char *buf; /* the whole line, however long */
+    size_t cap;
 } parse_state;
 
-/* fgets that counts lines and checks section headers (inih does not report
- * sections without keys, and its handler gets no line number). */
+/* Reads a line for inih, counting lines and checking section headers (inih
+ * does not report sections without keys, and its handler gets no line
+ * number). A line longer than inih's buffer, or with a NUL byte, is an error:
+ * never split or cut, so no part of a comment can ever set a key. */
 static char *reader(char *str, int num, void *stream) {
     parse_state *ps = stream;
     if (ps->failed) return NULL;
-    char *r = fgets(str, num, ps->f);
-    if (!r) return NULL;
+    ssize_t len = getline(&ps->buf, &ps->cap, ps->f);
+    if (len < 0) return NULL;
     ps->line++;
+    if ((size_t)len != strlen(ps->buf)) {
+        mx_err_set(ps->err, "%s:%d: NUL byte in the line (a config is text)", ps->path, ps->line);
+        ps->failed = true;
+        return NULL;
+    }
+    if (len > num - 1) {
+        mx_err_set(ps->err, "%s:%d: line longer than %d characters", ps->path, ps->line, num - 2);
+        ps->failed = true;
+        return NULL;
+    }
+    char *r = memcpy(str, ps->buf, (size_t)len + 1);
     const char *p = str;
     while (*p == ' ' || *p == '\t') p++;
     if (*p == '[') {
         const char *close = strchr(p, ']');
         char name[128];
-        size_t len = close ? (size_t)(close - p - 1) : 0;
-        if (!close || len >= sizeof name) {
+        size_t nl = close ? (size_t)(close - p - 1) : 0;
+        if (!close || nl >= sizeof name) {
             mx_err_set(ps->err, "%s:%d: malformed section header", ps->path, ps->line);
             ps->failed = true;
             return NULL;
         }
-        memcpy(name, p + 1, len);
-        name[len] = 0;
+        memcpy(name, p + 1, nl);
+        name[nl] = 0;
         if (!section_known(name)) {
             mx_err e2;
             unknown_section(name, &e2);
@@ -212,8 +228,14 @@ static int handler(void *user, const char *section, const char *name, const char
 int config_load_file(config *c, const char *path, mx_err *err) {
     FILE *f = fopen(path, "r");
     if (!f) return mx_err_set(err, "%s: cannot open config file", path);
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) { /* a folder reads as empty, /dev/zero never ends */
+        fclose(f);
+        return mx_err_set(err, "%s: not a regular file (a config is an INI text file)", path);
+    }
     parse_state ps = {.c = c, .f = f, .path = path, .err = err};
     int rc = ini_parse_stream(reader, &ps, handler, &ps);
+    free(ps.buf);
     fclose(f);
     if (ps.failed) return -1;
     if (rc > 0) return mx_err_set(err, "%s:%d: syntax error (expected [section] or key = value)", path, rc);

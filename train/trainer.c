@@ -249,8 +249,9 @@ typedef struct run_state {
     ckpt_meta meta;
     int side, chans;         /* the loader's images */
     int64_t nb, total;       /* batches per epoch, steps of the run */
-    double *step_times;      /* seconds of each step run here */
-    int64_t n_times, skipped;
+    double *step_times;      /* seconds of each step run here (grown as steps run, never
+                                sized from the configured total, which may be absurd) */
+    int64_t n_times, cap_times, skipped;
     int64_t step, epoch;
     double t_start, t_prev, last_loss, ema; /* t_prev: end of the previous step (its time includes loading) */
     progress pg;
@@ -354,7 +355,6 @@ static int run_open(run_state *r, mx_err *err) {
         r->res->best_acc = r->meta.best_acc;
         return 1;
     }
-    r->step_times = mx_malloc(sizeof(double) * (size_t)(r->total + 1));
     r->step = r->meta.step;
     r->epoch = r->meta.epoch;
     r->t_start = timer_now();
@@ -402,6 +402,7 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
     step = ++r->step;
     double t = timer_now(), dt = t - r->t_prev;
     r->t_prev = t;
+    MX_GROW(r->step_times, r->cap_times, r->n_times + 1, 1024);
     r->step_times[r->n_times++] = dt;
     r->last_loss = loss;
     r->ema = isfinite(r->ema) ? 0.98 * r->ema + 0.02 * loss : loss;
