@@ -336,6 +336,74 @@ START_TEST(test_checkpoint_atomic_and_init_from) {
 }
 END_TEST
 
+/* Tampering helpers: a scalar attribute replaced, one value of a dataset set. */
+static void set_attr(const char *path, const char *group, const char *name, hid_t type, const void *v) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t g = group ? H5Gopen2(f, group, H5P_DEFAULT) : f;
+    H5Adelete(g, name);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(g, name, type, sp, H5P_DEFAULT, H5P_DEFAULT);
+    H5Awrite(a, type == H5T_IEEE_F64LE ? H5T_NATIVE_DOUBLE : H5T_NATIVE_INT64, v);
+    H5Aclose(a), H5Sclose(sp);
+    if (group) H5Gclose(g);
+    H5Fclose(f);
+}
+
+static void poke_dataset(const char *path, const char *name, float v) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT), sp = H5Dget_space(d);
+    hssize_t n = H5Sget_simple_extent_npoints(sp);
+    float *buf = malloc(sizeof(float) * (size_t)n);
+    H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+    buf[n / 2] = v;
+    H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+    free(buf);
+    H5Sclose(sp), H5Dclose(d), H5Fclose(f);
+}
+
+/* A checkpoint is validated on load: attributes in range and of their type,
+ * no non-finite weight, buffer or optimizer moment. */
+START_TEST(test_checkpoint_validated_on_load) {
+    config *c = small_config(test_path("ckv"), NULL);
+    session s;
+    mx_err err = {0};
+    ck_assert_int_eq(session_open(&s, c, &err), 0);
+    optimizer o;
+    optim_config oc = optim_config_default(OPTIM_KIND_ADAMW);
+    optim_init(&o, &oc, &s.m.params);
+    ckpt_meta meta = {7, 1, 0, 0.5}, got;
+    const char *path = test_path("ckv.h5");
+    const int64_t huge = (int64_t)1 << 62, neg = -5;
+    const double half = 0.5;
+    for (int t = 0; t < 8; t++) {
+        o.step = 7;
+        ck_assert_msg(ckpt_save(path, &s.m, &o, &meta, "text", &err) == 0, "%s", err.msg);
+        const char *want = NULL;
+        switch (t) {
+        case 0: set_attr(path, NULL, "epoch", H5T_STD_I64LE, &huge), want = "attributes out of range"; break;
+        case 1: set_attr(path, NULL, "step", H5T_STD_I64LE, &neg), want = "attributes out of range"; break;
+        case 2: set_attr(path, NULL, "step", H5T_IEEE_F64LE, &half), want = "not scalars of the right type"; break;
+        case 3: set_attr(path, "optim", "optim_kind", H5T_STD_I64LE, &huge), want = "is not an optimizer"; break;
+        case 4: set_attr(path, "optim", "optim_step", H5T_STD_I64LE, &huge), want = "attributes out of range"; break;
+        case 5: poke_dataset(path, "model/fc.weight", NAN), want = "'fc.weight' holds 1 non-finite"; break;
+        case 6: poke_dataset(path, "model/bn1.running_var", INFINITY), want = "'bn1.running_var' holds 1 non-finite"; break;
+        default: poke_dataset(path, "optim/exp_avg_sq", NAN), want = "'exp_avg_sq' holds 1 non-finite"; break;
+        }
+        ck_assert_int_eq(ckpt_load(path, &s.m, &o, &got, &err), -1);
+        ck_assert_msg(strstr(err.msg, want) && strstr(err.msg, "ckv.h5"), "case %d: '%s' lacks '%s'", t, err.msg,
+                      want);
+    }
+    /* weights-only loading (eval, --init-from) refuses non-finite weights too */
+    ck_assert_int_eq(ckpt_load_weights(path, &s.m, &err), 0); /* the last case poisoned only the optimizer */
+    poke_dataset(path, "model/conv1.weight", NAN);
+    ck_assert_int_eq(ckpt_load_weights(path, &s.m, &err), -1);
+    ck_assert_msg(strstr(err.msg, "'conv1.weight' holds 1 non-finite") != NULL, "%s", err.msg);
+    optim_free(&o);
+    session_close(&s);
+    free(c);
+}
+END_TEST
+
 START_TEST(test_nonfinite_guard) {
     const char *dir = test_path("nan");
     train_opts o = {0};
@@ -344,7 +412,7 @@ START_TEST(test_nonfinite_guard) {
     /* a good run leaves a checkpoint at step 3 */
     config *c = small_config(dir, "train.max_steps=3 train.ckpt_every=1");
     ck_assert_msg(trainer_run(c, &o, &r, &err) == 0, "%s", err.msg);
-    /* weights with an infinite classifier entry: the first loss is not finite */
+    /* an infinite weight is refused when loaded, naming the entry ... */
     session s;
     ck_assert_int_eq(session_open(&s, c, &err), 0);
     int fc = param_find(&s.m.params, "fc.weight");
@@ -352,13 +420,17 @@ START_TEST(test_nonfinite_guard) {
     const char *bad = test_path("bad_weights.h5");
     ckpt_meta meta = {0, 0, 0, 0};
     ck_assert_int_eq(ckpt_save(bad, &s.m, NULL, &meta, NULL, &err), 0);
-    session_close(&s);
     free(c);
     c = small_config(dir, NULL);
     train_opts init = {NULL, bad};
     ck_assert_int_eq(trainer_run(c, &init, &r, &err), -1);
-    ck_assert_msg(strstr(err.msg, "step 0: non-finite loss") && strstr(err.msg, "worst layer: fc.weight"), "%s",
-                  err.msg);
+    ck_assert_msg(strstr(err.msg, "'fc.weight' holds 1 non-finite"), "%s", err.msg);
+    /* ... a finite but huge one makes the first loss non-finite: the guard stops the run */
+    param_data(&s.m.params, fc)[0] = 3e38f;
+    ck_assert_int_eq(ckpt_save(bad, &s.m, NULL, &meta, NULL, &err), 0);
+    session_close(&s);
+    ck_assert_int_eq(trainer_run(c, &init, &r, &err), -1);
+    ck_assert_msg(strstr(err.msg, "step 0: non-finite loss") && strstr(err.msg, "worst layer: "), "%s", err.msg);
     /* the last good checkpoint is intact */
     char last[1200];
     snprintf(last, sizeof last, "%s/ckpt/last.h5", dir);
@@ -509,6 +581,7 @@ int main(void) {
     tcase_add_test(tc, test_config_documented);
     tcase_add_test(tc, test_shipped_configs);
     tcase_add_test(tc, test_checkpoint_atomic_and_init_from);
+    tcase_add_test(tc, test_checkpoint_validated_on_load);
     tcase_add_test(tc, test_resume_equals_uninterrupted);
     tcase_add_test(tc, test_nonfinite_guard);
     tcase_add_test(tc, test_compare_cli);

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <hdf5.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,10 +22,16 @@ static int attr_write(hid_t loc, const char *name, hid_t file_type, hid_t mem_ty
     return r < 0 ? -1 : 0;
 }
 
+/* A scalar attribute of the class mem_type has (HDF5 would convert a float
+ * attribute to an integer silently): -1 if absent, of another class or shape. */
 static int attr_read(hid_t loc, const char *name, hid_t mem_type, void *v) {
     if (H5Aexists(loc, name) <= 0) return -1;
     hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
-    herr_t r = H5Aread(a, mem_type, v);
+    hid_t ty = H5Aget_type(a), sp = H5Aget_space(a);
+    bool ok = H5Tget_class(ty) == H5Tget_class(mem_type) && H5Sget_simple_extent_npoints(sp) == 1;
+    herr_t r = ok ? H5Aread(a, mem_type, v) : -1;
+    H5Sclose(sp);
+    H5Tclose(ty);
     H5Aclose(a);
     return r < 0 ? -1 : 0;
 }
@@ -171,6 +178,26 @@ static int read_checked(hid_t loc, const char *name, const char *path, int rank,
         mx_err_set(err, "%s: cannot read '%s' (truncated or corrupt file?)", path, name);
         goto done;
     }
+    if (!integer) { /* a non-finite weight, buffer or moment would poison every step that follows */
+        int64_t n = 1, bad = 0;
+        for (int i = 0; i < rank; i++) n *= shape[i];
+        const float *v = dst;
+        for (int64_t k = 0; k < n; k++) bad += !isfinite(v[k]);
+        if (bad) {
+            mx_err_set(err, "%s: '%s' holds %lld non-finite values (NaN or Inf) of %lld", path, name, (long long)bad,
+                       (long long)n);
+            goto done;
+        }
+    } else {
+        int64_t n = 1;
+        for (int i = 0; i < rank; i++) n *= shape[i];
+        const int64_t *v = dst;
+        for (int64_t k = 0; k < n; k++)
+            if (v[k] < 0 || v[k] > ((int64_t)1 << 53)) {
+                mx_err_set(err, "%s: '%s' holds %lld, out of range [0, 2^53]", path, name, (long long)v[k]);
+                goto done;
+            }
+    }
     rc = 0;
 done:
     H5Tclose(ty);
@@ -272,6 +299,10 @@ int ckpt_load(const char *path, model *m, optimizer *o, ckpt_meta *meta, mx_err 
         mx_err_set(err, "%s: optimizer attributes missing", path);
         goto done;
     }
+    if (kind < 0 || kind >= OPTIM_KIND_COUNT) {
+        mx_err_set(err, "%s: optim_kind %lld is not an optimizer (0..%d)", path, (long long)kind, OPTIM_KIND_COUNT - 1);
+        goto done;
+    }
     if (kind != o->cfg.kind) {
         mx_err_set(err, "%s: saved by optimizer %s, the config asks for %s", path, optim_kind_name((optim_kind)kind),
                    optim_kind_name(o->cfg.kind));
@@ -284,7 +315,17 @@ int ckpt_load(const char *path, model *m, optimizer *o, ckpt_meta *meta, mx_err 
     int64_t seed;
     if (attr_read_i64(f, "step", &meta->step) || attr_read_i64(f, "epoch", &meta->epoch) ||
         attr_read_i64(f, "seed", &seed) || attr_read(f, "best_acc", H5T_NATIVE_DOUBLE, &meta->best_acc)) {
-        mx_err_set(err, "%s: step/epoch/seed attributes missing", path);
+        mx_err_set(err, "%s: step/epoch/seed/best_acc attributes missing or not scalars of the right type", path);
+        goto done;
+    }
+    /* in range: steps below 2^53 (a double counts them exactly), an epoch has
+     * at least one step, an update at most one per step, seeds as the config's */
+    const int64_t lim = (int64_t)1 << 53;
+    if (meta->step < 0 || meta->step > lim || meta->epoch < 0 || meta->epoch > meta->step || ostep < 0 ||
+        ostep > meta->step || seed < 0 || !(meta->best_acc >= -1.0 && meta->best_acc <= 1.0)) {
+        mx_err_set(err, "%s: attributes out of range (step %lld, epoch %lld, optim_step %lld, seed %lld, best_acc %g)",
+                   path, (long long)meta->step, (long long)meta->epoch, (long long)ostep, (long long)seed,
+                   meta->best_acc);
         goto done;
     }
     meta->seed = (uint64_t)seed;
