@@ -65,7 +65,8 @@ int npy_parse_header(const char *hdr_in, size_t len, const char *path, npy_array
     if (!p || *p != '(') return mx_err_set(err, "%s: header has no 'shape' tuple", path);
     p++;
     int ndim = 0;
-    int64_t numel = 1;
+    int64_t numel = 1, extent = 1; /* extent: product of the nonzero dimensions, which code
+                                      computing block and scale counts multiplies too */
     for (;;) {
         while (*p == ' ') p++;
         if (*p == ')') break;
@@ -76,9 +77,10 @@ int npy_parse_header(const char *hdr_in, size_t len, const char *path, npy_array
         if (errno || v < 0) return mx_err_set(err, "%s: dimension out of range in 'shape'", path);
         if (ndim == NPY_MAX_DIMS) return mx_err_set(err, "%s: rank above %d is not supported", path, NPY_MAX_DIMS);
         out->shape[ndim++] = v;
-        if (v != 0 && numel > INT64_MAX / 8 / v)
+        if (v != 0 && extent > INT64_MAX / 8 / v)
             return mx_err_set(err, "%s: shape has too many elements", path);
         numel *= v;
+        if (v) extent *= v;
         p = end;
         while (*p == ' ') p++;
         if (*p == ',') p++;

@@ -277,6 +277,9 @@ START_TEST(test_npy_malformed_files) {
     expect_npy_error(p, "malformed 'shape'");
     npy_write_raw(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 99999999999), }", 8);
     expect_npy_error(p, "too many elements");
+    /* a zero dimension does not make huge others harmless: block counts multiply them */
+    npy_write_raw(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 1000000000000000000, 9223372036854775807), }", 0);
+    expect_npy_error(p, "too many elements");
     npy_write_raw(p, "{'fortran_order': False, 'shape': (2,), }", 8);
     expect_npy_error(p, "no 'descr'");
     npy_write_raw(p, "{'descr': '<f4', 'shape': (2,), }", 8);
