@@ -343,10 +343,10 @@ static int h5_open_split(dataset *ds, const data_config *cfg, const char *dir, d
         goto done;
     }
     hid_t it = H5Dget_type(di);
-    bool ok_type = H5Tget_class(it) == H5T_INTEGER && H5Tget_size(it) == 1;
+    bool ok_type = H5Tget_class(it) == H5T_INTEGER && H5Tget_size(it) == 1 && H5Tget_sign(it) == H5T_SGN_NONE;
     H5Tclose(it);
-    if (!ok_type) {
-        mx_err_set(err, "%s: '%s' must be uint8", path, cfg->h5_images);
+    if (!ok_type) { /* int8 read as uint8 would turn negative pixels into 0 */
+        mx_err_set(err, "%s: '%s' must be uint8 (unsigned 8-bit integers)", path, cfg->h5_images);
         goto done;
     }
     hid_t lt = H5Dget_type(dl);

@@ -233,6 +233,8 @@ START_TEST(test_hdf5) {
     write_h5(p, 10, 8, 3, H5T_IEEE_F32LE, 10, 0);
     c = cfg_for(DATA_KIND_HDF5, d2);
     expect_open_error(&c, DATA_SPLIT_TRAIN, "must be uint8");
+    write_h5(p, 10, 8, 3, H5T_STD_I8LE, 10, 0); /* signed bytes are not pixels */
+    expect_open_error(&c, DATA_SPLIT_TRAIN, "must be uint8");
     write_h5(p, 10, 8, 3, H5T_STD_U8LE, 9, 0);
     expect_open_error(&c, DATA_SPLIT_TRAIN, "10 images but 9 labels");
     write_h5(p, 10, 8, 3, H5T_STD_U8LE, 10, 1);

@@ -336,6 +336,36 @@ START_TEST(test_checkpoint_atomic_and_init_from) {
 }
 END_TEST
 
+/* Each split's data against the model before any step (issue #20): channels,
+ * labels beyond model.num_classes (an eval label of 9 with 4 classes used to
+ * abort after two steps), a ViT's fixed side. */
+START_TEST(test_data_checked_against_model) {
+    model_config mc = model_config_default(MODEL_ARCH_RESNET);
+    mc.num_classes = 4;
+    mc.in_chans = 1;
+    dataset ds;
+    memset(&ds, 0, sizeof ds);
+    snprintf(ds.source, sizeof ds.source, "val.h5");
+    ds.c = 1;
+    ds.num_classes = 4;
+    mx_err err = {0};
+    ck_assert_int_eq(trainer_check_data(&ds, 28, &mc, &err), 0);
+    ds.num_classes = 10;
+    ck_assert_int_eq(trainer_check_data(&ds, 28, &mc, &err), -1);
+    ck_assert_msg(strstr(err.msg, "val.h5: labels up to 9 (10 classes) but model.num_classes = 4"), "%s", err.msg);
+    ds.num_classes = 4;
+    ds.c = 3;
+    ck_assert_int_eq(trainer_check_data(&ds, 28, &mc, &err), -1);
+    ck_assert_msg(strstr(err.msg, "val.h5: images have 3 channels but model.in_chans = 1"), "%s", err.msg);
+    ds.c = 1;
+    mc.arch = MODEL_ARCH_VIT;
+    mc.img_size = 32;
+    ck_assert_int_eq(trainer_check_data(&ds, 28, &mc, &err), -1);
+    ck_assert_msg(strstr(err.msg, "images come out 28x28 but the ViT is built for model.img_size = 32"), "%s", err.msg);
+    ck_assert_int_eq(trainer_check_data(&ds, 32, &mc, &err), 0);
+}
+END_TEST
+
 /* Tampering helpers: a scalar attribute replaced, one value of a dataset set. */
 static void set_attr(const char *path, const char *group, const char *name, hid_t type, const void *v) {
     hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
@@ -582,6 +612,7 @@ int main(void) {
     tcase_add_test(tc, test_shipped_configs);
     tcase_add_test(tc, test_checkpoint_atomic_and_init_from);
     tcase_add_test(tc, test_checkpoint_validated_on_load);
+    tcase_add_test(tc, test_data_checked_against_model);
     tcase_add_test(tc, test_resume_equals_uninterrupted);
     tcase_add_test(tc, test_nonfinite_guard);
     tcase_add_test(tc, test_compare_cli);

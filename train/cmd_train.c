@@ -138,6 +138,7 @@ int cmd_eval(int argc, char **argv) {
     if (dataset_open(&ds, &dc, DATA_SPLIT_EVAL, &err)) goto fail_nosession;
     int ebs = c->v.data.eval_batch_size ? c->v.data.eval_batch_size : c->v.data.batch_size;
     if (loader_create(&l, &ds, &dc, ebs, false, false, &err)) goto fail_nosession;
+    if (trainer_check_data(&ds, loader_out_size(l), &c->v.model, &err)) goto fail_nosession;
     if (session_open(&s, c, &err)) goto fail_nosession;
     double loss, acc;
     if (ckpt_load_weights(ckpt, &s.m, &err) || session_evaluate(&s, l, &loss, &acc, &err)) goto fail;

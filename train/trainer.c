@@ -230,6 +230,20 @@ static int write_text(const char *path, const char *text, mx_err *err) {
     return 0;
 }
 
+int trainer_check_data(const dataset *ds, int side, const model_config *mc, mx_err *err) {
+    if (ds->c != mc->in_chans)
+        return mx_err_set(err, "%s: images have %d channels but model.in_chans = %d", ds->source, ds->c, mc->in_chans);
+    if (ds->num_classes > mc->num_classes)
+        return mx_err_set(err, "%s: labels up to %d (%d classes) but model.num_classes = %d", ds->source,
+                          ds->num_classes - 1, ds->num_classes, mc->num_classes);
+    bool vit = mc->arch == MODEL_ARCH_DEIT_TINY || mc->arch == MODEL_ARCH_VIT;
+    if (vit && side != mc->img_size) /* the patch grid and position embedding are fixed at build */
+        return mx_err_set(err, "%s: images come out %dx%d but the ViT is built for model.img_size = %d (set "
+                          "data.img_size = %d or model.img_size = %d)", ds->source, side, side, mc->img_size,
+                          mc->img_size, side);
+    return 0;
+}
+
 /* Everything a run holds; run_close frees what run_open and the loop made,
  * whichever step they got to. */
 typedef struct run_state {
@@ -305,18 +319,20 @@ static int run_open(run_state *r, mx_err *err) {
     data_config dc = config_data(cfg);
     if (dataset_open(&r->train_ds, &dc, DATA_SPLIT_TRAIN, err)) return -1;
     if (dataset_open(&r->eval_ds, &dc, DATA_SPLIT_EVAL, err)) return -1;
-    if (r->train_ds.c != cfg->v.model.in_chans)
-        return mx_err_set(err, "%s: images have %d channels but model.in_chans = %d", r->train_ds.source,
-                          r->train_ds.c, cfg->v.model.in_chans);
-    if (r->train_ds.num_classes > cfg->v.model.num_classes)
-        return mx_err_set(err, "%s: %d classes but model.num_classes = %d", r->train_ds.source,
-                          r->train_ds.num_classes, cfg->v.model.num_classes);
     int bs = cfg->v.data.batch_size, ebs = cfg->v.data.eval_batch_size ? cfg->v.data.eval_batch_size : bs;
     bool drop_last = r->train_ds.n >= bs;
     if (loader_create(&r->train_l, &r->train_ds, &dc, bs, true, drop_last, err)) return -1;
     if (loader_create(&r->eval_l, &r->eval_ds, &dc, ebs, false, false, err)) return -1;
     r->side = loader_out_size(r->train_l);
     r->chans = r->train_ds.c;
+    /* both splits against the model, and the eval split against the train split */
+    if (trainer_check_data(&r->train_ds, r->side, &cfg->v.model, err) ||
+        trainer_check_data(&r->eval_ds, loader_out_size(r->eval_l), &cfg->v.model, err))
+        return -1;
+    if (loader_out_size(r->eval_l) != r->side)
+        return mx_err_set(err, "%s: evaluation images come out %dx%d, training images %dx%d (set data.img_size)",
+                          r->eval_ds.source, loader_out_size(r->eval_l), loader_out_size(r->eval_l), r->side,
+                          r->side);
 
     if (session_open(&r->s, cfg, err)) return -1;
     r->s_open = true;

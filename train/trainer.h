@@ -55,6 +55,10 @@ typedef struct train_result {
 /* Returns 0, TRAIN_EXIT_INTERRUPTED, or -1 with err set (non-finite stop included). */
 int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *err);
 
+/* A split's data against the model, before any step: channels, labels below
+ * model.num_classes, and for a ViT the side its patch grid was built for. */
+int trainer_check_data(const dataset *ds, int side, const model_config *mc, mx_err *err);
+
 /* Creates dir and its parents (mkdir -p). */
 int make_dirs(const char *dir, mx_err *err);
 
