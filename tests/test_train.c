@@ -3,6 +3,7 @@
  * end-to-end runs of `mxtrain train`, `eval` and `compare`. */
 #include <hdf5.h>
 #include <math.h>
+#include <sys/wait.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -506,6 +507,36 @@ static bool exists(const char *dir, const char *name) {
 }
 
 /* The quickstart config, trimmed: must beat chance (10%) by a wide margin. */
+/* SIGTERM (a scheduler) and SIGHUP (a closed terminal) save and exit like Ctrl-C. */
+START_TEST(test_sigterm_and_sighup_save) {
+    const char *sigs[2] = {"TERM", "HUP"};
+    for (int i = 0; i < 2; i++) {
+        char dir[600], cmd[3000];
+        snprintf(dir, sizeof dir, "%s/sig%s", test_tmpdir(), sigs[i]);
+        snprintf(cmd, sizeof cmd,
+                 "%s train %s/configs/quickstart.ini --set data.dataset=synthetic --set model.in_chans=3 "
+                 "--set train.epochs=100000 --set log.dir=%s > %s.out 2>&1 & pid=$!; "
+                 "for k in $(seq 100); do [ -f %s/metrics.jsonl ] && [ -s %s/metrics.jsonl ] && break; sleep 0.2; done; "
+                 "sleep 0.5; kill -%s $pid; wait $pid; exit $?",
+                 mxtrain_bin(), getenv("MX_SOURCE_DIR"), dir, dir, dir, dir, sigs[i]);
+        int rc = system(cmd);
+        ck_assert_msg(WIFEXITED(rc) && WEXITSTATUS(rc) == TRAIN_EXIT_INTERRUPTED, "SIG%s: exit status %d", sigs[i],
+                      WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
+        ck_assert_msg(exists(dir, "ckpt/last.h5"), "SIG%s: no checkpoint saved", sigs[i]);
+        char out[700], text[4096] = {0};
+        snprintf(out, sizeof out, "%s.out", dir);
+        FILE *f = fopen(out, "r");
+        ck_assert_ptr_nonnull(f);
+        size_t n = fread(text, 1, sizeof text - 1, f);
+        text[n] = 0;
+        fclose(f);
+        char want[64];
+        snprintf(want, sizeof want, "interrupted (SIG%s)", sigs[i]);
+        ck_assert_msg(strstr(text, want) != NULL, "SIG%s: output lacks '%s':\n%s", sigs[i], want, text);
+    }
+}
+END_TEST
+
 START_TEST(test_quickstart_end_to_end) {
     struct stat st;
     if (stat("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", &st) != 0) {
@@ -613,6 +644,7 @@ int main(void) {
     tcase_add_test(tc, test_checkpoint_atomic_and_init_from);
     tcase_add_test(tc, test_checkpoint_validated_on_load);
     tcase_add_test(tc, test_data_checked_against_model);
+    tcase_add_test(tc, test_sigterm_and_sighup_save);
     tcase_add_test(tc, test_resume_equals_uninterrupted);
     tcase_add_test(tc, test_nonfinite_guard);
     tcase_add_test(tc, test_compare_cli);

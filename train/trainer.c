@@ -102,14 +102,18 @@ int session_evaluate(session *s, loader *l, double *loss, double *acc, mx_err *e
     return 0;
 }
 
-/* ---------------- SIGINT ---------------- */
+/* ---------------- SIGINT, SIGTERM, SIGHUP ---------------- */
 
-static volatile sig_atomic_t g_interrupted;
+/* Each of these saves the run and exits like Ctrl-C (a scheduler's SIGTERM,
+ * a closed terminal's SIGHUP). */
+static const int train_signals[] = {SIGINT, SIGTERM, SIGHUP};
+#define N_TRAIN_SIGNALS ((int)(sizeof train_signals / sizeof train_signals[0]))
 
-static void on_sigint(int sig) {
-    (void)sig;
-    g_interrupted = 1;
-    signal(SIGINT, SIG_DFL); /* a second Ctrl-C kills at once */
+static volatile sig_atomic_t g_interrupted; /* the signal number, 0 if none */
+
+static void on_signal(int sig) {
+    g_interrupted = sig;
+    signal(sig, SIG_DFL); /* a second one kills at once */
 }
 
 /* ---------------- progress ---------------- */
@@ -251,13 +255,13 @@ typedef struct run_state {
     const train_opts *opts;
     train_result *res;
     session s;
-    bool s_open, opt_open, log_open, sig_set;
+    bool s_open, opt_open, log_open, sig_set[N_TRAIN_SIGNALS];
     dataset train_ds, eval_ds;
     loader *train_l, *eval_l;
     optimizer opt;
     optim_config oc;
     runlog log;
-    struct sigaction old_sa; /* restored by run_close */
+    struct sigaction old_sa[N_TRAIN_SIGNALS]; /* restored by run_close */
     char dir[1024], last[1100], best[1100], report[1100];
     char *config_text;
     ckpt_meta meta;
@@ -379,8 +383,8 @@ static int run_open(run_state *r, mx_err *err) {
     g_interrupted = 0;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
-    r->sig_set = sigaction(SIGINT, &sa, &r->old_sa) == 0;
+    sa.sa_handler = on_signal;
+    for (int i = 0; i < N_TRAIN_SIGNALS; i++) r->sig_set[i] = sigaction(train_signals[i], &sa, &r->old_sa[i]) == 0;
     return 0;
 }
 
@@ -456,8 +460,9 @@ static int run_epoch(run_state *r, mx_err *err) {
         progress_end_line(&r->pg);
         runlog_flush(&r->log);
         if (save_last(r, err)) return -1;
-        fprintf(stderr, "interrupted at step %lld: saved %s; continue with --resume %s\n", (long long)r->step, r->last,
-                r->dir);
+        fprintf(stderr, "interrupted (%s) at step %lld: saved %s; continue with --resume %s\n",
+                g_interrupted == SIGINT ? "SIGINT" : g_interrupted == SIGTERM ? "SIGTERM" : "SIGHUP", (long long)r->step,
+                r->last, r->dir);
         r->res->interrupted = true;
         return 1;
     }
@@ -504,7 +509,8 @@ static int run_finish(run_state *r, mx_err *err) {
 }
 
 static void run_close(run_state *r) {
-    if (r->sig_set) sigaction(SIGINT, &r->old_sa, NULL);
+    for (int i = 0; i < N_TRAIN_SIGNALS; i++)
+        if (r->sig_set[i]) sigaction(train_signals[i], &r->old_sa[i], NULL);
     if (r->log_open) runlog_close(&r->log);
     if (r->opt_open) optim_free(&r->opt);
     if (r->s_open) session_close(&r->s);
