@@ -178,6 +178,12 @@ static int open_train_loader(const config *c, data_config *dc, dataset *ds, load
         dataset_free(ds);
         return -1;
     }
+    if (trainer_check_data(ds, loader_out_size(*l), &c->v.model, err)) { /* the data fits the model */
+        loader_free(*l);
+        *l = NULL;
+        dataset_free(ds);
+        return -1;
+    }
     return 0;
 }
 
