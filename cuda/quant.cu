@@ -139,9 +139,10 @@ __device__ __forceinline__ void cu_stats_flush_all(lstats &ls, unsigned *sh_gap,
 /* Zeroes the thread block's gap histogram (statistics only). */
 template <bool ST>
 __device__ __forceinline__ void cu_stats_begin(unsigned *sh_gap) {
-    if (!ST) return;
-    for (int i = threadIdx.x; i < QUANT_GAP_BINS; i += blockDim.x) sh_gap[i] = 0;
-    __syncthreads();
+    if (ST) {
+        for (int i = threadIdx.x; i < QUANT_GAP_BINS; i += blockDim.x) sh_gap[i] = 0;
+        __syncthreads();
+    }
 }
 
 /* Block-wide sum of the threads' statistics into the call's record. */
@@ -381,6 +382,11 @@ __global__ void __launch_bounds__(256) k_elementwise(int mode, bool bf16, uint64
 
 /* ---------------- UNPACK ---------------- */
 
+/* One element from its code and its block's scale byte (255: the block held Inf or NaN). */
+__device__ __forceinline__ float cu_decode(int fmt, uint8_t code, uint8_t sc) {
+    return sc == 255 ? quant_nanf() : d_lut[fmt][code] * quant_pow2f((int)sc - 127);
+}
+
 __global__ void __launch_bounds__(256) k_unpack_tiles(int fmt, tiles_args a, const uint8_t *__restrict__ codes,
                                                       const uint8_t *__restrict__ scales, float *y) {
     const int64_t rows = a.lead * a.R;
@@ -388,8 +394,7 @@ __global__ void __launch_bounds__(256) k_unpack_tiles(int fmt, tiles_args a, con
         int64_t li = row / a.R, r = row - li * a.R;
         const uint8_t *sr = scales + li * a.ntr * a.ntc + (r / a.r) * a.ntc;
         for (int64_t j = threadIdx.x; j < a.C; j += blockDim.x) {
-            uint8_t sc = sr[j / a.c];
-            y[row * a.C + j] = sc == 255 ? quant_nanf() : d_lut[fmt][codes[row * a.C + j]] * quant_pow2f((int)sc - 127);
+            y[row * a.C + j] = cu_decode(fmt, codes[row * a.C + j], sr[j / a.c]);
         }
     }
 }
@@ -400,11 +405,8 @@ __global__ void __launch_bounds__(256) k_unpack_columns(int fmt, cols_args a, co
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
         int64_t o = row / a.L, i = row - o * a.L;
         const uint8_t *sr = scales + o * a.nb * a.inner + (i / a.k) * a.inner;
-        for (int64_t j = threadIdx.x; j < a.inner; j += blockDim.x) {
-            uint8_t sc = sr[j];
-            y[row * a.inner + j] =
-                sc == 255 ? quant_nanf() : d_lut[fmt][codes[row * a.inner + j]] * quant_pow2f((int)sc - 127);
-        }
+        for (int64_t j = threadIdx.x; j < a.inner; j += blockDim.x)
+            y[row * a.inner + j] = cu_decode(fmt, codes[row * a.inner + j], sr[j]);
     }
 }
 
