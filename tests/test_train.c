@@ -447,10 +447,10 @@ START_TEST(test_nonfinite_guard) {
     session s;
     ck_assert_int_eq(session_open(&s, c, &err), 0);
     int fc = param_find(&s.m.params, "fc.weight");
-    param_data(&s.m.params, fc)[0] = INFINITY;
     const char *bad = test_path("bad_weights.h5");
     ckpt_meta meta = {0, 0, 0, 0};
     ck_assert_int_eq(ckpt_save(bad, &s.m, NULL, &meta, NULL, &err), 0);
+    poke_dataset(bad, "model/fc.weight", INFINITY); /* (mxtrain itself never writes one) */
     free(c);
     c = small_config(dir, NULL);
     train_opts init = {NULL, bad};
@@ -476,9 +476,38 @@ START_TEST(test_nonfinite_guard) {
     optim_free(&opt);
     session_close(&s);
     free(c);
-    /* skip: every step is skipped, the run still completes */
+    /* skip: every step is skipped, the run still completes, and a skipped step
+     * leaves no trace: the BatchNorm statistics are those of the weights loaded */
     c = small_config(test_path("nan_skip"), "train.on_nonfinite=skip train.max_steps=4");
     ck_assert_msg(trainer_run(c, &init, &r, &err) == 0, "%s", err.msg);
+    char skip_last[1200];
+    snprintf(skip_last, sizeof skip_last, "%s/ckpt/last.h5", test_path("nan_skip"));
+    ck_assert_int_eq(session_open(&s, c, &err), 0);
+    ck_assert_msg(ckpt_load_weights(skip_last, &s.m, &err) == 0, "%s", err.msg);
+    int rv = param_find(&s.m.params, "bn1.running_var"), nb = param_find(&s.m.params, "bn1.num_batches_tracked");
+    ck_assert_float_eq(param_data(&s.m.params, rv)[0], 1.0f);
+    ck_assert_float_eq(param_data(&s.m.params, nb)[0], 0.0f);
+    /* a state holding NaN or Inf is never written as a checkpoint */
+    param_data(&s.m.params, rv)[1] = INFINITY;
+    ck_assert_int_eq(ckpt_save(test_path("poisoned.h5"), &s.m, NULL, &meta, NULL, &err), -1);
+    ck_assert_msg(strstr(err.msg, "not written: 'bn1.running_var' holds non-finite"), "%s", err.msg);
+    session_close(&s);
+    free(c);
+    /* a learning rate that blows the weights up: the run stops at the first
+     * non-finite state, and the last checkpoint it names loads (all finite) */
+    c = small_config(test_path("lr_huge"), "optim.lr=1e6 optim.warmup_steps=0 train.ckpt_every=1 train.max_steps=20");
+    ck_assert_int_eq(trainer_run(c, &o, &r, &err), -1);
+    ck_assert_msg(strstr(err.msg, "non-finite"), "%s", err.msg);
+    char huge_last[1200];
+    snprintf(huge_last, sizeof huge_last, "%s/ckpt/last.h5", test_path("lr_huge"));
+    if (access(huge_last, R_OK) == 0) {
+        ck_assert_msg(strstr(err.msg, huge_last), "%s", err.msg);
+        ck_assert_int_eq(session_open(&s, c, &err), 0);
+        optim_init(&opt, &oc, &s.m.params);
+        ck_assert_msg(ckpt_load(huge_last, &s.m, &opt, &meta, &err) == 0, "%s", err.msg);
+        optim_free(&opt);
+        session_close(&s);
+    }
     free(c);
 }
 END_TEST

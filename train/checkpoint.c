@@ -61,8 +61,50 @@ static int write_dataset(hid_t loc, const char *name, hid_t file_type, hid_t mem
     return r < 0 ? -1 : 0;
 }
 
+/* First index i in [0, n) with a non-finite v[i], or -1. */
+static int64_t first_nonfinite(const float *v, int64_t n) {
+    int64_t bad = 0;
+#pragma omp parallel for reduction(+ : bad) schedule(static) if (n >= 65536)
+    for (int64_t i = 0; i < n; i++) bad += !isfinite(v[i]);
+    if (!bad) return -1;
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) return i;
+    return -1;
+}
+
+int ckpt_find_nonfinite(const model *m, const optimizer *o, char *what, size_t n) {
+    const param_store *ps = &m->params;
+    for (int i = 0; i < ps->count; i++) {
+        const param_entry *e = &ps->entries[i];
+        const float *v = (e->kind == PARAM_KIND_BUFFER ? ps->buffers : ps->data) + e->offset;
+        if (first_nonfinite(v, e->numel) >= 0) {
+            snprintf(what, n, "'%s'", e->name);
+            return 1;
+        }
+    }
+    if (!o) return 0;
+    const char *names[2] = {"exp_avg", "exp_avg_sq"};
+    const float *st[2] = {o->m, o->v};
+    for (int k = 0; k < 2; k++) {
+        int64_t at = st[k] ? first_nonfinite(st[k], (int64_t)o->n) : -1;
+        if (at < 0) continue;
+        const char *entry = "?"; /* the parameter whose moment it is */
+        for (int i = 0; i < ps->count; i++) {
+            const param_entry *e = &ps->entries[i];
+            if (e->kind != PARAM_KIND_BUFFER && at >= (int64_t)e->offset && at < (int64_t)e->offset + e->numel)
+                entry = e->name;
+        }
+        snprintf(what, n, "optimizer %s of '%s'", names[k], entry);
+        return 1;
+    }
+    return 0;
+}
+
 int ckpt_write_tmp(const char *path, model *m, const optimizer *o, const ckpt_meta *meta, const char *config_text,
                    mx_err *err) {
+    char bad[400];
+    if (ckpt_find_nonfinite(m, o, bad, sizeof bad)) /* a checkpoint is only ever a good state */
+        return mx_err_set(err, "%s: not written: %s holds non-finite values", path, bad);
     h5_quiet();
     char tmp[1100];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);

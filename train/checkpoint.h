@@ -28,6 +28,11 @@ int ckpt_write_tmp(const char *path, model *m, const optimizer *o, const ckpt_me
                    mx_err *err);
 int ckpt_commit(const char *path, mx_err *err);
 
+/* Names in `what` the first parameter, buffer or optimizer moment (o may be
+ * NULL) holding a NaN or Inf and returns 1; 0 when all are finite. Saving
+ * refuses such a state. */
+int ckpt_find_nonfinite(const model *m, const optimizer *o, char *what, size_t n);
+
 /* Full state for --resume: weights, buffers, optimizer, metadata. */
 int ckpt_load(const char *path, model *m, optimizer *o, ckpt_meta *meta, mx_err *err);
 /* Weights only (--init-from, eval): group `model`, or root-level datasets when

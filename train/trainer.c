@@ -267,6 +267,7 @@ typedef struct run_state {
     ckpt_meta meta;
     int side, chans;         /* the loader's images */
     int64_t nb, total;       /* batches per epoch, steps of the run */
+    float *buf_before;       /* on_nonfinite = skip: the buffers (BN statistics) before the step */
     double *step_times;      /* seconds of each step run here (grown as steps run, never
                                 sized from the configured total, which may be absurd) */
     int64_t n_times, cap_times, skipped;
@@ -398,13 +399,20 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
         if (stats_now) mm_plan_reset_stats(&r->s.plan);
         mm_plan_reset_counters(&r->s.plan);
     }
+    param_store *ps = &r->s.m.params;
+    bool skip_policy = cfg->v.train.on_nonfinite == TRAIN_NONFINITE_SKIP;
+    if (skip_policy) { /* the forward updates running statistics: a skipped step must not */
+        if (!r->buf_before) r->buf_before = mx_malloc(sizeof(float) * (ps->n_buffers ? ps->n_buffers : 1));
+        memcpy(r->buf_before, ps->buffers, sizeof(float) * ps->n_buffers);
+    }
     double lr = optim_lr_at(&r->oc, step);
     double loss = session_forward_backward(&r->s, b->images, b->labels, b->count, r->side, r->chans, (uint64_t)step);
     double gnorm = optim_grad_norm(&r->s.m.params);
     if (!isfinite(loss) || !isfinite(gnorm)) {
         char why[1024];
         describe_worst(&r->s, why, sizeof why);
-        if (cfg->v.train.on_nonfinite == TRAIN_NONFINITE_SKIP) {
+        if (skip_policy) {
+            memcpy(ps->buffers, r->buf_before, sizeof(float) * ps->n_buffers);
             r->skipped++;
             fprintf(stderr, "%sstep %lld: non-finite loss %g / gradient norm %g; step skipped; %s\n",
                     r->pg.tty ? "\n" : "", (long long)step, loss, gnorm, why);
@@ -419,6 +427,17 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
     }
     if (r->oc.clip_grad_norm > 0) optim_clip_grad_norm(&r->s.m.params, gnorm, r->oc.clip_grad_norm);
     optim_step(&r->opt, lr);
+    /* finite loss and gradients can still leave a non-finite state (an update
+     * that overflows, an Inf running variance): stop before it is saved */
+    char bad[400];
+    if (ckpt_find_nonfinite(&r->s.m, &r->opt, bad, sizeof bad)) {
+        progress_end_line(&r->pg);
+        runlog_step(&r->log, step + 1, r->epoch, lr, loss, 0);
+        runlog_flush(&r->log);
+        return mx_err_set(err, "step %lld: the update left non-finite values in %s (loss %g, gradient norm %g); run "
+                          "stopped; last good checkpoint: %s", (long long)step, bad, loss, gnorm,
+                          access(r->last, R_OK) == 0 ? r->last : "none yet");
+    }
     step = ++r->step;
     double t = timer_now(), dt = t - r->t_prev;
     r->t_prev = t;
@@ -519,6 +538,7 @@ static void run_close(run_state *r) {
     dataset_free(&r->train_ds);
     dataset_free(&r->eval_ds);
     free(r->step_times);
+    free(r->buf_before);
     free(r->config_text);
     free(r);
 }
