@@ -63,16 +63,11 @@ static int cu_grid(int64_t work, int threads) {
     return (int)(b < cap ? (b > 0 ? b : 1) : cap);
 }
 
-/* bf16 bits of a float (nearest, ties to even; NaN stays quiet NaN), as ag_bf16_round. */
+/* bf16 bits of a float (nearest, ties to even; NaN stays quiet NaN), counting inexact ones. */
 __device__ __forceinline__ uint16_t to_bf16(float v, unsigned long long *inexact) {
     uint32_t b = quant_bits(v);
     *inexact += (b & 0xffffu) != 0;
-    if ((b & 0x7f800000u) == 0x7f800000u) {
-        if (b & 0x007fffffu) b |= 0x00400000u;
-    } else {
-        b += 0x7fffu + ((b >> 16) & 1u);
-    }
-    return (uint16_t)(b >> 16);
+    return (uint16_t)(quant_bits(qk_bf16_round(b, qk_bf16_even_add(b))) >> 16);
 }
 
 /* What one element produces: its value (float or bf16 bits) and code. */
@@ -320,17 +315,16 @@ __global__ void __launch_bounds__(256) k_columns(qk k, cols_args a, const float 
 
 /* ---------------- ELEMENTWISE (bf16, fp32) ---------------- */
 
-/* One element of bf16 / fp32 "quantization": the CPU's branch-free loops. */
+/* One element of bf16 / fp32 "quantization": the CPU's rule (qk_bf16_round). */
 __device__ __forceinline__ float cu_round_elem(int mode, bool bf16, uint64_t seed, uint64_t stream, uint64_t idx,
                                                float xv) {
     if (!bf16) return xv;
-    uint32_t b = quant_bits(xv), r;
-    if (mode == QUANT_ROUND_EVEN) r = b + 0x7fffu + ((b >> 16) & 1u);
-    else if (mode == QUANT_ROUND_AWAY) r = b + 0x8000u;
-    else if (mode == QUANT_ROUND_FLOOR) r = b;
-    else r = b + (rng_u32_at(seed, stream, idx) >> 16);
-    r &= 0xffff0000u;
-    return quant_from_bits((b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : r);
+    uint32_t b = quant_bits(xv);
+    uint32_t add = mode == QUANT_ROUND_EVEN    ? qk_bf16_even_add(b)
+                   : mode == QUANT_ROUND_AWAY  ? 0x8000u
+                   : mode == QUANT_ROUND_FLOOR ? 0u
+                                               : rng_u32_at(seed, stream, idx) >> 16;
+    return qk_bf16_round(b, add);
 }
 
 template <bool ST>

@@ -547,16 +547,15 @@ static void qk_run_elementwise(const quant_spec *s, const float *x, float *y, in
         if (bf16) {
             /* branch-free per mode so the loops vectorize; NaN is kept quiet */
             uint64_t seed = s->seed, stream = s->stream, off = s->offset;
-#define QK_BF16_LOOP(expr)                                                                        \
-    for (int64_t i = i0; i < i1; i++) {                                                            \
-        uint32_t b = quant_bits(x[i]);                                                             \
-        uint32_t r = (expr) & 0xffff0000u;                                                         \
-        y[i] = quant_from_bits((b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : r); \
+#define QK_BF16_LOOP(add)                                                     \
+    for (int64_t i = i0; i < i1; i++) {                                        \
+        uint32_t b = quant_bits(x[i]);                                         \
+        y[i] = qk_bf16_round(b, (add));                                        \
     }
-            if (mode == QUANT_ROUND_EVEN) QK_BF16_LOOP(b + 0x7fffu + ((b >> 16) & 1u))
-            else if (mode == QUANT_ROUND_AWAY) QK_BF16_LOOP(b + 0x8000u)
-            else if (mode == QUANT_ROUND_FLOOR) QK_BF16_LOOP(b)
-            else QK_BF16_LOOP(b + (rng_u32_at(seed, stream, off + (uint64_t)i) >> 16))
+            if (mode == QUANT_ROUND_EVEN) QK_BF16_LOOP(qk_bf16_even_add(b))
+            else if (mode == QUANT_ROUND_AWAY) QK_BF16_LOOP(0x8000u)
+            else if (mode == QUANT_ROUND_FLOOR) QK_BF16_LOOP(0u)
+            else QK_BF16_LOOP(rng_u32_at(seed, stream, off + (uint64_t)i) >> 16)
 #undef QK_BF16_LOOP
         } else if (y != x) {
             memcpy(y + i0, x + i0, (size_t)(i1 - i0) * sizeof(float));

@@ -44,6 +44,16 @@ typedef struct qk {
 } qk;
 
 
+/* bf16 rounding of a float's bits b: b + add truncated to the upper 16 bits,
+ * where add picks the mode (even: 0x7fff + bit 16, away: 0x8000, floor: 0,
+ * stochastic: 16 random bits); NaN stays NaN (quiet). Branch-free, so the
+ * CPU's loops vectorize. */
+QK_HD static inline float qk_bf16_round(uint32_t b, uint32_t add) {
+    uint32_t r = (b + add) & 0xffff0000u;
+    return quant_from_bits((b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : r);
+}
+QK_HD static inline uint32_t qk_bf16_even_add(uint32_t b) { return 0x7fffu + ((b >> 16) & 1u); }
+
 /* floor(log2 |v|) from the bits of |v| (nonzero, finite), subnormals included. */
 QK_HD static inline int qk_exponent(uint32_t abits) {
     int ef = (int)(abits >> 23);
