@@ -7,6 +7,10 @@
 #include <string.h>
 
 int mx_enum_parse(const mx_enum *e, const char *s, int *out, mx_err *err) {
+    if (e->parse) {
+        int r = e->parse(s, out, err);
+        if (r <= 0) return r;
+    }
     for (int i = 0; i < e->count; i++) {
         const char *alias = e->alias ? e->alias(i) : NULL;
         if (strcmp(s, e->name(i)) == 0 || (alias && strcmp(s, alias) == 0)) {
@@ -28,6 +32,7 @@ void mx_enum_list(const mx_enum *e, bool quote, char *buf, size_t n) {
         len += (size_t)snprintf(buf + len, n - len, "%s%s%s%s", i ? ", " : "", q, e->name(i), q);
         if (alias && len < n) len += (size_t)snprintf(buf + len, n - len, " (alias %s%s%s)", q, alias, q);
     }
+    if (e->family && len < n) snprintf(buf + len, n - len, ", %s%s%s", q, e->family, q);
 }
 
 int key_parse_list(const char *v, double *out, int lo, int hi, bool want_int, int *n, mx_err *err) {

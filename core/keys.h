@@ -22,12 +22,18 @@ typedef struct mx_enum {
     int count;
     const char *(*name)(int i);    /* canonical name of value i */
     const char *(*alias)(int i);   /* another accepted name, or NULL (may be NULL) */
+    /* Names of a parametric family outside the table (bdr_m7_k16_s2_d1), or
+     * NULL: returns 1 when s is not of the family's form, 0 with *out set,
+     * -1 with a message when it is of the form but invalid. name(i) must
+     * also answer for the values it returns. */
+    int (*parse)(const char *s, int *out, mx_err *err);
+    const char *family; /* how the family is written, for "valid:" lists */
 } mx_enum;
 
 /* An mx_enum over a plain array of names (count from the array). */
 #define MX_ENUM_OF_NAMES(var, what, names)                                                     \
     static const char *var##_name_at(int i) { return names[i]; }                               \
-    const mx_enum var = {what, (int)(sizeof names / sizeof names[0]), var##_name_at, NULL}
+    const mx_enum var = {what, (int)(sizeof names / sizeof names[0]), var##_name_at, NULL, NULL, NULL}
 
 /* Value of name s (or an alias); -1 and "unknown WHAT 's' (valid: a, b, c)" otherwise. */
 int mx_enum_parse(const mx_enum *e, const char *s, int *out, mx_err *err);

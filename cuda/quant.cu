@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(256) k_tiles(qk k, tiles_args a, const float *
             uint32_t o2 = __shfl_xor_sync(gmask, amax, sh, G);
             amax = o2 > amax ? o2 : amax;
         }
-        bool nonfinite = amax >= 0x7f800000u;
+        bool nonfinite = amax >= k.nan_above;
         int se = nonfinite ? 0 : qk_scale_exp(&k, amax);
         if (scales && lane == 0) scales[t] = nonfinite ? 255 : (uint8_t)(se + 127);
         float s = quant_pow2f(se), inv_s = quant_pow2f(-se);
@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(256) k_columns(qk k, cols_args a, const float 
             uint32_t ab = quant_bits(x[base + i * a.inner]) & 0x7fffffffu;
             amax = ab > amax ? ab : amax;
         }
-        bool nonfinite = amax >= 0x7f800000u;
+        bool nonfinite = amax >= k.nan_above;
         int se = nonfinite ? 0 : qk_scale_exp(&k, amax);
         if (scales) scales[w] = nonfinite ? 255 : (uint8_t)(se + 127);
         float s = quant_pow2f(se), inv_s = quant_pow2f(-se);

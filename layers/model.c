@@ -24,7 +24,7 @@ _Static_assert(sizeof model_families / sizeof model_families[0] == MODEL_ARCH_CO
 const char *model_arch_name(model_arch a) { return model_families[a].name; }
 
 static const char *model_arch_name_at(int i) { return model_families[i].name; }
-const mx_enum model_arch_enum = {"model.arch", MODEL_ARCH_COUNT, model_arch_name_at, NULL};
+const mx_enum model_arch_enum = {"model.arch", MODEL_ARCH_COUNT, model_arch_name_at, NULL, NULL, NULL};
 static const char *const model_stem_names[] = {[MODEL_STEM_IMAGENET] = "imagenet", [MODEL_STEM_CIFAR] = "cifar"};
 _Static_assert(sizeof model_stem_names / sizeof model_stem_names[0] == MODEL_STEM_COUNT, "stem names");
 MX_ENUM_OF_NAMES(model_stem_enum, "model.stem", model_stem_names);

@@ -51,6 +51,14 @@ qk qk_make(const quant_spec *s, bool reference) {
     k.bits = fi->bits;
     k.is_int = fi->is_int;
     k.has_low = fi->has_low;
+    k.int_scale = (float)(1 << fi->p);
+    /* rceil can ask for se = 128, which E8M0 cannot hold: such a block is NaN
+     * (code 255) like one holding Inf or NaN; it happens only for emax 0 */
+    k.nan_above = 0x7f800000u;
+    if (s->scale == QUANT_SCALE_RCEIL && fi->emax == 0) k.nan_above = quant_bits(fi->max_norm * 0x1p127f) + 1u;
+    k.k1 = fi->k1;
+    k.k2 = fi->k2;
+    k.umax = (1 << fi->d2) - 1;
     k.seed = s->seed;
     k.stream = s->stream;
     k.offset = s->offset;
@@ -184,9 +192,14 @@ __attribute__((target("avx2"))) static inline void qk_vec_encode(const qk *k, __
     __m256i sg = _mm256_slli_epi32(_mm256_srli_epi32(qi, 31), k->bits - 1);
     __m256i mag;
     if (k->is_int) {
-        __m256i v = _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(64.0f)));
-        mag = _mm256_blendv_epi8(v, _mm256_sub_epi32(_mm256_setzero_si256(), v), _mm256_srai_epi32(qi, 31));
-        sg = _mm256_setzero_si256();
+        __m256i v = _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(a), _mm256_set1_ps(k->int_scale)));
+        if (k->k1) { /* BDR: sign-magnitude */
+            mag = v;
+        } else { /* two's complement in `bits` bits */
+            mag = _mm256_blendv_epi8(v, _mm256_sub_epi32(_mm256_setzero_si256(), v), _mm256_srai_epi32(qi, 31));
+            mag = _mm256_and_si256(mag, _mm256_set1_epi32((1 << k->bits) - 1));
+            sg = _mm256_setzero_si256();
+        }
     } else {
         __m256i pp = _mm256_set1_epi32(k->p), emin = _mm256_set1_epi32(k->eminb - 127), bias = _mm256_set1_epi32(k->bias);
         if (k->has_low) {
@@ -231,7 +244,7 @@ __attribute__((target("avx2"))) static bool qk_tile_even_avx2(const qk *k, const
     m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0x4e));
     m4 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, 0xb1));
     uint32_t amax = (uint32_t)_mm_cvtsi128_si32(m4);
-    if (amax >= 0x7f800000u) return false;
+    if (amax >= k->nan_above) return false;
     int se = qk_scale_exp(k, amax);
     if (scale_out) *scale_out = (uint8_t)(se + 127);
     __m256 s = _mm256_set1_ps(quant_pow2f(se)), inv_s = _mm256_set1_ps(quant_pow2f(-se));
@@ -269,7 +282,7 @@ __attribute__((target("avx2"))) static bool qk_panel_even_avx2(const qk *k, cons
     float sv[QK_COLS], inv[QK_COLS];
     for (int v = 0; v < nv; v++) _mm256_storeu_si256((__m256i *)(amax + 8 * v), vmax[v]);
     for (int j = 0; j < w; j++)
-        if (amax[j] >= 0x7f800000u) return false;
+        if (amax[j] >= k->nan_above) return false;
     for (int j = 0; j < w; j++) {
         int se = qk_scale_exp(k, amax[j]);
         if (scale_out) scale_out[j] = (uint8_t)(se + 127);
@@ -310,6 +323,247 @@ static bool qk_panel_even_avx2(const qk *k, const float *x, float *y, uint8_t *c
 static bool qk_have_avx2(void) { return false; }
 #endif
 
+/* ---- shared microexponents (BDR, spec section 8) ----
+ * A block's k1 values (row by row for tiles, zero padded) share the scale
+ * 2^se, se = floor(log2 amax); each run of k2 shares a microexponent u. An
+ * element is rounded on the fixed grid 2^-p of t' = (x * 2^-se) * 2^u,
+ * saturated at max_norm, and its value is (t'_q * 2^-u) * 2^se. Every product
+ * is by a power of two with a representable result, so all are exact. */
+#define QK_BDR_MAX 64 /* largest k1 */
+static void qk_range(int64_t n, int tid, int nth, int64_t *b, int64_t *e);
+
+/* Offsets of block t's elements in block order (row by row), -1 for padding. */
+static void qk_bdr_offsets(const qlayout *l, int64_t t, int k1, int64_t *off) {
+    if (l->kind == QL_TILES) {
+        int64_t per = l->ntr * l->ntc, li = t / per, tr = (t % per) / l->ntc, tc = t % l->ntc;
+        int64_t base = li * l->R * l->C + tr * l->r * l->C + tc * l->c;
+        for (int j = 0; j < k1; j++) {
+            int i = j / l->c, jj = j % l->c;
+            off[j] = tr * l->r + i < l->R && tc * l->c + jj < l->C ? base + i * l->C + jj : -1;
+        }
+    } else {
+        int64_t o = t / (l->nb * l->inner), b = (t / l->inner) % l->nb, col = t % l->inner;
+        int64_t base = o * l->L * l->inner + col;
+        for (int j = 0; j < k1; j++) off[j] = b * l->k + j < l->L ? base + (b * l->k + j) * l->inner : -1;
+    }
+}
+
+/* One block, any layout, rounding mode and statistics: the reference and the general path. */
+static void qk_bdr_block(const qk *k, const qlayout *l, int64_t t, const float *x, float *y, uint8_t *codes,
+                         uint8_t *scales, quant_stats *st) {
+    int k1 = k->k1, k2 = k->k2, nr = k1 / k2;
+    int64_t off[QK_BDR_MAX];
+    float xb[QK_BDR_MAX];
+    uint32_t ab[QK_BDR_MAX], amax = 0;
+    qk_bdr_offsets(l, t, k1, off);
+    for (int j = 0; j < k1; j++) {
+        xb[j] = off[j] >= 0 ? x[off[j]] : 0.0f;
+        ab[j] = quant_bits(xb[j]) & 0x7fffffffu;
+        amax = ab[j] > amax ? ab[j] : amax;
+    }
+    uint8_t *ue = codes ? codes + l->numel + t * nr : NULL;
+    if (amax >= 0x7f800000u) { /* Inf or NaN in the block: all NaN, scale code 255 */
+        for (int j = 0; j < k1; j++) {
+            if (off[j] < 0) continue;
+            if (y) y[off[j]] = quant_nanf();
+            if (codes) codes[off[j]] = 0;
+            if (st) st->elements++, st->nonzero += xb[j] != 0.0f;
+        }
+        if (ue) memset(ue, 0, (size_t)nr);
+        if (scales) scales[t] = 255;
+        return;
+    }
+    int se = qk_bdr_scale_exp(amax);
+    if (scales) scales[t] = (uint8_t)(se + 127);
+    float s = quant_pow2f(se), inv_s = quant_pow2f(-se);
+    int e_amax = amax ? qk_exponent(amax) : 0;
+    for (int r = 0; r < nr; r++) {
+        uint32_t as = 0;
+        for (int j = r * k2; j < (r + 1) * k2; j++) as = ab[j] > as ? ab[j] : as;
+        int u = qk_bdr_micro(k, se, as);
+        if (ue) ue[r] = (uint8_t)u;
+        float pu = quant_pow2f(u), iu = quant_pow2f(-u);
+        for (int j = r * k2; j < (r + 1) * k2; j++) {
+            if (off[j] < 0) continue;
+            float tt = (xb[j] * inv_s) * pu;
+            uint32_t rnd = k->mode == QK_STOCH ? rng_u32_at(k->seed, k->stream, k->offset + (uint64_t)off[j]) : 0;
+            float tq = qk_elem(k, tt, k->mode, rnd), q = (tq * iu) * s;
+            if (y) y[off[j]] = q;
+            if (codes) codes[off[j]] = qk_encode(k, tq);
+            if (!st) continue;
+            st->elements++;
+            if (ab[j]) {
+                st->nonzero++;
+                st->underflow += q == 0.0f;
+                int gap = e_amax - qk_exponent(ab[j]);
+                st->gap_hist[gap < QUANT_GAP_BINS - 1 ? gap : QUANT_GAP_BINS - 1]++;
+            }
+            st->saturated += fabsf(tt) > k->max_norm;
+            double dx = xb[j], de = (double)xb[j] - (double)q;
+            st->sum_x2 += dx * dx;
+            st->sum_err2 += de * de;
+        }
+    }
+}
+
+#if defined(__x86_64__)
+/* nblk consecutive contiguous blocks of k1 (a multiple of 8) values with runs
+ * of k2 (1, 2, 4 or a multiple of 8), round half to even: the same bits as
+ * qk_bdr_block with each block in registers and its scale found in vector
+ * registers. Stops before a block whose amax is not a normal in [2^-126,
+ * 2^127) (zero, tiny, huge or non-finite: the general path takes it) and
+ * returns how many it did. */
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) int64_t
+qk_bdr_span_body(const qk *k, const float *x, float *y, uint8_t *codes, uint8_t *ue, uint8_t *scales, int64_t nblk,
+                 int k1, int k2) {
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff), zero = _mm256_setzero_si256();
+    const __m256i c127 = _mm256_set1_epi32(127), umax = _mm256_set1_epi32(k->umax);
+    const __m256i eb0 = _mm256_set1_epi32(k->eminb), off = _mm256_set1_epi32(23 - k->p);
+    const __m256 maxn = _mm256_set1_ps(k->max_norm);
+    const int nv = k1 / 8, nr = k1 / k2;
+    for (int64_t b = 0; b < nblk; b++) {
+        const float *xb = x + b * k1;
+        __m256 xv[QK_BDR_MAX / 8];
+        __m256i a[QK_BDR_MAX / 8], rm[QK_BDR_MAX / 8];
+        __m256i vmax = zero;
+        for (int v = 0; v < nv; v++) {
+            xv[v] = _mm256_loadu_ps(xb + 8 * v);
+            a[v] = _mm256_and_si256(_mm256_castps_si256(xv[v]), absmask);
+            vmax = _mm256_max_epu32(vmax, a[v]);
+        }
+        /* amax in every lane */
+        vmax = _mm256_max_epu32(vmax, _mm256_permute2x128_si256(vmax, vmax, 0x01));
+        vmax = _mm256_max_epu32(vmax, _mm256_shuffle_epi32(vmax, 0x4e));
+        vmax = _mm256_max_epu32(vmax, _mm256_shuffle_epi32(vmax, 0xb1));
+        uint32_t amax = (uint32_t)_mm_cvtsi128_si32(_mm256_castsi256_si128(vmax));
+        if (amax < 0x00800000u || amax >= 0x7f000000u) return b;
+        __m256i ef = _mm256_srli_epi32(vmax, 23); /* se + 127, in 1..253 */
+        if (scales) scales[b] = (uint8_t)(amax >> 23);
+        __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(ef, 23));
+        __m256 inv_s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(254), ef), 23));
+        __m256i vse = _mm256_sub_epi32(ef, c127);
+        /* each lane gets its run's max */
+        for (int v = 0; v < nv; v++) {
+            __m256i r = a[v];
+            if (k2 >= 2) r = _mm256_max_epu32(r, _mm256_shuffle_epi32(r, 0xb1));
+            if (k2 >= 4) r = _mm256_max_epu32(r, _mm256_shuffle_epi32(r, 0x4e));
+            if (k2 >= 8) r = _mm256_max_epu32(r, _mm256_permute2x128_si256(r, r, 0x01));
+            rm[v] = r;
+        }
+        for (int g = 0; k2 > 8 && g < nv; g += k2 / 8) {
+            __m256i m = rm[g];
+            for (int v = g + 1; v < g + k2 / 8; v++) m = _mm256_max_epu32(m, rm[v]);
+            for (int v = g; v < g + k2 / 8; v++) rm[v] = m;
+        }
+        for (int v = 0; v < nv; v++) {
+            __m256i r = rm[v], er = _mm256_srli_epi32(r, 23);
+            /* floor(log2): from the exponent field, or for a subnormal from its
+             * integer significand converted exactly (< 2^23) */
+            __m256i sub = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(r)), 23),
+                                           _mm256_set1_epi32(127 + 149));
+            __m256i e = _mm256_blendv_epi8(_mm256_sub_epi32(er, c127), sub, _mm256_cmpeq_epi32(er, zero));
+            __m256i u = _mm256_min_epi32(_mm256_max_epi32(_mm256_sub_epi32(vse, e), zero), umax);
+            u = _mm256_andnot_si256(_mm256_cmpeq_epi32(r, zero), u);
+            __m256 pu = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(u, c127), 23));
+            __m256 iu = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(c127, u), 23));
+            __m256 q = qk_vec_even(_mm256_mul_ps(xv[v], inv_s), pu, s, eb0, off, maxn, 0, zero, eb0, off);
+            if (y) _mm256_storeu_ps(y + b * k1 + 8 * v, _mm256_mul_ps(_mm256_mul_ps(q, iu), s));
+            if (codes) qk_vec_encode(k, q, codes + b * k1 + 8 * v);
+            if (ue) { /* the first lane of each run (k2 < 8), or of the vector that starts a run */
+                int32_t ul[8];
+                _mm256_storeu_si256((__m256i *)ul, u);
+                uint8_t *ub = ue + b * nr;
+                if (k2 < 8)
+                    for (int i = 0; i < 8 / k2; i++) ub[v * (8 / k2) + i] = (uint8_t)ul[i * k2];
+                else if (v % (k2 / 8) == 0)
+                    ub[v / (k2 / 8)] = (uint8_t)ul[0];
+            }
+        }
+    }
+    return nblk;
+}
+
+/* The presets' shape (k1 16, k2 2) with constants, so the loops unroll; any other. */
+__attribute__((target("avx2"))) static int64_t qk_bdr_span_16_2(const qk *k, const float *x, float *y, uint8_t *codes,
+                                                                uint8_t *ue, uint8_t *scales, int64_t nblk) {
+    return qk_bdr_span_body(k, x, y, codes, ue, scales, nblk, 16, 2);
+}
+__attribute__((target("avx2"))) static int64_t qk_bdr_span_any(const qk *k, const float *x, float *y, uint8_t *codes,
+                                                               uint8_t *ue, uint8_t *scales, int64_t nblk) {
+    return qk_bdr_span_body(k, x, y, codes, ue, scales, nblk, k->k1, k->k2);
+}
+typedef int64_t (*qk_bdr_span_fn)(const qk *k, const float *x, float *y, uint8_t *codes, uint8_t *ue, uint8_t *scales,
+                                  int64_t nblk);
+static qk_bdr_span_fn qk_bdr_span_pick(const qk *k) {
+    return k->k1 == 16 && k->k2 == 2 ? qk_bdr_span_16_2 : qk_bdr_span_any;
+}
+#else
+typedef int64_t (*qk_bdr_span_fn)(const qk *k, const float *x, float *y, uint8_t *codes, uint8_t *ue, uint8_t *scales,
+                                  int64_t nblk);
+static qk_bdr_span_fn qk_bdr_span_pick(const qk *k) { return NULL; }
+#endif
+
+static void qk_run_bdr(const qk *k, const qlayout *l, const float *x, float *y, uint8_t *codes, uint8_t *scales,
+                       quant_stats *st_out, int nth) {
+    MX_ASSERT(k->k1 <= QK_BDR_MAX);
+    int nr = k->k1 / k->k2;
+    bool fast = qk_have_avx2() && !getenv("MXTRAIN_NO_SIMD") && !st_out && k->mode == QK_EVEN_FAST &&
+                l->kind == QL_TILES && l->r == 1 && k->k1 % 8 == 0 && (k->k2 <= 4 || k->k2 % 8 == 0);
+    qk_bdr_span_fn span = fast ? qk_bdr_span_pick(k) : NULL;
+    quant_stats *part = st_out ? mx_calloc((size_t)nth, sizeof *part) : NULL;
+#pragma omp parallel num_threads(nth) if (nth > 1)
+    {
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        quant_stats *st = part ? &part[tid] : NULL;
+        int64_t t0, t1;
+        qk_range(l->nblocks, tid, nt, &t0, &t1);
+        for (int64_t t = t0; t < t1;) {
+            if (span) { /* 1D blocks along a contiguous axis: the full blocks left in block t's row */
+                int64_t row = t / l->ntc, tc = t % l->ntc, full = l->C / l->c;
+                int64_t n = (tc < full ? full - tc : 0) < t1 - t ? (tc < full ? full - tc : 0) : t1 - t;
+                int64_t o = row * l->C + tc * l->c;
+                int64_t done = n ? span(k, x + o, y ? y + o : NULL, codes ? codes + o : NULL,
+                                        codes ? codes + l->numel + t * nr : NULL, scales ? scales + t : NULL, n)
+                                 : 0;
+                t += done;
+                if (done == n && n) continue; /* the next row (or the ragged block) */
+                if (t >= t1) break;
+            }
+            qk_bdr_block(k, l, t, x, y, codes, scales, st);
+            t++;
+        }
+    }
+    if (part) {
+        for (int i = 0; i < nth; i++) quant_stats_add(st_out, &part[i]);
+        free(part);
+    }
+}
+
+static void qk_unpack_bdr(const qk *k, const qlayout *l, const uint8_t *codes, const uint8_t *scales, float *y,
+                          int nth) {
+    int k1 = k->k1, k2 = k->k2, nr = k1 / k2;
+    uint32_t magmask = (1u << (k->bits - 1)) - 1u;
+    float inv_int = 1.0f / k->int_scale;
+#pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
+    for (int64_t t = 0; t < l->nblocks; t++) {
+        int64_t off[QK_BDR_MAX];
+        qk_bdr_offsets(l, t, k1, off);
+        const uint8_t *ue = codes + l->numel + t * nr;
+        float s = quant_pow2f((int)scales[t] - 127);
+        for (int j = 0; j < k1; j++) {
+            if (off[j] < 0) continue;
+            if (scales[t] == 255) {
+                y[off[j]] = quant_nanf();
+                continue;
+            }
+            uint8_t c = codes[off[j]];
+            float tq = (float)(c & magmask) * inv_int; /* exact: a power-of-two divisor */
+            if ((c >> (k->bits - 1)) & 1) tq = -tq;
+            y[off[j]] = (tq * quant_pow2f(-(int)ue[j / k2])) * s;
+        }
+    }
+}
+
 /* ---- layouts ---- */
 
 int ql_make(const quant_spec *s, int ndim, const int64_t *shape, qlayout *l, mx_err *err) {
@@ -323,6 +577,7 @@ int ql_make(const quant_spec *s, int ndim, const int64_t *shape, qlayout *l, mx_
     }
     if (s->block_rows < 1 || s->block_cols < 1)
         return mx_err_set(err, "block %dx%d must be positive", s->block_rows, s->block_cols);
+    if (quant_spec_check(s, err)) return -1;
     if (s->block_rows > 1) {
         if (ndim < 2) return mx_err_set(err, "a %dx%d tile needs an array of rank >= 2, got rank %d", s->block_rows,
                                         s->block_cols, ndim);
@@ -368,6 +623,14 @@ int64_t quant_num_blocks(const quant_spec *s, int ndim, const int64_t *shape, mx
     qlayout l;
     if (ql_make(s, ndim, shape, &l, err)) return -1;
     return l.nblocks;
+}
+
+int64_t quant_codes_bytes(const quant_spec *s, int ndim, const int64_t *shape) {
+    qlayout l;
+    mx_err err;
+    MX_ASSERTF(ql_make(s, ndim, shape, &l, &err) == 0, "%s", err.msg);
+    const quant_format_info *fi = quant_format_get(s->format);
+    return l.numel + (fi->k1 ? l.nblocks * (fi->k1 / fi->k2) : 0);
 }
 
 int quant_scales_shape(const quant_spec *s, int ndim, const int64_t *shape, int64_t *out) {
@@ -432,7 +695,7 @@ static void qk_run_tiles(const qk *k, const qlayout *l, const float *x, float *y
                     amax = a > amax ? a : amax;
                 }
             }
-            if (amax >= 0x7f800000u) { /* Inf or NaN in the block: all NaN, scale code 255 */
+            if (amax >= k->nan_above) { /* Inf or NaN in the block (or an rceil scale past 2^127): all NaN, code 255 */
                 for (int i = 0; i < rows; i++) {
                     if (y) for (int j = 0; j < cols; j++) y[off + i * l->C + j] = quant_nanf();
                     if (codes) memset(codes + off + i * l->C, 0, (size_t)cols);
@@ -500,7 +763,7 @@ static void qk_run_columns(const qk *k, const qlayout *l, const float *x, float 
                 /* one column of one block: `rows` elements, stride inner */
                 float s = 0, inv_s = 0;
                 int e_amax = 0;
-                bool nonfinite = amax[j] >= 0x7f800000u;
+                bool nonfinite = amax[j] >= k->nan_above;
                 if (!nonfinite) {
                     int se = qk_scale_exp(k, amax[j]);
                     if (sc) sc[j] = (uint8_t)(se + 127);
@@ -601,6 +864,10 @@ static void quant_run(const quant_spec *s, const float *x, float *y, uint8_t *co
         return;
     }
     qk k = qk_make(s, reference);
+    if (k.k1) {
+        qk_run_bdr(&k, &l, x, y, codes, scales, stats, nth);
+        return;
+    }
     qk_row_fn row = qk_rows[codes ? 1 : 0][stats ? 1 : 0][k.mode];
     if (l.kind == QL_TILES) qk_run_tiles(&k, &l, x, y, codes, scales, stats, row, nth);
     else qk_run_columns(&k, &l, x, y, codes, scales, stats, row, nth);
@@ -643,8 +910,13 @@ void quant_unpack(const quant_spec *s, const uint8_t *codes, const uint8_t *scal
     mx_err err;
     MX_ASSERTF(ql_make(s, ndim, shape, &l, &err) == 0, "unpack: %s", err.msg);
     MX_ASSERT(l.kind != QL_ELEMENTWISE);
-    const float *lut = quant_lut[s->format];
     int nth = qk_threads(l.numel);
+    if (quant_format_is_bdr(s->format)) {
+        qk k = qk_make(s, false);
+        qk_unpack_bdr(&k, &l, codes, scales, y, nth);
+        return;
+    }
+    const float *lut = quant_lut[s->format];
     /* Scale index of each element, by layout; elements are independent. */
 #pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
     for (int64_t row = 0; row < (l.kind == QL_TILES ? l.lead * l.R : l.outer * l.L); row++) {

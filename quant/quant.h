@@ -33,8 +33,16 @@ typedef enum quant_format {
     QUANT_FORMAT_MXFP4_E2M1,
     QUANT_FORMAT_BOOST,
     QUANT_FORMAT_MXSF,
-    QUANT_FORMAT_COUNT
+    QUANT_FORMAT_MXINT4,
+    QUANT_FORMAT_MX9, /* shared microexponents (section 8): bdr_m7_k16_s2_d1 */
+    QUANT_FORMAT_MX6, /* bdr_m4_k16_s2_d1 */
+    QUANT_FORMAT_MX4, /* bdr_m2_k16_s2_d1 */
+    QUANT_FORMAT_COUNT /* the presets; general bdr_... formats get ids from here on as they are named */
 } quant_format;
+
+/* Ids of general BDR formats named at run time (quant_format_parse) follow the presets. */
+#define QUANT_FORMAT_MAX_GENERAL 512
+#define QUANT_FORMAT_MAX (QUANT_FORMAT_COUNT + QUANT_FORMAT_MAX_GENERAL)
 
 typedef enum quant_round {
     QUANT_ROUND_EVEN,
@@ -49,7 +57,12 @@ typedef enum quant_scale { QUANT_SCALE_FLOOR, QUANT_SCALE_RCEIL, QUANT_SCALE_COU
 /* One row of the formats table. Element values are described in the scaled
  * domain t = x / 2^se: p fraction bits, smallest normal exponent emin,
  * saturation at max_norm. A format with a low range (MXSF) uses the low
- * parameters for |t| < 2^low_below. */
+ * parameters for |t| < 2^low_below.
+ *
+ * Shared-microexponent (BDR) formats have k1 > 0: blocks of k1 values share
+ * the 8-bit scale (emax 0), runs of k2 share a d2-bit microexponent u, and an
+ * element is sign + m = p + 1 magnitude bits on the integer grid 2^-(p+u)
+ * (is_int, sign-magnitude codes). */
 typedef struct quant_format_info {
     const char *name;
     const char *alias;   /* NULL if none */
@@ -65,6 +78,7 @@ typedef struct quant_format_info {
     bool has_low;        /* MXSF: low range below |t| = 1 */
     int low_p, low_emin, low_bias;
     const char *summary;
+    int k1, k2, d2;      /* shared microexponents; k1 == 0 for one-level formats */
 } quant_format_info;
 
 typedef struct quant_spec {
@@ -104,6 +118,20 @@ typedef struct quant_stats {
 extern const mx_enum quant_format_enum, quant_round_enum, quant_scale_enum;
 
 const quant_format_info *quant_format_get(quant_format f);
+bool quant_format_is_bdr(quant_format f);
+/* The shared-microexponent format with these parameters (a preset if one
+ * matches, else a general bdr_... id, created on first use); -1 with a
+ * message when out of range (m 1..7, k1 2..64, k2 dividing k1, d2 0..3). */
+int quant_format_bdr(int m, int k1, int k2, int d2, quant_format *out, mx_err *err);
+/* Bits per element of s: element bits + 8 / block size (+ d2 / k2). */
+double quant_spec_bits_per_element(const quant_spec *s);
+/* The format's own 1D block (32; k1 for BDR) and 2D tile (8x8; for BDR the
+ * most square r x c with r * c = k1, 4x4 for k1 = 16). */
+int quant_format_block(quant_format f);
+void quant_format_tile(quant_format f, int *rows, int *cols);
+/* Whether s is valid for its format (BDR: a 1xk1 block or r x c tile of k1
+ * values, scale floor); a message otherwise. */
+int quant_spec_check(const quant_spec *s, mx_err *err);
 const char *quant_round_name(quant_round r);
 const char *quant_scale_name(quant_scale s);
 /* Name lookups (accept aliases); return -1 and fill err if unknown. */
@@ -113,7 +141,7 @@ int quant_scale_parse(const char *name, quant_scale *out, mx_err *err);
 /* "1x32" (1D block of 32) or "8x8" (tile). */
 int quant_block_parse(const char *s, int *rows, int *cols, mx_err *err);
 
-/* Defaults: even rounding, floor scale, 1D blocks of 32 along the last axis. */
+/* Defaults: even rounding, floor scale, the format's 1D block along the last axis. */
 quant_spec quant_spec_default(quant_format f);
 bool quant_spec_is_2d(const quant_spec *s);
 
@@ -121,6 +149,9 @@ bool quant_spec_is_2d(const quant_spec *s);
  * or -1 with a message (axis out of range, rank too small for a tile ...).
  * fp32/bf16 have no blocks: 0. */
 int64_t quant_num_blocks(const quant_spec *s, int ndim, const int64_t *shape, mx_err *err);
+/* Bytes of packed codes: one per element, then (BDR) one microexponent byte
+ * per run of k2, in block order, the k1 / k2 runs of a block together. */
+int64_t quant_codes_bytes(const quant_spec *s, int ndim, const int64_t *shape);
 /* Shape of the scale array (see top of file); returns its rank. */
 int quant_scales_shape(const quant_spec *s, int ndim, const int64_t *shape, int64_t *out_shape);
 

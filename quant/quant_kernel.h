@@ -40,6 +40,9 @@ typedef struct qk {
     float max_norm;
     int emax, bits;       /* the format row's, copied: a GPU kernel cannot read the host table */
     bool is_int, has_low;
+    float int_scale;      /* integer grids: 2^p (k = |t_q| * int_scale) */
+    uint32_t nan_above;   /* a block whose amax bits are >= this is all NaN, scale code 255 */
+    int k1, k2, umax;     /* shared microexponents: block, run, largest u (2^d2 - 1); k1 = 0 otherwise */
     uint64_t seed, stream, offset;
 } qk;
 
@@ -59,6 +62,22 @@ QK_HD static inline int qk_exponent(uint32_t abits) {
     int ef = (int)(abits >> 23);
     if (ef) return ef - 127;
     return (31 - QK_CLZ(abits)) - 149;
+}
+
+/* BDR: the block's scale exponent from its amax bits (finite): floor(log2
+ * amax) clamped to [-127, 127], -127 (code 0) for an all-zero block. */
+QK_HD static inline int qk_bdr_scale_exp(uint32_t amax) {
+    if (amax == 0) return -127;
+    int se = qk_exponent(amax);
+    return se < -127 ? -127 : se;
+}
+/* BDR: a run's microexponent from its amax bits: se - floor(log2 amax_s)
+ * clamped to [0, umax]; 0 for an all-zero run. */
+QK_HD static inline int qk_bdr_micro(const qk *k, int se, uint32_t amax_s) {
+    if (amax_s == 0) return 0;
+    int u = se - qk_exponent(amax_s);
+    u = u < 0 ? 0 : u;
+    return u > k->umax ? k->umax : u;
 }
 
 /* Shared exponent of a block from its largest magnitude's bits (finite). */
@@ -115,9 +134,10 @@ QK_HD static QK_INLINE float qk_elem(const qk *k, float t, int mode, uint32_t u)
 /* Code byte of an already-quantized t_q. */
 QK_HD static QK_INLINE uint8_t qk_encode(const qk *k, float tq) {
     uint32_t b = quant_bits(tq), sg = b >> 31, a = b & 0x7fffffffu;
-    if (k->is_int) {
-        int v = (int)(quant_from_bits(a) * 64.0f);
-        return (uint8_t)(sg ? -v : v);
+    if (k->is_int) { /* BDR: sign-magnitude; mxint: two's complement in `bits` bits */
+        int v = (int)(quant_from_bits(a) * k->int_scale);
+        if (k->k1) return (uint8_t)((sg << (k->bits - 1)) | (uint32_t)v);
+        return (uint8_t)((uint32_t)(sg ? -v : v) & ((1u << k->bits) - 1u));
     }
     int low = a < k->low_below;
     int pp = low ? k->low_p : k->p;
