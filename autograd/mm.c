@@ -78,8 +78,8 @@ void mm_policy_init(mm_policy *p, quant_format format) {
     memset(p, 0, sizeof *p);
     for (int r = 0; r < MM_ROLE_COUNT; r++) p->role_format[r] = format;
     p->tiling = MM_TILING_1D;
-    p->block = 32;
-    p->tile_rows = p->tile_cols = 8;
+    p->block = 0; /* the format's own: 32, or a BDR format's k1 */
+    p->tile_rows = p->tile_cols = 0; /* the format's own: 8x8, or 4x4 for a 16-value BDR block */
     p->round = p->grad_round = QUANT_ROUND_EVEN;
     p->scale = QUANT_SCALE_FLOOR;
 }
@@ -139,6 +139,36 @@ void mm_plan_reset_stats(mm_plan *q) {
 
 void mm_plan_new_step(mm_plan *q) { memset(q->draws, 0, sizeof *q->draws * (size_t)(q->sites->n ? q->sites->n : 1)); }
 
+void mm_policy_layout(const mm_policy *p, quant_format f, quant_spec *s) {
+    if (p->tiling == MM_TILING_2D) {
+        s->block_rows = p->tile_rows;
+        s->block_cols = p->tile_cols;
+        if (!p->tile_rows) quant_format_tile(f, &s->block_rows, &s->block_cols);
+    } else {
+        s->block_rows = 1;
+        s->block_cols = p->block ? p->block : quant_format_block(f);
+    }
+}
+
+int mm_policy_check(const mm_policy *p, mx_err *err) {
+    quant_format used[MM_ROLE_COUNT + MM_MAX_KEEP];
+    int n = 0;
+    for (int r = 0; r < MM_ROLE_COUNT; r++) used[n++] = p->role_format[r];
+    for (int i = 0; i < p->n_keep; i++) used[n++] = p->keep[i].format;
+    for (int i = 0; i < n; i++) {
+        quant_spec s = quant_spec_default(used[i]);
+        s.scale = p->scale;
+        mm_policy_layout(p, used[i], &s);
+        mx_err why;
+        if (quant_spec_check(&s, &why)) {
+            const char *key = p->tiling == MM_TILING_2D ? "quant.tile" : "quant.block";
+            return mx_err_set(err, "%s (set %s = auto, or leave it unset, for the format's own; quant.scale = floor)",
+                              why.msg, key);
+        }
+    }
+    return 0;
+}
+
 /* ---------------- quantizing operands ---------------- */
 
 typedef enum { MM_AXIS_ROWS = -2, MM_AXIS_COLS = -1 } mm_axis;
@@ -161,13 +191,8 @@ static quant_spec mm_spec(ag_ctx *ctx, const mm_site *site, mm_role role, mm_axi
     quant_spec s = quant_spec_default(q->format[site->id][role]);
     s.round = mm_is_grad_role(role) ? p->grad_round : p->round;
     s.scale = p->scale;
-    if (p->tiling == MM_TILING_2D) {
-        s.block_rows = p->tile_rows;
-        s.block_cols = p->tile_cols;
-    } else {
-        s.block_cols = p->block;
-        s.axis = axis;
-    }
+    mm_policy_layout(p, s.format, &s);
+    if (p->tiling != MM_TILING_2D) s.axis = axis;
     s.seed = p->seed;
     uint64_t pair = (uint64_t)site->id * MM_ROLE_COUNT + (uint64_t)role;
     s.stream = rng_mix(rng_mix(ctx->run.step, pair), q->draws[site->id][role]++);
@@ -196,7 +221,7 @@ static quant_tensor mm_quantize(ag_ctx *ctx, const mm_site *site, mm_role role, 
     quant_stats st, *stp = ctx->run.mm->collect_stats ? &st : NULL;
     float *y = arena_alloc(store == MM_STORE_SCRATCH || packed ? &ctx->scratch : &ctx->ar, sizeof(float) * (size_t)n);
     if (packed) {
-        uint8_t *codes = arena_alloc(&ctx->ar, (size_t)n);
+        uint8_t *codes = arena_alloc(&ctx->ar, (size_t)quant_codes_bytes(&t.spec, 3, t.shape));
         uint8_t *scales = arena_alloc(&ctx->ar, (size_t)quant_num_blocks(&t.spec, 3, t.shape, NULL));
         quant_pack_fake(&t.spec, src, codes, y, 3, t.shape, scales, stp);
         t.codes = codes;
@@ -282,7 +307,7 @@ void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const floa
     if (sa != MM_STORE_SCRATCH && aq.spec.format != QUANT_FORMAT_FP32) sv->a = aq;
     if (sb != MM_STORE_SCRATCH && bq.spec.format != QUANT_FORMAT_FP32) sv->b = bq;
     /* what the backward holds of A: codes and scales, a bf16 copy, or float32 */
-    if (aq.codes) q->bytes_held += a_el + quant_num_blocks(&aq.spec, 3, aq.shape, NULL);
+    if (aq.codes) q->bytes_held += quant_codes_bytes(&aq.spec, 3, aq.shape) + quant_num_blocks(&aq.spec, 3, aq.shape, NULL);
     else q->bytes_held += (tiling == MM_TILING_2D && aq.spec.format == QUANT_FORMAT_BF16 ? 2 : 4) * a_el;
     q->bytes_held += 4 * b_el;
 }
@@ -325,7 +350,7 @@ void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_
                                        MM_STORE_SCRATCH);
         rq.spec = mm_spec(ctx, site, MM_ROLE_BWD_ACT_DW, MM_AXIS_ROWS);
         rq.active = rq.spec.format != QUANT_FORMAT_FP32;
-        rq.align = rq.active ? q->policy.block : 1;
+        rq.align = rq.active ? rq.spec.block_cols : 1;
         mm_count(ctx, sh);
         mm_gemm_db(ctx, sh, &rq, src_a, dyq.values, db);
     }

@@ -104,8 +104,8 @@ typedef struct mm_keep_rule {
 typedef struct mm_policy {
     quant_format role_format[MM_ROLE_COUNT];
     mm_tiling tiling;
-    int block;                 /* 1D block length */
-    int tile_rows, tile_cols;  /* 2D tile */
+    int block;                 /* 1D block length; 0: each format's own */
+    int tile_rows, tile_cols;  /* 2D tile; 0: each format's own */
     quant_round round, grad_round;
     quant_scale scale;
     mm_keep_rule keep[MM_MAX_KEEP];
@@ -135,6 +135,12 @@ extern const key_table mm_key_table;
 /* The policy c describes (seed: stochastic rounding's); returns whether any
  * operand is quantized at all. */
 bool mm_config_policy(const mm_config *c, uint64_t seed, mm_policy *p);
+/* Whether every format p uses can take p's block or tile and scale mode (a
+ * shared-microexponent format has its own block size and no scale mode). */
+int mm_policy_check(const mm_policy *p, mx_err *err);
+/* The block or tile of format f under p into s: p's, or where p says 0 the
+ * format's own (quant_format_block, quant_format_tile). */
+void mm_policy_layout(const mm_policy *p, quant_format f, quant_spec *s);
 
 /* A policy resolved for one model's sites: each site's format per role, the
  * statistics per (site, role), and the step's counters. Nothing on the step's

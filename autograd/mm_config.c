@@ -8,12 +8,30 @@ static const char *const mm_elementwise_names[] = {"fp32", "bf16"};
 _Static_assert(sizeof mm_elementwise_names / sizeof mm_elementwise_names[0] == MM_ELEMENTWISE_COUNT, "names");
 MX_ENUM_OF_NAMES(mm_elementwise_enum, "elementwise precision", mm_elementwise_names);
 
+static int mm_parse_block(const char *v, void *cfg, mx_err *err) {
+    mm_config *c = cfg;
+    int k;
+    char extra;
+    if (strcmp(v, "auto") == 0) {
+        c->block = 0;
+        return 0;
+    }
+    if (sscanf(v, "%d%c", &k, &extra) != 1 || k < 1 || k > 4096)
+        return mx_err_set(err, "'%s' is not a block length (`auto` or 1..4096)", v);
+    c->block = k;
+    return 0;
+}
+
 static int mm_parse_tile(const char *v, void *cfg, mx_err *err) {
     mm_config *c = cfg;
     int r, k;
+    if (strcmp(v, "auto") == 0) {
+        c->tile_rows = c->tile_cols = 0;
+        return 0;
+    }
     char extra;
     if (sscanf(v, "%dx%d%c", &r, &k, &extra) != 2 || r < 1 || k < 1 || r > 64 || k > 64)
-        return mx_err_set(err, "'%s' is not a tile (ROWSxCOLS, e.g. 8x8, each 1..64)", v);
+        return mx_err_set(err, "'%s' is not a tile (`auto` or ROWSxCOLS, e.g. 8x8, each 1..64)", v);
     c->tile_rows = r;
     c->tile_cols = k;
     return 0;
@@ -51,8 +69,10 @@ static const key_def mm_keys[] = {
     KEY_ENUMV(mm_config, "tiling", tiling, "2d", &mm_tiling_enum,
               "`1d` (blocks along each product's reduction axis, re-quantized for backward), `1d_requant`, `2d` "
               "(tiles quantized once, reused transposed)"),
-    KEY_NUM(mm_config, "block", INT, block, "32", 1, 4096, "1D block length"),
-    KEY_CUSTOMV("tile", "8x8", mm_parse_tile, "2D tile ROWSxCOLS, each 1..64"),
+    KEY_CUSTOMV("block", "auto", mm_parse_block,
+                "1D block length 1..4096; `auto`: the format's own (32; k1 for mx9/mx6/mx4/bdr_...)"),
+    KEY_CUSTOMV("tile", "auto", mm_parse_tile,
+                "2D tile ROWSxCOLS, each 1..64; `auto`: the format's own (8x8; 4x4 for mx9/mx6/mx4)"),
     KEY_ENUMV(mm_config, "round", round, "even", &quant_round_enum, "rounding of every operand"),
     KEY_ENUM_OPT(mm_config, "grad_round", grad_round, &quant_round_enum,
                  "rounding of gradient operands (e.g. `stochastic`); empty = `round`"),

@@ -404,6 +404,70 @@ __global__ void __launch_bounds__(256) k_unpack_columns(int fmt, cols_args a, co
     }
 }
 
+/* Shared-microexponent blocks: one thread per block, gathering it by
+ * qk_bdr_offsets and quantizing it with the CPU's qk_bdr_quant. */
+template <bool ST, bool BF16>
+__global__ void __launch_bounds__(256) k_bdr(qk k, qlayout l, const float *__restrict__ x, void *y, uint8_t *codes,
+                                             uint8_t *scales, cu_stats *g) {
+    __shared__ unsigned sh_gap[QUANT_GAP_BINS];
+    cu_stats_begin<ST>(sh_gap);
+    lstats ls = {0, 0, 0, 0, 0.0, 0.0};
+    int nr = k.k1 / k.k2;
+    for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < l.nblocks;
+         t += (int64_t)gridDim.x * blockDim.x) {
+        int64_t off[QK_BDR_MAX];
+        float xb[QK_BDR_MAX], q[QK_BDR_MAX];
+        uint8_t c[QK_BDR_MAX], u[QK_BDR_MAX];
+        uint64_t sat;
+        qk_bdr_offsets(&l, t, k.k1, off);
+        uint32_t amax = 0;
+        for (int j = 0; j < k.k1; j++) {
+            xb[j] = off[j] >= 0 ? x[off[j]] : 0.0f;
+            uint32_t a = quant_bits(xb[j]) & 0x7fffffffu;
+            amax = a > amax ? a : amax;
+        }
+        uint8_t sc = qk_bdr_quant(&k, xb, off, q, c, u, &sat);
+        if (scales) scales[t] = sc;
+        if (codes)
+            for (int r = 0; r < nr; r++) codes[l.numel + t * nr + r] = u[r];
+        int e_amax = amax && sc != 255 ? qk_exponent(amax) : 0;
+        for (int j = 0; j < k.k1; j++) {
+            if (off[j] < 0) continue;
+            if (y && BF16) ((uint16_t *)y)[off[j]] = to_bf16(q[j], &ls.inexact);
+            else if (y) ((float *)y)[off[j]] = q[j];
+            if (codes) codes[off[j]] = c[j];
+            if (!ST) continue;
+            uint32_t a = quant_bits(xb[j]) & 0x7fffffffu;
+            ls.nonzero += a != 0;
+            if (sc == 255) continue;
+            if (a) {
+                ls.underflow += q[j] == 0.0f;
+                int gap = e_amax - qk_exponent(a);
+                atomicAdd(&sh_gap[gap < QUANT_GAP_BINS - 1 ? gap : QUANT_GAP_BINS - 1], 1u);
+            }
+            ls.saturated += (sat >> j) & 1;
+            double dx = xb[j], de = (double)xb[j] - (double)q[j];
+            ls.x2 += dx * dx;
+            ls.e2 += de * de;
+        }
+    }
+    cu_stats_flush<ST>(ls, sh_gap, g);
+}
+
+__global__ void __launch_bounds__(256) k_unpack_bdr(qk k, qlayout l, const uint8_t *__restrict__ codes,
+                                                    const uint8_t *__restrict__ scales, float *y) {
+    int nr = k.k1 / k.k2;
+    for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < l.nblocks;
+         t += (int64_t)gridDim.x * blockDim.x) {
+        int64_t off[QK_BDR_MAX];
+        qk_bdr_offsets(&l, t, k.k1, off);
+        const uint8_t *ue = codes + l.numel + t * nr;
+        for (int j = 0; j < k.k1; j++)
+            if (off[j] >= 0)
+                y[off[j]] = scales[t] == 255 ? quant_nanf() : qk_bdr_value(&k, codes[off[j]], ue[j / k.k2], scales[t]);
+    }
+}
+
 /* ---------------- dispatch ---------------- */
 
 /* Threads per tile and chunks per thread for a tile of n chunks: as many
@@ -481,6 +545,16 @@ static int64_t cu_quant_run(const quant_spec *s, const float *x, void *y, uint8_
     } else {
         qk k = qk_make(s, false);
         bool st = stats != NULL;
+        if (k.k1) { /* shared microexponents */
+            int grid = cu_grid(l.nblocks, 256);
+            void *yo = out == OUT_PACK ? NULL : y;
+            bool bf = out == OUT_FAKE_BF16;
+            if (st && bf) k_bdr<true, true><<<grid, 256>>>(k, l, x, yo, codes, scales, g_stats);
+            else if (st) k_bdr<true, false><<<grid, 256>>>(k, l, x, yo, codes, scales, g_stats);
+            else if (bf) k_bdr<false, true><<<grid, 256>>>(k, l, x, yo, codes, scales, g_stats);
+            else k_bdr<false, false><<<grid, 256>>>(k, l, x, yo, codes, scales, g_stats);
+            CU_CHECK_LAUNCH();
+        } else
         switch (out) {
         case OUT_FAKE: launch_out<OUT_FAKE>(st, k, l, x, y, NULL, scales); break;
         case OUT_PACK: launch_out<OUT_PACK>(st, k, l, x, NULL, codes, scales); break;
@@ -535,7 +609,9 @@ void cu_quant_unpack(const quant_spec *s, const uint8_t *d_codes, const uint8_t 
     MX_ASSERT(l.kind != QL_ELEMENTWISE);
     if (l.numel == 0) return;
     cu_quant_setup();
-    if (l.kind == QL_TILES) {
+    if (quant_format_is_bdr(s->format)) {
+        k_unpack_bdr<<<cu_grid(l.nblocks, 256), 256>>>(qk_make(s, false), l, d_codes, d_scales, d_y);
+    } else if (l.kind == QL_TILES) {
         tiles_args a = {l.lead, l.R, l.C, l.ntr, l.ntc, l.nblocks, l.r, l.c, 1, 1};
         k_unpack_tiles<<<cu_grid(l.lead * l.R * 256, 256), 256>>>((int)s->format, a, d_codes, d_scales, d_y);
     } else {
@@ -569,7 +645,7 @@ int cu_quant_bench(const quant_format *formats, int nformats, int64_t n, int rep
     rng_init(&r, 1234, 0);
     for (int64_t i = 0; i < n; i++) h[i] = rng_normal(&r) * (float)(1 << ((i >> 5) % 16));
     float *x = (float *)cu_malloc(sizeof(float) * (size_t)n), *y = (float *)cu_malloc(sizeof(float) * (size_t)n);
-    uint8_t *codes = (uint8_t *)cu_malloc((size_t)n), *scales = (uint8_t *)cu_malloc((size_t)n / 4 + 64);
+    uint8_t *codes = (uint8_t *)cu_malloc((size_t)n * 2) /* BDR: + microexponents */, *scales = (uint8_t *)cu_malloc((size_t)n / 4 + 64);
     uint16_t *yb = (uint16_t *)cu_malloc(sizeof(uint16_t) * (size_t)n);
     cu_to_device(x, h, sizeof(float) * (size_t)n);
     free(h);

@@ -323,87 +323,50 @@ static bool qk_panel_even_avx2(const qk *k, const float *x, float *y, uint8_t *c
 static bool qk_have_avx2(void) { return false; }
 #endif
 
-/* ---- shared microexponents (BDR, spec section 8) ----
- * A block's k1 values (row by row for tiles, zero padded) share the scale
- * 2^se, se = floor(log2 amax); each run of k2 shares a microexponent u. An
- * element is rounded on the fixed grid 2^-p of t' = (x * 2^-se) * 2^u,
- * saturated at max_norm, and its value is (t'_q * 2^-u) * 2^se. Every product
- * is by a power of two with a representable result, so all are exact. */
-#define QK_BDR_MAX 64 /* largest k1 */
+/* ---- shared microexponents (BDR): the block arithmetic is quant_kernel.h's ---- */
 static void qk_range(int64_t n, int tid, int nth, int64_t *b, int64_t *e);
-
-/* Offsets of block t's elements in block order (row by row), -1 for padding. */
-static void qk_bdr_offsets(const qlayout *l, int64_t t, int k1, int64_t *off) {
-    if (l->kind == QL_TILES) {
-        int64_t per = l->ntr * l->ntc, li = t / per, tr = (t % per) / l->ntc, tc = t % l->ntc;
-        int64_t base = li * l->R * l->C + tr * l->r * l->C + tc * l->c;
-        for (int j = 0; j < k1; j++) {
-            int i = j / l->c, jj = j % l->c;
-            off[j] = tr * l->r + i < l->R && tc * l->c + jj < l->C ? base + i * l->C + jj : -1;
-        }
-    } else {
-        int64_t o = t / (l->nb * l->inner), b = (t / l->inner) % l->nb, col = t % l->inner;
-        int64_t base = o * l->L * l->inner + col;
-        for (int j = 0; j < k1; j++) off[j] = b * l->k + j < l->L ? base + (b * l->k + j) * l->inner : -1;
-    }
-}
 
 /* One block, any layout, rounding mode and statistics: the reference and the general path. */
 static void qk_bdr_block(const qk *k, const qlayout *l, int64_t t, const float *x, float *y, uint8_t *codes,
                          uint8_t *scales, quant_stats *st) {
-    int k1 = k->k1, k2 = k->k2, nr = k1 / k2;
+    int k1 = k->k1, nr = k1 / k->k2;
     int64_t off[QK_BDR_MAX];
-    float xb[QK_BDR_MAX];
-    uint32_t ab[QK_BDR_MAX], amax = 0;
+    float xb[QK_BDR_MAX], q[QK_BDR_MAX];
+    uint8_t c[QK_BDR_MAX], u[QK_BDR_MAX];
+    uint64_t sat;
     qk_bdr_offsets(l, t, k1, off);
+    for (int j = 0; j < k1; j++) xb[j] = off[j] >= 0 ? x[off[j]] : 0.0f;
+    uint8_t sc = qk_bdr_quant(k, xb, off, q, c, u, &sat);
+    if (scales) scales[t] = sc;
+    if (codes) memcpy(codes + l->numel + t * nr, u, (size_t)nr);
+    uint32_t amax = 0;
     for (int j = 0; j < k1; j++) {
-        xb[j] = off[j] >= 0 ? x[off[j]] : 0.0f;
-        ab[j] = quant_bits(xb[j]) & 0x7fffffffu;
-        amax = ab[j] > amax ? ab[j] : amax;
+        uint32_t a = quant_bits(xb[j]) & 0x7fffffffu;
+        amax = a > amax ? a : amax;
     }
-    uint8_t *ue = codes ? codes + l->numel + t * nr : NULL;
-    if (amax >= 0x7f800000u) { /* Inf or NaN in the block: all NaN, scale code 255 */
+    int e_amax = amax && sc != 255 ? qk_exponent(amax) : 0;
+    for (int j = 0; j < k1; j++) {
+        if (off[j] < 0) continue;
+        if (y) y[off[j]] = q[j];
+        if (codes) codes[off[j]] = c[j];
+        if (!st) continue;
+        st->elements++;
+        uint32_t a = quant_bits(xb[j]) & 0x7fffffffu;
+        if (!a) continue;
+        st->nonzero++;
+        if (sc == 255) continue; /* a non-finite block counts elements and nonzeros only */
+        st->underflow += q[j] == 0.0f;
+        int gap = e_amax - qk_exponent(a);
+        st->gap_hist[gap < QUANT_GAP_BINS - 1 ? gap : QUANT_GAP_BINS - 1]++;
+    }
+    if (st && sc != 255)
         for (int j = 0; j < k1; j++) {
             if (off[j] < 0) continue;
-            if (y) y[off[j]] = quant_nanf();
-            if (codes) codes[off[j]] = 0;
-            if (st) st->elements++, st->nonzero += xb[j] != 0.0f;
-        }
-        if (ue) memset(ue, 0, (size_t)nr);
-        if (scales) scales[t] = 255;
-        return;
-    }
-    int se = qk_bdr_scale_exp(amax);
-    if (scales) scales[t] = (uint8_t)(se + 127);
-    float s = quant_pow2f(se), inv_s = quant_pow2f(-se);
-    int e_amax = amax ? qk_exponent(amax) : 0;
-    for (int r = 0; r < nr; r++) {
-        uint32_t as = 0;
-        for (int j = r * k2; j < (r + 1) * k2; j++) as = ab[j] > as ? ab[j] : as;
-        int u = qk_bdr_micro(k, se, as);
-        if (ue) ue[r] = (uint8_t)u;
-        float pu = quant_pow2f(u), iu = quant_pow2f(-u);
-        for (int j = r * k2; j < (r + 1) * k2; j++) {
-            if (off[j] < 0) continue;
-            float tt = (xb[j] * inv_s) * pu;
-            uint32_t rnd = k->mode == QK_STOCH ? rng_u32_at(k->seed, k->stream, k->offset + (uint64_t)off[j]) : 0;
-            float tq = qk_elem(k, tt, k->mode, rnd), q = (tq * iu) * s;
-            if (y) y[off[j]] = q;
-            if (codes) codes[off[j]] = qk_encode(k, tq);
-            if (!st) continue;
-            st->elements++;
-            if (ab[j]) {
-                st->nonzero++;
-                st->underflow += q == 0.0f;
-                int gap = e_amax - qk_exponent(ab[j]);
-                st->gap_hist[gap < QUANT_GAP_BINS - 1 ? gap : QUANT_GAP_BINS - 1]++;
-            }
-            st->saturated += fabsf(tt) > k->max_norm;
-            double dx = xb[j], de = (double)xb[j] - (double)q;
+            st->saturated += (sat >> j) & 1;
+            double dx = xb[j], de = (double)xb[j] - (double)q[j];
             st->sum_x2 += dx * dx;
             st->sum_err2 += de * de;
         }
-    }
 }
 
 #if defined(__x86_64__)
@@ -542,25 +505,13 @@ static void qk_run_bdr(const qk *k, const qlayout *l, const float *x, float *y, 
 static void qk_unpack_bdr(const qk *k, const qlayout *l, const uint8_t *codes, const uint8_t *scales, float *y,
                           int nth) {
     int k1 = k->k1, k2 = k->k2, nr = k1 / k2;
-    uint32_t magmask = (1u << (k->bits - 1)) - 1u;
-    float inv_int = 1.0f / k->int_scale;
 #pragma omp parallel for num_threads(nth) schedule(static) if (nth > 1)
     for (int64_t t = 0; t < l->nblocks; t++) {
         int64_t off[QK_BDR_MAX];
         qk_bdr_offsets(l, t, k1, off);
         const uint8_t *ue = codes + l->numel + t * nr;
-        float s = quant_pow2f((int)scales[t] - 127);
-        for (int j = 0; j < k1; j++) {
-            if (off[j] < 0) continue;
-            if (scales[t] == 255) {
-                y[off[j]] = quant_nanf();
-                continue;
-            }
-            uint8_t c = codes[off[j]];
-            float tq = (float)(c & magmask) * inv_int; /* exact: a power-of-two divisor */
-            if ((c >> (k->bits - 1)) & 1) tq = -tq;
-            y[off[j]] = (tq * quant_pow2f(-(int)ue[j / k2])) * s;
-        }
+        for (int j = 0; j < k1; j++)
+            if (off[j] >= 0) y[off[j]] = scales[t] == 255 ? quant_nanf() : qk_bdr_value(k, codes[off[j]], ue[j / k2], scales[t]);
     }
 }
 

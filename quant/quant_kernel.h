@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "core/rng.h"
 #include "quant/quant_internal.h"
 
 #ifdef __CUDACC__
@@ -167,6 +168,78 @@ typedef struct qlayout {
     int k;
     int64_t nblocks, numel;
 } qlayout;
+
+/* ---- shared microexponents (BDR, spec section 8), CPU and GPU ----
+ * A block's k1 values (row by row for tiles, zero padded) share the scale
+ * 2^se, se = floor(log2 amax); each run of k2 shares a microexponent u. An
+ * element is rounded on the fixed grid 2^-p of t' = (x * 2^-se) * 2^u,
+ * saturated at max_norm, and its value is (t'_q * 2^-u) * 2^se. Every product
+ * is by a power of two with a representable result, so all are exact. */
+#define QK_BDR_MAX 64 /* largest k1 */
+
+/* Offsets of block t's elements in block order (row by row), -1 for padding. */
+QK_HD static inline void qk_bdr_offsets(const qlayout *l, int64_t t, int k1, int64_t *off) {
+    if (l->kind == QL_TILES) {
+        int64_t per = l->ntr * l->ntc, li = t / per, tr = (t % per) / l->ntc, tc = t % l->ntc;
+        int64_t base = li * l->R * l->C + tr * l->r * l->C + tc * l->c;
+        for (int j = 0; j < k1; j++) {
+            int i = j / l->c, jj = j % l->c;
+            off[j] = tr * l->r + i < l->R && tc * l->c + jj < l->C ? base + i * l->C + jj : -1;
+        }
+    } else {
+        int64_t o = t / (l->nb * l->inner), b = (t / l->inner) % l->nb, col = t % l->inner;
+        int64_t base = o * l->L * l->inner + col;
+        for (int j = 0; j < k1; j++) off[j] = b * l->k + j < l->L ? base + (b * l->k + j) * l->inner : -1;
+    }
+}
+
+/* Quantizes one gathered block xb (padding holds 0, off[j] < 0): values q,
+ * codes c and the runs' microexponents u; bit j of *sat says element j
+ * saturated. Returns the scale code (255: the block held Inf or NaN). */
+QK_HD static inline uint8_t qk_bdr_quant(const qk *k, const float *xb, const int64_t *off, float *q, uint8_t *c,
+                                         uint8_t *u, uint64_t *sat) {
+    int k1 = k->k1, k2 = k->k2;
+    uint32_t amax = 0;
+    for (int j = 0; j < k1; j++) {
+        uint32_t a = quant_bits(xb[j]) & 0x7fffffffu;
+        amax = a > amax ? a : amax;
+    }
+    *sat = 0;
+    if (amax >= 0x7f800000u) {
+        for (int j = 0; j < k1; j++) q[j] = quant_nanf(), c[j] = 0;
+        for (int r = 0; r < k1 / k2; r++) u[r] = 0;
+        return 255;
+    }
+    int se = qk_bdr_scale_exp(amax);
+    float s = quant_pow2f(se), inv_s = quant_pow2f(-se);
+    for (int r = 0; r < k1 / k2; r++) {
+        uint32_t as = 0;
+        for (int j = r * k2; j < (r + 1) * k2; j++) {
+            uint32_t a = quant_bits(xb[j]) & 0x7fffffffu;
+            as = a > as ? a : as;
+        }
+        int ur = qk_bdr_micro(k, se, as);
+        u[r] = (uint8_t)ur;
+        float pu = quant_pow2f(ur), iu = quant_pow2f(-ur);
+        for (int j = r * k2; j < (r + 1) * k2; j++) {
+            float tt = (xb[j] * inv_s) * pu;
+            uint32_t rnd = k->mode == QK_STOCH && off[j] >= 0
+                               ? rng_u32_at(k->seed, k->stream, k->offset + (uint64_t)off[j]) : 0u;
+            float tq = qk_elem(k, tt, k->mode, rnd);
+            q[j] = (tq * iu) * s;
+            c[j] = qk_encode(k, tq);
+            if (tt > k->max_norm || tt < -k->max_norm) *sat |= (uint64_t)1 << j;
+        }
+    }
+    return (uint8_t)(se + 127);
+}
+
+/* The value of BDR code c with microexponent u under scale code sc (not 255). */
+QK_HD static inline float qk_bdr_value(const qk *k, uint8_t c, int u, uint8_t sc) {
+    float tq = (float)(c & ((1u << (k->bits - 1)) - 1u)) / k->int_scale; /* exact: a power-of-two divisor */
+    if ((c >> (k->bits - 1)) & 1) tq = -tq;
+    return (tq * quant_pow2f(-u)) * quant_pow2f((int)sc - 127);
+}
 
 /* The layout of spec s over shape (message and -1 when they do not fit). */
 int ql_make(const quant_spec *s, int ndim, const int64_t *shape, qlayout *l, mx_err *err);

@@ -81,11 +81,12 @@ static void check_spec(const quant_spec *s, const float *x, int ndim, const int6
     bool mx = quant_format_get(s->format)->is_mx;
     size_t fb = sizeof(float) * (size_t)(n ? n : 1);
     float *yc = malloc(fb), *yg = malloc(fb), *yu = malloc(fb);
-    uint8_t *sc = malloc((size_t)nb + 1), *sg = malloc((size_t)nb + 1), *cc = malloc((size_t)n + 1),
-            *cg = malloc((size_t)n + 1);
+    int64_t nc = mx ? quant_codes_bytes(s, ndim, shape) : n; /* BDR: + microexponents */
+    uint8_t *sc = malloc((size_t)nb + 1), *sg = malloc((size_t)nb + 1), *cc = malloc((size_t)nc + 1),
+            *cg = malloc((size_t)nc + 1);
     uint16_t *bg = malloc(sizeof(uint16_t) * (size_t)(n ? n : 1));
     float *dx = dev_buf(0, fb), *dy = dev_buf(1, fb);
-    uint8_t *dsc = dev_buf(2, (size_t)nb + 1), *dcodes = dev_buf(3, (size_t)n + 1);
+    uint8_t *dsc = dev_buf(2, (size_t)nb + 1), *dcodes = dev_buf(3, (size_t)nc + 1);
     uint16_t *db = dev_buf(4, sizeof(uint16_t) * (size_t)(n ? n : 1));
     if (n) cu_to_device(dx, x, fb);
     quant_stats stc, stg;
@@ -122,9 +123,9 @@ static void check_spec(const quant_spec *s, const float *x, int ndim, const int6
         /* packed, packed + fake, unpack */
         quant_pack(s, x, cc, ndim, shape, sc, &stc);
         cu_quant_pack(s, dx, dcodes, ndim, shape, dsc, &stg);
-        cu_to_host(cg, dcodes, (size_t)n);
+        cu_to_host(cg, dcodes, (size_t)nc);
         snprintf(w, sizeof w, "%s codes", what);
-        expect_same_bytes(cg, cc, n, w);
+        expect_same_bytes(cg, cc, nc, w);
         expect_stats(&stg, &stc, w);
         cu_quant_pack_fake(s, dx, dcodes, dy, ndim, shape, dsc, NULL);
         cu_to_host(yg, dy, fb);
@@ -225,6 +226,35 @@ END_TEST
 
 /* ---------------- every format, rounding, scale, layout ---------------- */
 
+/* The presets and some general shared-microexponent points. */
+static int test_formats(quant_format *out) {
+    int n = 0;
+    for (int f = 0; f < QUANT_FORMAT_COUNT; f++) out[n++] = (quant_format)f;
+    static const char *const general[] = {"bdr_m5_k8_s2_d2", "bdr_m3_k12_s3_d2", "bdr_m7_k32_s8_d3",
+                                          "bdr_m2_k64_s16_d2"};
+    for (int i = 0; i < 4; i++) {
+        mx_err err;
+        ck_assert_msg(quant_format_parse(general[i], &out[n++], &err) == 0, "%s", err.msg);
+    }
+    return n;
+}
+
+/* The b-th of nb layouts of format f: the table's for one-level formats; for
+ * BDR 1 x k1, its own tile, 2 x k1/2 and again 1 x k1 (what its block must be). */
+static void test_block(quant_format f, const int (*blocks)[2], int b, int *br, int *bc) {
+    const quant_format_info *fi = quant_format_get(f);
+    if (!fi->k1) {
+        *br = blocks[b][0];
+        *bc = blocks[b][1];
+        return;
+    }
+    switch (b % 3) {
+    case 0: *br = 1, *bc = fi->k1; break;
+    case 1: quant_format_tile(f, br, bc); break;
+    default: *br = 2, *bc = fi->k1 / 2; break;
+    }
+}
+
 static void sweep_one(quant_format f, quant_round r, quant_scale sc, int br, int bc, int axis, int sh,
                       const int64_t *shape, int ndim, const float *x) {
     quant_spec s = quant_spec_default(f);
@@ -254,20 +284,28 @@ START_TEST(test_every_spec_matches_cpu) {
         xs[sh] = random_tensor(n, 100 + (uint64_t)sh);
     }
     int count = 0;
-    for (int f = 0; f < QUANT_FORMAT_COUNT; f++) {
-        const quant_format_info *fi = quant_format_get((quant_format)f);
+    quant_format fmts[QUANT_FORMAT_COUNT + 4];
+    int nf = test_formats(fmts);
+    for (int fidx = 0; fidx < nf; fidx++) {
+        quant_format f = fmts[fidx];
+        const quant_format_info *fi = quant_format_get(f);
         /* every layout on every shape (even rounding, floor scale) ... */
         for (int b = 0; b < (fi->is_mx ? 7 : 1); b++)
-            for (int sh = 0; sh < 4; sh++)
-                for (int axis = -1; axis >= (fi->is_mx && blocks[b][0] == 1 ? -ndims[sh] : -1); axis--, count++)
-                    sweep_one((quant_format)f, QUANT_ROUND_EVEN, QUANT_SCALE_FLOOR, blocks[b][0], blocks[b][1], axis,
-                              sh, shapes[sh], ndims[sh], xs[sh]);
+            for (int sh = 0; sh < 4; sh++) {
+                int br, bc;
+                test_block(f, blocks, b, &br, &bc);
+                for (int axis = -1; axis >= (fi->is_mx && br == 1 ? -ndims[sh] : -1); axis--, count++)
+                    sweep_one(f, QUANT_ROUND_EVEN, QUANT_SCALE_FLOOR, br, bc, axis, sh, shapes[sh], ndims[sh], xs[sh]);
+            }
         /* ... and every rounding x scale on a contiguous, a tiled and a strided layout */
         for (int r = 0; r < QUANT_ROUND_COUNT; r++)
-            for (int sc = 0; sc < QUANT_SCALE_COUNT; sc++)
-                for (int lay = 0; lay < (fi->is_mx ? 3 : 1); lay++, count++)
-                    sweep_one((quant_format)f, (quant_round)r, (quant_scale)sc, lay == 1 ? 8 : 1, lay == 1 ? 8 : 32,
-                              lay == 2 ? -2 : -1, 1, shapes[1], ndims[1], xs[1]);
+            for (int sc = 0; sc < (fi->k1 ? 1 : QUANT_SCALE_COUNT); sc++) /* BDR: floor only */
+                for (int lay = 0; lay < (fi->is_mx ? 3 : 1); lay++, count++) {
+                    int br = lay == 1 ? 8 : 1, bc = lay == 1 ? 8 : 32;
+                    if (fi->k1) test_block(f, blocks, lay == 1, &br, &bc);
+                    sweep_one(f, (quant_round)r, (quant_scale)sc, br, bc, lay == 2 ? -2 : -1, 1, shapes[1], ndims[1],
+                              xs[1]);
+                }
     }
     for (int sh = 0; sh < 4; sh++) free(xs[sh]);
     fprintf(stderr, "%d specs x shapes: GPU = CPU bit for bit\n", count);
@@ -295,12 +333,16 @@ START_TEST(test_edge_tensors) {
             default: x[i] = ldexpf(v, 100 + (int)(rng_next_u32(&r) % 27)); break; /* near overflow */
             }
         }
-        for (int f = 0; f < QUANT_FORMAT_COUNT; f++)
+        quant_format fmts[QUANT_FORMAT_COUNT + 4];
+        int nf = test_formats(fmts);
+        for (int f = 0; f < nf; f++)
             for (int t = 0; t < 3; t++) {
-                quant_spec s = quant_spec_default((quant_format)f);
-                if (t == 1) s.block_rows = s.block_cols = 8;
+                bool bdr = quant_format_is_bdr(fmts[f]);
+                quant_spec s = quant_spec_default(fmts[f]);
+                if (t == 1 && bdr) quant_format_tile(fmts[f], &s.block_rows, &s.block_cols);
+                else if (t == 1) s.block_rows = s.block_cols = 8;
                 if (t == 2) s.axis = 0; /* down columns */
-                s.scale = variant == 4 ? QUANT_SCALE_RCEIL : QUANT_SCALE_FLOOR;
+                s.scale = variant == 4 && !bdr ? QUANT_SCALE_RCEIL : QUANT_SCALE_FLOOR;
                 char w[96];
                 snprintf(w, sizeof w, "edge %d %s layout %d", variant, quant_format_get(s.format)->name, t);
                 check_spec(&s, x, 2, shape, w);

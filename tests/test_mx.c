@@ -25,13 +25,8 @@ static float *randn(int64_t n, uint64_t seed, float scale) {
 static float *q2(const mm_policy *p, quant_format f, const float *x, int64_t rows, int64_t cols, int axis) {
     quant_spec s = quant_spec_default(f);
     s.scale = p->scale;
-    if (p->tiling == MM_TILING_2D) {
-        s.block_rows = p->tile_rows;
-        s.block_cols = p->tile_cols;
-    } else {
-        s.block_cols = p->block;
-        s.axis = axis;
-    }
+    mm_policy_layout(p, f, &s);
+    if (p->tiling != MM_TILING_2D) s.axis = axis;
     int64_t shape[2] = {rows, cols};
     float *y = malloc(sizeof(float) * (size_t)(rows * cols));
     quant_fake(&s, x, y, 2, shape, NULL, NULL);

@@ -38,6 +38,10 @@ int session_open(session *s, const config *cfg, mx_err *err) {
     if (model_build(&s->m, &s->mc, err)) return -1;
     mm_policy pol;
     s->has_plan = config_policy(cfg, &pol);
+    if (s->has_plan && mm_policy_check(&pol, err)) {
+        model_free(&s->m);
+        return -1;
+    }
     if (s->has_plan) mm_plan_init(&s->plan, &pol, &s->m.params.sites);
     ag_ctx_init(&s->ctx, 0);
     s->ctx.run.mm = s->has_plan ? &s->plan : NULL;
