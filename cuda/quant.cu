@@ -454,6 +454,93 @@ __global__ void __launch_bounds__(256) k_bdr(qk k, qlayout l, const float *__res
     cu_stats_flush<ST>(ls, sh_gap, g);
 }
 
+/* Shared-microexponent 1D blocks along a contiguous axis, k1 a power of two
+ * <= 32: k1 consecutive lanes hold one block, one element each (coalesced),
+ * and find its scale and the runs' microexponents with shuffles; the element
+ * arithmetic is qk_elem on the run-shifted value, as in qk_bdr_quant. */
+template <int MODE, bool ST, bool BF16>
+__global__ void __launch_bounds__(256) k_bdr_rows(qk k, qlayout l, const float *__restrict__ x, void *y,
+                                                  uint8_t *codes, uint8_t *scales, cu_stats *g) {
+    __shared__ unsigned sh_gap[QUANT_GAP_BINS];
+    cu_stats_begin<ST>(sh_gap);
+    lstats ls = {0, 0, 0, 0, 0.0, 0.0};
+    const int k1 = k.k1, k2 = k.k2, nr = k1 / k2;
+    const int64_t total = l.nblocks * k1, stride = (int64_t)gridDim.x * blockDim.x;
+    /* every lane of a warp runs every iteration (the shuffles need them all) */
+    const int64_t rounds = (total + stride - 1) / stride;
+    const int lk1 = __ffs(k1) - 1; /* k1 is a power of two */
+    const bool small = l.nblocks < ((int64_t)1 << 31); /* 32-bit divisions (64-bit ones dominate otherwise) */
+    enum { U = 4 };                                     /* loads in flight per thread (latency) */
+    const int64_t w0 = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (int64_t it = 0; it < rounds; it += U) {
+        float xv[U];
+        int64_t off[U], blk[U];
+        bool in[U];
+#pragma unroll
+        for (int uu = 0; uu < U; uu++) {
+            int64_t w = w0 + (it + uu) * stride, t = w >> lk1, row, tc;
+            if (small) {
+                uint32_t t32 = (uint32_t)t, n32 = (uint32_t)l.ntc, r32 = t32 / n32;
+                row = r32, tc = t32 - r32 * n32;
+            } else {
+                row = t / l.ntc, tc = t - row * l.ntc;
+            }
+            int64_t col = tc * k1 + (w & (k1 - 1));
+            blk[uu] = w < total ? t : -1;
+            in[uu] = w < total && col < l.C;
+            off[uu] = row * l.C + col;
+            xv[uu] = in[uu] ? x[off[uu]] : 0.0f;
+        }
+#pragma unroll
+        for (int uu = 0; uu < U; uu++) {
+            if (it + uu >= rounds) break; /* uniform: every lane has the same rounds */
+            int j = (int)((w0 + (it + uu) * stride) & (k1 - 1));
+            uint32_t a = quant_bits(xv[uu]) & 0x7fffffffu, amax = a, as = a;
+            for (int sh = 1; sh < k1; sh <<= 1) {
+                uint32_t v = __shfl_xor_sync(0xffffffffu, amax, sh);
+                amax = v > amax ? v : amax;
+                if (sh < k2) as = amax; /* the run's max: the first log2(k2) steps */
+            }
+            if (k2 == 1) as = a;
+            if (blk[uu] < 0) continue;
+            int64_t t = blk[uu], o = off[uu];
+            bool nonfinite = amax >= 0x7f800000u;
+            int se = nonfinite ? 0 : qk_bdr_scale_exp(amax);
+            int u = nonfinite ? 0 : qk_bdr_micro(&k, se, as);
+            if (scales && j == 0) scales[t] = nonfinite ? 255 : (uint8_t)(se + 127);
+            if (codes && j % k2 == 0) codes[l.numel + t * nr + j / k2] = (uint8_t)u;
+            if (!in[uu]) continue;
+            float q, tt = 0;
+            uint8_t c = 0;
+            if (nonfinite) {
+                q = quant_nanf();
+            } else {
+                tt = (xv[uu] * quant_pow2f(-se)) * quant_pow2f(u);
+                uint32_t rnd = MODE == QK_STOCH ? rng_u32_at(k.seed, k.stream, k.offset + (uint64_t)o) : 0u;
+                float tq = qk_elem(&k, tt, MODE, rnd);
+                q = (tq * quant_pow2f(-u)) * quant_pow2f(se);
+                c = qk_encode(&k, tq);
+            }
+            if (y && BF16) ((uint16_t *)y)[o] = to_bf16(q, &ls.inexact);
+            else if (y) ((float *)y)[o] = q;
+            if (codes) codes[o] = c;
+            if (!ST) continue;
+            ls.nonzero += a != 0;
+            if (nonfinite) continue;
+            if (a) {
+                ls.underflow += q == 0.0f;
+                int gap = qk_exponent(amax) - qk_exponent(a);
+                atomicAdd(&sh_gap[gap < QUANT_GAP_BINS - 1 ? gap : QUANT_GAP_BINS - 1], 1u);
+            }
+            ls.saturated += fabsf(tt) > k.max_norm;
+            double dx = xv[uu], de = (double)xv[uu] - (double)q;
+            ls.x2 += dx * dx;
+            ls.e2 += de * de;
+        }
+    }
+    cu_stats_flush<ST>(ls, sh_gap, g);
+}
+
 __global__ void __launch_bounds__(256) k_unpack_bdr(qk k, qlayout l, const uint8_t *__restrict__ codes,
                                                     const uint8_t *__restrict__ scales, float *y) {
     int nr = k.k1 / k.k2;
@@ -517,6 +604,29 @@ static void launch_out(bool st, const qk &k, const qlayout &l, const float *x, v
     else launch_mode<OUT, false>(k, l, x, y, codes, scales);
 }
 
+/* Shared-microexponent blocks: k1 lanes per block where blocks are contiguous
+ * power-of-two runs no longer than a warp, a thread per block otherwise. */
+template <bool ST, bool BF16>
+static void launch_bdr_t(const qk &k, const qlayout &l, const float *x, void *y, uint8_t *codes, uint8_t *scales) {
+    bool rows = l.kind == QL_TILES && l.r == 1 && k.k1 <= 32 && (k.k1 & (k.k1 - 1)) == 0 && (k.k2 & (k.k2 - 1)) == 0;
+    int grid = cu_grid(l.nblocks * k.k1, 256);
+    if (!rows) k_bdr<ST, BF16><<<cu_grid(l.nblocks, 256), 256>>>(k, l, x, y, codes, scales, g_stats);
+    else if (k.mode == QK_EVEN_FAST || k.mode == QK_EVEN_INT)
+        k_bdr_rows<QK_EVEN_FAST, ST, BF16><<<grid, 256>>>(k, l, x, y, codes, scales, g_stats);
+    else if (k.mode == QK_AWAY) k_bdr_rows<QK_AWAY, ST, BF16><<<grid, 256>>>(k, l, x, y, codes, scales, g_stats);
+    else if (k.mode == QK_FLOOR) k_bdr_rows<QK_FLOOR, ST, BF16><<<grid, 256>>>(k, l, x, y, codes, scales, g_stats);
+    else k_bdr_rows<QK_STOCH, ST, BF16><<<grid, 256>>>(k, l, x, y, codes, scales, g_stats);
+    CU_CHECK_LAUNCH();
+}
+
+static void launch_bdr(bool st, bool bf16, const qk &k, const qlayout &l, const float *x, void *y, uint8_t *codes,
+                       uint8_t *scales) {
+    if (st && bf16) launch_bdr_t<true, true>(k, l, x, y, codes, scales);
+    else if (st) launch_bdr_t<true, false>(k, l, x, y, codes, scales);
+    else if (bf16) launch_bdr_t<false, true>(k, l, x, y, codes, scales);
+    else launch_bdr_t<false, false>(k, l, x, y, codes, scales);
+}
+
 /* Runs one quantization; returns the bf16-inexact count (OUT_FAKE_BF16). */
 static int64_t cu_quant_run(const quant_spec *s, const float *x, void *y, uint8_t *codes, int ndim,
                             const int64_t *shape, uint8_t *scales, quant_stats *stats, int out) {
@@ -546,20 +656,14 @@ static int64_t cu_quant_run(const quant_spec *s, const float *x, void *y, uint8_
         qk k = qk_make(s, false);
         bool st = stats != NULL;
         if (k.k1) { /* shared microexponents */
-            int grid = cu_grid(l.nblocks, 256);
-            void *yo = out == OUT_PACK ? NULL : y;
-            bool bf = out == OUT_FAKE_BF16;
-            if (st && bf) k_bdr<true, true><<<grid, 256>>>(k, l, x, yo, codes, scales, g_stats);
-            else if (st) k_bdr<true, false><<<grid, 256>>>(k, l, x, yo, codes, scales, g_stats);
-            else if (bf) k_bdr<false, true><<<grid, 256>>>(k, l, x, yo, codes, scales, g_stats);
-            else k_bdr<false, false><<<grid, 256>>>(k, l, x, yo, codes, scales, g_stats);
-            CU_CHECK_LAUNCH();
-        } else
-        switch (out) {
-        case OUT_FAKE: launch_out<OUT_FAKE>(st, k, l, x, y, NULL, scales); break;
-        case OUT_PACK: launch_out<OUT_PACK>(st, k, l, x, NULL, codes, scales); break;
-        case OUT_PACK_FAKE: launch_out<OUT_PACK_FAKE>(st, k, l, x, y, codes, scales); break;
-        default: launch_out<OUT_FAKE_BF16>(st, k, l, x, y, NULL, scales); break;
+            launch_bdr(st, out == OUT_FAKE_BF16, k, l, x, out == OUT_PACK ? NULL : y, codes, scales);
+        } else {
+            switch (out) {
+            case OUT_FAKE: launch_out<OUT_FAKE>(st, k, l, x, y, NULL, scales); break;
+            case OUT_PACK: launch_out<OUT_PACK>(st, k, l, x, NULL, codes, scales); break;
+            case OUT_PACK_FAKE: launch_out<OUT_PACK_FAKE>(st, k, l, x, y, codes, scales); break;
+            default: launch_out<OUT_FAKE_BF16>(st, k, l, x, y, NULL, scales); break;
+            }
         }
     }
     if (!readback) return 0;

@@ -370,27 +370,70 @@ static void qk_bdr_block(const qk *k, const qlayout *l, int64_t t, const float *
 }
 
 #if defined(__x86_64__)
-/* nblk consecutive contiguous blocks of k1 (a multiple of 8) values with runs
- * of k2 (1, 2, 4 or a multiple of 8), round half to even: the same bits as
- * qk_bdr_block with each block in registers and its scale found in vector
- * registers. Stops before a block whose amax is not a normal in [2^-126,
- * 2^127) (zero, tiny, huge or non-finite: the general path takes it) and
- * returns how many it did. */
-__attribute__((target("avx2"))) static inline __attribute__((always_inline)) int64_t
-qk_bdr_span_body(const qk *k, const float *x, float *y, uint8_t *codes, uint8_t *ue, uint8_t *scales, int64_t nblk,
-                 int k1, int k2) {
-    const __m256i absmask = _mm256_set1_epi32(0x7fffffff), zero = _mm256_setzero_si256();
-    const __m256i c127 = _mm256_set1_epi32(127), umax = _mm256_set1_epi32(k->umax);
+/* The per-vector part of the BDR fast paths: 8 values x (scaled by inv_s
+ * with scale s and exponent vse per lane), their runs' maxima rm: rounds
+ * them, stores values and codes through the callers' pointers, returns u. */
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) __m256i
+qk_bdr_vec(const qk *k, __m256 xv, __m256i rm, __m256 s, __m256 inv_s, __m256i vse, __m256 *q_out, __m256 *y_out) {
+    const __m256i zero = _mm256_setzero_si256(), c127 = _mm256_set1_epi32(127);
     const __m256i eb0 = _mm256_set1_epi32(k->eminb), off = _mm256_set1_epi32(23 - k->p);
-    const __m256 maxn = _mm256_set1_ps(k->max_norm);
+    __m256i er = _mm256_srli_epi32(rm, 23);
+    /* floor(log2): from the exponent field, or for a subnormal from its
+     * integer significand converted exactly (< 2^23) */
+    __m256i sub = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(rm)), 23),
+                                   _mm256_set1_epi32(127 + 149));
+    __m256i e = _mm256_blendv_epi8(_mm256_sub_epi32(er, c127), sub, _mm256_cmpeq_epi32(er, zero));
+    __m256i u = _mm256_min_epi32(_mm256_max_epi32(_mm256_sub_epi32(vse, e), zero), _mm256_set1_epi32(k->umax));
+    u = _mm256_andnot_si256(_mm256_cmpeq_epi32(rm, zero), u);
+    __m256 pu = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(u, c127), 23));
+    __m256 iu = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(c127, u), 23));
+    *q_out = qk_vec_even(_mm256_mul_ps(xv, inv_s), pu, s, eb0, off, _mm256_set1_ps(k->max_norm), 0, zero, eb0, off);
+    *y_out = _mm256_mul_ps(_mm256_mul_ps(*q_out, iu), s);
+    return u;
+}
+
+/* Scale of blocks whose amax bits are am (per lane): s = 2^se, 1/s, se. The
+ * fast paths take amax 0 or a normal in [2^-126, 2^127) only (bdr_amax_ok). */
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) void
+qk_bdr_scale_vec(__m256i am, __m256 *s, __m256 *inv_s, __m256i *vse) {
+    __m256i ef = _mm256_srli_epi32(am, 23); /* se + 127 (0 for an all-zero block: se = -127, code 0) */
+    *s = _mm256_castsi256_ps(_mm256_slli_epi32(ef, 23));
+    *inv_s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(254), ef), 23));
+    *vse = _mm256_sub_epi32(ef, _mm256_set1_epi32(127));
+}
+static inline bool qk_bdr_amax_ok(uint32_t amax) { return amax == 0 || (amax >= 0x00800000u && amax < 0x7f000000u); }
+
+/* Vector v (8 values in block order) of a tile at b with row stride ld and
+ * c columns: c a multiple of 8 (a piece of one row) or 4 (two half rows). */
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) __m256 qk_tile_ld(const float *b, int64_t ld,
+                                                                                              int c, int v) {
+    if (c == 4) return _mm256_loadu2_m128(b + (2 * v + 1) * ld, b + 2 * v * ld);
+    return _mm256_loadu_ps(b + (8 * v / c) * ld + 8 * v % c);
+}
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) void qk_tile_st(float *b, int64_t ld, int c,
+                                                                                            int v, __m256 y) {
+    if (c == 4) _mm256_storeu2_m128(b + (2 * v + 1) * ld, b + 2 * v * ld, y);
+    else _mm256_storeu_ps(b + (8 * v / c) * ld + 8 * v % c, y);
+}
+
+/* nblk consecutive tiles of one band (r x c, r * c = k1 a multiple of 8; 1D
+ * blocks along a contiguous axis are 1 x k1 tiles) with runs of k2 (1, 2, 4
+ * or a multiple of 8), round half to even: the same bits as qk_bdr_block,
+ * each tile in registers and its scale found in vector registers. Stops
+ * before a tile whose amax the fast path does not take (tiny, huge,
+ * non-finite: the general path does) and returns how many it did. */
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) int64_t
+qk_bdr_span_body(const qk *k, const float *x, int64_t ld, int c, float *y, uint8_t *codes, uint8_t *ue, uint8_t *scales,
+                 int64_t nblk, int k1, int k2) {
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff), zero = _mm256_setzero_si256();
     const int nv = k1 / 8, nr = k1 / k2;
     for (int64_t b = 0; b < nblk; b++) {
-        const float *xb = x + b * k1;
+        const float *xb = x + b * c;
         __m256 xv[QK_BDR_MAX / 8];
         __m256i a[QK_BDR_MAX / 8], rm[QK_BDR_MAX / 8];
         __m256i vmax = zero;
         for (int v = 0; v < nv; v++) {
-            xv[v] = _mm256_loadu_ps(xb + 8 * v);
+            xv[v] = qk_tile_ld(xb, ld, c, v);
             a[v] = _mm256_and_si256(_mm256_castps_si256(xv[v]), absmask);
             vmax = _mm256_max_epu32(vmax, a[v]);
         }
@@ -399,12 +442,11 @@ qk_bdr_span_body(const qk *k, const float *x, float *y, uint8_t *codes, uint8_t 
         vmax = _mm256_max_epu32(vmax, _mm256_shuffle_epi32(vmax, 0x4e));
         vmax = _mm256_max_epu32(vmax, _mm256_shuffle_epi32(vmax, 0xb1));
         uint32_t amax = (uint32_t)_mm_cvtsi128_si32(_mm256_castsi256_si128(vmax));
-        if (amax < 0x00800000u || amax >= 0x7f000000u) return b;
-        __m256i ef = _mm256_srli_epi32(vmax, 23); /* se + 127, in 1..253 */
+        if (!qk_bdr_amax_ok(amax)) return b;
         if (scales) scales[b] = (uint8_t)(amax >> 23);
-        __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(ef, 23));
-        __m256 inv_s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(254), ef), 23));
-        __m256i vse = _mm256_sub_epi32(ef, c127);
+        __m256 s, inv_s;
+        __m256i vse;
+        qk_bdr_scale_vec(vmax, &s, &inv_s, &vse);
         /* each lane gets its run's max */
         for (int v = 0; v < nv; v++) {
             __m256i r = a[v];
@@ -419,19 +461,20 @@ qk_bdr_span_body(const qk *k, const float *x, float *y, uint8_t *codes, uint8_t 
             for (int v = g; v < g + k2 / 8; v++) rm[v] = m;
         }
         for (int v = 0; v < nv; v++) {
-            __m256i r = rm[v], er = _mm256_srli_epi32(r, 23);
-            /* floor(log2): from the exponent field, or for a subnormal from its
-             * integer significand converted exactly (< 2^23) */
-            __m256i sub = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(r)), 23),
-                                           _mm256_set1_epi32(127 + 149));
-            __m256i e = _mm256_blendv_epi8(_mm256_sub_epi32(er, c127), sub, _mm256_cmpeq_epi32(er, zero));
-            __m256i u = _mm256_min_epi32(_mm256_max_epi32(_mm256_sub_epi32(vse, e), zero), umax);
-            u = _mm256_andnot_si256(_mm256_cmpeq_epi32(r, zero), u);
-            __m256 pu = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(u, c127), 23));
-            __m256 iu = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(c127, u), 23));
-            __m256 q = qk_vec_even(_mm256_mul_ps(xv[v], inv_s), pu, s, eb0, off, maxn, 0, zero, eb0, off);
-            if (y) _mm256_storeu_ps(y + b * k1 + 8 * v, _mm256_mul_ps(_mm256_mul_ps(q, iu), s));
-            if (codes) qk_vec_encode(k, q, codes + b * k1 + 8 * v);
+            __m256 q, yv;
+            __m256i u = qk_bdr_vec(k, xv[v], rm[v], s, inv_s, vse, &q, &yv);
+            if (y) qk_tile_st(y + b * c, ld, c, v, yv);
+            if (codes) {
+                uint8_t cb[8];
+                qk_vec_encode(k, q, cb);
+                uint8_t *cp = codes + b * c;
+                if (c == 4) {
+                    memcpy(cp + 2 * v * ld, cb, 4);
+                    memcpy(cp + (2 * v + 1) * ld, cb + 4, 4);
+                } else {
+                    memcpy(cp + (8 * v / c) * ld + 8 * v % c, cb, 8);
+                }
+            }
             if (ue) { /* the first lane of each run (k2 < 8), or of the vector that starts a run */
                 int32_t ul[8];
                 _mm256_storeu_si256((__m256i *)ul, u);
@@ -447,32 +490,81 @@ qk_bdr_span_body(const qk *k, const float *x, float *y, uint8_t *codes, uint8_t 
 }
 
 /* The presets' shape (k1 16, k2 2) with constants, so the loops unroll; any other. */
-__attribute__((target("avx2"))) static int64_t qk_bdr_span_16_2(const qk *k, const float *x, float *y, uint8_t *codes,
-                                                                uint8_t *ue, uint8_t *scales, int64_t nblk) {
-    return qk_bdr_span_body(k, x, y, codes, ue, scales, nblk, 16, 2);
+__attribute__((target("avx2"))) static int64_t qk_bdr_span_16_2(const qk *k, const float *x, int64_t ld, int c,
+                                                                float *y, uint8_t *codes, uint8_t *ue, uint8_t *scales,
+                                                                int64_t nblk) {
+    return qk_bdr_span_body(k, x, ld, c, y, codes, ue, scales, nblk, 16, 2);
 }
-__attribute__((target("avx2"))) static int64_t qk_bdr_span_any(const qk *k, const float *x, float *y, uint8_t *codes,
-                                                               uint8_t *ue, uint8_t *scales, int64_t nblk) {
-    return qk_bdr_span_body(k, x, y, codes, ue, scales, nblk, k->k1, k->k2);
+__attribute__((target("avx2"))) static int64_t qk_bdr_span_any(const qk *k, const float *x, int64_t ld, int c,
+                                                               float *y, uint8_t *codes, uint8_t *ue, uint8_t *scales,
+                                                               int64_t nblk) {
+    return qk_bdr_span_body(k, x, ld, c, y, codes, ue, scales, nblk, k->k1, k->k2);
 }
-typedef int64_t (*qk_bdr_span_fn)(const qk *k, const float *x, float *y, uint8_t *codes, uint8_t *ue, uint8_t *scales,
-                                  int64_t nblk);
+typedef int64_t (*qk_bdr_span_fn)(const qk *k, const float *x, int64_t ld, int c, float *y, uint8_t *codes,
+                                  uint8_t *ue, uint8_t *scales, int64_t nblk);
 static qk_bdr_span_fn qk_bdr_span_pick(const qk *k) {
     return k->k1 == 16 && k->k2 == 2 ? qk_bdr_span_16_2 : qk_bdr_span_any;
 }
+
+/* COLUMNS: 8 neighbouring columns of one block row (k1 values down each,
+ * row stride ld): each lane is its own block, so the scale, the runs' maxima
+ * and the microexponents are lane-wise. scales/ue: the 8 blocks' entries
+ * (consecutive scales; runs nr apart). False (nothing written) when a
+ * column's amax is one the fast path does not take. */
+__attribute__((target("avx2"))) static bool qk_bdr_cols_avx2(const qk *k, const float *x, int64_t ld, float *y,
+                                                             uint8_t *codes, uint8_t *ue, uint8_t *scales) {
+    const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
+    int k1 = k->k1, k2 = k->k2, nr = k1 / k2;
+    __m256i vmax = _mm256_setzero_si256();
+    for (int i = 0; i < k1; i++)
+        vmax = _mm256_max_epu32(vmax, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i * ld)), absmask));
+    uint32_t am[8];
+    _mm256_storeu_si256((__m256i *)am, vmax);
+    for (int j = 0; j < 8; j++)
+        if (!qk_bdr_amax_ok(am[j])) return false;
+    if (scales)
+        for (int j = 0; j < 8; j++) scales[j] = (uint8_t)(am[j] >> 23);
+    __m256 s, inv_s;
+    __m256i vse;
+    qk_bdr_scale_vec(vmax, &s, &inv_s, &vse);
+    for (int r = 0; r < nr; r++) {
+        __m256i rm = _mm256_setzero_si256();
+        for (int i = r * k2; i < (r + 1) * k2; i++)
+            rm = _mm256_max_epu32(rm, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i * ld)), absmask));
+        __m256i u = _mm256_setzero_si256();
+        for (int i = r * k2; i < (r + 1) * k2; i++) {
+            __m256 q, yv;
+            u = qk_bdr_vec(k, _mm256_loadu_ps(x + i * ld), rm, s, inv_s, vse, &q, &yv);
+            if (y) _mm256_storeu_ps(y + i * ld, yv);
+            if (codes) qk_vec_encode(k, q, codes + i * ld);
+        }
+        if (ue) {
+            int32_t ul[8];
+            _mm256_storeu_si256((__m256i *)ul, u);
+            for (int j = 0; j < 8; j++) ue[j * nr + r] = (uint8_t)ul[j];
+        }
+    }
+    return true;
+}
 #else
-typedef int64_t (*qk_bdr_span_fn)(const qk *k, const float *x, float *y, uint8_t *codes, uint8_t *ue, uint8_t *scales,
-                                  int64_t nblk);
+typedef int64_t (*qk_bdr_span_fn)(const qk *k, const float *x, int64_t ld, int c, float *y, uint8_t *codes,
+                                  uint8_t *ue, uint8_t *scales, int64_t nblk);
 static qk_bdr_span_fn qk_bdr_span_pick(const qk *k) { return NULL; }
+static bool qk_bdr_cols_avx2(const qk *k, const float *x, int64_t ld, float *y, uint8_t *codes, uint8_t *ue,
+                             uint8_t *scales) {
+    return false;
+}
 #endif
 
 static void qk_run_bdr(const qk *k, const qlayout *l, const float *x, float *y, uint8_t *codes, uint8_t *scales,
                        quant_stats *st_out, int nth) {
     MX_ASSERT(k->k1 <= QK_BDR_MAX);
     int nr = k->k1 / k->k2;
-    bool fast = qk_have_avx2() && !getenv("MXTRAIN_NO_SIMD") && !st_out && k->mode == QK_EVEN_FAST &&
-                l->kind == QL_TILES && l->r == 1 && k->k1 % 8 == 0 && (k->k2 <= 4 || k->k2 % 8 == 0);
-    qk_bdr_span_fn span = fast ? qk_bdr_span_pick(k) : NULL;
+    bool simd = qk_have_avx2() && !getenv("MXTRAIN_NO_SIMD") && !st_out && k->mode == QK_EVEN_FAST &&
+                (k->k2 <= 4 || k->k2 % 8 == 0) && k->k1 % 8 == 0;
+    /* tiles (and 1D blocks along a contiguous axis) whose rows load as vectors */
+    qk_bdr_span_fn span = simd && l->kind == QL_TILES && (l->c % 8 == 0 || l->c == 4) ? qk_bdr_span_pick(k) : NULL;
+    bool cols = simd && l->kind == QL_COLUMNS;
     quant_stats *part = st_out ? mx_calloc((size_t)nth, sizeof *part) : NULL;
 #pragma omp parallel num_threads(nth) if (nth > 1)
     {
@@ -481,16 +573,27 @@ static void qk_run_bdr(const qk *k, const qlayout *l, const float *x, float *y, 
         int64_t t0, t1;
         qk_range(l->nblocks, tid, nt, &t0, &t1);
         for (int64_t t = t0; t < t1;) {
-            if (span) { /* 1D blocks along a contiguous axis: the full blocks left in block t's row */
-                int64_t row = t / l->ntc, tc = t % l->ntc, full = l->C / l->c;
-                int64_t n = (tc < full ? full - tc : 0) < t1 - t ? (tc < full ? full - tc : 0) : t1 - t;
-                int64_t o = row * l->C + tc * l->c;
-                int64_t done = n ? span(k, x + o, y ? y + o : NULL, codes ? codes + o : NULL,
+            if (span) { /* the full tiles left in block t's band */
+                int64_t per = l->ntr * l->ntc, li = t / per, tr = (t % per) / l->ntc, tc = t % l->ntc;
+                int64_t full = l->C / l->c, n = tc < full && (tr + 1) * l->r <= l->R ? full - tc : 0;
+                n = n < t1 - t ? n : t1 - t;
+                int64_t o = li * l->R * l->C + tr * l->r * l->C + tc * l->c;
+                int64_t done = n ? span(k, x + o, l->C, l->c, y ? y + o : NULL, codes ? codes + o : NULL,
                                         codes ? codes + l->numel + t * nr : NULL, scales ? scales + t : NULL, n)
                                  : 0;
                 t += done;
-                if (done == n && n) continue; /* the next row (or the ragged block) */
+                if (done == n && n) continue; /* the next band (or the ragged tile) */
                 if (t >= t1) break;
+            } else if (cols) { /* 8 columns of one block row at a time, blocks in full */
+                int64_t o = t / (l->nb * l->inner), b = (t / l->inner) % l->nb, col = t % l->inner;
+                if (col + 8 <= l->inner && (b + 1) * l->k <= l->L && t + 8 <= t1) {
+                    int64_t base = o * l->L * l->inner + b * l->k * l->inner + col;
+                    if (qk_bdr_cols_avx2(k, x + base, l->inner, y ? y + base : NULL, codes ? codes + base : NULL,
+                                         codes ? codes + l->numel + t * nr : NULL, scales ? scales + t : NULL)) {
+                        t += 8;
+                        continue;
+                    }
+                }
             }
             qk_bdr_block(k, l, t, x, y, codes, scales, st);
             t++;

@@ -21,17 +21,18 @@ static const char quantize_usage[] =
     "Reads a float32 .npy of any rank (float64 is converted), quantizes it and writes the dequantized\n"
     "float32 .npy. Prints one JSON line of statistics on stdout.\n"
     "\n"
-    "  --format F        fp32 bf16 mxint8 mxfp8_e4m3 (mxfp8) mxfp8_e5m2 mxfp6_e3m2 mxfp6_e2m3\n"
-    "                    mxfp4_e2m1 boost (mxfp8_e2m5) mxsf\n"
+    "  --format F        one of the formats listed below (docs/formats.md)\n"
     "  --round R         even (default), away, floor, stochastic\n"
     "  --scale S         floor (default, OCP) or rceil\n"
-    "  --block B         1xK: 1D blocks of K along --axis (default 1x32); RxC: tiles over the last two axes\n"
+    "  --block B         1xK: 1D blocks of K along --axis (default 1x32; 1xk1 for mx9/mx6/mx4/bdr_...);\n"
+    "                    RxC: tiles over the last two axes (BDR: R x C = k1, e.g. 4x4)\n"
     "  --axis N          axis of 1D blocks (default -1; negative counts from the end)\n"
     "  --seed S          seed of stochastic rounding (default 0)\n"
     "  --scales-out F    write the uint8 E8M0 scale codes in block order\n"
     "  --device D        cpu (default) or cuda: the GPU quantizer (bit-identical output)\n"
     "\n"
-    "bf16 and fp32 take no block. Errors are one line on stderr and exit status 2.\n";
+    "bf16 and fp32 take no block. Errors are one line on stderr and exit status 2.\n"
+    "\nformats: ";
 
 static void quantize_print_json_number(const char *key, double v, int last) {
     if (isfinite(v)) printf("\"%s\":%.6g%s", key, v, last ? "" : ",");
@@ -45,7 +46,9 @@ int cmd_quantize(int argc, char **argv) {
     int npos = 0;
     for (int i = 0; i < argc; i++) {
         if (cli_is_help(argv[i])) {
-            fputs(quantize_usage, stdout);
+            char list[1024];
+            mx_enum_list(&quant_format_enum, false, list, sizeof list);
+            printf("%s%s\n", quantize_usage, list);
             return 0;
         }
         const char **slot = NULL;

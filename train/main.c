@@ -19,6 +19,7 @@ static const command commands[] = {
     {"eval", cmd_eval, "evaluate a checkpoint under any format (direct-cast inference)"},
     {"compare", cmd_compare, "train one config under several formats/tilings; summary and report"},
     {"quantize", cmd_quantize, "quantize a .npy tensor to an MX format (fake-quant), with statistics"},
+    {"qsnr", cmd_qsnr, "the QSNR study: formats x distributions (or an .npy), table, CSV and chart"},
     {"bench", cmd_bench, "benchmarks: 'bench quantize' measures the quantizer against memcpy"},
     {"version", cmd_version, "version, compiler, OpenBLAS kernels, threads and CPU features"},
 };

@@ -37,9 +37,21 @@ static void svg_title(FILE *f, int w, const char *title) {
     fputs("</text>\n", f);
 }
 
-void svg_line_chart(FILE *f, const char *title, const char *xlabel, const char *ylabel, const svg_series *s, int ns,
-                    bool log_y) {
-    const int W = 640, H = 360, L = 64, R = 150, T = 30, B = 46;
+/* The plot area of a chart and its data ranges (log_y: y holds log10). */
+typedef struct svg_box {
+    int W, H, L, R, T, B, pw, ph;
+    double x0, x1, y0, y1;
+    bool log_y;
+} svg_box;
+
+static double svg_px(const svg_box *b, double x) { return b->L + (x - b->x0) / (b->x1 - b->x0) * b->pw; }
+static double svg_py(const svg_box *b, double y) { return b->T + b->ph - (y - b->y0) / (b->y1 - b->y0) * b->ph; }
+
+/* Opens the SVG and draws title, frame, grid, ticks and axis labels for the
+ * finite points of s; false (a closed "no data" SVG) when there are none. */
+static bool svg_frame(FILE *f, const char *title, const char *xlabel, const char *ylabel, const svg_series *s, int ns,
+                      bool log_y, bool x_from_zero, svg_box *bx) {
+    *bx = (svg_box){.W = 640, .H = 360, .L = 64, .R = 150, .T = 30, .B = 46, .log_y = log_y};
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
     for (int k = 0; k < ns; k++)
         for (int i = 0; i < s[k].n; i++) {
@@ -48,30 +60,37 @@ void svg_line_chart(FILE *f, const char *title, const char *xlabel, const char *
             if (log_y) y = log10(y);
             x0 = fmin(x0, x), x1 = fmax(x1, x), y0 = fmin(y0, y), y1 = fmax(y1, y);
         }
+    int W = bx->W, H = bx->H, L = bx->L, T = bx->T;
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\">\n", W,
             H);
     fprintf(f, "<rect width=\"%d\" height=\"%d\" fill=\"white\"/>\n", W, H);
     svg_title(f, W, title);
     if (!isfinite(x0)) {
         fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" fill=\"#888\">no data</text></svg>\n", W / 2, H / 2);
-        return;
+        return false;
     }
-    if (x0 > 0) x0 = 0; /* x is a step count: start the axis at 0 */
+    if (x_from_zero && x0 > 0) x0 = 0;
+    if (!x_from_zero) { /* points, not a curve from 0: a margin on both sides */
+        double px = (x1 - x0) * 0.06 + (x1 == x0);
+        x0 -= px, x1 += px;
+    }
     if (x1 == x0) x1 = x0 + 1;
     if (y1 == y0) y1 = y0 + (fabs(y0) > 0 ? fabs(y0) * 0.1 : 1), y0 -= (y1 - y0) * 0.5;
     double pad = (y1 - y0) * 0.05;
     y0 -= pad, y1 += pad;
-    int pw = W - L - R, ph = H - T - B;
-#define PX(x) (L + ((x) - x0) / (x1 - x0) * pw)
-#define PY(y) (T + ph - ((y) - y0) / (y1 - y0) * ph)
+    bx->x0 = x0, bx->x1 = x1, bx->y0 = y0, bx->y1 = y1;
+    bx->pw = W - L - bx->R;
+    bx->ph = H - T - bx->B;
+    int pw = bx->pw, ph = bx->ph;
     fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#444\"/>\n", L, T, pw, ph);
     char b[32];
     double xs = nice_step(x1 - x0, 6);
     for (double t = ceil(x0 / xs) * xs; t <= x1 + 1e-9 * xs; t += xs) {
         fmt_num(b, sizeof b, t);
-        fprintf(f, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#ddd\"/>", PX(t), T, PX(t), T + ph);
-        fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\" font-size=\"11\">%s</text>\n", PX(t), T + ph + 15,
-                b);
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#ddd\"/>", svg_px(bx, t), T,
+                svg_px(bx, t), T + ph);
+        fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\" font-size=\"11\">%s</text>\n", svg_px(bx, t),
+                T + ph + 15, b);
     }
     if (log_y) { /* 1, 2, 5 per decade when the range is short, else decades */
         static const double mult[3] = {1, 2, 5};
@@ -81,17 +100,19 @@ void svg_line_chart(FILE *f, const char *title, const char *xlabel, const char *
                 double t = d + log10(mult[m]);
                 if (t < y0 || t > y1) continue;
                 fmt_num(b, sizeof b, pow(10, t));
-                fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#ddd\"/>", L, PY(t), L + pw,
-                        PY(t));
+                fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#ddd\"/>", L, svg_py(bx, t),
+                        L + pw, svg_py(bx, t));
                 fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" font-size=\"11\">%s</text>\n", L - 4,
-                        PY(t) + 4, b);
+                        svg_py(bx, t) + 4, b);
             }
     } else {
         double ys = nice_step(y1 - y0, 5);
         for (double t = ceil(y0 / ys) * ys; t <= y1 + 1e-9 * ys; t += ys) {
             fmt_num(b, sizeof b, fabs(t) < 1e-12 * ys ? 0 : t);
-            fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#ddd\"/>", L, PY(t), L + pw, PY(t));
-            fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" font-size=\"11\">%s</text>\n", L - 4, PY(t) + 4, b);
+            fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#ddd\"/>", L, svg_py(bx, t), L + pw,
+                    svg_py(bx, t));
+            fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" font-size=\"11\">%s</text>\n", L - 4,
+                    svg_py(bx, t) + 4, b);
         }
     }
     fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-size=\"12\">", L + pw / 2, H - 8);
@@ -100,34 +121,69 @@ void svg_line_chart(FILE *f, const char *title, const char *xlabel, const char *
             T + ph / 2);
     svg_text_escaped(f, ylabel);
     fputs(log_y ? " (log)</text>\n" : "</text>\n", f);
+    return true;
+}
+
+/* Legend entry k of a chart. */
+static void svg_legend(FILE *f, const svg_box *bx, int k, const char *name) {
+    int ly = bx->T + 10 + 18 * k, lx = bx->L + bx->pw + 10;
+    fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"%s\" stroke-width=\"3\"/>", lx, ly, lx + 18, ly,
+            palette[k % 10]);
+    fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">", lx + 22, ly + 4);
+    svg_text_escaped(f, name);
+    fputs("</text>\n", f);
+}
+
+/* A point's y in chart space, or false when it is not drawn. */
+static bool svg_point(const svg_box *bx, const svg_series *s, int i, double *px, double *py) {
+    double x = s->x[i], y = s->y[i];
+    if (!isfinite(x) || !isfinite(y) || (bx->log_y && y <= 0)) return false;
+    *px = svg_px(bx, x);
+    *py = svg_py(bx, bx->log_y ? log10(y) : y);
+    return true;
+}
+
+void svg_line_chart(FILE *f, const char *title, const char *xlabel, const char *ylabel, const svg_series *s, int ns,
+                    bool log_y) {
+    svg_box bx;
+    if (!svg_frame(f, title, xlabel, ylabel, s, ns, log_y, true, &bx)) return; /* x is a step count: from 0 */
     for (int k = 0; k < ns; k++) {
         const char *col = palette[k % 10];
         fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.6\" points=\"", col);
         int pts = 0;
-        for (int i = 0; i < s[k].n; i++) {
-            double x = s[k].x[i], y = s[k].y[i];
-            if (!isfinite(x) || !isfinite(y) || (log_y && y <= 0)) continue;
-            if (log_y) y = log10(y);
-            fprintf(f, "%.1f,%.1f ", PX(x), PY(y));
-            pts++;
-        }
+        double px, py;
+        for (int i = 0; i < s[k].n; i++)
+            if (svg_point(&bx, &s[k], i, &px, &py)) fprintf(f, "%.1f,%.1f ", px, py), pts++;
         fputs("\"/>\n", f);
         if (pts == 1 || s[k].n <= 30) /* few points (per-epoch accuracy): mark them */
-            for (int i = 0; i < s[k].n; i++) {
-                double x = s[k].x[i], y = s[k].y[i];
-                if (!isfinite(x) || !isfinite(y) || (log_y && y <= 0)) continue;
-                if (log_y) y = log10(y);
-                fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", PX(x), PY(y), col);
-            }
-        int ly = T + 10 + 18 * k;
-        fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"%s\" stroke-width=\"3\"/>", L + pw + 10, ly,
-                L + pw + 28, ly, col);
-        fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"11\">", L + pw + 32, ly + 4);
-        svg_text_escaped(f, s[k].name);
-        fputs("</text>\n", f);
+            for (int i = 0; i < s[k].n; i++)
+                if (svg_point(&bx, &s[k], i, &px, &py))
+                    fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", px, py, col);
+        svg_legend(f, &bx, k, s[k].name);
     }
-#undef PX
-#undef PY
+    fputs("</svg>\n", f);
+}
+
+void svg_scatter(FILE *f, const char *title, const char *xlabel, const char *ylabel, const svg_series *s, int ns,
+                 const char *const *const *labels) {
+    svg_box bx;
+    if (!svg_frame(f, title, xlabel, ylabel, s, ns, false, false, &bx)) return;
+    for (int k = 0; k < ns; k++) {
+        double px, py;
+        for (int i = 0; i < s[k].n; i++)
+            if (svg_point(&bx, &s[k], i, &px, &py))
+                fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"%s\" fill-opacity=\"0.75\"/>\n", px, py,
+                        palette[k % 10]);
+        svg_legend(f, &bx, k, s[k].name);
+    }
+    for (int k = 0; k < ns; k++) /* labels over every point */
+        for (int i = 0; labels && labels[k] && i < s[k].n; i++) {
+            double px, py;
+            if (!labels[k][i] || !svg_point(&bx, &s[k], i, &px, &py)) continue;
+            fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"9\" fill=\"#333\">", px + 5, py - 4);
+            svg_text_escaped(f, labels[k][i]);
+            fputs("</text>\n", f);
+        }
     fputs("</svg>\n", f);
 }
 

@@ -1,4 +1,4 @@
-/* A small SVG chart writer for reports: line charts, heatmaps, bar charts.
+/* A small SVG chart writer for reports: line charts, scatter plots, heatmaps, bar charts.
  * Output is plain inline SVG (no scripts, no external resources). */
 #ifndef MX_TRAIN_SVG_H
 #define MX_TRAIN_SVG_H
@@ -16,6 +16,9 @@ typedef struct svg_series {
 void svg_text_escaped(FILE *f, const char *s);
 void svg_line_chart(FILE *f, const char *title, const char *xlabel, const char *ylabel, const svg_series *s, int ns,
                     bool log_y);
+/* Points without lines; labels[k][i] (any may be NULL) is written beside point i of series k. */
+void svg_scatter(FILE *f, const char *title, const char *xlabel, const char *ylabel, const svg_series *s, int ns,
+                 const char *const *const *labels);
 /* rows x cols values (row-major; NAN = no data) coloured from vmin to vmax. */
 void svg_heatmap(FILE *f, const char *title, const char *const *row_names, int rows, const double *col_x, int cols,
                  const double *v, double vmin, double vmax, const char *value_label);
