@@ -377,12 +377,10 @@ __attribute__((target("avx2"))) static inline __attribute__((always_inline)) __m
 qk_bdr_vec(const qk *k, __m256 xv, __m256i rm, __m256 s, __m256 inv_s, __m256i vse, __m256 *q_out, __m256 *y_out) {
     const __m256i zero = _mm256_setzero_si256(), c127 = _mm256_set1_epi32(127);
     const __m256i eb0 = _mm256_set1_epi32(k->eminb), off = _mm256_set1_epi32(23 - k->p);
-    __m256i er = _mm256_srli_epi32(rm, 23);
-    /* floor(log2): from the exponent field, or for a subnormal from its
-     * integer significand converted exactly (< 2^23) */
-    __m256i sub = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(rm)), 23),
-                                   _mm256_set1_epi32(127 + 149));
-    __m256i e = _mm256_blendv_epi8(_mm256_sub_epi32(er, c127), sub, _mm256_cmpeq_epi32(er, zero));
+    /* floor(log2 amax_run) from the exponent field; a subnormal run max reads
+     * as -127, which gives the same clamped u because the fast paths take only
+     * blocks with se >= umax - 127 (qk_bdr_amax_ok) */
+    __m256i e = _mm256_sub_epi32(_mm256_srli_epi32(rm, 23), c127);
     __m256i u = _mm256_min_epi32(_mm256_max_epi32(_mm256_sub_epi32(vse, e), zero), _mm256_set1_epi32(k->umax));
     u = _mm256_andnot_si256(_mm256_cmpeq_epi32(rm, zero), u);
     __m256 pu = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(u, c127), 23));
@@ -393,7 +391,7 @@ qk_bdr_vec(const qk *k, __m256 xv, __m256i rm, __m256 s, __m256 inv_s, __m256i v
 }
 
 /* Scale of blocks whose amax bits are am (per lane): s = 2^se, 1/s, se. The
- * fast paths take amax 0 or a normal in [2^-126, 2^127) only (bdr_amax_ok). */
+ * fast paths take amax 0 or one in [2^(umax-126), 2^127) only (qk_bdr_amax_ok). */
 __attribute__((target("avx2"))) static inline __attribute__((always_inline)) void
 qk_bdr_scale_vec(__m256i am, __m256 *s, __m256 *inv_s, __m256i *vse) {
     __m256i ef = _mm256_srli_epi32(am, 23); /* se + 127 (0 for an all-zero block: se = -127, code 0) */
@@ -401,7 +399,9 @@ qk_bdr_scale_vec(__m256i am, __m256 *s, __m256 *inv_s, __m256i *vse) {
     *inv_s = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(_mm256_set1_epi32(254), ef), 23));
     *vse = _mm256_sub_epi32(ef, _mm256_set1_epi32(127));
 }
-static inline bool qk_bdr_amax_ok(uint32_t amax) { return amax == 0 || (amax >= 0x00800000u && amax < 0x7f000000u); }
+static inline bool qk_bdr_amax_ok(const qk *k, uint32_t amax) {
+    return amax == 0 || (amax >= (uint32_t)(1 + k->umax) << 23 && amax < 0x7f000000u);
+}
 
 /* Vector v (8 values in block order) of a tile at b with row stride ld and
  * c columns: c a multiple of 8 (a piece of one row) or 4 (two half rows). */
@@ -442,7 +442,7 @@ qk_bdr_span_body(const qk *k, const float *x, int64_t ld, int c, float *y, uint8
         vmax = _mm256_max_epu32(vmax, _mm256_shuffle_epi32(vmax, 0x4e));
         vmax = _mm256_max_epu32(vmax, _mm256_shuffle_epi32(vmax, 0xb1));
         uint32_t amax = (uint32_t)_mm_cvtsi128_si32(_mm256_castsi256_si128(vmax));
-        if (!qk_bdr_amax_ok(amax)) return b;
+        if (!qk_bdr_amax_ok(k, amax)) return b;
         if (scales) scales[b] = (uint8_t)(amax >> 23);
         __m256 s, inv_s;
         __m256i vse;
@@ -489,21 +489,23 @@ qk_bdr_span_body(const qk *k, const float *x, int64_t ld, int c, float *y, uint8
     return nblk;
 }
 
-/* The presets' shape (k1 16, k2 2) with constants, so the loops unroll; any other. */
-__attribute__((target("avx2"))) static int64_t qk_bdr_span_16_2(const qk *k, const float *x, int64_t ld, int c,
-                                                                float *y, uint8_t *codes, uint8_t *ue, uint8_t *scales,
-                                                                int64_t nblk) {
-    return qk_bdr_span_body(k, x, ld, c, y, codes, ue, scales, nblk, 16, 2);
-}
-__attribute__((target("avx2"))) static int64_t qk_bdr_span_any(const qk *k, const float *x, int64_t ld, int c,
-                                                               float *y, uint8_t *codes, uint8_t *ue, uint8_t *scales,
-                                                               int64_t nblk) {
-    return qk_bdr_span_body(k, x, ld, c, y, codes, ue, scales, nblk, k->k1, k->k2);
-}
+/* Variants with constants (the presets' k1 16, k2 2; fake-quant only, no
+ * codes) so that loops unroll and dead stores vanish; any other. */
+#define QK_BDR_SPAN(name, K1, K2, CODES)                                                                          \
+    __attribute__((target("avx2"))) static int64_t name(const qk *k, const float *x, int64_t ld, int c, float *y, \
+                                                        uint8_t *codes, uint8_t *ue, uint8_t *scales, int64_t n) { \
+        return qk_bdr_span_body(k, x, ld, c, y, CODES ? codes : NULL, CODES ? ue : NULL, scales, n, K1, K2);        \
+    }
+QK_BDR_SPAN(qk_bdr_span_16_2_fake, 16, 2, 0)
+QK_BDR_SPAN(qk_bdr_span_16_2_pack, 16, 2, 1)
+QK_BDR_SPAN(qk_bdr_span_any_fake, k->k1, k->k2, 0)
+QK_BDR_SPAN(qk_bdr_span_any_pack, k->k1, k->k2, 1)
+#undef QK_BDR_SPAN
 typedef int64_t (*qk_bdr_span_fn)(const qk *k, const float *x, int64_t ld, int c, float *y, uint8_t *codes,
                                   uint8_t *ue, uint8_t *scales, int64_t nblk);
-static qk_bdr_span_fn qk_bdr_span_pick(const qk *k) {
-    return k->k1 == 16 && k->k2 == 2 ? qk_bdr_span_16_2 : qk_bdr_span_any;
+static qk_bdr_span_fn qk_bdr_span_pick(const qk *k, bool codes) {
+    if (k->k1 == 16 && k->k2 == 2) return codes ? qk_bdr_span_16_2_pack : qk_bdr_span_16_2_fake;
+    return codes ? qk_bdr_span_any_pack : qk_bdr_span_any_fake;
 }
 
 /* COLUMNS: 8 neighbouring columns of one block row (k1 values down each,
@@ -521,7 +523,7 @@ __attribute__((target("avx2"))) static bool qk_bdr_cols_avx2(const qk *k, const 
     uint32_t am[8];
     _mm256_storeu_si256((__m256i *)am, vmax);
     for (int j = 0; j < 8; j++)
-        if (!qk_bdr_amax_ok(am[j])) return false;
+        if (!qk_bdr_amax_ok(k, am[j])) return false;
     if (scales)
         for (int j = 0; j < 8; j++) scales[j] = (uint8_t)(am[j] >> 23);
     __m256 s, inv_s;
@@ -549,7 +551,7 @@ __attribute__((target("avx2"))) static bool qk_bdr_cols_avx2(const qk *k, const 
 #else
 typedef int64_t (*qk_bdr_span_fn)(const qk *k, const float *x, int64_t ld, int c, float *y, uint8_t *codes,
                                   uint8_t *ue, uint8_t *scales, int64_t nblk);
-static qk_bdr_span_fn qk_bdr_span_pick(const qk *k) { return NULL; }
+static qk_bdr_span_fn qk_bdr_span_pick(const qk *k, bool codes) { return NULL; }
 static bool qk_bdr_cols_avx2(const qk *k, const float *x, int64_t ld, float *y, uint8_t *codes, uint8_t *ue,
                              uint8_t *scales) {
     return false;
@@ -563,7 +565,7 @@ static void qk_run_bdr(const qk *k, const qlayout *l, const float *x, float *y, 
     bool simd = qk_have_avx2() && !getenv("MXTRAIN_NO_SIMD") && !st_out && k->mode == QK_EVEN_FAST &&
                 (k->k2 <= 4 || k->k2 % 8 == 0) && k->k1 % 8 == 0;
     /* tiles (and 1D blocks along a contiguous axis) whose rows load as vectors */
-    qk_bdr_span_fn span = simd && l->kind == QL_TILES && (l->c % 8 == 0 || l->c == 4) ? qk_bdr_span_pick(k) : NULL;
+    qk_bdr_span_fn span = simd && l->kind == QL_TILES && (l->c % 8 == 0 || l->c == 4) ? qk_bdr_span_pick(k, codes != NULL) : NULL;
     bool cols = simd && l->kind == QL_COLUMNS;
     quant_stats *part = st_out ? mx_calloc((size_t)nth, sizeof *part) : NULL;
 #pragma omp parallel num_threads(nth) if (nth > 1)

@@ -200,6 +200,37 @@ START_TEST(test_bdr_stats) {
 }
 END_TEST
 
+/* The SIMD paths (which take blocks with se >= umax - 127 and read a
+ * subnormal run maximum as 2^-127) against the reference on data near the
+ * bottom of the float32 range, where runs' maxima are subnormal. */
+START_TEST(test_tiny_blocks_fast_equals_reference) {
+    enum { R = 32, C = 64 };
+    float *x = malloc(sizeof(float) * R * C), *a = malloc(sizeof(float) * R * C), *b = malloc(sizeof(float) * R * C);
+    rng r;
+    rng_init(&r, 8, 0);
+    for (int i = 0; i < R * C; i++) /* per 4 values a magnitude from 2^-149 to 2^-100 */
+        x[i] = ldexpf(rng_normal(&r), -100 - (int)((i / 4 * 2654435761u) % 50));
+    static const char *const names[] = {"mx9", "mx6", "mx4", "bdr_m3_k8_s2_d2", "bdr_m5_k16_s4_d3", "bdr_m7_k32_s8_d3",
+                                        "bdr_m4_k16_s16_d0"};
+    int64_t shape[2] = {R, C};
+    for (size_t n = 0; n < sizeof names / sizeof names[0]; n++)
+        for (int layout = 0; layout < 3; layout++) {
+            quant_format f = fmt(names[n]);
+            quant_spec s = quant_spec_default(f);
+            if (layout == 1) quant_format_tile(f, &s.block_rows, &s.block_cols);
+            if (layout == 2) s.axis = 0;
+            quant_fake(&s, x, a, 2, shape, NULL, NULL);
+            quant_fake_reference(&s, x, b, 2, shape, NULL);
+            for (int i = 0; i < R * C; i++)
+                ck_assert_msg(a[i] == b[i] || (isnan(a[i]) && isnan(b[i])), "%s layout %d [%d]: %a vs %a (x %a)",
+                              names[n], layout, i, (double)a[i], (double)b[i], (double)x[i]);
+        }
+    free(x);
+    free(a);
+    free(b);
+}
+END_TEST
+
 /* Per-vector QSNR of vector x under spec s. */
 static double vec_qsnr(const quant_spec *s, const float *x, float *y, int64_t n) {
     int64_t shape[1] = {n};
@@ -412,6 +443,7 @@ int main(void) {
     tcase_add_test(tc, test_names_and_parameters);
     tcase_add_test(tc, test_microexponent_edges);
     tcase_add_test(tc, test_bdr_stats);
+    tcase_add_test(tc, test_tiny_blocks_fast_equals_reference);
     tcase_add_test(tc, test_theorem1_holds);
     tcase_add_test(tc, test_qsnr_study_matches_spec);
     tcase_add_test(tc, test_qsnr_cli);
