@@ -161,9 +161,9 @@ int mm_policy_check(const mm_policy *p, mx_err *err) {
         mm_policy_layout(p, used[i], &s);
         mx_err why;
         if (quant_spec_check(&s, &why)) {
+            if (p->scale != QUANT_SCALE_FLOOR) return mx_err_set(err, "quant.scale: %s", why.msg);
             const char *key = p->tiling == MM_TILING_2D ? "quant.tile" : "quant.block";
-            return mx_err_set(err, "%s (set %s = auto, or leave it unset, for the format's own; quant.scale = floor)",
-                              why.msg, key);
+            return mx_err_set(err, "%s: %s (%s = auto gives each format its own)", key, why.msg, key);
         }
     }
     return 0;

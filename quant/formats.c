@@ -150,7 +150,7 @@ int quant_spec_check(const quant_spec *s, mx_err *err) {
     const quant_format_info *fi = quant_format_get(s->format);
     if (!fi->k1) return 0;
     if (s->scale != QUANT_SCALE_FLOOR)
-        return mx_err_set(err, "format %s has no scale mode (its scale is floor(log2 amax)): only --scale floor",
+        return mx_err_set(err, "format %s has no scale mode (its scale is floor(log2 amax)): the scale mode must be floor",
                           fi->name);
     if (s->block_rows * s->block_cols != fi->k1) {
         if (s->block_rows == 1)

@@ -437,6 +437,35 @@ START_TEST(test_policy_checks_bdr_layouts) {
 }
 END_TEST
 
+/* A config whose block, tile or scale a BDR format in use cannot take fails
+ * before anything is written, in train and in compare (each variant). */
+START_TEST(test_config_refused_up_front) {
+    static char out[1 << 14];
+    char args[2048];
+    const char *src = getenv("MX_SOURCE_DIR") ? getenv("MX_SOURCE_DIR") : "../..";
+    static const struct {
+        const char *cmd, *sets, *needle;
+    } bad[] = {
+        {"train", "--set quant.format=mx9 --set quant.tile=8x8", "quant.tile: format mx9 takes tiles of 16 values"},
+        {"train", "--set quant.format=mx6 --set quant.tiling=1d --set quant.block=32", "quant.block: format mx6"},
+        {"train", "--set quant.format=mx4 --set quant.scale=rceil", "quant.scale: format mx4 has no scale mode"},
+        {"train", "--set quant.keep=fc:bdr_m3_k8_s2_d1 --set quant.tile=4x4", "bdr_m3_k8_s2_d1 takes tiles of 8"},
+        {"compare", "--formats mxsf,mx6 --set quant.tile=8x8", "mx6 2d: quant.tile"},
+        {"train", "--set quant.format=bdr_m3_k8_s3_d1", "must divide"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *dir = test_path("run_refused");
+        snprintf(args, sizeof args, "%s %s/configs/quickstart.ini %s --set log.dir=%s%s%s", bad[i].cmd, src, bad[i].sets,
+                 dir, strcmp(bad[i].cmd, "compare") ? "" : " --out ", strcmp(bad[i].cmd, "compare") ? "" : dir);
+        int rc = run_cmd(args, out, sizeof out);
+        ck_assert_msg(rc == 1, "'%s' exited %d: %s", args, rc, out);
+        ck_assert_msg(strstr(out, bad[i].needle), "'%s': '%s' lacks '%s'", args, out, bad[i].needle);
+        FILE *f = fopen(dir, "r");
+        ck_assert_msg(!f, "'%s' created %s", args, dir);
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("bdr");
     TCase *tc = tcase_create("bdr");
@@ -448,6 +477,7 @@ int main(void) {
     tcase_add_test(tc, test_qsnr_study_matches_spec);
     tcase_add_test(tc, test_qsnr_cli);
     tcase_add_test(tc, test_policy_checks_bdr_layouts);
+    tcase_add_test(tc, test_config_refused_up_front);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
     return test_run_suite(s);

@@ -707,7 +707,7 @@ START_TEST(test_cli_golden_and_errors) {
         {"--format bdr_m07_k16_s2_d1 %s/v.npy %s/o.npy", "malformed format"},
         {"--format mx9 --block 1x32 %s/v.npy %s/o.npy", "1D blocks of 16 values (1x16), not 1x32"},
         {"--format mx6 --block 8x8 %s/v.npy %s/o.npy", "tiles of 16 values"},
-        {"--format mx4 --scale rceil %s/v.npy %s/o.npy", "only --scale floor"},
+        {"--format mx4 --scale rceil %s/v.npy %s/o.npy", "scale mode must be floor"},
         {"--format mxsf --bogus %s/v.npy %s/o.npy", "unknown option"},
         {"%s/v.npy %s/o.npy", "--format is required"},
     };

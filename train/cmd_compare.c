@@ -75,6 +75,20 @@ int cmd_compare(int argc, char **argv) {
             goto done;
         }
     }
+    for (int i = 0; i < nf; i++) /* each variant's policy (a block a BDR format cannot take ...) */
+        for (int j = 0; j < nt; j++) {
+            char set[160];
+            *c = *base;
+            snprintf(set, sizeof set, "quant.format=%s", formats[i]);
+            int bad = config_set(c, set, &err);
+            snprintf(set, sizeof set, "quant.tiling=%s", tilings[j]);
+            if (!bad) bad = config_set(c, set, &err);
+            if (bad || config_check(c, &err)) {
+                fprintf(stderr, "mxtrain compare: %s %s: %s\n", formats[i], tilings[j], err.msg);
+                rc = 1;
+                goto done;
+            }
+        }
     char out[1024];
     snprintf(out, sizeof out, "%s", a.out ? a.out : base->v.log.dir);
     if (make_dirs(out, &err)) {

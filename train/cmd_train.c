@@ -46,6 +46,10 @@ int cmd_parse_config(const char *cmd, int argc, char **argv, config *c,
             fprintf(stderr, "mxtrain %s: %s\n", cmd, err.msg);
             return 1;
         }
+    if (config_check(c, &err)) {
+        fprintf(stderr, "mxtrain %s: %s: %s\n", cmd, path, err.msg);
+        return 1;
+    }
     return 0;
 }
 

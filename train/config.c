@@ -315,6 +315,11 @@ data_config config_data(const config *c) {
 
 optim_config config_optim(const config *c) { return c->v.optim; }
 
+int config_check(const config *c, mx_err *err) {
+    mm_policy p;
+    return config_policy(c, &p) ? mm_policy_check(&p, err) : 0;
+}
+
 bool config_policy(const config *c, mm_policy *p) { return mm_config_policy(&c->v.quant, (uint64_t)c->v.train.seed, p); }
 
 bool config_elementwise_bf16(const config *c) { return c->v.quant.elementwise == MM_ELEMENTWISE_BF16; }

@@ -81,6 +81,9 @@ data_config config_data(const config *c);
 optim_config config_optim(const config *c);
 /* Fills p; returns whether any GEMM operand is quantized. */
 bool config_policy(const config *c, mm_policy *p);
+/* Checks between keys that no single key's parser can see (a block or tile
+ * some format in use cannot take); 0, or -1 with a message. */
+int config_check(const config *c, mx_err *err);
 bool config_elementwise_bf16(const config *c);
 
 #endif
