@@ -566,6 +566,179 @@ START_TEST(test_sigterm_and_sighup_save) {
 }
 END_TEST
 
+/* A small run as a config file (the CLI's view of small_config). */
+static void write_small_config(const char *path, const char *dir) {
+    char text[2048];
+    snprintf(text, sizeof text,
+             "[model]\narch = resnet\nblocks = 1,1,1,1\nwidths = 8,8,16,16\nimg_size = 12\n"
+             "[data]\ndataset = synthetic\nsynthetic_train = 160\nsynthetic_eval = 32\nbatch_size = 8\n"
+             "[optim]\nlr = 0.01\nwarmup_steps = 3\n"
+             "[quant]\nformat = mxfp8_e4m3\ngrad_round = stochastic\n"
+             "[train]\nepochs = 3\nckpt_every = 2\n"
+             "[log]\ndir = %s\nprint_every = 100\nprogress = false\nstats_every = 1\n",
+             dir);
+    test_write_file(path, text, strlen(text));
+}
+
+static char *slurp(const char *dir, const char *name, size_t *n) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "rb");
+    ck_assert_msg(f != NULL, "%s missing", p);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)len + 1);
+    ck_assert_int_eq(fread(b, 1, (size_t)len, f), (size_t)len);
+    b[len] = 0;
+    fclose(f);
+    *n = (size_t)len;
+    return b;
+}
+
+/* kill -9 at random moments (mid-step, mid-checkpoint, mid-log-line) and
+ * --resume, again and again: metrics, stats.csv, stats.h5 and the weights
+ * end up equal to an uninterrupted run's (every step once; img/s aside). */
+START_TEST(test_kill_resume_equals_uninterrupted) {
+    char da[700], db[700], ca[800], cb[800], cmd[6000];
+    snprintf(da, sizeof da, "%s/kr_a", test_tmpdir());
+    snprintf(db, sizeof db, "%s/kr_b", test_tmpdir());
+    snprintf(ca, sizeof ca, "%s.ini", da);
+    snprintf(cb, sizeof cb, "%s.ini", db);
+    write_small_config(ca, da);
+    write_small_config(cb, db);
+    snprintf(cmd, sizeof cmd, "%s train %s > %s.out 2>&1", mxtrain_bin(), ca, da);
+    ck_assert_int_eq(system(cmd), 0);
+    /* kills at 20..300 ms into each attempt until one finishes by itself */
+    snprintf(cmd, sizeof cmd,
+             "kills=0; for i in $(seq 60); do "
+             "  if [ -f %s/ckpt/last.h5 ]; then r=\"--resume %s\"; else r=; fi; "
+             "  %s train %s $r >> %s.out 2>&1 & pid=$!; "
+             "  sleep 0.$(printf %%03d $(( (RANDOM %% 280) + 20 ))); "
+             "  if kill -9 $pid 2>/dev/null; then kills=$((kills+1)); fi; wait $pid; rc=$?; "
+             "  [ $rc -eq 0 ] && break; "
+             "done; echo $kills > %s.kills; "
+             "%s train %s --resume %s >> %s.out 2>&1",
+             db, db, mxtrain_bin(), cb, db, db, mxtrain_bin(), cb, db, db);
+    char script[800], run[900];
+    snprintf(script, sizeof script, "%s.sh", db);
+    test_write_file(script, cmd, strlen(cmd)); /* bash: $RANDOM */
+    snprintf(run, sizeof run, "bash %s", script);
+    int rc = system(run);
+    ck_assert_msg(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "the resumed run failed (see %s.out)", db);
+    char kp[800];
+    snprintf(kp, sizeof kp, "%s.kills", db);
+    FILE *kf = fopen(kp, "r");
+    int kills = 0;
+    ck_assert(kf && fscanf(kf, "%d", &kills) == 1);
+    fclose(kf);
+    fprintf(stderr, "kill -9 / --resume: %d kills\n", kills);
+    ck_assert_int_ge(kills, 1);
+    /* metrics: the same records in the same order, equal but for img/s */
+    runlog la, lb;
+    runlog_load(&la, da);
+    runlog_load(&lb, db);
+    ck_assert_int_eq(la.n_m, lb.n_m);
+    for (int64_t i = 0; i < la.n_m; i++) {
+        const metric_rec *x = &la.m[i], *y = &lb.m[i];
+        ck_assert_msg(x->step == y->step && x->epoch == y->epoch && x->is_eval == y->is_eval,
+                      "record %lld: step %lld vs %lld", (long long)i, (long long)x->step, (long long)y->step);
+        ck_assert_msg(x->is_eval ? x->eval_loss == y->eval_loss && x->eval_acc == y->eval_acc
+                                 : x->loss == y->loss && x->lr == y->lr,
+                      "record %lld (step %lld) differs", (long long)i, (long long)x->step);
+    }
+    /* statistics: stats.csv byte for byte, stats.h5 row for row */
+    size_t na, nb;
+    char *sa = slurp(da, "stats.csv", &na), *sb = slurp(db, "stats.csv", &nb);
+    ck_assert_msg(na == nb && memcmp(sa, sb, na) == 0, "stats.csv differs (%zu vs %zu bytes)", na, nb);
+    free(sa), free(sb);
+    ck_assert_int_gt(la.n_s, 0);
+    ck_assert_int_eq(la.n_s, lb.n_s);
+    for (int64_t i = 0; i < la.n_s; i++) {
+        const stat_rec *x = &la.s[i], *y = &lb.s[i];
+        ck_assert(x->step == y->step && strcmp(x->layer, y->layer) == 0 && x->role == y->role);
+        ck_assert(x->st.elements == y->st.elements && x->st.nonzero == y->st.nonzero);
+        ck_assert_msg(x->st.underflow == y->st.underflow && x->st.saturated == y->st.saturated,
+                      "stats row %lld: counts differ", (long long)i);
+        ck_assert(memcmp(&x->qsnr_db, &y->qsnr_db, sizeof(double)) == 0);
+        ck_assert(memcmp(x->st.gap_hist, y->st.gap_hist, sizeof x->st.gap_hist) == 0);
+    }
+    runlog_close(&la);
+    runlog_close(&lb);
+    /* the weights */
+    config *c = small_config(test_path("kr_w"), NULL);
+    char pa[1200], pb[1200];
+    snprintf(pa, sizeof pa, "%s/ckpt/last.h5", da);
+    snprintf(pb, sizeof pb, "%s/ckpt/last.h5", db);
+    float *wa, *wb;
+    size_t nwa, nwb;
+    load_params(pa, c, &wa, &nwa);
+    load_params(pb, c, &wb, &nwb);
+    ck_assert_int_eq(nwa, nwb);
+    ck_assert_msg(memcmp(wa, wb, sizeof(float) * nwa) == 0, "weights after kills differ");
+    free(wa), free(wb), free(c);
+}
+END_TEST
+
+/* Torn and foreign lines in a resumed run's logs are dropped, never read as
+ * zeros; a full disk stops the run with a message, no crash. */
+START_TEST(test_logs_torn_lines_and_disk_full) {
+    const char *d = test_path("torn");
+    config *c = small_config(d, "train.epochs=1");
+    train_opts o = {0};
+    train_result r;
+    mx_err err = {0};
+    ck_assert_msg(trainer_run(c, &o, &r, &err) == 0, "%s", err.msg);
+    char p[1200];
+    snprintf(p, sizeof p, "%s/metrics.jsonl", d);
+    FILE *f = fopen(p, "a");
+    fputs("{\"step\":99,\"epoch\":0,\"lr\":0.01,\"loss\":0.5,\"img_p", f); /* a kill mid-line */
+    fclose(f);
+    runlog l;
+    runlog_load(&l, d);
+    for (int64_t i = 0; i < l.n_m; i++) {
+        ck_assert(l.m[i].step != 99);
+        if (!l.m[i].is_eval) ck_assert(l.m[i].loss > 0);
+    }
+    ck_assert_int_eq(l.n_m, 8 + 1);
+    runlog_close(&l);
+    f = fopen(p, "w");
+    fputs("{\"step\":1,\"epoch\":0,\"lr\":0.01,\"loss\":zero,\"img_per_s\":1}\n{\"step\":2}\n", f);
+    fclose(f);
+    runlog_load(&l, d);
+    ck_assert_int_eq(l.n_m, 0);
+    runlog_close(&l);
+    /* disk full: the logs go to /dev/full */
+    if (access("/dev/full", W_OK) == 0) {
+        const char *d2 = test_path("full");
+        config *c2 = small_config(d2, "train.epochs=1");
+        char q[1200];
+        mkdir(d2, 0755);
+        snprintf(q, sizeof q, "%s/metrics.jsonl", d2);
+        ck_assert_int_eq(symlink("/dev/full", q), 0);
+        int rc = trainer_run(c2, &o, &r, &err);
+        ck_assert_int_lt(rc, 0);
+        ck_assert_msg(strstr(err.msg, "disk full"), "%s", err.msg);
+        free(c2);
+        /* and the checkpoint */
+        const char *d3 = test_path("full_ckpt");
+        config *c3 = small_config(d3, "train.epochs=1");
+        snprintf(q, sizeof q, "%s/ckpt", d3);
+        mkdir(d3, 0755);
+        mkdir(q, 0755);
+        snprintf(q, sizeof q, "%s/ckpt/last.h5.tmp", d3);
+        ck_assert_int_eq(symlink("/dev/full", q), 0);
+        rc = trainer_run(c3, &o, &r, &err);
+        ck_assert_int_lt(rc, 0);
+        ck_assert_msg(strstr(err.msg, "last.h5.tmp"), "%s", err.msg);
+        free(c3);
+    } else {
+        fprintf(stderr, "SKIP disk-full cases: no /dev/full\n");
+    }
+    free(c);
+}
+END_TEST
+
 START_TEST(test_quickstart_end_to_end) {
     struct stat st;
     if (stat("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", &st) != 0) {
@@ -675,6 +848,8 @@ int main(void) {
     tcase_add_test(tc, test_data_checked_against_model);
     tcase_add_test(tc, test_sigterm_and_sighup_save);
     tcase_add_test(tc, test_resume_equals_uninterrupted);
+    tcase_add_test(tc, test_kill_resume_equals_uninterrupted);
+    tcase_add_test(tc, test_logs_torn_lines_and_disk_full);
     tcase_add_test(tc, test_nonfinite_guard);
     tcase_add_test(tc, test_compare_cli);
     tcase_add_test(tc, test_bench_step_cli);

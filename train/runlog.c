@@ -15,105 +15,247 @@ static void stats_header(FILE *f) {
     fprintf(f, "\n");
 }
 
-static void write_metric(runlog *r, const metric_rec *m) {
+static void write_metric_to(FILE *csv, FILE *jsonl, const metric_rec *m) {
     if (m->is_eval) {
-        fprintf(r->csv, "%lld,%lld,,,,%.6g,%.6g\n", (long long)m->step, (long long)m->epoch, m->eval_loss, m->eval_acc);
-        fprintf(r->jsonl, "{\"step\":%lld,\"epoch\":%lld,\"eval_loss\":%.6g,\"eval_acc\":%.6g}\n", (long long)m->step,
+        fprintf(csv, "%lld,%lld,,,,%.6g,%.6g\n", (long long)m->step, (long long)m->epoch, m->eval_loss, m->eval_acc);
+        fprintf(jsonl, "{\"step\":%lld,\"epoch\":%lld,\"eval_loss\":%.6g,\"eval_acc\":%.6g}\n", (long long)m->step,
                 (long long)m->epoch, m->eval_loss, m->eval_acc);
     } else {
-        fprintf(r->csv, "%lld,%lld,%.6g,%.6g,%.1f,,\n", (long long)m->step, (long long)m->epoch, m->lr, m->loss,
+        fprintf(csv, "%lld,%lld,%.6g,%.6g,%.1f,,\n", (long long)m->step, (long long)m->epoch, m->lr, m->loss,
                 m->img_per_s);
         /* JSON has no NaN: a non-finite loss is written as null */
         char loss[32];
         if (isfinite(m->loss)) snprintf(loss, sizeof loss, "%.6g", m->loss);
         else snprintf(loss, sizeof loss, "null");
-        fprintf(r->jsonl, "{\"step\":%lld,\"epoch\":%lld,\"lr\":%.6g,\"loss\":%s,\"img_per_s\":%.1f}\n",
+        fprintf(jsonl, "{\"step\":%lld,\"epoch\":%lld,\"lr\":%.6g,\"loss\":%s,\"img_per_s\":%.1f}\n",
                 (long long)m->step, (long long)m->epoch, m->lr, loss, m->img_per_s);
     }
 }
+
+static void write_metric(runlog *r, const metric_rec *m) { write_metric_to(r->csv, r->jsonl, m); }
 
 static void write_stat(FILE *f, const stat_rec *s) {
     const quant_stats *st = &s->st;
     fprintf(f, "%lld,%s,%s,%s,%lld,%lld,%.6g,%.6g,%.4f", (long long)s->step, s->layer, mm_role_name(s->role),
             quant_format_get(s->format)->name, (long long)st->elements, (long long)st->nonzero,
-            quant_stats_underflow_ratio(st), quant_stats_saturation_ratio(st), quant_stats_qsnr_db(st));
+            quant_stats_underflow_ratio(st), quant_stats_saturation_ratio(st), s->qsnr_db);
     for (int g = 0; g < QUANT_GAP_BINS; g++) fprintf(f, ",%lld", (long long)st->gap_hist[g]);
     fprintf(f, "\n");
 }
 
-/* Reads back metrics.jsonl records (our own format) with step <= keep. */
+/* One metrics.jsonl line as this file writes it, whole (a line torn by a
+ * kill, or anything else, is rejected). */
+static bool parse_metric(const char *line, metric_rec *m) {
+    memset(m, 0, sizeof *m);
+    size_t len = strlen(line);
+    if (len < 2 || line[len - 1] != '\n' || line[len - 2] != '}') return false;
+    long long step, epoch;
+    int n = 0;
+    if (sscanf(line, "{\"step\":%lld,\"epoch\":%lld,%n", &step, &epoch, &n) != 2 || !n || step < 0 || epoch < 0)
+        return false;
+    m->step = step, m->epoch = epoch;
+    const char *p = line + n;
+    int used = 0;
+    if (strncmp(p, "\"eval_loss\":", 12) == 0) {
+        m->is_eval = true;
+        if (sscanf(p, "\"eval_loss\":%lf,\"eval_acc\":%lf}%n", &m->eval_loss, &m->eval_acc, &used) != 2) return false;
+    } else {
+        char loss[40];
+        if (sscanf(p, "\"lr\":%lf,\"loss\":%39[^,],\"img_per_s\":%lf}%n", &m->lr, loss, &m->img_per_s, &used) != 3)
+            return false;
+        char *end;
+        m->loss = strcmp(loss, "null") == 0 ? NAN : strtod(loss, &end);
+        if (strcmp(loss, "null") != 0 && *end) return false;
+    }
+    return used > 0 && p[used] == '\n';
+}
+
+/* Reads back metrics.jsonl records with step <= keep. */
 static void load_metrics(runlog *r, const char *path, int64_t keep) {
     FILE *f = fopen(path, "r");
     if (!f) return;
     char line[512];
     while (fgets(line, sizeof line, f)) {
         metric_rec m;
-        memset(&m, 0, sizeof m);
-        long long step, epoch;
-        if (sscanf(line, "{\"step\":%lld,\"epoch\":%lld,", &step, &epoch) != 2) continue;
-        m.step = step, m.epoch = epoch;
-        const char *p;
-        if ((p = strstr(line, "\"eval_loss\":"))) {
-            m.is_eval = true;
-            m.eval_loss = strtod(p + 12, NULL);
-            const char *q = strstr(line, "\"eval_acc\":");
-            m.eval_acc = q ? strtod(q + 11, NULL) : NAN;
-        } else {
-            if ((p = strstr(line, "\"lr\":"))) m.lr = strtod(p + 5, NULL);
-            p = strstr(line, "\"loss\":");
-            m.loss = p && strncmp(p + 7, "null", 4) != 0 ? strtod(p + 7, NULL) : NAN;
-            if ((p = strstr(line, "\"img_per_s\":"))) m.img_per_s = strtod(p + 12, NULL);
-        }
-        if (m.step > keep) continue;
+        if (!parse_metric(line, &m) || m.step > keep) continue;
         MX_GROW(r->m, r->cap_m, r->n_m + 1, 256);
         r->m[r->n_m++] = m;
     }
     fclose(f);
 }
 
-static void load_stats(runlog *r, const char *path, int64_t keep) {
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    char line[2048];
-    while (fgets(line, sizeof line, f)) {
+/* A row's statistics from its logged ratios: the counts are exact when the
+ * ratios are (stats.h5's doubles); qsnr_db is kept as logged. */
+static void stat_from_ratios(stat_rec *s, double underflow_ratio, double saturation_ratio, double qsnr_db) {
+    s->st.underflow = llround(underflow_ratio * (double)s->st.nonzero);
+    s->st.saturated = llround(saturation_ratio * (double)s->st.elements); /* saturation is per element */
+    s->qsnr_db = qsnr_db;
+    s->st.sum_x2 = 1.0;
+    s->st.sum_err2 = isfinite(qsnr_db) ? pow(10.0, -qsnr_db / 10.0) : 0.0;
+}
+
+static bool stat_names(stat_rec *s, const char *layer, const char *role, const char *fmt) {
+    if (strlen(layer) >= sizeof s->layer) return false;
+    snprintf(s->layer, sizeof s->layer, "%s", layer);
+    int ri = -1;
+    for (int k = 0; k < MM_ROLE_COUNT; k++)
+        if (strcmp(mm_role_name((mm_role)k), role) == 0) ri = k;
+    quant_format qf;
+    mx_err e;
+    if (ri < 0 || quant_format_parse(fmt, &qf, &e)) return false;
+    s->role = (mm_role)ri;
+    s->format = qf;
+    return true;
+}
+
+/* stats.h5 rows with step <= keep; false when the file is missing or not one
+ * this program wrote (the caller then reads stats.csv). */
+static bool load_stats_h5(runlog *r, const char *path, int64_t keep) {
+    if (access(path, R_OK) != 0) return false;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return false;
+    static const char *const i64_cols[] = {"step", "elements", "nonzero"};
+    static const char *const f64_cols[] = {"underflow_ratio", "saturation_ratio", "qsnr_db"};
+    static const char *const str_cols[] = {"layer", "role", "format"};
+    int64_t n = -1;
+    bool ok = true;
+    int64_t *iv[3] = {NULL}, *gap = NULL;
+    double *fv[3] = {NULL};
+    char *sv[3] = {NULL};
+    /* every column: rank 1 (gap_hist: [n, 32]) of the same n, the expected class */
+    const char *all[10] = {"step", "elements", "nonzero", "underflow_ratio", "saturation_ratio", "qsnr_db",
+                           "layer", "role", "format", "gap_hist"};
+    for (int c = 0; c < 10 && ok; c++) {
+        hid_t d = H5Dopen2(f, all[c], H5P_DEFAULT);
+        if (d < 0) {
+            ok = false;
+            break;
+        }
+        hid_t sp = H5Dget_space(d);
+        hsize_t dims[2] = {0, 0};
+        int rank = H5Sget_simple_extent_ndims(sp);
+        if (rank != (c == 9 ? 2 : 1) || H5Sget_simple_extent_dims(sp, dims, NULL) < 0 ||
+            (c == 9 && dims[1] != QUANT_GAP_BINS) || dims[0] > ((hsize_t)1 << 26) || (n >= 0 && (int64_t)dims[0] != n))
+            ok = false;
+        n = (int64_t)dims[0];
+        H5Sclose(sp);
+        H5Dclose(d);
+    }
+    hid_t st = H5Tcopy(H5T_C_S1);
+    H5Tset_size(st, 96);
+    size_t nn = ok && n > 0 ? (size_t)n : 1;
+    for (int c = 0; c < 3 && ok; c++) {
+        iv[c] = mx_malloc(sizeof(int64_t) * nn);
+        fv[c] = mx_malloc(sizeof(double) * nn);
+        sv[c] = mx_calloc(nn, 96);
+        hid_t d1 = H5Dopen2(f, i64_cols[c], H5P_DEFAULT), d2 = H5Dopen2(f, f64_cols[c], H5P_DEFAULT),
+              d3 = H5Dopen2(f, str_cols[c], H5P_DEFAULT);
+        ok = n == 0 || (H5Dread(d1, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, iv[c]) >= 0 &&
+                        H5Dread(d2, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, fv[c]) >= 0 &&
+                        H5Dread(d3, st, H5S_ALL, H5S_ALL, H5P_DEFAULT, sv[c]) >= 0);
+        H5Dclose(d1), H5Dclose(d2), H5Dclose(d3);
+    }
+    if (ok) {
+        gap = mx_malloc(sizeof(int64_t) * nn * QUANT_GAP_BINS);
+        hid_t d = H5Dopen2(f, "gap_hist", H5P_DEFAULT);
+        ok = n == 0 || H5Dread(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, gap) >= 0;
+        H5Dclose(d);
+    }
+    H5Tclose(st);
+    H5Fclose(f);
+    int64_t first = r->n_s;
+    for (int64_t i = 0; ok && i < n; i++) {
         stat_rec s;
         memset(&s, 0, sizeof s);
-        char *save = NULL, *tok = strtok_r(line, ",\n", &save);
-        if (!tok || strcmp(tok, "step") == 0) continue;
-        s.step = strtoll(tok, NULL, 10);
-        char *layer = strtok_r(NULL, ",\n", &save), *role = strtok_r(NULL, ",\n", &save),
-             *fmt = strtok_r(NULL, ",\n", &save);
-        if (!layer || !role || !fmt) continue;
-        snprintf(s.layer, sizeof s.layer, "%s", layer);
-        int ri = -1;
-        for (int k = 0; k < MM_ROLE_COUNT; k++)
-            if (strcmp(mm_role_name((mm_role)k), role) == 0) ri = k;
-        quant_format qf;
-        if (ri < 0 || quant_format_parse(fmt, &qf, NULL)) continue;
-        s.role = (mm_role)ri;
-        s.format = qf;
-        /* counts: elements, nonzero; ratios are recomputed from them, so rebuild the
-           counts that produce the logged ratios */
-        char *el = strtok_r(NULL, ",\n", &save), *nz = strtok_r(NULL, ",\n", &save),
-             *uf = strtok_r(NULL, ",\n", &save), *sat = strtok_r(NULL, ",\n", &save),
-             *q = strtok_r(NULL, ",\n", &save);
-        if (!el || !nz || !uf || !sat || !q) continue;
-        s.st.elements = strtoll(el, NULL, 10);
-        s.st.nonzero = strtoll(nz, NULL, 10);
-        s.st.underflow = llround(strtod(uf, NULL) * (double)s.st.nonzero);
-        s.st.saturated = llround(strtod(sat, NULL) * (double)s.st.nonzero);
-        double qsnr = strtod(q, NULL);
-        s.st.sum_x2 = 1.0;
-        s.st.sum_err2 = pow(10.0, -qsnr / 10.0);
-        for (int g = 0; g < QUANT_GAP_BINS; g++) {
-            char *t = strtok_r(NULL, ",\n", &save);
-            s.st.gap_hist[g] = t ? strtoll(t, NULL, 10) : 0;
+        for (int c = 0; c < 3; c++) sv[c][96 * i + 95] = 0;
+        s.step = iv[0][i];
+        s.st.elements = iv[1][i];
+        s.st.nonzero = iv[2][i];
+        if (s.step < 0 || s.st.elements < 0 || s.st.nonzero < 0 || s.st.nonzero > s.st.elements ||
+            !stat_names(&s, sv[0] + 96 * i, sv[1] + 96 * i, sv[2] + 96 * i)) {
+            ok = false;
+            break;
         }
+        stat_from_ratios(&s, fv[0][i], fv[1][i], fv[2][i]);
+        for (int g = 0; g < QUANT_GAP_BINS; g++) s.st.gap_hist[g] = gap[i * QUANT_GAP_BINS + g];
         if (s.step > keep) continue;
         MX_GROW(r->s, r->cap_s, r->n_s + 1, 256);
         r->s[r->n_s++] = s;
     }
+    if (!ok) r->n_s = first; /* none of a file that does not check out */
+    for (int c = 0; c < 3; c++) free(iv[c]), free(fv[c]), free(sv[c]);
+    free(gap);
+    return ok;
+}
+
+/* stats.csv rows with step <= keep (when there is no stats.h5: its ratios
+ * have 6 digits, so counts above 10^6 may come back off by one). */
+static void load_stats_csv(runlog *r, const char *path, int64_t keep) {
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char line[2048];
+    while (fgets(line, sizeof line, f)) {
+        size_t len = strlen(line);
+        if (!len || line[len - 1] != '\n') continue; /* torn by a kill, or too long */
+        stat_rec s;
+        memset(&s, 0, sizeof s);
+        char *save = NULL, *tok[9 + QUANT_GAP_BINS];
+        int nt = 0;
+        for (char *t = strtok_r(line, ",\n", &save); t && nt < 9 + QUANT_GAP_BINS; t = strtok_r(NULL, ",\n", &save))
+            tok[nt++] = t;
+        if (nt != 9 + QUANT_GAP_BINS || strcmp(tok[0], "step") == 0) continue;
+        s.step = strtoll(tok[0], NULL, 10);
+        if (!stat_names(&s, tok[1], tok[2], tok[3])) continue;
+        s.st.elements = strtoll(tok[4], NULL, 10);
+        s.st.nonzero = strtoll(tok[5], NULL, 10);
+        stat_from_ratios(&s, strtod(tok[6], NULL), strtod(tok[7], NULL), strtod(tok[8], NULL));
+        for (int g = 0; g < QUANT_GAP_BINS; g++) s.st.gap_hist[g] = strtoll(tok[9 + g], NULL, 10);
+        if (s.step > keep || s.step < 0) continue;
+        MX_GROW(r->s, r->cap_s, r->n_s + 1, 256);
+        r->s[r->n_s++] = s;
+    }
     fclose(f);
+}
+
+static void load_stats(runlog *r, const char *dir, int64_t keep) {
+    char p[1100];
+    snprintf(p, sizeof p, "%s/stats.h5", dir);
+    if (load_stats_h5(r, p, keep)) return;
+    snprintf(p, sizeof p, "%s/stats.csv", dir);
+    load_stats_csv(r, p, keep);
+}
+
+/* Resume: the kept records go to PATH.tmp files renamed over the logs, so a
+ * kill at any moment leaves either the old files or the new ones, never a
+ * truncated one; the run then appends. */
+static int runlog_rewrite(runlog *r, const char *const *paths, mx_err *err) {
+    char tmp[3][1110];
+    FILE *f[3];
+    for (int i = 0; i < 3; i++) {
+        snprintf(tmp[i], sizeof tmp[i], "%s.tmp", paths[i]);
+        f[i] = fopen(tmp[i], "w");
+    }
+    int rc = 0;
+    if (f[0] && f[1] && f[2]) {
+        csv_header(f[0]);
+        stats_header(f[2]);
+        for (int64_t i = 0; i < r->n_m; i++) write_metric_to(f[0], f[1], &r->m[i]);
+        for (int64_t i = 0; i < r->n_s; i++) write_stat(f[2], &r->s[i]);
+    } else {
+        rc = -1;
+    }
+    for (int i = 0; i < 3; i++)
+        if (f[i] && (fflush(f[i]) != 0 || ferror(f[i]) || fsync(fileno(f[i])) != 0)) rc = -1;
+    for (int i = 0; i < 3; i++)
+        if (f[i] && fclose(f[i]) != 0) rc = -1;
+    for (int i = 0; i < 3 && !rc; i++)
+        if (rename(tmp[i], paths[i]) != 0) rc = -1;
+    if (rc) {
+        for (int i = 0; i < 3; i++) unlink(tmp[i]);
+        return mx_err_set(err, "%s: cannot rewrite the run's logs (disk full?)", r->dir);
+    }
+    return 0;
 }
 
 int runlog_open(runlog *r, const char *dir, bool resume, int64_t keep_step, mx_err *err) {
@@ -123,22 +265,31 @@ int runlog_open(runlog *r, const char *dir, bool resume, int64_t keep_step, mx_e
     snprintf(p1, sizeof p1, "%s/metrics.csv", dir);
     snprintf(p2, sizeof p2, "%s/metrics.jsonl", dir);
     snprintf(p3, sizeof p3, "%s/stats.csv", dir);
+    const char *paths[3] = {p1, p2, p3};
     if (resume) {
         load_metrics(r, p2, keep_step);
-        load_stats(r, p3, keep_step);
+        load_stats(r, dir, keep_step);
+        if (runlog_rewrite(r, paths, err)) {
+            runlog_close(r);
+            return -1;
+        }
     }
-    r->csv = fopen(p1, "w");
-    r->jsonl = fopen(p2, "w");
-    r->stats_csv = fopen(p3, "w");
+    const char *mode = resume ? "a" : "w";
+    r->csv = fopen(p1, mode);
+    r->jsonl = fopen(p2, mode);
+    r->stats_csv = fopen(p3, mode);
     if (!r->csv || !r->jsonl || !r->stats_csv) {
         runlog_close(r);
         return mx_err_set(err, "%s: cannot write the run's log files", dir);
     }
-    csv_header(r->csv);
-    stats_header(r->stats_csv);
-    for (int64_t i = 0; i < r->n_m; i++) write_metric(r, &r->m[i]);
-    for (int64_t i = 0; i < r->n_s; i++) write_stat(r->stats_csv, &r->s[i]);
-    runlog_flush(r);
+    if (!resume) {
+        csv_header(r->csv);
+        stats_header(r->stats_csv);
+    }
+    if (runlog_flush(r, err)) {
+        runlog_close(r);
+        return -1;
+    }
     return 0;
 }
 
@@ -148,8 +299,7 @@ void runlog_load(runlog *r, const char *dir) {
     char p[1100];
     snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
     load_metrics(r, p, INT64_MAX);
-    snprintf(p, sizeof p, "%s/stats.csv", dir);
-    load_stats(r, p, INT64_MAX);
+    load_stats(r, dir, INT64_MAX);
 }
 
 void runlog_close(runlog *r) {
@@ -161,10 +311,15 @@ void runlog_close(runlog *r) {
     memset(r, 0, sizeof *r);
 }
 
-void runlog_flush(runlog *r) {
-    fflush(r->csv);
-    fflush(r->jsonl);
-    fflush(r->stats_csv);
+int runlog_flush(runlog *r, mx_err *err) {
+    FILE *fs[3] = {r->csv, r->jsonl, r->stats_csv};
+    static const char *const names[3] = {"metrics.csv", "metrics.jsonl", "stats.csv"};
+    for (int i = 0; i < 3; i++)
+        if (fs[i] && (fflush(fs[i]) != 0 || ferror(fs[i]))) {
+            r->write_failed = true;
+            return mx_err_set(err, "%s/%s: write failed (disk full?)", r->dir, names[i]);
+        }
+    return 0;
 }
 
 void runlog_step(runlog *r, int64_t step, int64_t epoch, double lr, double loss, double img_per_s) {
@@ -173,6 +328,9 @@ void runlog_step(runlog *r, int64_t step, int64_t epoch, double lr, double loss,
     memset(m, 0, sizeof *m);
     m->step = step, m->epoch = epoch, m->lr = lr, m->loss = loss, m->img_per_s = img_per_s;
     write_metric(r, m);
+    /* on disk at once: a kill loses no step before the checkpoint it resumes from */
+    mx_err e;
+    runlog_flush(r, &e);
 }
 
 void runlog_eval(runlog *r, int64_t step, int64_t epoch, double eval_loss, double eval_acc) {
@@ -181,7 +339,8 @@ void runlog_eval(runlog *r, int64_t step, int64_t epoch, double eval_loss, doubl
     memset(m, 0, sizeof *m);
     m->step = step, m->epoch = epoch, m->is_eval = true, m->eval_loss = eval_loss, m->eval_acc = eval_acc;
     write_metric(r, m);
-    runlog_flush(r);
+    mx_err e;
+    runlog_flush(r, &e);
 }
 
 void runlog_stats(runlog *r, int64_t step, const mm_plan *p) {
@@ -195,9 +354,11 @@ void runlog_stats(runlog *r, int64_t step, const mm_plan *p) {
             s->role = (mm_role)role;
             s->format = p->format[i][role];
             s->st = p->stats[i][role];
+            s->qsnr_db = quant_stats_qsnr_db(&s->st);
             write_stat(r->stats_csv, s);
         }
-    fflush(r->stats_csv);
+    mx_err e;
+    runlog_flush(r, &e);
 }
 
 double runlog_mean_grad_underflow(const runlog *r) {
@@ -255,7 +416,7 @@ int runlog_write_stats_h5(const runlog *r, mx_err *err) {
     COL_I("nonzero", r->s[i].st.nonzero);
     COL_F("underflow_ratio", quant_stats_underflow_ratio(&r->s[i].st));
     COL_F("saturation_ratio", quant_stats_saturation_ratio(&r->s[i].st));
-    COL_F("qsnr_db", quant_stats_qsnr_db(&r->s[i].st));
+    COL_F("qsnr_db", r->s[i].qsnr_db);
 #undef COL_I
 #undef COL_F
 #undef COL_S

@@ -23,7 +23,8 @@ typedef struct stat_rec {
     char layer[96];
     mm_role role;
     quant_format format;
-    quant_stats st;
+    quant_stats st;   /* counts exact; the error sums only as far as qsnr_db needs */
+    double qsnr_db;   /* as measured (kept, not recomputed, so a resumed run writes the same value) */
 } stat_rec;
 
 typedef struct runlog {
@@ -33,10 +34,13 @@ typedef struct runlog {
     stat_rec *s;
     int64_t n_s, cap_s;
     FILE *csv, *jsonl, *stats_csv;
+    bool write_failed; /* a write to the log files failed (disk full): the run stops */
 } runlog;
 
 /* Opens the files in dir. Fresh run: truncates them. Resume: reads the
- * earlier records back, keeps those up to keep_step, rewrites the files. */
+ * earlier records back (metrics.jsonl, skipping torn lines; statistics from
+ * stats.h5, exact, or stats.csv when there is none), keeps those up to
+ * keep_step and rewrites the files, so they equal an uninterrupted run's. */
 int runlog_open(runlog *r, const char *dir, bool resume, int64_t keep_step, mx_err *err);
 void runlog_close(runlog *r);
 /* Reads a finished run's records (no files are opened for writing). */
@@ -47,7 +51,9 @@ void runlog_eval(runlog *r, int64_t step, int64_t epoch, double eval_loss, doubl
 void runlog_stats(runlog *r, int64_t step, const mm_plan *p);
 /* Writes stats.h5 (atomically) from the rows in memory. */
 int runlog_write_stats_h5(const runlog *r, mx_err *err);
-void runlog_flush(runlog *r);
+/* Pushes buffered records to the files; -1 with a message when a write
+ * failed (the disk is full, say). */
+int runlog_flush(runlog *r, mx_err *err);
 /* Mean underflow ratio of the gradient roles over all rows (NAN when none). */
 double runlog_mean_grad_underflow(const runlog *r);
 

@@ -280,8 +280,21 @@ typedef struct run_state {
     progress pg;
 } run_state;
 
+/* The logs up to this step reach the disk before the checkpoint does, and
+ * stats.h5 (exact, what a resume reads) is rewritten first: a checkpoint
+ * never points past the records a resume needs. */
 static int save_last(run_state *r, mx_err *err) {
+    if (runlog_flush(&r->log, err)) return -1;
+    if (r->log.n_s > 0 && runlog_write_stats_h5(&r->log, err)) return -1;
     return ckpt_save(r->last, &r->s.m, &r->opt, &r->meta, r->config_text, err);
+}
+
+static int run_epoch_end(run_state *r, mx_err *err);
+
+static bool log_has_eval(const runlog *l, int64_t step) {
+    for (int64_t i = l->n_m - 1; i >= 0; i--)
+        if (l->m[i].is_eval && l->m[i].step == step) return true;
+    return false;
 }
 
 static void write_report(run_state *r) {
@@ -373,7 +386,7 @@ static int run_open(run_state *r, mx_err *err) {
             model_arch_name(r->s.mc.arch), (long long)model_num_params(&r->s.m), data_kind_name(dc.kind),
             (long long)r->train_ds.n, (long long)r->eval_ds.n, optim_kind_name(r->oc.kind),
             quant_format_get(cfg->v.quant.format)->name, mm_tiling_name(cfg->v.quant.tiling), (long long)r->total);
-    if (r->meta.step >= r->total) {
+    if (r->meta.step >= r->total && log_has_eval(&r->log, r->meta.step)) {
         fprintf(stderr, "%s: already complete at step %lld of %lld (raise train.epochs or train.max_steps to go on)\n",
                 r->dir, (long long)r->meta.step, (long long)r->total);
         r->res->steps = r->meta.step;
@@ -425,7 +438,6 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
         }
         progress_end_line(&r->pg);
         runlog_step(&r->log, step + 1, r->epoch, lr, loss, 0);
-        runlog_flush(&r->log);
         return mx_err_set(err, "step %lld: non-finite loss %g / gradient norm %g, run stopped (%s); last good checkpoint: %s",
                           (long long)step, loss, gnorm, why, access(r->last, R_OK) == 0 ? r->last : "none yet");
     }
@@ -437,7 +449,6 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
     if (ckpt_find_nonfinite(&r->s.m, &r->opt, bad, sizeof bad)) {
         progress_end_line(&r->pg);
         runlog_step(&r->log, step + 1, r->epoch, lr, loss, 0);
-        runlog_flush(&r->log);
         return mx_err_set(err, "step %lld: the update left non-finite values in %s (loss %g, gradient norm %g); run "
                           "stopped; last good checkpoint: %s", (long long)step, bad, loss, gnorm,
                           access(r->last, R_OK) == 0 ? r->last : "none yet");
@@ -451,6 +462,7 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
     r->ema = isfinite(r->ema) ? 0.98 * r->ema + 0.02 * loss : loss;
     runlog_step(&r->log, step, r->epoch, lr, loss, b->count / dt);
     if (stats_now) runlog_stats(&r->log, step, &r->s.plan);
+    if (r->log.write_failed) return runlog_flush(&r->log, err); /* the disk is full: stop, saying so */
     if (r->s.has_plan) {
         r->res->passes_per_step = r->s.plan.passes;
         r->res->bytes_quantized_per_step = r->s.plan.bytes_quantized;
@@ -467,7 +479,8 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
  * evaluation and checkpoints; returns 0, 1 when interrupted (saved), or -1. */
 static int run_epoch(run_state *r, mx_err *err) {
     int64_t first = r->step - r->epoch * r->nb;
-    if (first >= r->nb) { /* the epoch was complete */
+    if (first >= r->nb) { /* the epoch was complete: resumed from its last step's checkpoint */
+        if (!log_has_eval(&r->log, r->step)) return run_epoch_end(r, err); /* killed before its evaluation */
         r->epoch++;
         return 0;
     }
@@ -481,7 +494,6 @@ static int run_epoch(run_state *r, mx_err *err) {
     }
     if (g_interrupted) {
         progress_end_line(&r->pg);
-        runlog_flush(&r->log);
         if (save_last(r, err)) return -1;
         fprintf(stderr, "interrupted (%s) at step %lld: saved %s; continue with --resume %s\n",
                 g_interrupted == SIGINT ? "SIGINT" : g_interrupted == SIGTERM ? "SIGTERM" : "SIGHUP", (long long)r->step,
@@ -490,6 +502,11 @@ static int run_epoch(run_state *r, mx_err *err) {
         return 1;
     }
     if (r->step < r->total && lr_rc < 0) return -1;
+    return run_epoch_end(r, err);
+}
+
+/* An epoch's (or the run's last partial epoch's) evaluation, checkpoints and report. */
+static int run_epoch_end(run_state *r, mx_err *err) {
     bool epoch_done = r->step - r->epoch * r->nb >= r->nb;
     progress_end_line(&r->pg);
     double el, ea;
@@ -559,6 +576,8 @@ int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *
     else if (rc == 0) {
         int e = 0;
         while (r->step < r->total && (e = run_epoch(r, err)) == 0) {}
+        /* resumed from the last step's checkpoint, killed before its evaluation */
+        if (e == 0 && !log_has_eval(&r->log, r->step)) e = run_epoch_end(r, err);
         rc = e < 0 || run_finish(r, err) ? -1 : res->interrupted ? TRAIN_EXIT_INTERRUPTED : 0;
     }
     run_close(r);
