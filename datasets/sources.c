@@ -165,8 +165,24 @@ static int idx_read(const char *path, int want_rank, int64_t *dims, uint8_t **da
             goto done;
         }
     }
-    *data = mx_malloc((size_t)total);
-    if (gz_read_all(f, *data, (size_t)total, path, err)) goto done;
+    /* grown as the data arrive, 64 MiB at a time: a header claiming
+     * gigabytes in a small (or truncated) file is an error, not an allocation */
+    size_t have = 0, cap = 0;
+    while (have < (size_t)total) {
+        size_t want = (size_t)total - have < ((size_t)64 << 20) ? (size_t)total - have : ((size_t)64 << 20);
+        if (have + want > cap) {
+            cap = have + want;
+            uint8_t *grown = realloc(*data, cap);
+            if (!grown) {
+                mx_err_set(err, "%s: cannot allocate %lld bytes", path, (long long)total);
+                goto done;
+            }
+            *data = grown;
+        }
+        if (gz_read_all(f, *data + have, want, path, err)) goto done;
+        have += want;
+    }
+    if (!*data) *data = mx_malloc(1);
     unsigned char extra;
     if (gzread(f, &extra, 1) != 0) {
         mx_err_set(err, "%s: trailing bytes after %lld values", path, (long long)total);
@@ -360,8 +376,18 @@ static int h5_open_split(dataset *ds, const data_config *cfg, const char *dir, d
     ds->h = (int)idims[1];
     ds->w = (int)idims[2];
     ds->c = (int)idims[3];
+    uint64_t per = idims[1] * idims[2] * idims[3];
+    if (idims[0] > (((uint64_t)1 << 36) / per)) { /* 64 GiB of pixels: a header, not a dataset */
+        mx_err_set(err, "%s: implausible size (%llu images of %llu bytes)", path, (unsigned long long)idims[0],
+                   (unsigned long long)per);
+        goto done;
+    }
     size_t bytes = (size_t)ds->n * (size_t)ds->h * (size_t)ds->w * (size_t)ds->c;
-    ds->images = mx_malloc(bytes ? bytes : 1);
+    ds->images = malloc(bytes ? bytes : 1);
+    if (!ds->images) {
+        mx_err_set(err, "%s: cannot allocate %zu bytes for the images", path, bytes);
+        goto done;
+    }
     int64_t *lab = mx_malloc(sizeof(int64_t) * (size_t)(ds->n ? ds->n : 1));
     if (H5Dread(di, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, ds->images) < 0 ||
         H5Dread(dl, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, lab) < 0) {

@@ -5,13 +5,14 @@ MX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MX_PACKAGES=(gcc make cmake pkg-config libopenblas-openmp-dev libhdf5-dev libstb-dev check
              libinih-dev zlib1g-dev dataset-fashion-mnist)
 
+# mx_install_deps [extra packages...]
 mx_install_deps() {
     local missing=() p
-    for p in "${MX_PACKAGES[@]}"; do
+    for p in "${MX_PACKAGES[@]}" "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     if [ ${#missing[@]} -eq 0 ]; then
-        echo "deps: all ${#MX_PACKAGES[@]} packages present"
+        echo "deps: all $((${#MX_PACKAGES[@]} + $#)) packages present"
         return 0
     fi
     echo "deps: installing ${missing[*]}"

@@ -15,4 +15,7 @@ export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 (cd "$MX_ROOT/build-asan" && ctest --output-on-failure)
 
-echo "test.sh: both builds passed in $((SECONDS - start)) s"
+echo "== fuzz harnesses, a short run each (scripts/fuzz.sh SECONDS for longer)"
+"$MX_ROOT/scripts/fuzz.sh" "${MX_FUZZ_SECONDS:-10}"
+
+echo "test.sh: both builds and the fuzzers passed in $((SECONDS - start)) s"
