@@ -81,6 +81,27 @@ int64_t cu_quant_fake_bf16(const quant_spec *s, const float *d_x, uint16_t *d_y,
  * line per format on stdout. */
 int cu_quant_bench(const quant_format *formats, int nformats, int64_t n, int reps);
 
+/* GEMMs (cuBLASLt, opened at the first use; cuda/gemm.cu). Row-major like
+ * core/gemm.h: C[m,n] = alpha * op(A) op(B) + beta * C with op(A) [m,k]
+ * (A stored [k,m] when trans_a) and op(B) [k,n] (B stored [n,k] when
+ * trans_b), `batch` products strided by stride_a/b/c elements. A and B are
+ * both bf16 (tensor cores, FP32 accumulation) or both float32 (FP32, no
+ * TF32); C is float32. */
+typedef enum cu_gemm_type { CU_GEMM_BF16, CU_GEMM_F32 } cu_gemm_type;
+typedef struct cu_gemm_desc {
+    int64_t m, n, k;
+    bool trans_a, trans_b;
+    cu_gemm_type type;
+    int batch;
+    int64_t stride_a, stride_b, stride_c;
+    float alpha, beta;
+} cu_gemm_desc;
+/* Loads cuBLASLt; -1 with a message when it cannot be found. */
+int cu_gemm_open(mx_err *err);
+void cu_gemm(const cu_gemm_desc *d, const void *d_a, const void *d_b, float *d_c);
+/* `mxtrain bench gemm --device cuda`: bf16 and fp32 n x n x n, JSON lines. */
+int cu_gemm_bench(int64_t n, int reps);
+
 #ifdef __cplusplus
 }
 #endif

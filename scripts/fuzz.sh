@@ -10,6 +10,7 @@ mx_install_deps clang
 CC=clang mx_build build-fuzz RelWithDebInfo -DMXTRAIN_FUZZ=ON -DMXTRAIN_CUDA=OFF -DMXTRAIN_NATIVE=OFF
 export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export LSAN_OPTIONS="suppressions=$MX_ROOT/tests/lsan.supp"
 cd "$MX_ROOT/build-fuzz"
 for name in npy config idx ckpt; do
     corpus="corpus/$name"

@@ -13,6 +13,7 @@ echo "== AddressSanitizer + UndefinedBehaviorSanitizer build (build-asan/)"
 mx_build build-asan RelWithDebInfo -DMXTRAIN_SANITIZE=ON
 export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+export LSAN_OPTIONS="suppressions=$MX_ROOT/tests/lsan.supp"
 (cd "$MX_ROOT/build-asan" && ctest --output-on-failure)
 
 echo "== fuzz harnesses, a short run each (scripts/fuzz.sh SECONDS for longer)"

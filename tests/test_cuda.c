@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/gemm.h"
 #include "core/npy.h"
 #include "core/rng.h"
 #include "cuda/cuda.h"
@@ -422,6 +423,91 @@ START_TEST(test_device_arena) {
 }
 END_TEST
 
+/* ---------------- GEMMs ---------------- */
+
+static float quant_from_bits_t(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static uint16_t bf16_bits(float v) { return (uint16_t)(bits_of(v) >> 16); }
+
+/* cuBLASLt products against the CPU's sgemm: bf16 operands (exact values, so
+ * each product is exact and only the FP32 summation order differs) and
+ * float32 ones (no TF32: relative error of FP32 sums only), every transpose,
+ * batched, beta 0 and 1, odd sizes. */
+START_TEST(test_gemm_matches_cpu) {
+    mx_err err;
+    ck_assert_msg(cu_gemm_open(&err) == 0, "%s", err.msg);
+    static const int shapes[][4] = {{1, 1, 1, 1}, {7, 5, 3, 1}, {64, 48, 96, 1}, {33, 17, 129, 3}, {129, 65, 257, 2},
+                                    {256, 384, 512, 1}};
+    int checked = 0;
+    double worst = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int combo = 0; combo < 4; combo++)
+            for (int type = 0; type < 2; type++)
+                for (int acc = 0; acc < 2; acc++) {
+                    int m = shapes[si][0], n = shapes[si][1], k = shapes[si][2], batch = shapes[si][3];
+                    bool ta = combo & 1, tb = combo & 2, bf = type == 0;
+                    size_t na = (size_t)m * k, nb = (size_t)k * n, nc = (size_t)m * n;
+                    float *a = malloc(sizeof(float) * na * batch), *b = malloc(sizeof(float) * nb * batch),
+                          *c = malloc(sizeof(float) * nc * batch), *ref = malloc(sizeof(float) * nc * batch),
+                          *bound = malloc(sizeof(float) * nc * batch), *got = malloc(sizeof(float) * nc * batch);
+                    float *aa = malloc(sizeof(float) * na * batch), *ab = malloc(sizeof(float) * nb * batch);
+                    rng r;
+                    rng_init(&r, 40 + si, (uint64_t)(combo * 4 + type * 2 + acc));
+                    for (size_t i = 0; i < na * batch; i++) a[i] = rng_normal(&r) * ldexpf(1.0f, (int)(i % 7) - 3);
+                    for (size_t i = 0; i < nb * batch; i++) b[i] = rng_normal(&r);
+                    for (size_t i = 0; i < nc * batch; i++) c[i] = acc ? rng_normal(&r) : 0.0f;
+                    if (bf) { /* values bf16 holds exactly */
+                        for (size_t i = 0; i < na * batch; i++) a[i] = quant_from_bits_t((uint32_t)bf16_bits(a[i]) << 16);
+                        for (size_t i = 0; i < nb * batch; i++) b[i] = quant_from_bits_t((uint32_t)bf16_bits(b[i]) << 16);
+                    }
+                    for (size_t i = 0; i < na * batch; i++) aa[i] = fabsf(a[i]);
+                    for (size_t i = 0; i < nb * batch; i++) ab[i] = fabsf(b[i]);
+                    int lda = ta ? m : k, ldb = tb ? k : n;
+                    for (int q = 0; q < batch; q++) {
+                        memcpy(ref + q * nc, c + q * nc, sizeof(float) * nc);
+                        gemm_f32(ta, tb, m, n, k, 1.0f, a + q * na, lda, b + q * nb, ldb, acc ? 1.0f : 0.0f,
+                                 ref + q * nc, n);
+                        gemm_f32(ta, tb, m, n, k, 1.0f, aa + q * na, lda, ab + q * nb, ldb, 0.0f, bound + q * nc, n);
+                    }
+                    size_t es = bf ? 2 : 4;
+                    void *da = dev_buf(0, es * na * batch), *db = dev_buf(1, es * nb * batch);
+                    float *dc = dev_buf(2, sizeof(float) * nc * batch);
+                    if (bf) {
+                        uint16_t *ha = malloc(2 * na * batch), *hb = malloc(2 * nb * batch);
+                        for (size_t i = 0; i < na * batch; i++) ha[i] = bf16_bits(a[i]);
+                        for (size_t i = 0; i < nb * batch; i++) hb[i] = bf16_bits(b[i]);
+                        cu_to_device(da, ha, 2 * na * batch);
+                        cu_to_device(db, hb, 2 * nb * batch);
+                        free(ha), free(hb);
+                    } else {
+                        cu_to_device(da, a, 4 * na * batch);
+                        cu_to_device(db, b, 4 * nb * batch);
+                    }
+                    cu_to_device(dc, c, sizeof(float) * nc * batch);
+                    cu_gemm_desc d = {m, n, k, ta, tb, bf ? CU_GEMM_BF16 : CU_GEMM_F32, batch, (int64_t)na,
+                                      (int64_t)nb, (int64_t)nc, 1.0f, acc ? 1.0f : 0.0f};
+                    cu_gemm(&d, da, db, dc);
+                    cu_to_host(got, dc, sizeof(float) * nc * batch);
+                    int bad = 0;
+                    for (size_t i = 0; i < nc * batch; i++) {
+                        double tol = 1e-5 * ((double)bound[i] + (acc ? fabs((double)c[i]) : 0.0)) + 1e-30;
+                        double e = fabs((double)got[i] - (double)ref[i]) / tol;
+                        worst = e > worst ? e : worst;
+                        bad += e > 1.0;
+                    }
+                    ck_assert_msg(bad == 0, "%dx%dx%d batch %d trans %d%d %s beta %d: %d of %zu beyond 1e-5", m, n, k,
+                                  batch, ta, tb, bf ? "bf16" : "fp32", acc, bad, nc * batch);
+                    checked++;
+                    free(a), free(b), free(c), free(ref), free(bound), free(got), free(aa), free(ab);
+                }
+    fprintf(stderr, "GEMMs: %d products equal the CPU's within FP32 summation (worst %.3f of the 1e-5 bound)\n",
+            checked, worst);
+}
+END_TEST
+
 int main(void) {
     if (!cu_available()) {
         printf("test_cuda: no GPU is visible: skipped (runs on the accelerator machine)\n");
@@ -442,6 +528,7 @@ int main(void) {
     tcase_add_test(tc, test_bf16_inexact_blocks_are_counted);
     tcase_add_test(tc, test_huge_tensor);
     tcase_add_test(tc, test_device_arena);
+    tcase_add_test(tc, test_gemm_matches_cpu);
     tcase_set_timeout(tc, 600);
     suite_add_tcase(s, tc);
     return test_run_suite(s);

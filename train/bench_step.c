@@ -12,6 +12,9 @@
 #include "core/timer.h"
 #include "core/threads.h"
 #include "train/cli.h"
+#ifdef MXTRAIN_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
 #include "train/commands.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -270,22 +273,38 @@ out:
 /* bench gemm: the machine's sgemm ceiling through the same OpenBLAS call the mm path uses. */
 int bench_gemm(int argc, char **argv) {
     int64_t n = 2048, reps = 5;
+    const char *dev_s = "cpu";
     for (int i = 0; i < argc; i++) {
         const char *v;
         int r;
         if (cli_is_help(argv[i])) {
-            printf("usage: mxtrain bench gemm [--n 2048] [--reps 5]\n\nsgemm GFLOP/s of an n x n x n product "
-                   "(median), on the global --threads.\n");
+            printf("usage: mxtrain bench gemm [--n 2048] [--reps 5] [--device cpu|cuda]\n\nsgemm GFLOP/s of an n x n "
+                   "x n product (median), on the global --threads; with --device cuda the GPU's cuBLASLt bf16\n"
+                   "(tensor cores, FP32 accumulation) and fp32 products, timed with CUDA events.\n");
             return 0;
         }
         if ((r = cli_take_value(argc, argv, &i, "--n", &v)) != 0) {
             if (r < 0 || !cli_parse_i64(v, 16, 16384, &n)) return cli_usage_error("bench gemm", "bad --n");
         } else if ((r = cli_take_value(argc, argv, &i, "--reps", &v)) != 0) {
             if (r < 0 || !cli_parse_i64(v, 1, 1000, &reps)) return cli_usage_error("bench gemm", "bad --reps");
+        } else if ((r = cli_take_value(argc, argv, &i, "--device", &v)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            dev_s = v;
         } else {
             return cli_usage_error("bench gemm", "unknown argument '%s'", argv[i]);
         }
     }
+    cli_device dev;
+    mx_err err;
+    int dr = cli_device_open(dev_s, &dev, &err);
+    if (dr == -1) return cli_usage_error("bench gemm", "%s", err.msg);
+    if (dr == -2) {
+        fprintf(stderr, "mxtrain bench gemm: %s\n", err.msg);
+        return 1;
+    }
+#ifdef MXTRAIN_HAVE_CUDA
+    if (dev == CLI_DEVICE_CUDA) return cu_gemm_bench(n, (int)reps);
+#endif
     size_t nn = (size_t)(n * n);
     float *a = mx_aligned_alloc(sizeof(float) * nn), *b = mx_aligned_alloc(sizeof(float) * nn),
           *c = mx_aligned_alloc(sizeof(float) * nn);
