@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "autograd/ops_kernel.h"
 #include "autograd/ops_util.h"
 #include "core/error.h"
 #include "core/fastmath.h"
@@ -24,7 +25,7 @@ ag_var *ag_relu(ag_ctx *ctx, ag_var *x) {
     const float *xs = x->value.data;
     float *ys = y->value.data;
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) ys[i] = xs[i] > 0.0f ? xs[i] : 0.0f;
+    for (int64_t i = 0; i < n; i++) ys[i] = ag_k_relu(xs[i]);
     ag_record1(ctx, AG_OP_RELU, y, x);
     return y;
 }
@@ -35,21 +36,10 @@ void ag_relu_backward(ag_ctx *ctx, ag_node *n) {
     const float *ys = n->out->value.data, *dy = n->out->grad;
     float *dx = ag_grad(ctx, x);
 #pragma omp parallel for schedule(static) if (cnt >= AG_PAR_MIN)
-    for (int64_t i = 0; i < cnt; i++) dx[i] += ys[i] > 0.0f ? dy[i] : 0.0f;
+    for (int64_t i = 0; i < cnt; i++) dx[i] += ag_k_relu_back(ys[i], dy[i]);
 }
 
 /* ---------------- gelu (exact and tanh) ---------------- */
-
-#define AG_SQRT1_2 0.70710678118654752440f
-#define AG_INV_SQRT_2PI 0.39894228040143267794f
-#define AG_SQRT_2_OVER_PI 0.79788456080286535588f
-
-/* Phi(v) = 0.5 erfc(-v / sqrt 2), from erfc of |v| so both tails keep their
- * relative precision (1 + erf(v / sqrt 2) would cancel for v << 0). */
-static inline float ag_gelu_cdf(float v) {
-    float ec = 0.5f * mx_erfcf_pos((v < 0 ? -v : v) * AG_SQRT1_2);
-    return v < 0 ? ec : 1.0f - ec;
-}
 
 ag_var *ag_gelu(ag_ctx *ctx, ag_var *x) {
     ag_var *y = ag_unary_out(ctx, x);
@@ -57,7 +47,7 @@ ag_var *ag_gelu(ag_ctx *ctx, ag_var *x) {
     const float *xs = x->value.data;
     float *ys = y->value.data;
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) ys[i] = xs[i] * ag_gelu_cdf(xs[i]);
+    for (int64_t i = 0; i < n; i++) ys[i] = ag_k_gelu(xs[i]);
     ag_record1(ctx, AG_OP_GELU, y, x);
     return y;
 }
@@ -68,11 +58,7 @@ void ag_gelu_backward(ag_ctx *ctx, ag_node *n) {
     const float *xs = x->value.data, *dy = n->out->grad;
     float *dx = ag_grad(ctx, x);
 #pragma omp parallel for schedule(static) if (cnt >= AG_PAR_MIN)
-    for (int64_t i = 0; i < cnt; i++) {
-        float v = xs[i];
-        float cdf = ag_gelu_cdf(v), pdf = AG_INV_SQRT_2PI * mx_expf(-0.5f * v * v);
-        dx[i] += dy[i] * (cdf + v * pdf);
-    }
+    for (int64_t i = 0; i < cnt; i++) dx[i] += dy[i] * ag_k_gelu_grad(xs[i]);
 }
 
 ag_var *ag_gelu_tanh(ag_ctx *ctx, ag_var *x) {
@@ -81,10 +67,7 @@ ag_var *ag_gelu_tanh(ag_ctx *ctx, ag_var *x) {
     const float *xs = x->value.data;
     float *ys = y->value.data;
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
-        float v = xs[i];
-        ys[i] = 0.5f * v * (1.0f + mx_tanhf(AG_SQRT_2_OVER_PI * (v + 0.044715f * v * v * v)));
-    }
+    for (int64_t i = 0; i < n; i++) ys[i] = ag_k_gelu_tanh(xs[i]);
     ag_record1(ctx, AG_OP_GELU_TANH, y, x);
     return y;
 }
@@ -95,11 +78,7 @@ void ag_gelu_tanh_backward(ag_ctx *ctx, ag_node *n) {
     const float *xs = x->value.data, *dy = n->out->grad;
     float *dx = ag_grad(ctx, x);
 #pragma omp parallel for schedule(static) if (cnt >= AG_PAR_MIN)
-    for (int64_t i = 0; i < cnt; i++) {
-        float v = xs[i], u = AG_SQRT_2_OVER_PI * (v + 0.044715f * v * v * v), th = mx_tanhf(u);
-        float du = AG_SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * v * v);
-        dx[i] += dy[i] * (0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * du);
-    }
+    for (int64_t i = 0; i < cnt; i++) dx[i] += dy[i] * ag_k_gelu_tanh_grad(xs[i]);
 }
 
 /* ---------------- softmax over the last axis ---------------- */
@@ -146,8 +125,7 @@ typedef struct drop_saved {
 } drop_saved;
 
 static inline float drop_scale(uint64_t seed, const drop_saved *s, int64_t i) {
-    float u = (float)(rng_u32_at(seed, s->stream, (uint64_t)(i / s->group)) >> 8) * (1.0f / 16777216.0f);
-    return u < s->p ? 0.0f : 1.0f / (1.0f - s->p);
+    return ag_k_drop_scale(seed, s->stream, s->p, s->group, i);
 }
 
 static ag_var *ag_drop(ag_ctx *ctx, ag_var *x, float p, int64_t group, ag_op op) {

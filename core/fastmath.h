@@ -15,7 +15,15 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float mx_expf(float x) {
+/* Host and device: the GPU's elementwise kernels (cuda/ops.cu) compute the
+ * same functions. */
+#ifdef __CUDACC__
+#define MX_HD __host__ __device__
+#else
+#define MX_HD
+#endif
+
+MX_HD static inline float mx_expf(float x) {
     float xc = x < -87.33f ? -87.33f : (x > 88.72f ? 88.72f : x);
     float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
     float r = xc - n * 0.693145751953125f;
@@ -34,7 +42,7 @@ static inline float mx_expf(float x) {
     return x < -87.33f ? 0.0f : p * s;
 }
 
-static inline float mx_erfcf_pos(float z) {
+MX_HD static inline float mx_erfcf_pos(float z) {
     float t = 1.0f / (1.0f + 0.5f * z);
     float p = 0.17087277f;
     p = p * t - 0.82215223f;
@@ -58,7 +66,7 @@ static inline float mx_erfcf_pos(float z) {
     return t * mx_expf(-(zh * zh)) * mx_expf(p - (2.0f * zh + zl) * zl);
 }
 
-static inline float mx_tanhf(float u) {
+MX_HD static inline float mx_tanhf(float u) {
     float a = u < 0 ? -u : u;
     float th = 1.0f - 2.0f / (mx_expf(2.0f * (a < 20.0f ? a : 20.0f)) + 1.0f);
     return u < 0 ? -th : th;

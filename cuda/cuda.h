@@ -102,6 +102,24 @@ void cu_gemm(const cu_gemm_desc *d, const void *d_a, const void *d_b, float *d_c
 /* `mxtrain bench gemm --device cuda`: bf16 and fp32 n x n x n, JSON lines. */
 int cu_gemm_bench(int64_t n, int reps);
 
+/* The ops' kernels (cuda/ops.cu), on device arrays, with the CPU ops'
+ * per-element arithmetic (autograd/ops_kernel.h). Backward calls accumulate
+ * into dx (and db) like the CPU's. */
+typedef enum cu_unary { CU_UNARY_RELU, CU_UNARY_GELU, CU_UNARY_GELU_TANH } cu_unary;
+void cu_op_unary(cu_unary kind, int64_t n, const float *d_x, float *d_y);
+/* d_xy: relu's output, the GELUs' input (what each backward reads) */
+void cu_op_unary_backward(cu_unary kind, int64_t n, const float *d_xy, const float *d_dy, float *d_dx);
+/* y = a + b with b (nb elements) repeating over a (na); either gradient may be NULL */
+void cu_op_add(int64_t na, int64_t nb, const float *d_a, const float *d_b, float *d_y);
+void cu_op_add_backward(int64_t na, int64_t nb, const float *d_dy, float *d_da, float *d_db);
+/* softmax over the last axis: rows x d */
+void cu_op_softmax(int64_t rows, int64_t d, const float *d_x, float *d_y);
+void cu_op_softmax_backward(int64_t rows, int64_t d, const float *d_y, const float *d_dy, float *d_dx);
+/* dropout (group 1) and drop-path (group = one sample's elements) */
+void cu_op_drop(int64_t n, uint64_t seed, uint64_t stream, float p, int64_t group, const float *d_x, float *d_y);
+void cu_op_drop_backward(int64_t n, uint64_t seed, uint64_t stream, float p, int64_t group, const float *d_dy,
+                         float *d_dx);
+
 #ifdef __cplusplus
 }
 #endif

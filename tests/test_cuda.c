@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/ops.h"
 #include "core/gemm.h"
 #include "core/npy.h"
 #include "core/rng.h"
@@ -423,6 +424,106 @@ START_TEST(test_device_arena) {
 }
 END_TEST
 
+/* ---------------- ops ---------------- */
+
+/* Largest |g - c| / (|c| + floor) over n values. */
+static double rel_err(const float *g, const float *c, int64_t n, double floor) {
+    double w = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)g[i] - c[i]) / (fabs((double)c[i]) + floor);
+        if (!(e <= w)) w = e; /* NaN counts as worst */
+    }
+    return w;
+}
+
+/* Each op's forward and backward on the GPU against the CPU op itself (its
+ * tape backward from a random output gradient): relative 1e-5. */
+START_TEST(test_ops_match_cpu) {
+    enum { R = 37, D = 129, N = R * D };
+    float *x = malloc(sizeof(float) * N), *b = malloc(sizeof(float) * D), *dy = malloc(sizeof(float) * N);
+    float *dx0 = malloc(sizeof(float) * N), *hy = malloc(sizeof(float) * N), *hdx = malloc(sizeof(float) * N);
+    float *hdb = malloc(sizeof(float) * D);
+    rng r;
+    rng_init(&r, 77, 0);
+    for (int i = 0; i < N; i++) x[i] = rng_normal(&r) * 3.0f, dy[i] = rng_normal(&r), dx0[i] = rng_normal(&r);
+    for (int i = 0; i < D; i++) b[i] = rng_normal(&r);
+    x[0] = 0.0f, x[1] = -12.0f, x[2] = 12.0f; /* relu's kink, GELU tails */
+    float *dxd = dev_buf(0, sizeof(float) * N), *dyy = dev_buf(2, sizeof(float) * N);
+    float *dgd = dev_buf(3, sizeof(float) * N), *dbd = dev_buf(4, sizeof(float) * D);
+    cu_to_device(dxd, x, sizeof(float) * N);
+    cu_to_device(dgd, dy, sizeof(float) * N);
+    int64_t shape[2] = {R, D}, bshape[1] = {D};
+    static const char *const names[] = {"relu", "gelu", "gelu_tanh", "softmax", "add", "dropout", "drop_path"};
+    for (int op = 0; op < 7; op++) {
+        ag_ctx ctx;
+        ag_ctx_init(&ctx, 0);
+        ctx.run.grad_enabled = ctx.run.training = true;
+        ctx.run.seed = 5;
+        ctx.run.step = 3;
+        float *gx = malloc(sizeof(float) * N), *gb = calloc(D, sizeof(float));
+        memcpy(gx, dx0, sizeof(float) * N); /* the backward accumulates onto an existing gradient */
+        ag_var xv = ag_leaf(x, gx, 2, shape), bv = ag_leaf(b, gb, 1, bshape);
+        xv.requires_grad = bv.requires_grad = true;
+        ag_var *y;
+        uint64_t stream = rng_mix(ctx.run.step, 0); /* the first draw of the step */
+        switch (op) {
+        case 0: y = ag_relu(&ctx, &xv); break;
+        case 1: y = ag_gelu(&ctx, &xv); break;
+        case 2: y = ag_gelu_tanh(&ctx, &xv); break;
+        case 3: y = ag_softmax(&ctx, &xv); break;
+        case 4: y = ag_add(&ctx, &xv, &bv); break;
+        case 5: y = ag_dropout(&ctx, &xv, 0.3f); break;
+        default: y = ag_drop_path(&ctx, &xv, 0.4f); break;
+        }
+        ag_backward_from(&ctx, y, dy);
+        /* the GPU */
+        cu_to_device(dyy, dx0, sizeof(float) * N); /* dx starts as the same existing gradient */
+        cu_memset(dbd, 0, sizeof(float) * D);
+        float *dout = dev_buf(5, sizeof(float) * N);
+        switch (op) {
+        case 0: case 1: case 2: {
+            cu_unary k = op == 0 ? CU_UNARY_RELU : op == 1 ? CU_UNARY_GELU : CU_UNARY_GELU_TANH;
+            cu_op_unary(k, N, dxd, dout);
+            cu_op_unary_backward(k, N, op == 0 ? dout : dxd, dgd, dyy);
+            break;
+        }
+        case 3:
+            cu_op_softmax(R, D, dxd, dout);
+            cu_op_softmax_backward(R, D, dout, dgd, dyy);
+            break;
+        case 4:
+            cu_to_device(dbd, b, sizeof(float) * D);
+            cu_op_add(N, D, dxd, dbd, dout);
+            cu_memset(dbd, 0, sizeof(float) * D);
+            cu_op_add_backward(N, D, dgd, dyy, dbd);
+            break;
+        default: {
+            float p = op == 5 ? 0.3f : 0.4f;
+            int64_t group = op == 5 ? 1 : D;
+            cu_op_drop(N, ctx.run.seed, stream, p, group, dxd, dout);
+            cu_op_drop_backward(N, ctx.run.seed, stream, p, group, dgd, dyy);
+            break;
+        }
+        }
+        cu_to_host(hy, dout, sizeof(float) * N);
+        cu_to_host(hdx, dyy, sizeof(float) * N);
+        cu_to_host(hdb, dbd, sizeof(float) * D);
+        double ey = rel_err(hy, y->value.data, N, 1e-30), edx = rel_err(hdx, gx, N, 1e-6);
+        ck_assert_msg(ey <= 1e-5, "%s forward: relative error %g", names[op], ey);
+        ck_assert_msg(edx <= 1e-5, "%s backward dx: relative error %g", names[op], edx);
+        if (op == 4) {
+            double edb = rel_err(hdb, gb, D, 1e-6);
+            ck_assert_msg(edb <= 1e-5, "add backward db: relative error %g", edb);
+        }
+        fprintf(stderr, "op %s: forward %.2g, backward %.2g relative to the CPU\n", names[op], ey, edx);
+        free(gx);
+        free(gb);
+        ag_ctx_free(&ctx);
+    }
+    free(x), free(b), free(dy), free(dx0), free(hy), free(hdx), free(hdb);
+}
+END_TEST
+
 /* ---------------- GEMMs ---------------- */
 
 static float quant_from_bits_t(uint32_t u) {
@@ -529,6 +630,7 @@ int main(void) {
     tcase_add_test(tc, test_huge_tensor);
     tcase_add_test(tc, test_device_arena);
     tcase_add_test(tc, test_gemm_matches_cpu);
+    tcase_add_test(tc, test_ops_match_cpu);
     tcase_set_timeout(tc, 600);
     suite_add_tcase(s, tc);
     return test_run_suite(s);

@@ -1,0 +1,49 @@
+/* Per-element arithmetic of the elementwise ops, shared by the CPU's op
+ * implementations (ops_elem.c) and the GPU's kernels (cuda/ops.cu), so both
+ * compute the same functions; each is the forward value or the derivative
+ * the backward multiplies the incoming gradient by. */
+#ifndef MX_AUTOGRAD_OPS_KERNEL_H
+#define MX_AUTOGRAD_OPS_KERNEL_H
+
+#include <stdint.h>
+
+#include "core/fastmath.h"
+#include "core/rng.h"
+
+#define AG_SQRT1_2 0.70710678118654752440f
+#define AG_INV_SQRT_2PI 0.39894228040143267794f
+#define AG_SQRT_2_OVER_PI 0.79788456080286535588f
+
+MX_HD static inline float ag_k_relu(float v) { return v > 0.0f ? v : 0.0f; }
+/* relu's backward from its output: the gradient passes where y > 0 (a
+ * select, not a product: an Inf gradient where y = 0 gives 0, not NaN) */
+MX_HD static inline float ag_k_relu_back(float y, float dy) { return y > 0.0f ? dy : 0.0f; }
+
+/* Phi(v) = 0.5 erfc(-v / sqrt 2), from erfc of |v| so both tails keep their
+ * relative precision (1 + erf(v / sqrt 2) would cancel for v << 0). */
+MX_HD static inline float ag_k_gelu_cdf(float v) {
+    float ec = 0.5f * mx_erfcf_pos((v < 0 ? -v : v) * AG_SQRT1_2);
+    return v < 0 ? ec : 1.0f - ec;
+}
+MX_HD static inline float ag_k_gelu(float v) { return v * ag_k_gelu_cdf(v); }
+MX_HD static inline float ag_k_gelu_grad(float v) {
+    return ag_k_gelu_cdf(v) + v * (AG_INV_SQRT_2PI * mx_expf(-0.5f * v * v));
+}
+
+MX_HD static inline float ag_k_gelu_tanh(float v) {
+    return 0.5f * v * (1.0f + mx_tanhf(AG_SQRT_2_OVER_PI * (v + 0.044715f * v * v * v)));
+}
+MX_HD static inline float ag_k_gelu_tanh_grad(float v) {
+    float u = AG_SQRT_2_OVER_PI * (v + 0.044715f * v * v * v), th = mx_tanhf(u);
+    float du = AG_SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * v * v);
+    return 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * du;
+}
+
+/* Dropout / drop-path: element i's scale (0 or 1 / (1 - p)), from word
+ * i / group of the step's stream, recomputed by the backward. */
+MX_HD static inline float ag_k_drop_scale(uint64_t seed, uint64_t stream, float p, int64_t group, int64_t i) {
+    float u = (float)(rng_u32_at(seed, stream, (uint64_t)(i / group)) >> 8) * (1.0f / 16777216.0f);
+    return u < p ? 0.0f : 1.0f / (1.0f - p);
+}
+
+#endif
