@@ -119,6 +119,24 @@ void cu_op_softmax_backward(int64_t rows, int64_t d, const float *d_y, const flo
 void cu_op_drop(int64_t n, uint64_t seed, uint64_t stream, float p, int64_t group, const float *d_x, float *d_y);
 void cu_op_drop_backward(int64_t n, uint64_t seed, uint64_t stream, float p, int64_t group, const float *d_dy,
                          float *d_dx);
+/* layernorm over the last axis: rows x d; mean and rstd (rows each) are saved for the backward */
+void cu_op_layernorm(int64_t rows, int64_t d, float eps, const float *d_x, const float *d_gamma, const float *d_beta,
+                     float *d_y, float *d_mean, float *d_rstd);
+/* any of dx, dgamma, dbeta may be NULL */
+void cu_op_layernorm_backward(int64_t rows, int64_t d, const float *d_x, const float *d_gamma, const float *d_mean,
+                              const float *d_rstd, const float *d_dy, float *d_dx, float *d_dgamma, float *d_dbeta);
+/* cross-entropy of n x c logits with label smoothing: the mean loss (a sync),
+ * and the probabilities (n x c) the backward reads; labels are valid (checked
+ * before the first step) */
+float cu_op_cross_entropy(int64_t n, int64_t c, const float *d_logits, const int32_t *d_labels, float smoothing,
+                          float *d_prob);
+void cu_op_cross_entropy_backward(int64_t n, int64_t c, const float *d_prob, const int32_t *d_labels, float smoothing,
+                                  float dloss, float *d_dx);
+/* one entry's parameter update (the per-step scalars from optim_adamw_args / optim_sgd_args) */
+struct optim_k_adamw;
+struct optim_k_sgd;
+void cu_optim_adamw(int64_t n, const struct optim_k_adamw *a, float *d_p, const float *d_g, float *d_m, float *d_v);
+void cu_optim_sgd(int64_t n, const struct optim_k_sgd *a, float *d_p, const float *d_g, float *d_buf);
 
 #ifdef __cplusplus
 }

@@ -4,6 +4,7 @@
 // ops; backward kernels accumulate into dx like the CPU's.
 extern "C" {
 #include "autograd/ops_kernel.h"
+#include "optim/optim_kernel.h"
 }
 #include "cuda/cuda.h"
 #include "cuda/cuda_internal.h"
@@ -144,5 +145,170 @@ extern "C" void cu_op_drop_backward(int64_t n, uint64_t seed, uint64_t stream, f
                                     const float *d_dy, float *d_dx) {
     if (n <= 0) return;
     k_drop<<<ops_grid(n), 256>>>(n, seed, stream, p, group, d_dy, d_dx, true);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---------------- layernorm over the last axis ---------------- */
+
+/* Warp sum of a double. */
+__device__ __forceinline__ double warp_sum(double v) {
+    for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+#define WARP_ROWS(r, rows)                                                                                     \
+    for (int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < (rows);                  \
+         r += (int64_t)gridDim.x * (blockDim.x / 32))
+
+/* The CPU's arithmetic (autograd/ops_norm.c): sums in double, the rest in float. */
+__global__ void k_layernorm(int64_t rows, int64_t d, float eps, const float *__restrict__ x,
+                            const float *__restrict__ g, const float *__restrict__ b, float *__restrict__ y,
+                            float *__restrict__ mean, float *__restrict__ rstd) {
+    int lane = threadIdx.x & 31;
+    WARP_ROWS(r, rows) {
+        const float *xr = x + r * d;
+        double s1 = 0, s2 = 0;
+        for (int64_t j = lane; j < d; j += 32) s1 += xr[j];
+        double m = warp_sum(s1) / (double)d;
+        for (int64_t j = lane; j < d; j += 32) s2 += (xr[j] - m) * (xr[j] - m);
+        float rs = (float)(1.0 / sqrt(warp_sum(s2) / (double)d + eps));
+        if (lane == 0) mean[r] = (float)m, rstd[r] = rs;
+        for (int64_t j = lane; j < d; j += 32) y[r * d + j] = (xr[j] - (float)m) * rs * g[j] + b[j];
+    }
+}
+
+__global__ void k_layernorm_back_dx(int64_t rows, int64_t d, const float *__restrict__ x, const float *__restrict__ g,
+                                    const float *__restrict__ mean, const float *__restrict__ rstd,
+                                    const float *__restrict__ dy, float *__restrict__ dx) {
+    int lane = threadIdx.x & 31;
+    WARP_ROWS(r, rows) {
+        const float *xr = x + r * d, *dr = dy + r * d;
+        float m = mean[r], rs = rstd[r];
+        double a = 0, bs = 0;
+        for (int64_t j = lane; j < d; j += 32) {
+            double dxh = (double)dr[j] * g[j];
+            a += dxh;
+            bs += dxh * ((xr[j] - m) * rs);
+        }
+        float ma = (float)(warp_sum(a) / (double)d), mb = (float)(warp_sum(bs) / (double)d);
+        for (int64_t j = lane; j < d; j += 32) {
+            float xhat = (xr[j] - m) * rs;
+            dx[r * d + j] += rs * (dr[j] * g[j] - ma - xhat * mb);
+        }
+    }
+}
+
+/* dgamma[j] += sum dy xhat, dbeta[j] += sum dy: a thread per column */
+__global__ void k_layernorm_back_dgb(int64_t rows, int64_t d, const float *__restrict__ x,
+                                     const float *__restrict__ mean, const float *__restrict__ rstd,
+                                     const float *__restrict__ dy, float *dg, float *db) {
+    GRID_STRIDE(j, d) {
+        float sg = 0, sb = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            float xhat = (x[r * d + j] - mean[r]) * rstd[r];
+            sg += dy[r * d + j] * xhat;
+            sb += dy[r * d + j];
+        }
+        if (dg) dg[j] += sg;
+        if (db) db[j] += sb;
+    }
+}
+
+extern "C" void cu_op_layernorm(int64_t rows, int64_t d, float eps, const float *d_x, const float *d_gamma,
+                                const float *d_beta, float *d_y, float *d_mean, float *d_rstd) {
+    if (rows <= 0) return;
+    k_layernorm<<<rows_grid(rows), 256>>>(rows, d, eps, d_x, d_gamma, d_beta, d_y, d_mean, d_rstd);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_layernorm_backward(int64_t rows, int64_t d, const float *d_x, const float *d_gamma,
+                                         const float *d_mean, const float *d_rstd, const float *d_dy, float *d_dx,
+                                         float *d_dgamma, float *d_dbeta) {
+    if (rows <= 0) return;
+    if (d_dx) k_layernorm_back_dx<<<rows_grid(rows), 256>>>(rows, d, d_x, d_gamma, d_mean, d_rstd, d_dy, d_dx);
+    if (d_dgamma || d_dbeta)
+        k_layernorm_back_dgb<<<ops_grid(d), 256>>>(rows, d, d_x, d_mean, d_rstd, d_dy, d_dgamma, d_dbeta);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---------------- cross-entropy with label smoothing ---------------- */
+
+/* A warp per row (the CPU's arithmetic, in double): probabilities, and the
+ * row's loss added to *sum. */
+__global__ void k_cross_entropy(int64_t n, int64_t c, const float *__restrict__ logits,
+                                const int32_t *__restrict__ labels, float smoothing, float *__restrict__ prob,
+                                double *sum) {
+    int lane = threadIdx.x & 31;
+    WARP_ROWS(i, n) {
+        const float *r = logits + i * c;
+        double mx = -INFINITY, s = 0, sl = 0;
+        for (int64_t k = lane; k < c; k += 32) mx = r[k] > mx ? r[k] : mx;
+        for (int o = 16; o; o >>= 1) mx = fmax(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        for (int64_t k = lane; k < c; k += 32) {
+            s += exp(r[k] - mx);
+            sl += r[k];
+        }
+        s = warp_sum(s);
+        sl = warp_sum(sl);
+        double lse = mx + log(s);
+        for (int64_t k = lane; k < c; k += 32) prob[i * c + k] = (float)exp(r[k] - lse);
+        if (lane == 0) {
+            double nll = lse - r[labels[i]], smooth = lse - sl / (double)c;
+            atomicAdd(sum, (1.0 - smoothing) * nll + smoothing * smooth);
+        }
+    }
+}
+
+__global__ void k_cross_entropy_back(int64_t n, int64_t c, const float *__restrict__ prob,
+                                     const int32_t *__restrict__ labels, float smoothing, float g,
+                                     float *__restrict__ dx) {
+    float off = smoothing / (float)c;
+    GRID_STRIDE(e, n * c) {
+        int64_t i = e / c, k = e - i * c;
+        float target = off + (k == labels[i] ? 1.0f - smoothing : 0.0f);
+        dx[e] += g * (prob[e] - target);
+    }
+}
+
+extern "C" float cu_op_cross_entropy(int64_t n, int64_t c, const float *d_logits, const int32_t *d_labels,
+                                     float smoothing, float *d_prob) {
+    static double *d_sum;
+    if (!d_sum) d_sum = (double *)cu_malloc(sizeof(double));
+    CU_CHECK(cudaMemsetAsync(d_sum, 0, sizeof(double)));
+    k_cross_entropy<<<rows_grid(n), 256>>>(n, c, d_logits, d_labels, smoothing, d_prob, d_sum);
+    CU_CHECK_LAUNCH();
+    double h;
+    cu_to_host(&h, d_sum, sizeof h);
+    return (float)(h / (double)n);
+}
+
+extern "C" void cu_op_cross_entropy_backward(int64_t n, int64_t c, const float *d_prob, const int32_t *d_labels,
+                                             float smoothing, float dloss, float *d_dx) {
+    k_cross_entropy_back<<<ops_grid(n * c), 256>>>(n, c, d_prob, d_labels, smoothing, dloss / (float)n, d_dx);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---------------- optimizer updates ---------------- */
+
+__global__ void k_adamw(int64_t n, optim_k_adamw a, float *__restrict__ p, const float *__restrict__ g,
+                        float *__restrict__ m, float *__restrict__ v) {
+    GRID_STRIDE(i, n) optim_k_adamw_update(&a, &p[i], &m[i], &v[i], g[i]);
+}
+
+__global__ void k_sgd(int64_t n, optim_k_sgd a, float *__restrict__ p, const float *__restrict__ g,
+                      float *__restrict__ buf) {
+    GRID_STRIDE(i, n) optim_k_sgd_update(&a, &p[i], &buf[i], g[i]);
+}
+
+extern "C" void cu_optim_adamw(int64_t n, const optim_k_adamw *a, float *d_p, const float *d_g, float *d_m,
+                               float *d_v) {
+    if (n <= 0) return;
+    k_adamw<<<ops_grid(n), 256>>>(n, *a, d_p, d_g, d_m, d_v);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_optim_sgd(int64_t n, const optim_k_sgd *a, float *d_p, const float *d_g, float *d_buf) {
+    if (n <= 0) return;
+    k_sgd<<<ops_grid(n), 256>>>(n, *a, d_p, d_g, d_buf);
     CU_CHECK_LAUNCH();
 }

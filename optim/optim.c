@@ -115,36 +115,29 @@ void optim_clip_grad_norm(param_store *p, double norm, double max_norm) {
 
 /* torch.optim.AdamW: p *= 1 - lr wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
  * p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps). */
-static void adamw_update(optimizer *o, float *p, const float *g, float *m, float *v, int64_t n, float lr, float wd) {
+optim_k_adamw optim_adamw_args(const optimizer *o, float lr, float wd) {
     const optim_config *c = &o->cfg;
     double t = (double)o->step;
-    float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
-    float bc1 = (float)(1.0 - pow(c->beta1, t)), bc2_sqrt = (float)sqrt(1.0 - pow(c->beta2, t));
-    float step_size = lr / bc1, decay = 1.0f - lr * wd;
-#pragma omp parallel for schedule(static) if (n >= 65536)
-    for (int64_t i = 0; i < n; i++) {
-        float gi = g[i];
-        p[i] *= decay;
-        m[i] = m[i] * b1 + gi * (1.0f - b1);
-        v[i] = v[i] * b2 + gi * gi * (1.0f - b2);
-        p[i] -= step_size * (m[i] / (sqrtf(v[i]) / bc2_sqrt + eps));
-    }
+    float bc1 = (float)(1.0 - pow(c->beta1, t));
+    return (optim_k_adamw){(float)c->beta1, (float)c->beta2, (float)c->eps, lr / bc1,
+                           (float)sqrt(1.0 - pow(c->beta2, t)), 1.0f - lr * wd};
 }
 
-/* torch.optim.SGD: g += wd p; buf = g (first step) or mu buf + g; g = g + mu buf
- * (Nesterov) or buf; p -= lr g. */
-static void sgd_update(optimizer *o, float *p, const float *g, float *buf, int64_t n, float lr, float wd) {
-    float mu = (float)o->cfg.momentum;
-    bool first = o->step == 1, nesterov = o->cfg.nesterov; /* the buffer starts as the first gradient */
+optim_k_sgd optim_sgd_args(const optimizer *o, float lr, float wd) {
+    /* the buffer starts as the first gradient */
+    return (optim_k_sgd){lr, wd, (float)o->cfg.momentum, o->step == 1, o->cfg.nesterov};
+}
+
+static void adamw_update(optimizer *o, float *p, const float *g, float *m, float *v, int64_t n, float lr, float wd) {
+    optim_k_adamw a = optim_adamw_args(o, lr, wd);
 #pragma omp parallel for schedule(static) if (n >= 65536)
-    for (int64_t i = 0; i < n; i++) {
-        float gi = g[i] + wd * p[i];
-        if (mu != 0.0f) {
-            buf[i] = first ? gi : mu * buf[i] + gi;
-            gi = nesterov ? gi + mu * buf[i] : buf[i];
-        }
-        p[i] -= lr * gi;
-    }
+    for (int64_t i = 0; i < n; i++) optim_k_adamw_update(&a, &p[i], &m[i], &v[i], g[i]);
+}
+
+static void sgd_update(optimizer *o, float *p, const float *g, float *buf, int64_t n, float lr, float wd) {
+    optim_k_sgd a = optim_sgd_args(o, lr, wd);
+#pragma omp parallel for schedule(static) if (n >= 65536)
+    for (int64_t i = 0; i < n; i++) optim_k_sgd_update(&a, &p[i], &buf[i], g[i]);
 }
 
 void optim_step(optimizer *o, double lr) {

@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "core/keys.h"
 #include "layers/params.h"
+#include "optim/optim_kernel.h"
 
 typedef enum optim_kind { OPTIM_KIND_ADAMW, OPTIM_KIND_SGD, OPTIM_KIND_COUNT } optim_kind;
 
@@ -58,6 +59,10 @@ int optim_kind_parse(const char *s, optim_kind *out, mx_err *err);
 optim_config optim_config_default(optim_kind k);
 
 void optim_init(optimizer *o, const optim_config *cfg, param_store *params);
+/* The per-step scalars of the element updates (optim_kernel.h) at o's current
+ * step (optim_step increments it first), for an entry with weight decay wd. */
+optim_k_adamw optim_adamw_args(const optimizer *o, float lr, float wd);
+optim_k_sgd optim_sgd_args(const optimizer *o, float lr, float wd);
 void optim_free(optimizer *o);
 /* The learning rate of update number t (0-based). */
 double optim_lr_at(const optim_config *cfg, int64_t t);

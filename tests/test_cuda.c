@@ -11,6 +11,8 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "layers/model.h"
+#include "optim/optim.h"
 #include "core/gemm.h"
 #include "core/npy.h"
 #include "core/rng.h"
@@ -524,6 +526,121 @@ START_TEST(test_ops_match_cpu) {
 }
 END_TEST
 
+/* layernorm and cross-entropy (label smoothing) against the CPU ops, and
+ * AdamW / SGD steps against the CPU optimizer on a small model's entries. */
+START_TEST(test_norm_loss_optim_match_cpu) {
+    enum { R = 45, D = 192, NC = 10 };
+    rng r;
+    rng_init(&r, 91, 0);
+    float *x = malloc(sizeof(float) * R * D), *dy = malloc(sizeof(float) * R * D), *g = malloc(sizeof(float) * D),
+          *be = malloc(sizeof(float) * D);
+    for (int i = 0; i < R * D; i++) x[i] = rng_normal(&r) * 2.0f + 0.5f, dy[i] = rng_normal(&r);
+    for (int i = 0; i < D; i++) g[i] = 1.0f + 0.1f * rng_normal(&r), be[i] = 0.1f * rng_normal(&r);
+    /* layernorm */
+    ag_ctx ctx;
+    ag_ctx_init(&ctx, 0);
+    ctx.run.grad_enabled = ctx.run.training = true;
+    float *gx = calloc(R * D, sizeof(float)), *gg = calloc(D, sizeof(float)), *gb = calloc(D, sizeof(float));
+    int64_t shape[2] = {R, D}, dshape[1] = {D};
+    ag_var xv = ag_leaf(x, gx, 2, shape), gv = ag_leaf(g, gg, 1, dshape), bv = ag_leaf(be, gb, 1, dshape);
+    xv.requires_grad = gv.requires_grad = bv.requires_grad = true;
+    ag_var *y = ag_layernorm(&ctx, &xv, &gv, &bv, 1e-5f);
+    ag_backward_from(&ctx, y, dy);
+    float *dx_ = dev_buf(0, sizeof(float) * R * D), *ddy = dev_buf(1, sizeof(float) * R * D),
+          *dyo = dev_buf(2, sizeof(float) * R * D), *dgx = dev_buf(3, sizeof(float) * R * D);
+    float *dpar = dev_buf(4, sizeof(float) * (4 * D + 2 * R));
+    float *dg = dpar, *db = dpar + D, *dgg = dpar + 2 * D, *dgb = dpar + 3 * D, *dmean = dpar + 4 * D, *drstd = dmean + R;
+    cu_to_device(dx_, x, sizeof(float) * R * D);
+    cu_to_device(ddy, dy, sizeof(float) * R * D);
+    cu_to_device(dg, g, sizeof(float) * D);
+    cu_to_device(db, be, sizeof(float) * D);
+    cu_memset(dgx, 0, sizeof(float) * R * D);
+    cu_memset(dgg, 0, sizeof(float) * 2 * D);
+    cu_op_layernorm(R, D, 1e-5f, dx_, dg, db, dyo, dmean, drstd);
+    cu_op_layernorm_backward(R, D, dx_, dg, dmean, drstd, ddy, dgx, dgg, dgb);
+    float *h = malloc(sizeof(float) * R * D), *hg = malloc(sizeof(float) * 2 * D);
+    cu_to_host(h, dyo, sizeof(float) * R * D);
+    double e1 = rel_err(h, y->value.data, R * D, 1e-6);
+    cu_to_host(h, dgx, sizeof(float) * R * D);
+    double e2 = rel_err(h, gx, R * D, 1e-6);
+    cu_to_host(hg, dgg, sizeof(float) * 2 * D);
+    double e3 = fmax(rel_err(hg, gg, D, 1e-6), rel_err(hg + D, gb, D, 1e-6));
+    fprintf(stderr, "layernorm: y %.2g, dx %.2g, dgamma/dbeta %.2g relative to the CPU\n", e1, e2, e3);
+    ck_assert_msg(e1 <= 1e-5 && e2 <= 1e-5 && e3 <= 1e-5, "layernorm differs: %g %g %g", e1, e2, e3);
+    ag_ctx_free(&ctx);
+    /* cross-entropy with label smoothing */
+    ag_ctx_init(&ctx, 0);
+    ctx.run.grad_enabled = ctx.run.training = true;
+    int32_t labels[R];
+    for (int i = 0; i < R; i++) labels[i] = (int32_t)rng_below(&r, NC);
+    memset(gx, 0, sizeof(float) * R * NC);
+    int64_t lshape[2] = {R, NC};
+    ag_var lv = ag_leaf(x, gx, 2, lshape);
+    lv.requires_grad = true;
+    ag_var *loss = ag_cross_entropy(&ctx, &lv, labels, 0.1f);
+    float one = 1.0f;
+    ag_backward_from(&ctx, loss, &one);
+    int32_t *dlab = dev_buf(5, sizeof labels);
+    cu_to_device(dlab, labels, sizeof labels);
+    cu_memset(dgx, 0, sizeof(float) * R * NC);
+    float gl = cu_op_cross_entropy(R, NC, dx_, dlab, 0.1f, dyo);
+    cu_op_cross_entropy_backward(R, NC, dyo, dlab, 0.1f, 1.0f, dgx);
+    cu_to_host(h, dgx, sizeof(float) * R * NC);
+    double el = fabs((double)gl - loss->value.data[0]) / fabs((double)loss->value.data[0]), ed = rel_err(h, gx, R * NC, 1e-6);
+    fprintf(stderr, "cross-entropy: loss %.9g vs %.9g (%.2g), dlogits %.2g\n", gl, loss->value.data[0], el, ed);
+    ck_assert_msg(el <= 1e-6 && ed <= 1e-5, "cross-entropy differs: %g %g", el, ed);
+    ag_ctx_free(&ctx);
+    /* optimizers: every entry of a small model, three steps */
+    model_config mc = model_config_default(MODEL_ARCH_RESNET);
+    mc.in_chans = 1, mc.num_classes = 4, mc.img_size = 8;
+    for (int i = 0; i < 4; i++) mc.blocks[i] = 1, mc.widths[i] = 8;
+    for (int kind = 0; kind < 2; kind++) {
+        model m;
+        mx_err err;
+        ck_assert_msg(model_build(&m, &mc, &err) == 0, "%s", err.msg);
+        optim_config oc = optim_config_default(kind ? OPTIM_KIND_SGD : OPTIM_KIND_ADAMW);
+        oc.weight_decay = 0.05;
+        if (kind) oc.momentum = 0.9, oc.nesterov = true;
+        optimizer o;
+        optim_init(&o, &oc, &m.params);
+        param_store *ps = &m.params;
+        size_t nt = ps->n_trainable;
+        float *dp = cu_malloc(sizeof(float) * nt * 4), *dgr = dp + nt, *dm = dp + 2 * nt, *dv = dp + 3 * nt;
+        cu_to_device(dp, ps->data, sizeof(float) * nt);
+        cu_to_device(dm, o.m, sizeof(float) * nt);
+        if (o.v) cu_to_device(dv, o.v, sizeof(float) * nt);
+        for (int step = 0; step < 3; step++) {
+            for (size_t i = 0; i < nt; i++) ps->grad[i] = rng_normal(&r) * 0.1f;
+            cu_to_device(dgr, ps->grad, sizeof(float) * nt);
+            optim_step(&o, 0.01);
+            for (int e = 0; e < ps->count; e++) {
+                const param_entry *pe = &ps->entries[e];
+                if (pe->kind == PARAM_KIND_BUFFER) continue;
+                float wd = pe->kind == PARAM_KIND_WEIGHT ? (float)oc.weight_decay : 0.0f;
+                size_t off = pe->offset;
+                if (kind == 0) {
+                    optim_k_adamw a = optim_adamw_args(&o, 0.01f, wd);
+                    cu_optim_adamw(pe->numel, &a, dp + off, dgr + off, dm + off, dv + off);
+                } else {
+                    optim_k_sgd a = optim_sgd_args(&o, 0.01f, wd);
+                    cu_optim_sgd(pe->numel, &a, dp + off, dgr + off, dm + off);
+                }
+            }
+        }
+        float *hp = malloc(sizeof(float) * nt);
+        cu_to_host(hp, dp, sizeof(float) * nt);
+        ck_assert_msg(memcmp(hp, ps->data, sizeof(float) * nt) == 0, "%s: GPU parameters differ from the CPU's",
+                      kind ? "sgd" : "adamw");
+        fprintf(stderr, "%s: 3 steps of %zu parameters bit-identical to the CPU\n", kind ? "sgd (nesterov)" : "adamw", nt);
+        free(hp);
+        cu_free(dp);
+        optim_free(&o);
+        model_free(&m);
+    }
+    free(x), free(dy), free(g), free(be), free(gx), free(gg), free(gb), free(h), free(hg);
+}
+END_TEST
+
 /* ---------------- GEMMs ---------------- */
 
 static float quant_from_bits_t(uint32_t u) {
@@ -631,6 +748,7 @@ int main(void) {
     tcase_add_test(tc, test_device_arena);
     tcase_add_test(tc, test_gemm_matches_cpu);
     tcase_add_test(tc, test_ops_match_cpu);
+    tcase_add_test(tc, test_norm_loss_optim_match_cpu);
     tcase_set_timeout(tc, 600);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
