@@ -6,6 +6,7 @@
 #define MX_AUTOGRAD_OPS_KERNEL_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "core/fastmath.h"
 #include "core/rng.h"
@@ -13,6 +14,21 @@
 #define AG_SQRT1_2 0.70710678118654752440f
 #define AG_INV_SQRT_2PI 0.39894228040143267794f
 #define AG_SQRT_2_OVER_PI 0.79788456080286535588f
+
+/* One value rounded to bfloat16 (nearest, ties to even; Inf stays, NaN
+ * stays NaN, quiet), as quant.elementwise = bf16 rounds op outputs. */
+MX_HD static inline float ag_bf16_round(float v) {
+    uint32_t b;
+    memcpy(&b, &v, 4);
+    if ((b & 0x7f800000u) == 0x7f800000u) {
+        if (b & 0x007fffffu) b |= 0x00400000u;
+    } else {
+        b += 0x7fffu + ((b >> 16) & 1u); /* may carry into the exponent: overflow to Inf is right */
+    }
+    b &= 0xffff0000u;
+    memcpy(&v, &b, 4);
+    return v;
+}
 
 MX_HD static inline float ag_k_relu(float v) { return v > 0.0f ? v : 0.0f; }
 /* relu's backward from its output: the gradient passes where y > 0 (a

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "autograd/graph.h"
+#include "autograd/ops_kernel.h"
 
 /* Below this many elements a loop runs on one thread. */
 #define AG_PAR_MIN 16384
@@ -20,19 +21,7 @@ void ag_accumulate(float *dst, const float *src, int64_t n);
 /* quant.elementwise = bf16: rounds y[0..n) to bfloat16 (nearest, ties to even;
  * NaN stays NaN) when ctx->run.elementwise_bf16 is set; otherwise does nothing. */
 void ag_round_elementwise(const ag_ctx *ctx, float *y, int64_t n);
-/* One value rounded to bfloat16 as ag_round_elementwise does (for fused loops). */
-static inline float ag_bf16_round(float v) {
-    uint32_t b;
-    memcpy(&b, &v, 4);
-    if ((b & 0x7f800000u) == 0x7f800000u) { /* Inf stays, NaN stays NaN (quiet) */
-        if (b & 0x007fffffu) b |= 0x00400000u;
-    } else {
-        b += 0x7fffu + ((b >> 16) & 1u); /* may carry into the exponent: overflow to Inf is right */
-    }
-    b &= 0xffff0000u;
-    memcpy(&v, &b, 4);
-    return v;
-}
+/* (ag_bf16_round, one value rounded as ag_round_elementwise does: autograd/ops_kernel.h) */
 
 /* Backward functions, one per op (the table is in graph_table.c). */
 #define AG_BACKWARD(name) void ag_##name##_backward(ag_ctx *ctx, ag_node *n);

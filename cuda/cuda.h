@@ -132,6 +132,23 @@ float cu_op_cross_entropy(int64_t n, int64_t c, const float *d_logits, const int
                           float *d_prob);
 void cu_op_cross_entropy_backward(int64_t n, int64_t c, const float *d_prob, const int32_t *d_labels, float smoothing,
                                   float dloss, float *d_dx);
+/* batchnorm2d over NHWC rows x c (training: batch statistics, running ones
+ * updated; eval: running ones), with an optional residual added before the
+ * optional ReLU; bf16: quant.elementwise = bf16's rounding. mean/invstd (c
+ * each) are saved for the backward; work: cu_bn_work_bytes. The backward
+ * needs y only with relu; any gradient pointer may be NULL. */
+typedef struct cu_bn_args {
+    int64_t rows, c;
+    float momentum, eps;
+    bool train, relu, bf16;
+} cu_bn_args;
+size_t cu_bn_work_bytes(int64_t rows, int64_t c);
+void cu_op_batchnorm(const cu_bn_args *a, const float *d_x, const float *d_gamma, const float *d_beta,
+                     const float *d_res, float *d_running_mean, float *d_running_var, float *d_y, float *d_mean,
+                     float *d_invstd, double *d_work);
+void cu_op_batchnorm_backward(const cu_bn_args *a, const float *d_x, const float *d_gamma, const float *d_y,
+                              const float *d_mean, const float *d_invstd, const float *d_dy, float *d_dx,
+                              float *d_dgamma, float *d_dbeta, float *d_dres, double *d_work);
 /* one entry's parameter update (the per-step scalars from optim_adamw_args / optim_sgd_args) */
 struct optim_k_adamw;
 struct optim_k_sgd;

@@ -312,3 +312,146 @@ extern "C" void cu_optim_sgd(int64_t n, const optim_k_sgd *a, float *d_p, const 
     k_sgd<<<ops_grid(n), 256>>>(n, *a, d_p, d_g, d_buf);
     CU_CHECK_LAUNCH();
 }
+
+/* ---------------- batchnorm2d (NHWC, per channel; fused residual add + ReLU) ----------------
+ * The per-channel sums are deterministic (a resumed run must give the same
+ * bits): each block sums a fixed chunk of rows into its own slot of the work
+ * buffer, then one pass adds the slots in order. Sums in double, as on the CPU. */
+
+#define BN_ROWS_PER_BLOCK 256
+#define BN_MAX_CHUNKS 1024
+
+static int64_t bn_chunks(int64_t rows) {
+    int64_t ch = (rows + BN_ROWS_PER_BLOCK - 1) / BN_ROWS_PER_BLOCK;
+    return ch < BN_MAX_CHUNKS ? (ch > 0 ? ch : 1) : BN_MAX_CHUNKS;
+}
+
+extern "C" size_t cu_bn_work_bytes(int64_t rows, int64_t c) { return sizeof(double) * 2 * (size_t)(bn_chunks(rows) + 1) * (size_t)c; }
+
+/* Sums over a chunk of rows per block (blockIdx.y), threads over channels:
+ * without dy s1 = x, s2 = x^2; with dy s1 = g, s2 = g xhat, g = dy masked by y > 0 (relu). */
+__global__ void k_bn_partial(int64_t rows, int64_t c, int64_t per, const float *__restrict__ x,
+                             const float *__restrict__ dy, const float *__restrict__ y, const float *__restrict__ mean,
+                             const float *__restrict__ invstd, double *__restrict__ part) {
+    int64_t r0 = (int64_t)blockIdx.y * per, r1 = r0 + per < rows ? r0 + per : rows;
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < c; j += (int64_t)gridDim.x * blockDim.x) {
+        double p1 = 0, p2 = 0;
+        for (int64_t r = r0; r < r1; r++) {
+            double v = x[r * c + j];
+            if (dy) {
+                double d = (!y || y[r * c + j] > 0.0f) ? dy[r * c + j] : 0.0f;
+                p1 += d;
+                p2 += d * ((x[r * c + j] - mean[j]) * invstd[j]);
+            } else {
+                p1 += v;
+                p2 += v * v;
+            }
+        }
+        part[(int64_t)blockIdx.y * 2 * c + j] = p1;
+        part[(int64_t)blockIdx.y * 2 * c + c + j] = p2;
+    }
+}
+
+/* The slots added in order into the last pair of rows of the work buffer. */
+__global__ void k_bn_total(int64_t c, int64_t nch, double *part) {
+    GRID_STRIDE(j, c) {
+        double s1 = 0, s2 = 0;
+        for (int64_t k = 0; k < nch; k++) s1 += part[k * 2 * c + j], s2 += part[k * 2 * c + c + j];
+        part[nch * 2 * c + j] = s1;
+        part[nch * 2 * c + c + j] = s2;
+    }
+}
+
+static const double *bn_sums(int64_t rows, int64_t c, const float *x, const float *dy, const float *y,
+                             const float *mean, const float *invstd, double *work) {
+    int64_t nch = bn_chunks(rows), per = (rows + nch - 1) / nch;
+    dim3 grid((unsigned)((c + 127) / 128), (unsigned)nch);
+    k_bn_partial<<<grid, 128>>>(rows, c, per, x, dy, y, mean, invstd, work);
+    k_bn_total<<<ops_grid(c), 256>>>(c, nch, work);
+    CU_CHECK_LAUNCH();
+    return work + nch * 2 * c;
+}
+
+__global__ void k_bn_stats(int64_t rows, int64_t c, bool train, float momentum, float eps, const double *sums,
+                           float *running_mean, float *running_var, float *mean, float *invstd) {
+    GRID_STRIDE(j, c) {
+        if (train) {
+            double m = sums[j] / (double)rows, var = sums[c + j] / (double)rows - m * m;
+            if (var < 0) var = 0;
+            mean[j] = (float)m;
+            invstd[j] = (float)(1.0 / sqrt(var + eps));
+            if (running_mean) {
+                double unbiased = rows > 1 ? var * (double)rows / (double)(rows - 1) : var;
+                running_mean[j] = (float)((1.0 - momentum) * running_mean[j] + momentum * m);
+                running_var[j] = (float)((1.0 - momentum) * running_var[j] + momentum * unbiased);
+            }
+        } else {
+            mean[j] = running_mean[j];
+            invstd[j] = (float)(1.0 / sqrt((double)running_var[j] + eps));
+        }
+    }
+}
+
+__global__ void k_bn_apply(int64_t rows, int64_t c, bool relu, bool bf16, const float *__restrict__ x,
+                           const float *__restrict__ mean, const float *__restrict__ invstd, const float *__restrict__ g,
+                           const float *__restrict__ b, const float *__restrict__ res, float *__restrict__ y) {
+    GRID_STRIDE(i, rows * c) {
+        int64_t j = i % c;
+        float v = (x[i] - mean[j]) * invstd[j] * g[j] + b[j];
+        if (bf16) {
+            v = ag_bf16_round(v);
+            if (res) v = ag_bf16_round(v + res[i]);
+        } else if (res) {
+            v = v + res[i];
+        }
+        y[i] = relu ? (v > 0.0f ? v : 0.0f) : v;
+    }
+}
+
+extern "C" void cu_op_batchnorm(const cu_bn_args *a, const float *d_x, const float *d_gamma, const float *d_beta,
+                                const float *d_res, float *d_running_mean, float *d_running_var, float *d_y,
+                                float *d_mean, float *d_invstd, double *d_work) {
+    const double *sums = a->train ? bn_sums(a->rows, a->c, d_x, NULL, NULL, NULL, NULL, d_work) : NULL;
+    k_bn_stats<<<ops_grid(a->c), 256>>>(a->rows, a->c, a->train, a->momentum, a->eps, sums, d_running_mean,
+                                        d_running_var, d_mean, d_invstd);
+    k_bn_apply<<<ops_grid(a->rows * a->c), 256>>>(a->rows, a->c, a->relu, a->bf16, d_x, d_mean, d_invstd, d_gamma,
+                                                  d_beta, d_res, d_y);
+    CU_CHECK_LAUNCH();
+}
+
+__global__ void k_bn_back_dx(int64_t rows, int64_t c, bool train, const float *__restrict__ x,
+                             const float *__restrict__ g, const float *__restrict__ mean,
+                             const float *__restrict__ invstd, const double *__restrict__ sums,
+                             const float *__restrict__ y, const float *__restrict__ dy, float *__restrict__ dx,
+                             float *__restrict__ dres) {
+    GRID_STRIDE(i, rows * c) {
+        int64_t j = i % c;
+        float d = (!y || y[i] > 0.0f) ? dy[i] : 0.0f;
+        if (dres) dres[i] += d;
+        if (!dx) continue;
+        float k1 = g[j] * invstd[j];
+        float k2 = train ? (float)(sums[j] / (double)rows) : 0.0f, k3 = train ? (float)(sums[c + j] / (double)rows) : 0.0f;
+        float xhat = (x[i] - mean[j]) * invstd[j];
+        dx[i] += k1 * (d - k2 - xhat * k3);
+    }
+}
+
+__global__ void k_bn_back_gb(int64_t c, const double *__restrict__ sums, float *dg, float *db) {
+    GRID_STRIDE(j, c) {
+        if (dg) dg[j] += (float)sums[c + j];
+        if (db) db[j] += (float)sums[j];
+    }
+}
+
+extern "C" void cu_op_batchnorm_backward(const cu_bn_args *a, const float *d_x, const float *d_gamma,
+                                         const float *d_y, const float *d_mean, const float *d_invstd,
+                                         const float *d_dy, float *d_dx, float *d_dgamma, float *d_dbeta,
+                                         float *d_dres, double *d_work) {
+    const float *ymask = a->relu ? d_y : NULL;
+    const double *sums = bn_sums(a->rows, a->c, d_x, d_dy, ymask, d_mean, d_invstd, d_work);
+    if (d_dgamma || d_dbeta) k_bn_back_gb<<<ops_grid(a->c), 256>>>(a->c, sums, d_dgamma, d_dbeta);
+    if (d_dx || d_dres)
+        k_bn_back_dx<<<ops_grid(a->rows * a->c), 256>>>(a->rows, a->c, a->train, d_x, d_gamma, d_mean, d_invstd,
+                                                        sums, ymask, d_dy, d_dx, d_dres);
+    CU_CHECK_LAUNCH();
+}

@@ -641,6 +641,83 @@ START_TEST(test_norm_loss_optim_match_cpu) {
 }
 END_TEST
 
+/* batchnorm2d (train and eval, with and without the fused residual + ReLU,
+ * fp32 and bf16 elementwise) against the CPU op: y, running statistics and
+ * every gradient. */
+START_TEST(test_batchnorm_matches_cpu) {
+    enum { ROWS = 2 * 9 * 11, C = 48, N = ROWS * C };
+    rng r;
+    rng_init(&r, 123, 0);
+    float *x = malloc(sizeof(float) * N), *res = malloc(sizeof(float) * N), *dy = malloc(sizeof(float) * N);
+    float g[C], b[C], rm0[C], rv0[C];
+    for (int i = 0; i < N; i++) x[i] = rng_normal(&r) * 1.5f + 0.3f, res[i] = rng_normal(&r), dy[i] = rng_normal(&r);
+    for (int j = 0; j < C; j++) g[j] = 1 + 0.2f * rng_normal(&r), b[j] = 0.1f * rng_normal(&r), rm0[j] = 0.1f * j,
+                           rv0[j] = 1.0f + 0.01f * j;
+    float *dxd = dev_buf(0, sizeof(float) * N), *dres = dev_buf(1, sizeof(float) * N), *ddy = dev_buf(2, sizeof(float) * N),
+          *dy_out = dev_buf(3, sizeof(float) * N), *dgx = dev_buf(4, sizeof(float) * 2 * N);
+    float *dgr = dgx + N;
+    double *work = cu_malloc(cu_bn_work_bytes(ROWS, C));
+    float *dc = cu_malloc(sizeof(float) * C * 8); /* g b rm rv mean invstd dg db */
+    cu_to_device(dxd, x, sizeof(float) * N);
+    cu_to_device(dres, res, sizeof(float) * N);
+    cu_to_device(ddy, dy, sizeof(float) * N);
+    float *h = malloc(sizeof(float) * N), hc[C * 8];
+    int cases = 0;
+    for (int train = 0; train < 2; train++)
+        for (int fused = 0; fused < 2; fused++)
+            for (int bf = 0; bf < 2; bf++) {
+                ag_ctx ctx;
+                ag_ctx_init(&ctx, 0);
+                ctx.run.grad_enabled = true;
+                ctx.run.training = train;
+                ctx.run.elementwise_bf16 = bf;
+                float rm[C], rv[C], gg[C] = {0}, gb[C] = {0};
+                memcpy(rm, rm0, sizeof rm), memcpy(rv, rv0, sizeof rv);
+                float *gx = calloc(N, sizeof(float)), *gres = calloc(N, sizeof(float));
+                int64_t shape[4] = {2, 9, 11, C}, cs[1] = {C};
+                ag_var xv = ag_leaf(x, gx, 4, shape), rv_ = ag_leaf(res, gres, 4, shape), gv = ag_leaf(g, gg, 1, cs),
+                       bv = ag_leaf(b, gb, 1, cs);
+                xv.requires_grad = rv_.requires_grad = gv.requires_grad = bv.requires_grad = true;
+                ag_var *y = ag_batchnorm2d_act(&ctx, &xv, &gv, &bv, rm, rv, 0.1f, 1e-5f, fused ? &rv_ : NULL, fused);
+                ag_backward_from(&ctx, y, dy);
+                /* GPU */
+                memcpy(hc, g, sizeof g), memcpy(hc + C, b, sizeof b), memcpy(hc + 2 * C, rm0, sizeof rm0);
+                memcpy(hc + 3 * C, rv0, sizeof rv0);
+                memset(hc + 4 * C, 0, sizeof(float) * 4 * C);
+                cu_to_device(dc, hc, sizeof hc);
+                cu_memset(dgx, 0, sizeof(float) * 2 * N);
+                cu_bn_args a = {ROWS, C, 0.1f, 1e-5f, (bool)train, (bool)fused, (bool)bf};
+                cu_op_batchnorm(&a, dxd, dc, dc + C, fused ? dres : NULL, dc + 2 * C, dc + 3 * C, dy_out, dc + 4 * C,
+                                dc + 5 * C, work);
+                cu_op_batchnorm_backward(&a, dxd, dc, dy_out, dc + 4 * C, dc + 5 * C, ddy, dgx, dc + 6 * C, dc + 7 * C,
+                                         fused ? dgr : NULL, work);
+                cu_to_host(h, dy_out, sizeof(float) * N);
+                double ey = rel_err(h, y->value.data, N, 1e-6);
+                cu_to_host(h, dgx, sizeof(float) * N);
+                double edx = rel_err(h, gx, N, 1e-6);
+                cu_to_host(hc, dc, sizeof hc);
+                double erun = fmax(rel_err(hc + 2 * C, rm, C, 1e-6), rel_err(hc + 3 * C, rv, C, 1e-6));
+                double egb = fmax(rel_err(hc + 6 * C, gg, C, 1e-6), rel_err(hc + 7 * C, gb, C, 1e-6));
+                double eres = 0;
+                if (fused) {
+                    cu_to_host(h, dgr, sizeof(float) * N);
+                    eres = rel_err(h, gres, N, 1e-6);
+                }
+                fprintf(stderr, "batchnorm %s%s%s: y %.2g, running %.2g, dx %.2g, dgamma/dbeta %.2g, dres %.2g\n",
+                        train ? "train" : "eval", fused ? " +res+relu" : "", bf ? " bf16" : "", ey, erun, edx, egb, eres);
+                ck_assert_msg(ey <= 1e-5 && erun <= 1e-5 && edx <= 1e-5 && egb <= 1e-5 && eres <= 1e-5,
+                              "batchnorm (train %d fused %d bf16 %d) differs", train, fused, bf);
+                cases++;
+                free(gx), free(gres);
+                ag_ctx_free(&ctx);
+            }
+    cu_free(work);
+    cu_free(dc);
+    free(x), free(res), free(dy), free(h);
+    ck_assert_int_eq(cases, 8);
+}
+END_TEST
+
 /* ---------------- GEMMs ---------------- */
 
 static float quant_from_bits_t(uint32_t u) {
@@ -749,6 +826,7 @@ int main(void) {
     tcase_add_test(tc, test_gemm_matches_cpu);
     tcase_add_test(tc, test_ops_match_cpu);
     tcase_add_test(tc, test_norm_loss_optim_match_cpu);
+    tcase_add_test(tc, test_batchnorm_matches_cpu);
     tcase_set_timeout(tc, 600);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
