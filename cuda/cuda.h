@@ -149,6 +149,14 @@ void cu_op_batchnorm(const cu_bn_args *a, const float *d_x, const float *d_gamma
 void cu_op_batchnorm_backward(const cu_bn_args *a, const float *d_x, const float *d_gamma, const float *d_y,
                               const float *d_mean, const float *d_invstd, const float *d_dy, float *d_dx,
                               float *d_dgamma, float *d_dbeta, float *d_dres, double *d_work);
+/* pooling over NHWC: k x k max pooling (argmax: flat input index per output,
+ * for the backward; deterministic, the CPU's sums) and global average */
+void cu_op_maxpool(int64_t n, int64_t h, int64_t w, int64_t c, int k, int stride, int pad, const float *d_x,
+                   float *d_y, int32_t *d_arg);
+void cu_op_maxpool_backward(int64_t n, int64_t h, int64_t w, int64_t c, int k, int stride, int pad,
+                            const int32_t *d_arg, const float *d_dy, float *d_dx);
+void cu_op_avgpool_global(int64_t n, int64_t hw, int64_t c, const float *d_x, float *d_y);
+void cu_op_avgpool_global_backward(int64_t n, int64_t hw, int64_t c, const float *d_dy, float *d_dx);
 /* one entry's parameter update (the per-step scalars from optim_adamw_args / optim_sgd_args) */
 struct optim_k_adamw;
 struct optim_k_sgd;

@@ -2,6 +2,8 @@
 // GPU (issue #16: the ops' kernels, before the tape runs on the device). The
 // per-element arithmetic is autograd/ops_kernel.h's, shared with the CPU's
 // ops; backward kernels accumulate into dx like the CPU's.
+#include <float.h>
+
 extern "C" {
 #include "autograd/ops_kernel.h"
 #include "optim/optim_kernel.h"
@@ -453,5 +455,89 @@ extern "C" void cu_op_batchnorm_backward(const cu_bn_args *a, const float *d_x, 
     if (d_dx || d_dres)
         k_bn_back_dx<<<ops_grid(a->rows * a->c), 256>>>(a->rows, a->c, a->train, d_x, d_gamma, d_mean, d_invstd,
                                                         sums, ymask, d_dy, d_dx, d_dres);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---------------- pooling (NHWC) ---------------- */
+
+/* The CPU's rule: the first maximum of the window in (i, j) order; its flat input index saved. */
+__global__ void k_maxpool(int64_t n, int64_t h, int64_t w, int64_t c, int k, int stride, int pad, int64_t oh_,
+                          int64_t ow_, const float *__restrict__ x, float *__restrict__ y, int32_t *__restrict__ arg) {
+    GRID_STRIDE(o, n * oh_ * ow_ * c) {
+        int64_t ch = o % c, t = o / c, ow = t % ow_, oh = (t / ow_) % oh_, b = t / (ow_ * oh_);
+        float best = -FLT_MAX;
+        int64_t bi = -1;
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < k; j++) {
+                int64_t ih = oh * stride - pad + i, iw = ow * stride - pad + j;
+                if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
+                int64_t idx = ((b * h + ih) * w + iw) * c + ch;
+                if (bi < 0 || x[idx] > best) best = x[idx], bi = idx;
+            }
+        y[o] = best;
+        arg[o] = (int32_t)bi;
+    }
+}
+
+/* Gathered per input element over the outputs whose windows hold it, in
+ * output order: the CPU's sequential scatter, the same sums (deterministic). */
+__global__ void k_maxpool_back(int64_t n, int64_t h, int64_t w, int64_t c, int k, int stride, int pad, int64_t oh_,
+                               int64_t ow_, const int32_t *__restrict__ arg, const float *__restrict__ dy,
+                               float *__restrict__ dx) {
+    GRID_STRIDE(idx, n * h * w * c) {
+        int64_t ch = idx % c, t = idx / c, iw = t % w, ih = (t / w) % h, b = t / (w * h);
+        /* outputs oh with oh*stride - pad <= ih <= oh*stride - pad + k - 1 */
+        int64_t oh0 = ih + pad - k + 1, ow0 = iw + pad - k + 1;
+        oh0 = oh0 > 0 ? (oh0 + stride - 1) / stride : 0;
+        ow0 = ow0 > 0 ? (ow0 + stride - 1) / stride : 0;
+        float acc = dx[idx];
+        for (int64_t oh = oh0; oh < oh_ && oh * stride - pad <= ih; oh++)
+            for (int64_t ow = ow0; ow < ow_ && ow * stride - pad <= iw; ow++) {
+                int64_t o = ((b * oh_ + oh) * ow_ + ow) * c + ch;
+                if (arg[o] == (int32_t)idx) acc += dy[o];
+            }
+        dx[idx] = acc;
+    }
+}
+
+extern "C" void cu_op_maxpool(int64_t n, int64_t h, int64_t w, int64_t c, int k, int stride, int pad,
+                              const float *d_x, float *d_y, int32_t *d_arg) {
+    int64_t oh = (h + 2 * pad - k) / stride + 1, ow = (w + 2 * pad - k) / stride + 1;
+    MX_ASSERT(n * h * w * c < INT32_MAX);
+    k_maxpool<<<ops_grid(n * oh * ow * c), 256>>>(n, h, w, c, k, stride, pad, oh, ow, d_x, d_y, d_arg);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_maxpool_backward(int64_t n, int64_t h, int64_t w, int64_t c, int k, int stride, int pad,
+                                       const int32_t *d_arg, const float *d_dy, float *d_dx) {
+    int64_t oh = (h + 2 * pad - k) / stride + 1, ow = (w + 2 * pad - k) / stride + 1;
+    k_maxpool_back<<<ops_grid(n * h * w * c), 256>>>(n, h, w, c, k, stride, pad, oh, ow, d_arg, d_dy, d_dx);
+    CU_CHECK_LAUNCH();
+}
+
+/* Global average: a thread per (sample, channel), positions in order as on the CPU. */
+__global__ void k_avgpool(int64_t n, int64_t hw, int64_t c, const float *__restrict__ x, float *__restrict__ y) {
+    GRID_STRIDE(t, n * c) {
+        int64_t b = t / c, ch = t % c;
+        float s = 0;
+        for (int64_t p = 0; p < hw; p++) s += x[(b * hw + p) * c + ch];
+        y[t] = s / (float)hw;
+    }
+}
+
+__global__ void k_avgpool_back(int64_t n, int64_t hw, int64_t c, const float *__restrict__ dy, float *__restrict__ dx) {
+    GRID_STRIDE(i, n * hw * c) {
+        int64_t ch = i % c, b = i / (hw * c);
+        dx[i] += dy[b * c + ch] / (float)hw;
+    }
+}
+
+extern "C" void cu_op_avgpool_global(int64_t n, int64_t hw, int64_t c, const float *d_x, float *d_y) {
+    k_avgpool<<<ops_grid(n * c), 256>>>(n, hw, c, d_x, d_y);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_avgpool_global_backward(int64_t n, int64_t hw, int64_t c, const float *d_dy, float *d_dx) {
+    k_avgpool_back<<<ops_grid(n * hw * c), 256>>>(n, hw, c, d_dy, d_dx);
     CU_CHECK_LAUNCH();
 }

@@ -718,6 +718,55 @@ START_TEST(test_batchnorm_matches_cpu) {
 }
 END_TEST
 
+/* maxpool (3x3/2 pad 1: overlapping windows; 2x2/2) and global average
+ * pooling against the CPU ops, forward and backward. */
+START_TEST(test_pooling_matches_cpu) {
+    enum { B = 3, H = 13, W = 11, C = 16, N = B * H * W * C };
+    rng r;
+    rng_init(&r, 5, 5);
+    float *x = malloc(sizeof(float) * N), *dx0 = malloc(sizeof(float) * N), *h = malloc(sizeof(float) * N);
+    for (int i = 0; i < N; i++) x[i] = (float)(int)(rng_below(&r, 9)) - 4.0f, dx0[i] = rng_normal(&r); /* ties */
+    float *dxd = dev_buf(0, sizeof(float) * N), *dgx = dev_buf(1, sizeof(float) * N), *dyo = dev_buf(2, sizeof(float) * N),
+          *ddy = dev_buf(3, sizeof(float) * N);
+    int32_t *darg = dev_buf(4, sizeof(int32_t) * N);
+    cu_to_device(dxd, x, sizeof(float) * N);
+    static const int geo[3][3] = {{3, 2, 1}, {2, 2, 0}, {0, 0, 0}}; /* k, stride, pad; last: global average */
+    for (int t = 0; t < 3; t++) {
+        ag_ctx ctx;
+        ag_ctx_init(&ctx, 0);
+        ctx.run.grad_enabled = ctx.run.training = true;
+        float *gx = malloc(sizeof(float) * N);
+        memcpy(gx, dx0, sizeof(float) * N);
+        int64_t shape[4] = {B, H, W, C};
+        ag_var xv = ag_leaf(x, gx, 4, shape);
+        xv.requires_grad = true;
+        ag_var *y = t < 2 ? ag_maxpool2d(&ctx, &xv, geo[t][0], geo[t][1], geo[t][2]) : ag_avgpool_global(&ctx, &xv);
+        int64_t ny = ag_numel(y);
+        float *dy = malloc(sizeof(float) * ny);
+        for (int64_t i = 0; i < ny; i++) dy[i] = rng_normal(&r);
+        ag_backward_from(&ctx, y, dy);
+        cu_to_device(ddy, dy, sizeof(float) * ny);
+        cu_to_device(dgx, dx0, sizeof(float) * N);
+        if (t < 2) {
+            cu_op_maxpool(B, H, W, C, geo[t][0], geo[t][1], geo[t][2], dxd, dyo, darg);
+            cu_op_maxpool_backward(B, H, W, C, geo[t][0], geo[t][1], geo[t][2], darg, ddy, dgx);
+        } else {
+            cu_op_avgpool_global(B, H * W, C, dxd, dyo);
+            cu_op_avgpool_global_backward(B, H * W, C, ddy, dgx);
+        }
+        cu_to_host(h, dyo, sizeof(float) * ny);
+        ck_assert_msg(memcmp(h, y->value.data, sizeof(float) * ny) == 0, "pool %d forward differs", t);
+        cu_to_host(h, dgx, sizeof(float) * N);
+        ck_assert_msg(memcmp(h, gx, sizeof(float) * N) == 0, "pool %d backward differs", t);
+        free(gx);
+        free(dy);
+        ag_ctx_free(&ctx);
+    }
+    fprintf(stderr, "pooling: maxpool 3x3/2, 2x2/2 and global average bit-identical to the CPU\n");
+    free(x), free(dx0), free(h);
+}
+END_TEST
+
 /* ---------------- GEMMs ---------------- */
 
 static float quant_from_bits_t(uint32_t u) {
@@ -827,6 +876,7 @@ int main(void) {
     tcase_add_test(tc, test_ops_match_cpu);
     tcase_add_test(tc, test_norm_loss_optim_match_cpu);
     tcase_add_test(tc, test_batchnorm_matches_cpu);
+    tcase_add_test(tc, test_pooling_matches_cpu);
     tcase_set_timeout(tc, 600);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
