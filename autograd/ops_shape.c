@@ -26,16 +26,15 @@ typedef struct permute_saved {
     int perm[TENSOR_MAX_DIMS];
 } permute_saved;
 
-/* dst (contiguous, shape of src permuted) = permute(src); add: += instead of =. */
-static void permute_copy(const tensor *src, const int *perm, float *dst, bool add, bool inverse) {
+void ag_permute_plan(const tensor *src, const int *perm, bool inverse, int64_t *oshape, int64_t *istride) {
     int nd = src->ndim;
-    int64_t oshape[TENSOR_MAX_DIMS] = {1, 1, 1, 1}, istride[TENSOR_MAX_DIMS] = {0, 0, 0, 0};
     int64_t cstride[TENSOR_MAX_DIMS]; /* src is contiguous */
     int64_t st = 1;
     for (int i = nd - 1; i >= 0; i--) {
         cstride[i] = st;
         st *= src->shape[i];
     }
+    for (int i = 0; i < TENSOR_MAX_DIMS; i++) oshape[i] = 1, istride[i] = 0;
     /* out index i walks axis perm[i] of src (forward), or src walks out (inverse) */
     int pad = TENSOR_MAX_DIMS - nd;
     if (!inverse) {
@@ -45,15 +44,19 @@ static void permute_copy(const tensor *src, const int *perm, float *dst, bool ad
         }
     } else {
         /* src is the permuted tensor; out has the original axis order */
-        int64_t sstride[TENSOR_MAX_DIMS];
-        for (int i = 0; i < nd; i++) sstride[perm[i]] = cstride[i];
-        int64_t sshape[TENSOR_MAX_DIMS];
-        for (int i = 0; i < nd; i++) sshape[perm[i]] = src->shape[i];
+        int64_t sstride[TENSOR_MAX_DIMS], sshape[TENSOR_MAX_DIMS];
+        for (int i = 0; i < nd; i++) sstride[perm[i]] = cstride[i], sshape[perm[i]] = src->shape[i];
         for (int i = 0; i < nd; i++) {
             oshape[pad + i] = sshape[i];
             istride[pad + i] = sstride[i];
         }
     }
+}
+
+/* dst (contiguous, shape of src permuted) = permute(src); add: += instead of =. */
+static void permute_copy(const tensor *src, const int *perm, float *dst, bool add, bool inverse) {
+    int64_t oshape[TENSOR_MAX_DIMS], istride[TENSOR_MAX_DIMS];
+    ag_permute_plan(src, perm, inverse, oshape, istride);
     int64_t total = oshape[0] * oshape[1] * oshape[2] * oshape[3];
 #pragma omp parallel for collapse(2) schedule(static) if (total >= AG_PAR_MIN)
     for (int64_t a = 0; a < oshape[0]; a++)

@@ -23,6 +23,12 @@ void ag_accumulate(float *dst, const float *src, int64_t n);
 void ag_round_elementwise(const ag_ctx *ctx, float *y, int64_t n);
 /* (ag_bf16_round, one value rounded as ag_round_elementwise does: autograd/ops_kernel.h) */
 
+/* Permute as a 4-D strided walk: out (contiguous, shape oshape) element
+ * (a, b, c, e) reads src at a*istride[0] + ... + e*istride[3]; inverse: src
+ * is the permuted tensor and out has the original axis order (the backward).
+ * Shared by the CPU's permute and the GPU's. */
+void ag_permute_plan(const tensor *src, const int *perm, bool inverse, int64_t *oshape, int64_t *istride);
+
 /* Backward functions, one per op (the table is in graph_table.c). */
 #define AG_BACKWARD(name) void ag_##name##_backward(ag_ctx *ctx, ag_node *n);
 AG_BACKWARD(linear) AG_BACKWARD(matmul) AG_BACKWARD(conv2d) AG_BACKWARD(batchnorm2d) AG_BACKWARD(layernorm)

@@ -157,6 +157,18 @@ void cu_op_maxpool_backward(int64_t n, int64_t h, int64_t w, int64_t c, int k, i
                             const int32_t *d_arg, const float *d_dy, float *d_dx);
 void cu_op_avgpool_global(int64_t n, int64_t hw, int64_t c, const float *d_x, float *d_y);
 void cu_op_avgpool_global_backward(int64_t n, int64_t hw, int64_t c, const float *d_dy, float *d_dx);
+/* shape ops: a 4-D strided copy (or add) for permute (ag_permute_plan gives
+ * oshape/istride), concat of [outer, la|lb, inner] rows (pa = la*inner, pb =
+ * lb*inner; a repeats every a_outer rows), slice along [outer, len_in, inner] */
+void cu_op_strided(const int64_t *oshape, const int64_t *istride, const float *d_src, float *d_dst, bool add);
+void cu_op_concat(int64_t outer, int64_t pa, int64_t pb, int64_t a_outer, const float *d_a, const float *d_b,
+                  float *d_y);
+void cu_op_concat_backward(int64_t outer, int64_t pa, int64_t pb, int64_t a_outer, const float *d_dy, float *d_da,
+                           float *d_db);
+void cu_op_slice(int64_t outer, int64_t len_in, int64_t start, int64_t len, int64_t inner, const float *d_x,
+                 float *d_y);
+void cu_op_slice_backward(int64_t outer, int64_t len_in, int64_t start, int64_t len, int64_t inner,
+                          const float *d_dy, float *d_dx);
 /* one entry's parameter update (the per-step scalars from optim_adamw_args / optim_sgd_args) */
 struct optim_k_adamw;
 struct optim_k_sgd;

@@ -541,3 +541,88 @@ extern "C" void cu_op_avgpool_global_backward(int64_t n, int64_t hw, int64_t c, 
     k_avgpool_back<<<ops_grid(n * hw * c), 256>>>(n, hw, c, d_dy, d_dx);
     CU_CHECK_LAUNCH();
 }
+
+/* ---------------- shape ops ---------------- */
+
+/* dst (contiguous, oshape) = or += src walked with istride (ag_permute_plan) */
+__global__ void k_strided(int64_t o0, int64_t o1, int64_t o2, int64_t o3, int64_t s0, int64_t s1, int64_t s2,
+                          int64_t s3, const float *__restrict__ src, float *__restrict__ dst, bool add) {
+    GRID_STRIDE(i, o0 * o1 * o2 * o3) {
+        int64_t e = i % o3, t = i / o3, c = t % o2, b = (t / o2) % o1, a = t / (o2 * o1);
+        float v = src[a * s0 + b * s1 + c * s2 + e * s3];
+        dst[i] = add ? dst[i] + v : v;
+    }
+}
+
+extern "C" void cu_op_strided(const int64_t *oshape, const int64_t *istride, const float *d_src, float *d_dst,
+                              bool add) {
+    int64_t n = oshape[0] * oshape[1] * oshape[2] * oshape[3];
+    if (n <= 0) return;
+    k_strided<<<ops_grid(n), 256>>>(oshape[0], oshape[1], oshape[2], oshape[3], istride[0], istride[1], istride[2],
+                                    istride[3], d_src, d_dst, add);
+    CU_CHECK_LAUNCH();
+}
+
+/* concat viewed as [outer, len, inner]: y rows take a's then b's; a may repeat every a_outer rows */
+__global__ void k_concat(int64_t outer, int64_t pa, int64_t pb, int64_t a_outer, const float *__restrict__ a,
+                         const float *__restrict__ b, float *__restrict__ y) {
+    GRID_STRIDE(i, outer * (pa + pb)) {
+        int64_t o = i / (pa + pb), r = i - o * (pa + pb);
+        y[i] = r < pa ? a[(o % a_outer) * pa + r] : b[o * pb + r - pa];
+    }
+}
+
+/* da (a_outer x pa) += the rows of dy that took it, in row order; db += its part */
+__global__ void k_concat_back_a(int64_t outer, int64_t pa, int64_t pb, int64_t a_outer, const float *__restrict__ dy,
+                                float *__restrict__ da) {
+    GRID_STRIDE(i, a_outer * pa) {
+        int64_t ao = i / pa, r = i - ao * pa;
+        float acc = da[i];
+        for (int64_t o = ao; o < outer; o += a_outer) acc += dy[o * (pa + pb) + r];
+        da[i] = acc;
+    }
+}
+
+__global__ void k_concat_back_b(int64_t outer, int64_t pa, int64_t pb, const float *__restrict__ dy,
+                                float *__restrict__ db) {
+    GRID_STRIDE(i, outer * pb) {
+        int64_t o = i / pb, r = i - o * pb;
+        db[i] += dy[o * (pa + pb) + pa + r];
+    }
+}
+
+extern "C" void cu_op_concat(int64_t outer, int64_t pa, int64_t pb, int64_t a_outer, const float *d_a,
+                             const float *d_b, float *d_y) {
+    k_concat<<<ops_grid(outer * (pa + pb)), 256>>>(outer, pa, pb, a_outer, d_a, d_b, d_y);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_concat_backward(int64_t outer, int64_t pa, int64_t pb, int64_t a_outer, const float *d_dy,
+                                      float *d_da, float *d_db) {
+    if (d_da) k_concat_back_a<<<ops_grid(a_outer * pa), 256>>>(outer, pa, pb, a_outer, d_dy, d_da);
+    if (d_db) k_concat_back_b<<<ops_grid(outer * pb), 256>>>(outer, pa, pb, d_dy, d_db);
+    CU_CHECK_LAUNCH();
+}
+
+/* slice [outer, len_in, inner] -> [outer, len, inner] from start; backward adds into that region */
+__global__ void k_slice(int64_t outer, int64_t len_in, int64_t start, int64_t len, int64_t inner,
+                        const float *__restrict__ src, float *__restrict__ dst, bool backward) {
+    GRID_STRIDE(i, outer * len * inner) {
+        int64_t o = i / (len * inner), r = i - o * len * inner;
+        int64_t j = (o * len_in + start) * inner + r;
+        if (backward) dst[j] += src[i];
+        else dst[i] = src[j];
+    }
+}
+
+extern "C" void cu_op_slice(int64_t outer, int64_t len_in, int64_t start, int64_t len, int64_t inner,
+                            const float *d_x, float *d_y) {
+    k_slice<<<ops_grid(outer * len * inner), 256>>>(outer, len_in, start, len, inner, d_x, d_y, false);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_slice_backward(int64_t outer, int64_t len_in, int64_t start, int64_t len, int64_t inner,
+                                     const float *d_dy, float *d_dx) {
+    k_slice<<<ops_grid(outer * len * inner), 256>>>(outer, len_in, start, len, inner, d_dy, d_dx, true);
+    CU_CHECK_LAUNCH();
+}

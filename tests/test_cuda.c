@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "autograd/ops.h"
+#include "autograd/ops_util.h"
 #include "layers/model.h"
 #include "optim/optim.h"
 #include "core/gemm.h"
@@ -767,6 +768,119 @@ START_TEST(test_pooling_matches_cpu) {
 }
 END_TEST
 
+/* permute (every order of a 4-D tensor), concat (plain and with a broadcast
+ * first operand, the ViT's cls token) and slice against the CPU ops. */
+START_TEST(test_shape_ops_match_cpu) {
+    enum { A = 3, B = 5, C = 4, D = 7, N = A * B * C * D };
+    rng r;
+    rng_init(&r, 8, 8);
+    float *x = malloc(sizeof(float) * N), *x2 = malloc(sizeof(float) * N), *dx0 = malloc(sizeof(float) * N),
+          *dy = malloc(sizeof(float) * 2 * N), *h = malloc(sizeof(float) * 2 * N);
+    for (int i = 0; i < N; i++) x[i] = rng_normal(&r), x2[i] = rng_normal(&r), dx0[i] = rng_normal(&r);
+    for (int i = 0; i < 2 * N; i++) dy[i] = rng_normal(&r);
+    float *dxd = dev_buf(0, sizeof(float) * N), *dx2 = dev_buf(1, sizeof(float) * N), *dyo = dev_buf(2, sizeof(float) * 2 * N),
+          *ddy = dev_buf(3, sizeof(float) * 2 * N), *dga = dev_buf(4, sizeof(float) * 2 * N);
+    float *dgb = dga + N;
+    cu_to_device(dxd, x, sizeof(float) * N);
+    cu_to_device(dx2, x2, sizeof(float) * N);
+    cu_to_device(ddy, dy, sizeof(float) * 2 * N);
+    int64_t shape[4] = {A, B, C, D};
+    int checked = 0;
+    /* every permutation of 4 axes */
+    int perm[4] = {0, 1, 2, 3};
+    for (int p = 0; p < 24; p++) {
+        int rest[4] = {0, 1, 2, 3}, q = p;
+        for (int i = 0; i < 4; i++) { /* the p-th permutation (factorial base) */
+            int f = 1;
+            for (int k = 1; k < 4 - i; k++) f *= k;
+            int idx = q / f;
+            q %= f;
+            perm[i] = rest[idx];
+            for (int k = idx; k < 3 - i; k++) rest[k] = rest[k + 1];
+        }
+        ag_ctx ctx;
+        ag_ctx_init(&ctx, 0);
+        ctx.run.grad_enabled = true;
+        float *gx = malloc(sizeof(float) * N);
+        memcpy(gx, dx0, sizeof(float) * N);
+        ag_var xv = ag_leaf(x, gx, 4, shape);
+        xv.requires_grad = true;
+        ag_var *y = ag_permute(&ctx, &xv, perm);
+        ag_backward_from(&ctx, y, dy);
+        int64_t os[4], is[4];
+        ag_permute_plan(&xv.value, perm, false, os, is);
+        cu_op_strided(os, is, dxd, dyo, false);
+        tensor gy = tensor_view(ddy, 4, y->value.shape);
+        ag_permute_plan(&gy, perm, true, os, is);
+        cu_to_device(dga, dx0, sizeof(float) * N);
+        cu_op_strided(os, is, ddy, dga, true);
+        cu_to_host(h, dyo, sizeof(float) * N);
+        ck_assert_msg(memcmp(h, y->value.data, sizeof(float) * N) == 0, "permute %d%d%d%d forward", perm[0], perm[1],
+                      perm[2], perm[3]);
+        cu_to_host(h, dga, sizeof(float) * N);
+        ck_assert_msg(memcmp(h, gx, sizeof(float) * N) == 0, "permute %d%d%d%d backward", perm[0], perm[1], perm[2],
+                      perm[3]);
+        checked++;
+        free(gx);
+        ag_ctx_free(&ctx);
+    }
+    /* concat along axis 1, plain and with a broadcast [1, 1, C*D] first operand */
+    for (int bc = 0; bc < 2; bc++) {
+        ag_ctx ctx;
+        ag_ctx_init(&ctx, 0);
+        ctx.run.grad_enabled = true;
+        float *ga = calloc(N, sizeof(float)), *gb = calloc(N, sizeof(float));
+        int64_t sa[3] = {bc ? 1 : A, bc ? 1 : B, C * D}, sb[3] = {A, B, C * D};
+        ag_var av = ag_leaf(x, ga, 3, sa), bv = ag_leaf(x2, gb, 3, sb);
+        av.requires_grad = bv.requires_grad = true;
+        ag_var *y = ag_concat(&ctx, &av, &bv, 1);
+        ag_backward_from(&ctx, y, dy);
+        int64_t outer = A, pa = sa[1] * C * D, pb = B * C * D, a_outer = bc ? 1 : A;
+        cu_op_concat(outer, pa, pb, a_outer, dxd, dx2, dyo);
+        cu_memset(dga, 0, sizeof(float) * 2 * N);
+        cu_op_concat_backward(outer, pa, pb, a_outer, ddy, dga, dgb);
+        int64_t ny = ag_numel(y);
+        cu_to_host(h, dyo, sizeof(float) * ny);
+        ck_assert_msg(memcmp(h, y->value.data, sizeof(float) * ny) == 0, "concat %d forward", bc);
+        cu_to_host(h, dga, sizeof(float) * 2 * N);
+        ck_assert_msg(memcmp(h, ga, sizeof(float) * (size_t)ag_numel(&av)) == 0, "concat %d da", bc);
+        ck_assert_msg(memcmp(h + N, gb, sizeof(float) * N) == 0, "concat %d db", bc);
+        checked++;
+        free(ga), free(gb);
+        ag_ctx_free(&ctx);
+    }
+    /* slice along each axis */
+    for (int axis = 0; axis < 4; axis++) {
+        ag_ctx ctx;
+        ag_ctx_init(&ctx, 0);
+        ctx.run.grad_enabled = true;
+        float *gx = malloc(sizeof(float) * N);
+        memcpy(gx, dx0, sizeof(float) * N);
+        ag_var xv = ag_leaf(x, gx, 4, shape);
+        xv.requires_grad = true;
+        int64_t start = 1, len = shape[axis] - 2;
+        ag_var *y = ag_slice(&ctx, &xv, axis, start, len);
+        ag_backward_from(&ctx, y, dy);
+        int64_t outer = 1, inner = 1;
+        for (int i = 0; i < axis; i++) outer *= shape[i];
+        for (int i = axis + 1; i < 4; i++) inner *= shape[i];
+        cu_op_slice(outer, shape[axis], start, len, inner, dxd, dyo);
+        cu_to_device(dga, dx0, sizeof(float) * N);
+        cu_op_slice_backward(outer, shape[axis], start, len, inner, ddy, dga);
+        int64_t ny = ag_numel(y);
+        cu_to_host(h, dyo, sizeof(float) * ny);
+        ck_assert_msg(memcmp(h, y->value.data, sizeof(float) * ny) == 0, "slice axis %d forward", axis);
+        cu_to_host(h, dga, sizeof(float) * N);
+        ck_assert_msg(memcmp(h, gx, sizeof(float) * N) == 0, "slice axis %d backward", axis);
+        checked++;
+        free(gx);
+        ag_ctx_free(&ctx);
+    }
+    fprintf(stderr, "shape ops: %d cases (24 permutations, 2 concats, 4 slices) bit-identical to the CPU\n", checked);
+    free(x), free(x2), free(dx0), free(dy), free(h);
+}
+END_TEST
+
 /* ---------------- GEMMs ---------------- */
 
 static float quant_from_bits_t(uint32_t u) {
@@ -877,6 +991,7 @@ int main(void) {
     tcase_add_test(tc, test_norm_loss_optim_match_cpu);
     tcase_add_test(tc, test_batchnorm_matches_cpu);
     tcase_add_test(tc, test_pooling_matches_cpu);
+    tcase_add_test(tc, test_shape_ops_match_cpu);
     tcase_set_timeout(tc, 600);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
