@@ -189,3 +189,52 @@ extern "C" int cu_gemm_bench(int64_t n, int reps) {
     cu_free(c);
     return 0;
 }
+
+/* ---------------- quantized products ---------------- */
+
+/* One operand for the tensor cores: its quantized values as bf16 (exact for
+ * every MX format and bf16), or NULL when some value is not bf16-exact
+ * (blocks scaled near 2^-127): the product then runs in FP32 on the float
+ * values instead of rounding them. fp32 operands are never converted. */
+static const void *mm_operand_bf16(const quant_spec *s, int ndim, const int64_t *shape, const float *d_x,
+                                   cu_arena *scratch, int64_t n) {
+    if (s->format == QUANT_FORMAT_FP32) return NULL;
+    uint16_t *y = (uint16_t *)cu_arena_alloc(scratch, sizeof(uint16_t) * (size_t)n);
+    mx_err err;
+    int64_t nb = quant_num_blocks(s, ndim, shape, &err);
+    MX_ASSERTF(nb >= 0, "%s", err.msg);
+    uint8_t *sc = nb ? (uint8_t *)cu_arena_alloc(scratch, (size_t)nb) : NULL;
+    return cu_quant_fake_bf16(s, d_x, y, ndim, shape, sc, NULL) == 0 ? y : NULL;
+}
+
+extern "C" void cu_mm_product(const cu_gemm_desc *d, const quant_spec *sa, const float *d_a, const quant_spec *sb,
+                              const float *d_b, float *d_c, cu_arena *scratch) {
+    /* the stored matrices: A [batch, m, k] or [batch, k, m] (trans_a); B [batch, k, n] or [batch, n, k] */
+    int64_t ash[3] = {d->batch, d->trans_a ? d->k : d->m, d->trans_a ? d->m : d->k};
+    int64_t bsh[3] = {d->batch, d->trans_b ? d->n : d->k, d->trans_b ? d->k : d->n};
+    int64_t na = d->batch * d->m * d->k, nb = d->batch * d->k * d->n;
+    MX_ASSERT(d->stride_a == ash[1] * ash[2] && d->stride_b == bsh[1] * bsh[2]); /* contiguous batches */
+    const void *a16 = mm_operand_bf16(sa, 3, ash, d_a, scratch, na);
+    const void *b16 = mm_operand_bf16(sb, 3, bsh, d_b, scratch, nb);
+    if (a16 && b16) {
+        cu_gemm_desc e = *d;
+        e.type = CU_GEMM_BF16;
+        cu_gemm(&e, a16, b16, d_c);
+        return;
+    }
+    /* FP32: the quantized float values of each operand (itself for fp32) */
+    const float *a32 = d_a, *b32 = d_b;
+    if (sa->format != QUANT_FORMAT_FP32) {
+        float *q = (float *)cu_arena_alloc(scratch, sizeof(float) * (size_t)na);
+        cu_quant_fake(sa, d_a, q, 3, ash, NULL, NULL);
+        a32 = q;
+    }
+    if (sb->format != QUANT_FORMAT_FP32) {
+        float *q = (float *)cu_arena_alloc(scratch, sizeof(float) * (size_t)nb);
+        cu_quant_fake(sb, d_b, q, 3, bsh, NULL, NULL);
+        b32 = q;
+    }
+    cu_gemm_desc e = *d;
+    e.type = CU_GEMM_F32;
+    cu_gemm(&e, a32, b32, d_c);
+}
