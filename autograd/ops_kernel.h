@@ -5,6 +5,7 @@
 #ifndef MX_AUTOGRAD_OPS_KERNEL_H
 #define MX_AUTOGRAD_OPS_KERNEL_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -53,6 +54,42 @@ MX_HD static inline float ag_k_gelu_tanh_grad(float v) {
     float u = AG_SQRT_2_OVER_PI * (v + 0.044715f * v * v * v), th = mx_tanhf(u);
     float du = AG_SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * v * v);
     return 0.5f * (1.0f + th) + 0.5f * v * (1.0f - th * th) * du;
+}
+
+/* BatchNorm: a channel's batch mean and 1/std from its sums over rows (s1 =
+ * sum x, s2 = sum x^2, in double), and the running statistics' update
+ * (PyTorch's: unbiased variance, momentum weighting the new value). */
+MX_HD static inline void ag_k_bn_stats(double s1, double s2, int64_t rows, float momentum, float eps, float *mean,
+                                       float *invstd, float *running_mean, float *running_var) {
+    double m = s1 / (double)rows, var = s2 / (double)rows - m * m;
+    if (var < 0) var = 0;
+    *mean = (float)m;
+    *invstd = (float)(1.0 / sqrt(var + eps));
+    if (running_mean) {
+        double unbiased = rows > 1 ? var * (double)rows / (double)(rows - 1) : var;
+        *running_mean = (float)((1.0 - momentum) * *running_mean + momentum * m);
+        *running_var = (float)((1.0 - momentum) * *running_var + momentum * unbiased);
+    }
+}
+MX_HD static inline float ag_k_bn_eval_invstd(float running_var, float eps) {
+    return (float)(1.0 / sqrt((double)running_var + eps));
+}
+
+/* Max pooling: output (b, oh, ow, ch)'s window over NHWC x [h, w, c]: the
+ * first maximum in (i, j) order and its flat index (-1: an empty window). */
+MX_HD static inline float ag_k_maxpool_window(const float *x, int64_t b, int64_t oh, int64_t ow, int64_t ch, int64_t h,
+                                              int64_t w, int64_t c, int k, int stride, int pad, int64_t *arg) {
+    float best = -3.40282347e38f;
+    int64_t bi = -1;
+    for (int i = 0; i < k; i++)
+        for (int j = 0; j < k; j++) {
+            int64_t ih = oh * stride - pad + i, iw = ow * stride - pad + j;
+            if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
+            int64_t idx = ((b * h + ih) * w + iw) * c + ch;
+            if (bi < 0 || x[idx] > best) best = x[idx], bi = idx;
+        }
+    *arg = bi;
+    return best;
 }
 
 /* Dropout / drop-path: element i's scale (0 or 1 / (1 - p)), from word

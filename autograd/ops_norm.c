@@ -64,21 +64,13 @@ ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, 
     if (ctx->run.training) {
         double *s1 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c), *s2 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c);
         bn_channel_sums(ctx, x->value.data, NULL, NULL, NULL, NULL, rows, c, s1, s2);
-        for (int64_t j = 0; j < c; j++) {
-            double m = s1[j] / (double)rows, var = s2[j] / (double)rows - m * m;
-            if (var < 0) var = 0;
-            mean[j] = (float)m;
-            invstd[j] = (float)(1.0 / sqrt(var + eps));
-            if (running_mean) {
-                double unbiased = rows > 1 ? var * (double)rows / (double)(rows - 1) : var;
-                running_mean[j] = (float)((1.0 - momentum) * running_mean[j] + momentum * m);
-                running_var[j] = (float)((1.0 - momentum) * running_var[j] + momentum * unbiased);
-            }
-        }
+        for (int64_t j = 0; j < c; j++)
+            ag_k_bn_stats(s1[j], s2[j], rows, momentum, eps, &mean[j], &invstd[j],
+                          running_mean ? &running_mean[j] : NULL, running_mean ? &running_var[j] : NULL);
     } else {
         for (int64_t j = 0; j < c; j++) {
             mean[j] = running_mean[j];
-            invstd[j] = (float)(1.0 / sqrt((double)running_var[j] + eps));
+            invstd[j] = ag_k_bn_eval_invstd(running_var[j], eps);
         }
     }
     const float *xs = x->value.data, *g = gamma->value.data, *bt = beta->value.data;

@@ -1,5 +1,4 @@
 /* Shape ops (reshape, permute, concat, slice) and pooling (NHWC). */
-#include <float.h>
 #include <omp.h>
 #include <string.h>
 
@@ -197,20 +196,8 @@ ag_var *ag_maxpool2d(ag_ctx *ctx, ag_var *x, int kernel, int stride, int pad) {
         for (int64_t oh = 0; oh < OH; oh++)
             for (int64_t ow = 0; ow < OW; ow++)
                 for (int64_t c = 0; c < C; c++) {
-                    float best = -FLT_MAX;
-                    int64_t bi = -1;
-                    for (int64_t i = 0; i < kernel; i++)
-                        for (int64_t j = 0; j < kernel; j++) {
-                            int64_t ih = oh * stride - pad + i, iw = ow * stride - pad + j;
-                            if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
-                            int64_t idx = ((n * H + ih) * W + iw) * C + c;
-                            if (bi < 0 || xv->data[idx] > best) {
-                                best = xv->data[idx];
-                                bi = idx;
-                            }
-                        }
-                    int64_t o = ((n * OH + oh) * OW + ow) * C + c;
-                    y->value.data[o] = best;
+                    int64_t o = ((n * OH + oh) * OW + ow) * C + c, bi;
+                    y->value.data[o] = ag_k_maxpool_window(xv->data, n, oh, ow, c, H, W, C, kernel, stride, pad, &bi);
                     arg[o] = (int32_t)bi;
                 }
     ag_var *ins[1] = {x};

@@ -2,7 +2,6 @@
 // GPU (issue #16: the ops' kernels, before the tape runs on the device). The
 // per-element arithmetic is autograd/ops_kernel.h's, shared with the CPU's
 // ops; backward kernels accumulate into dx like the CPU's.
-#include <float.h>
 
 extern "C" {
 #include "autograd/ops_kernel.h"
@@ -378,18 +377,11 @@ __global__ void k_bn_stats(int64_t rows, int64_t c, bool train, float momentum, 
                            float *running_mean, float *running_var, float *mean, float *invstd) {
     GRID_STRIDE(j, c) {
         if (train) {
-            double m = sums[j] / (double)rows, var = sums[c + j] / (double)rows - m * m;
-            if (var < 0) var = 0;
-            mean[j] = (float)m;
-            invstd[j] = (float)(1.0 / sqrt(var + eps));
-            if (running_mean) {
-                double unbiased = rows > 1 ? var * (double)rows / (double)(rows - 1) : var;
-                running_mean[j] = (float)((1.0 - momentum) * running_mean[j] + momentum * m);
-                running_var[j] = (float)((1.0 - momentum) * running_var[j] + momentum * unbiased);
-            }
+            ag_k_bn_stats(sums[j], sums[c + j], rows, momentum, eps, &mean[j], &invstd[j],
+                          running_mean ? &running_mean[j] : NULL, running_mean ? &running_var[j] : NULL);
         } else {
             mean[j] = running_mean[j];
-            invstd[j] = (float)(1.0 / sqrt((double)running_var[j] + eps));
+            invstd[j] = ag_k_bn_eval_invstd(running_var[j], eps);
         }
     }
 }
@@ -464,17 +456,8 @@ extern "C" void cu_op_batchnorm_backward(const cu_bn_args *a, const float *d_x, 
 __global__ void k_maxpool(int64_t n, int64_t h, int64_t w, int64_t c, int k, int stride, int pad, int64_t oh_,
                           int64_t ow_, const float *__restrict__ x, float *__restrict__ y, int32_t *__restrict__ arg) {
     GRID_STRIDE(o, n * oh_ * ow_ * c) {
-        int64_t ch = o % c, t = o / c, ow = t % ow_, oh = (t / ow_) % oh_, b = t / (ow_ * oh_);
-        float best = -FLT_MAX;
-        int64_t bi = -1;
-        for (int i = 0; i < k; i++)
-            for (int j = 0; j < k; j++) {
-                int64_t ih = oh * stride - pad + i, iw = ow * stride - pad + j;
-                if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
-                int64_t idx = ((b * h + ih) * w + iw) * c + ch;
-                if (bi < 0 || x[idx] > best) best = x[idx], bi = idx;
-            }
-        y[o] = best;
+        int64_t ch = o % c, t = o / c, ow = t % ow_, oh = (t / ow_) % oh_, b = t / (ow_ * oh_), bi;
+        y[o] = ag_k_maxpool_window(x, b, oh, ow, ch, h, w, c, k, stride, pad, &bi);
         arg[o] = (int32_t)bi;
     }
 }
