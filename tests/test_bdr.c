@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 
 #include "autograd/mm.h"
 #include "core/npy.h"
@@ -332,17 +331,6 @@ END_TEST
 
 /* ---- the CLI ---- */
 
-static int run_cmd(const char *args, char *out, size_t outsz) {
-    char cmd[4096];
-    const char *bd = getenv("MX_BUILD_DIR");
-    snprintf(cmd, sizeof cmd, "%s/mxtrain %s > %s 2>&1", bd ? bd : "..", args, test_path("cli.out"));
-    int st = system(cmd);
-    FILE *f = fopen(test_path("cli.out"), "r");
-    size_t n = f ? fread(out, 1, outsz - 1, f) : 0;
-    out[n] = 0;
-    if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static char *read_text(const char *path) {
     FILE *f = fopen(path, "r");
@@ -360,7 +348,7 @@ START_TEST(test_qsnr_cli) {
     /* a brace sweep over all distributions */
     snprintf(args, sizeof args, "qsnr --formats 'bdr_m{6..7}_k16_s{2,8}_d1,mxfp8_e4m3' --dist all --count 200 --out %s",
              test_path("q"));
-    ck_assert_msg(run_cmd(args, out, sizeof out) == 0, "%s", out);
+    ck_assert_msg(test_run_mxtrain(args, out, sizeof out) == 0, "%s", out);
     ck_assert(strstr(out, "### paper") && strstr(out, "### student_t3") && strstr(out, "| mx9 | 1x16 | 9 |"));
     ck_assert(strstr(out, "| bdr_m6_k16_s8_d1 |") && strstr(out, "Theorem 1"));
     const char *csv = read_text(test_path("q.csv"));
@@ -378,7 +366,7 @@ START_TEST(test_qsnr_cli) {
     mx_err err;
     ck_assert_int_eq(npy_write(test_path("w.npy"), &a, &err), 0);
     snprintf(args, sizeof args, "qsnr --npy %s --formats mx6,mxint8 --out %s", test_path("w.npy"), test_path("w"));
-    ck_assert_msg(run_cmd(args, out, sizeof out) == 0, "%s", out);
+    ck_assert_msg(test_run_mxtrain(args, out, sizeof out) == 0, "%s", out);
     ck_assert(strstr(out, "QSNR of 4 vectors of 64 values") && strstr(out, "| mx6 | 1x16 | 6 |"));
     /* errors: one line, exit 2 */
     static const struct {
@@ -392,13 +380,13 @@ START_TEST(test_qsnr_cli) {
         {"qsnr --bogus", "unexpected argument"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        int rc = run_cmd(bad[i].args, out, sizeof out);
+        int rc = test_run_mxtrain(bad[i].args, out, sizeof out);
         ck_assert_msg(rc == 2, "'%s' exited %d: %s", bad[i].args, rc, out);
         ck_assert_msg(strstr(out, bad[i].needle), "'%s': '%s' lacks '%s'", bad[i].args, out, bad[i].needle);
         ck_assert_msg(strchr(out, '\n') == out + strlen(out) - 1, "'%s': not one line: %s", bad[i].args, out);
     }
     snprintf(args, sizeof args, "qsnr --npy %s/none.npy", test_tmpdir());
-    ck_assert_int_eq(run_cmd(args, out, sizeof out), 1);
+    ck_assert_int_eq(test_run_mxtrain(args, out, sizeof out), 1);
     ck_assert(strstr(out, "none.npy"));
 }
 END_TEST
@@ -457,7 +445,7 @@ START_TEST(test_config_refused_up_front) {
         const char *dir = test_path("run_refused");
         snprintf(args, sizeof args, "%s %s/configs/quickstart.ini %s --set log.dir=%s%s%s", bad[i].cmd, src, bad[i].sets,
                  dir, strcmp(bad[i].cmd, "compare") ? "" : " --out ", strcmp(bad[i].cmd, "compare") ? "" : dir);
-        int rc = run_cmd(args, out, sizeof out);
+        int rc = test_run_mxtrain(args, out, sizeof out);
         ck_assert_msg(rc == 1, "'%s' exited %d: %s", args, rc, out);
         ck_assert_msg(strstr(out, bad[i].needle), "'%s': '%s' lacks '%s'", args, out, bad[i].needle);
         FILE *f = fopen(dir, "r");

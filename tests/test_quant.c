@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 
 #include "core/npy.h"
 #include "core/rng.h"
@@ -608,16 +607,11 @@ END_TEST
 
 /* ---- the CLI contract ---- */
 
+/* `mxtrain quantize ARGS` */
 static int run_cli(const char *args, char *out, size_t outsz) {
-    const char *bd = getenv("MX_BUILD_DIR");
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s/mxtrain quantize %s > %s 2>&1", bd ? bd : "..", args, test_path("cli.out"));
-    int st = system(cmd);
-    FILE *f = fopen(test_path("cli.out"), "r");
-    size_t n = f ? fread(out, 1, outsz - 1, f) : 0;
-    out[n] = 0;
-    if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    char full[3100];
+    snprintf(full, sizeof full, "quantize %s", args);
+    return test_run_mxtrain(full, out, outsz);
 }
 
 START_TEST(test_cli_golden_and_errors) {

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 const char *test_tmpdir(void) {
@@ -40,4 +41,16 @@ int test_run_suite(Suite *s) {
     snprintf(cmd, sizeof cmd, "rm -rf %s", test_tmpdir());
     if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", test_tmpdir());
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+int test_run_mxtrain(const char *args, char *out, size_t outsz) {
+    const char *bd = getenv("MX_BUILD_DIR");
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s/mxtrain %s > %s 2>&1", bd ? bd : "..", args, test_path("cli.out"));
+    int st = system(cmd);
+    FILE *f = fopen(test_path("cli.out"), "r");
+    size_t n = f ? fread(out, 1, outsz - 1, f) : 0;
+    out[n] = 0;
+    if (f) fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
