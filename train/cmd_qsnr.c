@@ -103,6 +103,15 @@ static void qsnr_cell(FILE *f, double v, const char *fmt) {
     else fputs(isnan(v) ? "" : "inf", f);
 }
 
+/* A result's four dB columns (mean, min, tensor, bound), sep between them. */
+static void qsnr_db_cells(FILE *f, const qsnr_result *r, const char *sep, const char *fmt) {
+    const double v[4] = {r->mean_db, r->min_db, r->tensor_db, r->bound_db};
+    for (int i = 0; i < 4; i++) {
+        if (i) fputs(sep, f);
+        qsnr_cell(f, v[i], fmt);
+    }
+}
+
 int cmd_qsnr(int argc, char **argv) {
     const char *formats_s = qsnr_default_formats, *dist_s = "paper", *length_s = "1024", *count_s = "3000",
                *seed_s = "0", *block_s = "32", *round_s = "even", *npy_s = NULL, *out_s = "qsnr";
@@ -209,13 +218,7 @@ int cmd_qsnr(int argc, char **argv) {
             if (fi->is_mx) printf("1x%d", specs[f].block_cols);
             else printf("-");
             printf(" | %.3g | ", r->bits);
-            qsnr_cell(stdout, r->mean_db, "%.2f");
-            fputs(" | ", stdout);
-            qsnr_cell(stdout, r->min_db, "%.2f");
-            fputs(" | ", stdout);
-            qsnr_cell(stdout, r->tensor_db, "%.2f");
-            fputs(" | ", stdout);
-            qsnr_cell(stdout, r->bound_db, "%.2f");
+            qsnr_db_cells(stdout, r, " | ", "%.2f");
             puts(" |");
         }
     }
@@ -238,13 +241,7 @@ int cmd_qsnr(int argc, char **argv) {
             fprintf(csv, "%s,%s,", set_names[si], quant_format_get(fmts[f])->name);
             if (quant_format_get(fmts[f])->is_mx) fprintf(csv, "1x%d", specs[f].block_cols);
             fprintf(csv, ",%.6g,", r->bits);
-            qsnr_cell(csv, r->mean_db, "%.4f");
-            fputc(',', csv);
-            qsnr_cell(csv, r->min_db, "%.4f");
-            fputc(',', csv);
-            qsnr_cell(csv, r->tensor_db, "%.4f");
-            fputc(',', csv);
-            qsnr_cell(csv, r->bound_db, "%.4f");
+            qsnr_db_cells(csv, r, ",", "%.4f");
             fprintf(csv, ",%lld,%lld,%lld\n", (long long)r->vectors, (long long)length, (long long)r->exact);
         }
     if (fclose(csv)) {
