@@ -35,6 +35,8 @@ static void expect_cfg_error(const char *text, const char *needle) {
 
 START_TEST(test_config_errors) {
     expect_cfg_error("[model]\narch = resnet18\n\n[modle]\nx = 1\n", "bad.ini:4: unknown section [modle]");
+    /* a header behind a vertical tab (inih skips it as white space; found by fuzz_config) */
+    expect_cfg_error("[model]\n\v[mode\xf6l]\narch = rs\n", "bad.ini:2: unknown section [mode\xf6l]");
     expect_cfg_error("[model]\narch = resnet18\nnum_clases = 10\n", "bad.ini:3: unknown key 'num_clases' in [model] (valid: arch, num_classes");
     expect_cfg_error("[data]\nbatch_size = many\n", "bad.ini:2: [data] batch_size: 'many' is not an integer");
     expect_cfg_error("[data]\n\nbatch_size = 0\n", "bad.ini:3: [data] batch_size: 0 is out of range");

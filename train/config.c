@@ -1,6 +1,8 @@
 /* Composes the modules' key tables into sections, and reads INI files (see config.h). */
 #include "train/config.h"
 
+#include <ctype.h>
+
 #include <ini.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -170,7 +172,7 @@ static char *reader(char *str, int num, void *stream) {
     }
     char *r = memcpy(str, ps->buf, (size_t)len + 1);
     const char *p = str;
-    while (*p == ' ' || *p == '\t') p++;
+    while (isspace((unsigned char)*p)) p++; /* as inih skips it (\v and \f too) */
     if (*p == '[') {
         const char *close = strchr(p, ']');
         char name[128];
@@ -204,7 +206,9 @@ static int handler(void *user, const char *section, const char *name, const char
     }
     int k = find_key(section, name);
     if (k < 0) {
-        unknown_key(section, name, &e2);
+        /* the reader refuses unknown section headers; this holds whatever inih takes for one */
+        if (!section_known(section)) unknown_section(section, &e2);
+        else unknown_key(section, name, &e2);
         mx_err_set(ps->err, "%s:%d: %s", ps->path, ps->line, e2.msg);
         ps->failed = true;
         return 0;
