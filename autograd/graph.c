@@ -6,20 +6,55 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "cuda/cuda.h"
 
 void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes) {
     memset(ctx, 0, sizeof *ctx);
     arena_init(&ctx->ar, arena_bytes);
     arena_init(&ctx->scratch, 0);
+    arena_init(&ctx->meta, 0);
     ctx->run.grad_enabled = true;
     ctx->run.training = true;
 }
 
+void ag_ctx_use_gpu(ag_ctx *ctx) {
+    MX_ASSERTF(ctx->n_bufs == 0 && ctx->n_nodes == 0, "ag_ctx_use_gpu on a context in use");
+    size_t cap = ctx->ar.cap;
+    arena_free(&ctx->ar);
+    arena_free(&ctx->scratch);
+    arena_init_mem(&ctx->ar, cap, &cu_arena_mem);
+    arena_init_mem(&ctx->scratch, 0, &cu_arena_mem);
+    ctx->gpu = true;
+}
+
+void *ag_mem_alloc(const ag_ctx *ctx, size_t bytes) { return ctx->gpu ? cu_malloc(bytes) : mx_aligned_alloc(bytes); }
+
+void ag_mem_free(const ag_ctx *ctx, void *p) {
+    if (ctx->gpu) cu_free(p);
+    else free(p);
+}
+
+void ag_mem_zero(const ag_ctx *ctx, void *p, size_t bytes) {
+    if (ctx->gpu) cu_memset(p, 0, bytes);
+    else memset(p, 0, bytes);
+}
+
+void ag_mem_upload(const ag_ctx *ctx, void *dst, const void *host_src, size_t bytes) {
+    if (ctx->gpu) cu_to_device(dst, host_src, bytes);
+    else memcpy(dst, host_src, bytes);
+}
+
+void ag_mem_download(const ag_ctx *ctx, void *host_dst, const void *src, size_t bytes) {
+    if (ctx->gpu) cu_to_host(host_dst, src, bytes);
+    else memcpy(host_dst, src, bytes);
+}
+
 void ag_ctx_free(ag_ctx *ctx) {
-    for (int i = 0; i < ctx->n_bufs; i++) free(ctx->bufs[i].p);
+    for (int i = 0; i < ctx->n_bufs; i++) ag_mem_free(ctx, ctx->bufs[i].p);
     free(ctx->bufs);
     arena_free(&ctx->ar);
     arena_free(&ctx->scratch);
+    arena_free(&ctx->meta);
     free(ctx->nodes);
     memset(ctx, 0, sizeof *ctx);
 }
@@ -28,13 +63,14 @@ void ag_ctx_reset(ag_ctx *ctx) {
     for (int i = 0; i < ctx->n_bufs; i++) ctx->bufs[i].used = false;
     arena_reset(&ctx->ar);
     arena_reset(&ctx->scratch);
+    arena_reset(&ctx->meta);
     ctx->n_nodes = 0;
     ctx->rng_calls = 0;
     if (ctx->run.mm) mm_plan_new_step(ctx->run.mm);
 }
 
 ag_var *ag_new(ag_ctx *ctx, int ndim, const int64_t *shape) {
-    ag_var *v = arena_alloc(&ctx->ar, sizeof *v);
+    ag_var *v = arena_alloc(&ctx->meta, sizeof *v);
     memset(v, 0, sizeof *v);
     v->value = arena_tensor(&ctx->ar, ndim, shape);
     return v;
@@ -61,7 +97,7 @@ static float *ag_pool_take(ag_ctx *ctx, size_t bytes) {
         }
     MX_GROW(ctx->bufs, ctx->cap_bufs, ctx->n_bufs + 1, 32);
     ag_buf *b = &ctx->bufs[ctx->n_bufs++];
-    *b = (ag_buf){mx_aligned_alloc(bytes), bytes, true};
+    *b = (ag_buf){ag_mem_alloc(ctx, bytes), bytes, true};
     return b->p;
 }
 
@@ -84,7 +120,7 @@ float *ag_grad(ag_ctx *ctx, ag_var *v) {
     if (v->grad) return v->grad;
     size_t bytes = (size_t)ag_numel(v) * sizeof(float);
     v->grad = v->is_leaf ? arena_alloc(&ctx->ar, bytes) : ag_pool_take(ctx, bytes);
-    memset(v->grad, 0, bytes);
+    ag_mem_zero(ctx, v->grad, bytes);
     return v->grad;
 }
 
@@ -110,7 +146,7 @@ ag_node *ag_record(ag_ctx *ctx, ag_op op, ag_var *out, ag_var *const *in, int n_
 }
 
 void *ag_save(ag_ctx *ctx, ag_node *node, size_t bytes) {
-    node->saved = arena_calloc(&ctx->ar, bytes);
+    node->saved = arena_calloc(&ctx->meta, bytes);
     return node->saved;
 }
 
@@ -125,7 +161,7 @@ void ag_backward_from(ag_ctx *ctx, ag_var *y, const float *dy) {
     /* Intermediate gradients are taken zeroed from the pool and given back
      * once consumed, so a second backward over the same tape adds exactly the
      * same to the leaves. */
-    memcpy(ag_grad(ctx, y), dy, (size_t)ag_numel(y) * sizeof(float));
+    ag_mem_upload(ctx, ag_grad(ctx, y), dy, (size_t)ag_numel(y) * sizeof(float));
     for (int i = ctx->n_nodes - 1; i >= 0; i--) {
         ag_node *n = &ctx->nodes[i];
         if (!n->out->grad) continue; /* nothing flowed here */

@@ -8,7 +8,14 @@
  *
  * Memory: outputs, saved tensors and intermediate gradients come from the
  * context's arena, reset each step (ag_ctx_reset). Parameters are ag_vars whose
- * value and grad point into a model's flat parameter/gradient buffers. */
+ * value and grad point into a model's flat parameter/gradient buffers.
+ *
+ * Devices: a context made for the GPU (ag_ctx_use_gpu) keeps every tensor's
+ * data in device memory (its arenas and gradient pool allocate there) and
+ * each op runs its CUDA kernels (cuda/cuda.h) instead of its CPU loops, with
+ * the same arithmetic; the tape, the variables and what ops save about
+ * themselves stay on the host (ctx->meta). An op's CPU and GPU versions sit
+ * side by side in its ops_*.c file. */
 #ifndef MX_AUTOGRAD_GRAPH_H
 #define MX_AUTOGRAD_GRAPH_H
 
@@ -99,7 +106,9 @@ typedef struct ag_run {
 /* The tape and the step's memory, plus the settings it runs under. */
 typedef struct ag_ctx {
     ag_run run;
-    arena ar;               /* per-step memory: outputs, saved state, leaf gradients */
+    bool gpu;               /* tensors live on the GPU and ops run there (ag_ctx_use_gpu) */
+    arena ar;               /* per-step tensor data: outputs, saved tensors, leaf gradients */
+    arena meta;             /* per-step host memory: variables and what ops save about themselves */
     ag_buf *bufs;           /* gradients of non-leaf variables: a buffer returns to the
                                pool once its node's backward has run, so the backward
                                holds a few at a time instead of one per activation */
@@ -115,6 +124,16 @@ typedef struct ag_ctx {
 } ag_ctx;
 
 void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes);
+/* Moves a fresh context to the GPU (cu_init done): from here on tensor data
+ * is device memory (inputs and parameters given to ops must be too). */
+void ag_ctx_use_gpu(ag_ctx *ctx);
+/* Memory of the context's kind outside the arenas (host, or device when on the GPU). */
+void *ag_mem_alloc(const ag_ctx *ctx, size_t bytes);
+void ag_mem_free(const ag_ctx *ctx, void *p);
+void ag_mem_zero(const ag_ctx *ctx, void *p, size_t bytes);
+/* Copies between host memory and the context's memory (plain memcpy on the CPU). */
+void ag_mem_upload(const ag_ctx *ctx, void *dst, const void *host_src, size_t bytes);
+void ag_mem_download(const ag_ctx *ctx, void *host_dst, const void *src, size_t bytes);
 void ag_ctx_free(ag_ctx *ctx);
 /* New step: forgets the tape and every arena tensor. */
 void ag_ctx_reset(ag_ctx *ctx);
@@ -141,7 +160,7 @@ void *ag_save(ag_ctx *ctx, ag_node *node, size_t bytes);
 
 /* Reverse pass from a scalar loss: d loss / d loss = 1. */
 void ag_backward(ag_ctx *ctx, ag_var *loss);
-/* Reverse pass from any variable y with a given d(something)/dy (copied). */
+/* Reverse pass from any variable y with a given d(something)/dy (host memory, copied). */
 void ag_backward_from(ag_ctx *ctx, ag_var *y, const float *dy);
 
 #endif

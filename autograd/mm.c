@@ -207,18 +207,27 @@ static void mm_account(ag_ctx *ctx, const mm_site *site, mm_role role, const qua
     q->bytes_quantized += 4 * n;
 }
 
+/* An operand used as it is (fp32, or no plan). */
+static quant_tensor mm_full(const float *src, int batch, int64_t rows, int64_t cols) {
+    return (quant_tensor){.spec = {.format = QUANT_FORMAT_FP32}, .ndim = 3, .shape = {batch, rows, cols}, .values = src};
+}
+
 /* Quantizes batch x [rows, cols] of role at site: one pass, counted, with
- * statistics when collected. fp32: the operand is src itself. */
+ * statistics when collected. fp32: the operand is src itself. On the GPU
+ * the quantized values are held as bf16 (packed codes are a CPU saving). */
 static quant_tensor mm_quantize(ag_ctx *ctx, const mm_site *site, mm_role role, const float *src, int batch,
                                 int64_t rows, int64_t cols, mm_axis axis, mm_store store) {
-    quant_tensor t = {.spec = mm_spec(ctx, site, role, axis), .ndim = 3, .shape = {batch, rows, cols}};
-    if (t.spec.format == QUANT_FORMAT_FP32) {
-        t.values = src;
+    quant_tensor t = mm_full(src, batch, rows, cols);
+    t.spec = mm_spec(ctx, site, role, axis);
+    if (t.spec.format == QUANT_FORMAT_FP32) return t;
+    int64_t n = (int64_t)batch * rows * cols;
+    quant_stats st, *stp = ctx->run.mm->collect_stats ? &st : NULL;
+    if (ctx->gpu) {
+        mm_gpu_quantize(ctx, &t, src, store == MM_STORE_SCRATCH ? &ctx->scratch : &ctx->ar, stp);
+        mm_account(ctx, site, role, stp, n, true);
         return t;
     }
-    int64_t n = (int64_t)batch * rows * cols;
     bool packed = store == MM_STORE_PACKED && quant_format_get(t.spec.format)->is_mx;
-    quant_stats st, *stp = ctx->run.mm->collect_stats ? &st : NULL;
     float *y = arena_alloc(store == MM_STORE_SCRATCH || packed ? &ctx->scratch : &ctx->ar, sizeof(float) * (size_t)n);
     if (packed) {
         uint8_t *codes = arena_alloc(&ctx->ar, (size_t)quant_codes_bytes(&t.spec, 3, t.shape));
@@ -234,29 +243,39 @@ static quant_tensor mm_quantize(ag_ctx *ctx, const mm_site *site, mm_role role, 
     return t;
 }
 
-const float *mm_rowq_apply(mm_rowq *q, const float *a, int batch, int64_t row0, int64_t rows, int64_t cols) {
-    if (!q->active) return a;
+quant_tensor mm_rowq_apply(mm_rowq *q, const float *a, int batch, int64_t row0, int64_t rows, int64_t cols) {
+    quant_tensor t = mm_full(a, batch, rows, cols);
+    if (!q->active) return t;
     MX_ASSERT(batch == 1 || row0 == 0);
-    quant_spec s = q->spec;
-    s.offset = (uint64_t)(row0 * cols);
-    int64_t shape[3] = {batch, rows, cols}, n = (int64_t)batch * rows * cols;
-    float *y = arena_alloc(&q->ctx->scratch, sizeof(float) * (size_t)n);
+    t.spec = q->spec;
+    t.spec.offset = (uint64_t)(row0 * cols);
+    int64_t n = (int64_t)batch * rows * cols;
     quant_stats st, *stp = q->ctx->run.mm->collect_stats ? &st : NULL;
-    quant_fake(&s, a, y, 3, shape, NULL, stp);
+    if (q->ctx->gpu) {
+        mm_gpu_quantize(q->ctx, &t, a, &q->ctx->scratch, stp);
+    } else {
+        float *y = arena_alloc(&q->ctx->scratch, sizeof(float) * (size_t)n);
+        quant_fake(&t.spec, a, y, 3, t.shape, NULL, stp);
+        t.values = y;
+    }
     mm_account(q->ctx, q->site, MM_ROLE_BWD_ACT_DW, stp, n, !q->counted);
     q->counted = true;
-    return y;
+    return t;
 }
 
-/* The values of a saved operand (codes unpacked into scratch), or the
- * full-precision operand when nothing was saved. */
-static const float *mm_saved_values(ag_ctx *ctx, const quant_tensor *t, const float *full) {
+/* A saved operand with its values at hand (codes unpacked into scratch), or
+ * the full-precision operand when nothing was saved. */
+static quant_tensor mm_saved_values(ag_ctx *ctx, const quant_tensor *t, const float *full, int batch, int64_t rows,
+                                    int64_t cols) {
+    if (!t->values && !t->values16 && !t->codes) return mm_full(full, batch, rows, cols);
+    quant_tensor v = *t;
     if (t->codes) {
         float *y = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)quant_tensor_numel(t));
         quant_tensor_values(t, y);
-        return y;
+        v.values = y;
+        v.codes = v.scales = NULL;
     }
-    return t->values ? t->values : full;
+    return v;
 }
 
 /* ---------------- forward and backward ---------------- */
@@ -281,15 +300,16 @@ void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const floa
                 mm_saved *sv) {
     mm_plan *q = ctx->run.mm;
     mm_count(ctx, sh);
+    const int B = sh->batch;
+    int64_t ar, ac, brows = sh->b_trans ? sh->n : sh->k, bcols = sh->b_trans ? sh->k : sh->n;
+    mm_a_dims(sh, &ar, &ac);
     if (!q) {
-        mm_gemm_y(ctx, sh, a, b, y);
+        quant_tensor fa = mm_full(a, B, ar, ac), fb = mm_full(b, B, brows, bcols);
+        mm_gemm_y(ctx, sh, &fa, &fb, y);
         return;
     }
     mm_check_contiguous(sh);
     mm_tiling tiling = q->policy.tiling;
-    const int B = sh->batch;
-    int64_t ar, ac;
-    mm_a_dims(sh, &ar, &ac);
     mm_store sa = !sv || tiling == MM_TILING_1D ? MM_STORE_SCRATCH
                   : tiling == MM_TILING_2D      ? MM_STORE_PACKED
                                                 : MM_STORE_KEEP;
@@ -297,9 +317,9 @@ void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const floa
     arena_mark mark = arena_get_mark(&ctx->scratch);
     quant_tensor aq = mm_quantize(ctx, site, MM_ROLE_FWD_ACT, a, B, ar, ac, MM_AXIS_COLS, sa);
     /* B's K axis: columns of B [N,K] (b_trans), rows of B [K,N] */
-    quant_tensor bq = mm_quantize(ctx, site, MM_ROLE_FWD_WEIGHT, b, B, sh->b_trans ? sh->n : sh->k,
-                                  sh->b_trans ? sh->k : sh->n, sh->b_trans ? MM_AXIS_COLS : MM_AXIS_ROWS, sb);
-    mm_gemm_y(ctx, sh, aq.values, bq.values, y);
+    quant_tensor bq = mm_quantize(ctx, site, MM_ROLE_FWD_WEIGHT, b, B, brows, bcols,
+                                  sh->b_trans ? MM_AXIS_COLS : MM_AXIS_ROWS, sb);
+    mm_gemm_y(ctx, sh, &aq, &bq, y);
     arena_release(&ctx->scratch, mark);
     if (!sv) return;
     int64_t a_el = B * ar * ac, b_el = (int64_t)B * sh->k * sh->n;
@@ -308,42 +328,51 @@ void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const floa
     if (sb != MM_STORE_SCRATCH && bq.spec.format != QUANT_FORMAT_FP32) sv->b = bq;
     /* what the backward holds of A: codes and scales, a bf16 copy, or float32 */
     if (aq.codes) q->bytes_held += quant_codes_bytes(&aq.spec, 3, aq.shape) + quant_num_blocks(&aq.spec, 3, aq.shape, NULL);
-    else q->bytes_held += (tiling == MM_TILING_2D && aq.spec.format == QUANT_FORMAT_BF16 ? 2 : 4) * a_el;
-    q->bytes_held += 4 * b_el;
+    else q->bytes_held += (aq.values16 || (tiling == MM_TILING_2D && aq.spec.format == QUANT_FORMAT_BF16) ? 2 : 4) * a_el;
+    q->bytes_held += (bq.values16 ? 2 : 4) * b_el;
 }
 
 void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
                  const float *b, const float *dy, float *da, float *db) {
     mm_plan *q = ctx->run.mm;
     mm_rowq rq = {ctx, site, {0}, false, false, 1};
+    const int B = sh->batch;
+    int64_t ar, ac, brows = sh->b_trans ? sh->n : sh->k, bcols = sh->b_trans ? sh->k : sh->n;
+    mm_a_dims(sh, &ar, &ac);
     if (!q) {
-        if (da) mm_count(ctx, sh), mm_gemm_da(ctx, sh, dy, b, da);
-        if (db) mm_count(ctx, sh), mm_gemm_db(ctx, sh, &rq, a, dy, db);
+        quant_tensor fa = mm_full(a, B, ar, ac), fb = mm_full(b, B, brows, bcols), fdy = mm_full(dy, B, sh->m, sh->n);
+        if (da) mm_count(ctx, sh), mm_gemm_da(ctx, sh, &fdy, &fb, da);
+        if (db) mm_count(ctx, sh), mm_gemm_db(ctx, sh, &rq, &fa, &fdy, db);
         return;
     }
     mm_check_contiguous(sh);
-    const int B = sh->batch;
-    int64_t brows = sh->b_trans ? sh->n : sh->k, bcols = sh->b_trans ? sh->k : sh->n;
     arena_mark mark = arena_get_mark(&ctx->scratch);
     if (q->policy.tiling == MM_TILING_2D) {
         /* one quantization of dY serves both products; A and B are the forward's copies */
         quant_tensor dyq = mm_quantize(ctx, site, MM_ROLE_BWD_GRAD_DX, dy, B, sh->m, sh->n, MM_AXIS_COLS,
                                        MM_STORE_SCRATCH);
-        if (da) mm_count(ctx, sh), mm_gemm_da(ctx, sh, dyq.values, mm_saved_values(ctx, &sv->b, b), da);
-        if (db) mm_count(ctx, sh), mm_gemm_db(ctx, sh, &rq, mm_saved_values(ctx, &sv->a, a), dyq.values, db);
+        if (da) {
+            quant_tensor bv = mm_saved_values(ctx, &sv->b, b, B, brows, bcols);
+            mm_count(ctx, sh), mm_gemm_da(ctx, sh, &dyq, &bv, da);
+        }
+        if (db) {
+            quant_tensor av = mm_saved_values(ctx, &sv->a, a, B, ar, ac);
+            mm_count(ctx, sh), mm_gemm_db(ctx, sh, &rq, &av, &dyq, db);
+        }
         arena_release(&ctx->scratch, mark);
         return;
     }
     bool requant = q->policy.tiling == MM_TILING_1D_REQUANT;
-    const float *src_a = requant ? mm_saved_values(ctx, &sv->a, a) : a;
-    const float *src_b = requant ? mm_saved_values(ctx, &sv->b, b) : b;
+    /* 1d_requant quantizes the forward's quantized copies again (float32 values) */
+    const float *src_a = requant ? mm_values_f32(ctx, mm_saved_values(ctx, &sv->a, a, B, ar, ac)) : a;
+    const float *src_b = requant ? mm_values_f32(ctx, mm_saved_values(ctx, &sv->b, b, B, brows, bcols)) : b;
     if (da) { /* reduces over N */
         quant_tensor dyq = mm_quantize(ctx, site, MM_ROLE_BWD_GRAD_DX, dy, B, sh->m, sh->n, MM_AXIS_COLS,
                                        MM_STORE_SCRATCH);
         quant_tensor bq = mm_quantize(ctx, site, MM_ROLE_BWD_WEIGHT_DX, src_b, B, brows, bcols,
                                       sh->b_trans ? MM_AXIS_ROWS : MM_AXIS_COLS, MM_STORE_SCRATCH);
         mm_count(ctx, sh);
-        mm_gemm_da(ctx, sh, dyq.values, bq.values, da);
+        mm_gemm_da(ctx, sh, &dyq, &bq, da);
     }
     if (db) { /* reduces over M: A's blocks run down M, quantized whole or by chunks of rows */
         quant_tensor dyq = mm_quantize(ctx, site, MM_ROLE_BWD_GRAD_DW, dy, B, sh->m, sh->n, MM_AXIS_ROWS,
@@ -351,8 +380,9 @@ void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_
         rq.spec = mm_spec(ctx, site, MM_ROLE_BWD_ACT_DW, MM_AXIS_ROWS);
         rq.active = rq.spec.format != QUANT_FORMAT_FP32;
         rq.align = rq.active ? rq.spec.block_cols : 1;
+        quant_tensor fa = mm_full(src_a, B, ar, ac);
         mm_count(ctx, sh);
-        mm_gemm_db(ctx, sh, &rq, src_a, dyq.values, db);
+        mm_gemm_db(ctx, sh, &rq, &fa, &dyq, db);
     }
     arena_release(&ctx->scratch, mark);
 }

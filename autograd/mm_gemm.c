@@ -44,35 +44,23 @@ static void dense_db1(const mm_shape *sh, int m, const float *a, const float *dy
 
 /* ---------------- im2col by chunks ---------------- */
 
-/* Rows [r0, r1) of the gather of kernel windows of an NHWC tensor src
- * [n, sh, sw, c]: row (image, py, px) of the ph x pw grid, columns (i, j, c)
- * for kernel position (i, j), reading src pixel (py*stride + off + sgn*i,
- * px*stride + off + sgn*j), zero outside. im2col of x: off = -pad, sgn = +1;
- * the transposed convolution gathers dY with off = +pad, sgn = -1. */
-typedef struct conv_window {
-    int64_t n, sh, sw, c, ph, pw, kh, kw;
-    int stride, off, sgn;
-} conv_window;
-
-static void conv_gather_rows(const conv_window *g, const float *src, int64_t r0, int64_t r1, float *cols) {
+/* Rows [r0, r1) of the gather of kernel windows g (ag_window) of src. */
+static void conv_gather_rows(const ag_window *g, const float *src, int64_t r0, int64_t r1, float *cols) {
     int64_t K = g->kh * g->kw * g->c;
 #pragma omp parallel for schedule(static) if ((r1 - r0) * K >= AG_PAR_MIN)
     for (int64_t r = r0; r < r1; r++) {
-        int64_t ni = r / (g->ph * g->pw), py = (r / g->pw) % g->ph, px = r % g->pw;
         float *dst = cols + (r - r0) * K;
-        for (int64_t i = 0; i < g->kh; i++) {
-            int64_t sy = py * g->stride + g->off + g->sgn * i;
+        for (int64_t i = 0; i < g->kh; i++)
             for (int64_t j = 0; j < g->kw; j++, dst += g->c) {
-                int64_t sx = px * g->stride + g->off + g->sgn * j;
-                if (sy < 0 || sy >= g->sh || sx < 0 || sx >= g->sw) memset(dst, 0, sizeof(float) * (size_t)g->c);
-                else memcpy(dst, src + ((ni * g->sh + sy) * g->sw + sx) * g->c, sizeof(float) * (size_t)g->c);
+                int64_t px = ag_k_window_pixel(g, r, i, j);
+                if (px < 0) memset(dst, 0, sizeof(float) * (size_t)g->c);
+                else memcpy(dst, src + px * g->c, sizeof(float) * (size_t)g->c);
             }
-        }
     }
 }
 
-static conv_window conv_im2col_window(const mm_im2col *g) {
-    return (conv_window){g->n, g->h, g->w, g->c, g->oh, g->ow, g->kh, g->kw, g->stride, -g->pad, 1};
+ag_window mm_im2col_window(const mm_im2col *g) {
+    return (ag_window){g->n, g->h, g->w, g->c, g->oh, g->ow, g->kh, g->kw, g->stride, -g->pad, 1};
 }
 
 /* Rows per chunk of a product with K columns and N outputs: about 1.25 MB of
@@ -121,7 +109,7 @@ static void conv_y(ag_ctx *ctx, const mm_shape *sh, const float *x, const float 
     arena_mark mark = arena_get_mark(&ctx->scratch);
     int64_t rows = conv_chunk_rows(ctx, K, O, M, 1);
     float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
-    conv_window win = conv_im2col_window(g);
+    ag_window win = mm_im2col_window(g);
     for (int64_t r0 = 0; r0 < M; r0 += rows) {
         int64_t r1 = r0 + rows < M ? r0 + rows : M;
         conv_gather_rows(&win, x, r0, r1, cols);
@@ -147,7 +135,7 @@ static void conv_dx(ag_ctx *ctx, const mm_shape *sh, const float *dy, const floa
                 memcpy(wt + (ij * O + o) * g->c, w + (o * g->kh * g->kw + ij) * g->c, sizeof(float) * (size_t)g->c);
         int64_t rows = conv_chunk_rows(ctx, KO, g->c, P, 1);
         float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * KO));
-        conv_window win = {g->n, g->oh, g->ow, O, g->h, g->w, g->kh, g->kw, 1, g->pad, -1};
+        ag_window win = {g->n, g->oh, g->ow, O, g->h, g->w, g->kh, g->kw, 1, g->pad, -1};
         for (int64_t r0 = 0; r0 < P; r0 += rows) {
             int64_t r1 = r0 + rows < P ? r0 + rows : P;
             conv_gather_rows(&win, dy, r0, r1, cols);
@@ -173,12 +161,12 @@ static void conv_dw(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const float *x,
     arena_mark mark = arena_get_mark(&ctx->scratch);
     int64_t rows = conv_chunk_rows(ctx, K, sh->n, M, q->align);
     float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
-    conv_window win = conv_im2col_window(&sh->g);
+    ag_window win = mm_im2col_window(&sh->g);
     for (int64_t r0 = 0; r0 < M; r0 += rows) {
         int64_t r1 = r0 + rows < M ? r0 + rows : M;
         conv_gather_rows(&win, x, r0, r1, cols);
         arena_mark chunk = arena_get_mark(&ctx->scratch);
-        dense_db1(sh, (int)(r1 - r0), mm_rowq_apply(q, cols, 1, r0, r1 - r0, K), dy + r0 * sh->n, dw);
+        dense_db1(sh, (int)(r1 - r0), mm_rowq_apply(q, cols, 1, r0, r1 - r0, K).values, dy + r0 * sh->n, dw);
         arena_release(&ctx->scratch, chunk);
     }
     arena_release(&ctx->scratch, mark);
@@ -186,24 +174,37 @@ static void conv_dw(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const float *x,
 
 /* ---------------- entry points ---------------- */
 
-void mm_gemm_y(ag_ctx *ctx, const mm_shape *sh, const float *a, const float *b, float *y) {
-    if (sh->im2col) conv_y(ctx, sh, a, b, y);
-    else dense_y(sh, a, b, y);
+/* The CPU multiplies float32 values (bf16 ones exist only on the GPU). */
+static const float *mm_cpu_values(const quant_tensor *t) {
+    MX_ASSERT(t->values);
+    return t->values;
 }
 
-void mm_gemm_da(ag_ctx *ctx, const mm_shape *sh, const float *dy, const float *b, float *da) {
-    if (sh->im2col) conv_dx(ctx, sh, dy, b, da);
-    else dense_da(sh, dy, b, da);
+void mm_gemm_y(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *a, const quant_tensor *b, float *y) {
+    if (ctx->gpu) mm_gpu_y(ctx, sh, a, b, y);
+    else if (sh->im2col) conv_y(ctx, sh, mm_cpu_values(a), mm_cpu_values(b), y);
+    else dense_y(sh, mm_cpu_values(a), mm_cpu_values(b), y);
 }
 
-void mm_gemm_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const float *a, const float *dy, float *db) {
+void mm_gemm_da(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *dy, const quant_tensor *b, float *da) {
+    if (ctx->gpu) mm_gpu_da(ctx, sh, dy, b, da);
+    else if (sh->im2col) conv_dx(ctx, sh, mm_cpu_values(dy), mm_cpu_values(b), da);
+    else dense_da(sh, mm_cpu_values(dy), mm_cpu_values(b), da);
+}
+
+void mm_gemm_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const quant_tensor *a, const quant_tensor *dy,
+                float *db) {
+    if (ctx->gpu) {
+        mm_gpu_db(ctx, sh, q, a, dy, db);
+        return;
+    }
     if (sh->im2col) {
-        conv_dw(ctx, sh, q, a, dy, db);
+        conv_dw(ctx, sh, q, mm_cpu_values(a), mm_cpu_values(dy), db);
         return;
     }
     arena_mark mark = arena_get_mark(&ctx->scratch);
-    const float *aq = mm_rowq_apply(q, a, sh->batch, 0, sh->m, sh->k);
+    quant_tensor aq = mm_rowq_apply(q, mm_cpu_values(a), sh->batch, 0, sh->m, sh->k);
     for (int i = 0; i < sh->batch; i++)
-        dense_db1(sh, sh->m, aq + i * sh->stride_a, dy + i * sh->stride_y, db + i * sh->stride_b);
+        dense_db1(sh, sh->m, aq.values + i * sh->stride_a, mm_cpu_values(dy) + i * sh->stride_y, db + i * sh->stride_b);
     arena_release(&ctx->scratch, mark);
 }

@@ -4,6 +4,7 @@
 #define MX_AUTOGRAD_MM_IMPL_H
 
 #include "autograd/mm.h"
+#include "autograd/ops_kernel.h"
 
 /* Quantizes pieces of A's rows for the dB product, which reduces over M: in
  * 1d, blocks run down M, so a chunk of rows starting at a multiple of the
@@ -20,13 +21,30 @@ typedef struct mm_rowq {
 
 /* Rows [row0, row0 + rows) of A (cols each; batch > 1 only whole, row0 = 0),
  * quantized into the scratch arena, or a itself when inactive. */
-const float *mm_rowq_apply(mm_rowq *q, const float *a, int batch, int64_t row0, int64_t rows, int64_t cols);
+quant_tensor mm_rowq_apply(mm_rowq *q, const float *a, int batch, int64_t row0, int64_t rows, int64_t cols);
+
+/* The operands reach the products as quant_tensors: float32 values (the CPU,
+ * fp32 operands) or bf16 values (quantized operands on the GPU). */
 
 /* Y = A . B' */
-void mm_gemm_y(ag_ctx *ctx, const mm_shape *sh, const float *a, const float *b, float *y);
+void mm_gemm_y(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *a, const quant_tensor *b, float *y);
 /* dA += dY . B'^T (a conv: dX) */
-void mm_gemm_da(ag_ctx *ctx, const mm_shape *sh, const float *dy, const float *b, float *da);
-/* dB += A^T . dY with A's rows through q */
-void mm_gemm_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const float *a, const float *dy, float *db);
+void mm_gemm_da(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *dy, const quant_tensor *b, float *da);
+/* dB += A^T . dY with A's rows through q (A itself as given when q is inactive) */
+void mm_gemm_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const quant_tensor *a, const quant_tensor *dy,
+                float *db);
+
+/* A conv's im2col window of x (off = -pad, sgn = +1). */
+ag_window mm_im2col_window(const mm_im2col *g);
+
+/* ---- the GPU's half (mm_gpu.c) ---- */
+/* Quantizes src with t->spec over t->shape into ar: t->values16 (bf16) when
+ * every value is bf16-exact, else t->values (float32, the same bits). */
+void mm_gpu_quantize(ag_ctx *ctx, quant_tensor *t, const float *src, arena *ar, quant_stats *stats);
+/* An operand's values as float32 (bf16 ones widened into scratch). */
+const float *mm_values_f32(ag_ctx *ctx, quant_tensor t);
+void mm_gpu_y(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *a, const quant_tensor *b, float *y);
+void mm_gpu_da(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *dy, const quant_tensor *b, float *da);
+void mm_gpu_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const quant_tensor *a, const quant_tensor *dy, float *db);
 
 #endif

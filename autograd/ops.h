@@ -49,6 +49,8 @@ ag_var *ag_drop_path(ag_ctx *ctx, ag_var *x, float p); /* per-sample (dim 0) sto
 /* Mean cross-entropy of logits [N, C] against labels, with label smoothing. */
 ag_var *ag_cross_entropy(ag_ctx *ctx, ag_var *logits, const int32_t *labels, float smoothing);
 ag_var *ag_mean(ag_ctx *ctx, ag_var *x);
+/* p[0..n) += v on a buffer in the context's memory, outside the tape (BatchNorm's num_batches_tracked). */
+void ag_buffer_add(ag_ctx *ctx, float *p, int64_t n, float v);
 ag_var *ag_sum(ag_ctx *ctx, ag_var *x);
 
 #endif

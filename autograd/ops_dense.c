@@ -12,6 +12,10 @@
 /* ---------------- shared helpers ---------------- */
 
 void ag_colsum_add(ag_ctx *ctx, const float *x, int64_t rows, int64_t cols, float *out) {
+    if (ctx->gpu) {
+        cu_op_colsum_add(rows, cols, x, out);
+        return;
+    }
     int nth = rows * cols >= AG_PAR_MIN ? omp_get_max_threads() : 1;
     float *part = arena_calloc(&ctx->ar, sizeof(float) * (size_t)(nth * cols));
 #pragma omp parallel num_threads(nth)
@@ -25,13 +29,21 @@ void ag_colsum_add(ag_ctx *ctx, const float *x, int64_t rows, int64_t cols, floa
         for (int64_t c = 0; c < cols; c++) out[c] += part[t * cols + c];
 }
 
-void ag_rows_add_bias(float *y, int64_t rows, int64_t cols, const float *b) {
+void ag_rows_add_bias(const ag_ctx *ctx, float *y, int64_t rows, int64_t cols, const float *b) {
+    if (ctx->gpu) {
+        cu_op_add(rows * cols, cols, y, b, y);
+        return;
+    }
 #pragma omp parallel for schedule(static) if (rows * cols >= AG_PAR_MIN)
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) y[r * cols + c] += b[c];
 }
 
-void ag_accumulate(float *dst, const float *src, int64_t n) {
+void ag_accumulate(const ag_ctx *ctx, float *dst, const float *src, int64_t n) {
+    if (ctx->gpu) {
+        cu_op_accumulate(n, src, dst);
+        return;
+    }
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
     for (int64_t i = 0; i < n; i++) dst[i] += src[i];
 }
@@ -45,7 +57,7 @@ typedef struct linear_saved {
 
 /* The product's saved state, when the op will be recorded. */
 static mm_saved *ag_mm_saved(ag_ctx *ctx, ag_var *const *ins, int n) {
-    return ag_will_record(ctx, ins, n) ? arena_calloc(&ctx->ar, sizeof(mm_saved)) : NULL;
+    return ag_will_record(ctx, ins, n) ? arena_calloc(&ctx->meta, sizeof(mm_saved)) : NULL;
 }
 
 ag_var *ag_linear(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var *b) {
@@ -62,7 +74,7 @@ ag_var *ag_linear(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var
     mm_saved *sv = ag_mm_saved(ctx, ins, b ? 3 : 2);
     mm_shape sh = mm_shape_dense(rows, out, in, true);
     mm_forward(ctx, site, &sh, xv->data, wv->data, y->value.data, sv);
-    if (b) ag_rows_add_bias(y->value.data, rows, out, b->value.data);
+    if (b) ag_rows_add_bias(ctx, y->value.data, rows, out, b->value.data);
     ag_node *n = ag_record(ctx, AG_OP_LINEAR, y, ins, b ? 3 : 2);
     if (n) *(linear_saved *)ag_save(ctx, n, sizeof(linear_saved)) = (linear_saved){site, sv};
     return y;
@@ -133,7 +145,7 @@ ag_var *ag_conv2d(ag_ctx *ctx, const mm_site *site, ag_var *x, ag_var *w, ag_var
     ag_var *ins[3] = {x, w, b};
     mm_saved *sv = ag_mm_saved(ctx, ins, b ? 3 : 2);
     mm_forward(ctx, site, &sh, xv->data, wv->data, y->value.data, sv);
-    if (b) ag_rows_add_bias(y->value.data, sh.m, sh.n, b->value.data);
+    if (b) ag_rows_add_bias(ctx, y->value.data, sh.m, sh.n, b->value.data);
     ag_node *n = ag_record(ctx, AG_OP_CONV2D, y, ins, b ? 3 : 2);
     if (n) *(conv_saved *)ag_save(ctx, n, sizeof(conv_saved)) = (conv_saved){site, sh, sv};
     return y;
@@ -160,6 +172,39 @@ typedef struct attn_saved {
     mm_saved *mm_qk, *mm_pv;
 } attn_saved;
 
+/* The [B, H, T, hd] <-> [B, T, H, hd] copies around the two products. */
+static void attn_heads_to_tokens(const ag_ctx *ctx, int64_t B, int64_t T, int64_t H, int64_t hd, const float *o,
+                                 float *y) {
+    if (ctx->gpu) { /* y [B, T, H, hd] reads o [B, H, T, hd] */
+        int64_t oshape[4] = {B, T, H, hd}, istride[4] = {H * T * hd, hd, T * hd, 1};
+        cu_op_strided(oshape, istride, o, y, false);
+        return;
+    }
+    size_t per = (size_t)(B * H * T * hd);
+    int64_t D = H * hd;
+#pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
+    for (int64_t bi = 0; bi < B; bi++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++)
+                memcpy(y + (bi * T + t) * D + h * hd, o + ((bi * H + h) * T + t) * hd, sizeof(float) * (size_t)hd);
+}
+
+static void attn_tokens_to_heads(const ag_ctx *ctx, int64_t B, int64_t T, int64_t H, int64_t hd, const float *y,
+                                 float *o) {
+    if (ctx->gpu) { /* o [B, H, T, hd] reads y [B, T, H, hd] */
+        int64_t oshape[4] = {B, H, T, hd}, istride[4] = {T * H * hd, hd, H * hd, 1};
+        cu_op_strided(oshape, istride, y, o, false);
+        return;
+    }
+    size_t per = (size_t)(B * H * T * hd);
+    int64_t D = H * hd;
+#pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
+    for (int64_t bi = 0; bi < B; bi++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++)
+                memcpy(o + ((bi * H + h) * T + t) * hd, y + (bi * T + t) * D + h * hd, sizeof(float) * (size_t)hd);
+}
+
 ag_var *ag_attention(ag_ctx *ctx, const mm_site *site_qk, const mm_site *site_pv, ag_var *qkv, int heads) {
     const tensor *xv = &qkv->value;
     MX_ASSERT(xv->ndim == 3 && xv->shape[2] % (3 * heads) == 0);
@@ -169,33 +214,41 @@ ag_var *ag_attention(ag_ctx *ctx, const mm_site *site_qk, const mm_site *site_pv
           *v = arena_alloc(&ctx->ar, sizeof(float) * per);
     float *p = arena_alloc(&ctx->ar, sizeof(float) * (size_t)(B * H * T * T));
     const float *src = xv->data;
+    if (ctx->gpu) {
+        cu_op_qkv_split(B, T, H, hd, src, q, k, v);
+    } else {
 #pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
-    for (int64_t bi = 0; bi < B; bi++)
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t h = 0; h < H; h++) {
-                const float *row = src + (bi * T + t) * 3 * D + h * hd;
-                size_t dst = (size_t)(((bi * H + h) * T + t) * hd);
-                memcpy(q + dst, row, sizeof(float) * (size_t)hd);
-                memcpy(k + dst, row + D, sizeof(float) * (size_t)hd);
-                memcpy(v + dst, row + 2 * D, sizeof(float) * (size_t)hd);
-            }
+        for (int64_t bi = 0; bi < B; bi++)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *row = src + (bi * T + t) * 3 * D + h * hd;
+                    size_t dst = (size_t)(((bi * H + h) * T + t) * hd);
+                    memcpy(q + dst, row, sizeof(float) * (size_t)hd);
+                    memcpy(k + dst, row + D, sizeof(float) * (size_t)hd);
+                    memcpy(v + dst, row + 2 * D, sizeof(float) * (size_t)hd);
+                }
+    }
     ag_var *ins[1] = {qkv};
     mm_saved *sv_qk = ag_mm_saved(ctx, ins, 1), *sv_pv = ag_mm_saved(ctx, ins, 1);
     mm_shape qk = mm_shape_batched(B * H, T, T, hd, true);
     mm_forward(ctx, site_qk, &qk, q, k, p, sv_qk);
     const float scale = 1.0f / sqrtf((float)hd);
+    if (ctx->gpu) {
+        cu_op_softmax_scaled(B * H * T, T, scale, p, p);
+    } else {
 #pragma omp parallel for schedule(static) if (B * H * T * T >= AG_PAR_MIN)
-    for (int64_t r = 0; r < B * H * T; r++) {
-        float *row = p + r * T, mx = -INFINITY, sum = 0;
-        for (int64_t j = 0; j < T; j++) {
-            row[j] *= scale;
-            mx = row[j] > mx ? row[j] : mx;
+        for (int64_t r = 0; r < B * H * T; r++) {
+            float *row = p + r * T, mx = -INFINITY, sum = 0;
+            for (int64_t j = 0; j < T; j++) {
+                row[j] *= scale;
+                mx = row[j] > mx ? row[j] : mx;
+            }
+            for (int64_t j = 0; j < T; j++) {
+                row[j] = mx_expf(row[j] - mx);
+                sum += row[j];
+            }
+            for (int64_t j = 0; j < T; j++) row[j] /= sum;
         }
-        for (int64_t j = 0; j < T; j++) {
-            row[j] = mx_expf(row[j] - mx);
-            sum += row[j];
-        }
-        for (int64_t j = 0; j < T; j++) row[j] /= sum;
     }
     ag_round_elementwise(ctx, p, B * H * T * T);
     float *o = arena_alloc(&ctx->ar, sizeof(float) * per);
@@ -203,12 +256,7 @@ ag_var *ag_attention(ag_ctx *ctx, const mm_site *site_qk, const mm_site *site_pv
     mm_forward(ctx, site_pv, &pv, p, v, o, sv_pv);
     int64_t shape[3] = {B, T, D};
     ag_var *y = ag_new(ctx, 3, shape);
-#pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
-    for (int64_t bi = 0; bi < B; bi++)
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t h = 0; h < H; h++)
-                memcpy(y->value.data + (bi * T + t) * D + h * hd, o + ((bi * H + h) * T + t) * hd,
-                       sizeof(float) * (size_t)hd);
+    attn_heads_to_tokens(ctx, B, T, H, hd, o, y->value.data);
     ag_node *n = ag_record(ctx, AG_OP_ATTENTION, y, ins, 1);
     if (n) *(attn_saved *)ag_save(ctx, n, sizeof(attn_saved)) = (attn_saved){site_qk, site_pv, B, T, H, hd, q, k, v, p,
                                                                           sv_qk, sv_pv};
@@ -221,14 +269,8 @@ void ag_attention_backward(ag_ctx *ctx, ag_node *n) {
     size_t per = (size_t)(B * H * T * hd);
     float *dqkv = ag_grad(ctx, n->in[0]); /* before the mark: it outlives this call */
     arena_mark mark = arena_get_mark(&ctx->ar);
-    float *dout = n->out->grad;
     float *d_o = arena_alloc(&ctx->ar, sizeof(float) * per);
-#pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
-    for (int64_t bi = 0; bi < B; bi++)
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t h = 0; h < H; h++)
-                memcpy(d_o + ((bi * H + h) * T + t) * hd, dout + (bi * T + t) * D + h * hd,
-                       sizeof(float) * (size_t)hd);
+    attn_tokens_to_heads(ctx, B, T, H, hd, n->out->grad, d_o);
     float *dp = arena_calloc(&ctx->ar, sizeof(float) * (size_t)(B * H * T * T));
     float *dq = arena_calloc(&ctx->ar, sizeof(float) * per), *dk = arena_calloc(&ctx->ar, sizeof(float) * per),
           *dv = arena_calloc(&ctx->ar, sizeof(float) * per);
@@ -236,33 +278,44 @@ void ag_attention_backward(ag_ctx *ctx, ag_node *n) {
     mm_backward(ctx, s->site_pv, &pv, s->mm_pv, s->p, s->v, d_o, dp, dv);
     /* dS = P * (dP - rowsum(dP * P)) * scale, in place in dp */
     const float scale = 1.0f / sqrtf((float)hd);
+    if (ctx->gpu) {
+        cu_op_softmax_backward_scaled(B * H * T, T, scale, s->p, dp, dp);
+    } else {
 #pragma omp parallel for schedule(static) if (B * H * T * T >= AG_PAR_MIN)
-    for (int64_t r = 0; r < B * H * T; r++) {
-        const float *pr = s->p + r * T;
-        float *g = dp + r * T, dot = 0;
-        for (int64_t j = 0; j < T; j++) dot += g[j] * pr[j];
-        for (int64_t j = 0; j < T; j++) g[j] = pr[j] * (g[j] - dot) * scale;
+        for (int64_t r = 0; r < B * H * T; r++) {
+            const float *pr = s->p + r * T;
+            float *g = dp + r * T, dot = 0;
+            for (int64_t j = 0; j < T; j++) dot += g[j] * pr[j];
+            for (int64_t j = 0; j < T; j++) g[j] = pr[j] * (g[j] - dot) * scale;
+        }
     }
     mm_shape qk = mm_shape_batched(B * H, T, T, hd, true);
     mm_backward(ctx, s->site_qk, &qk, s->mm_qk, s->q, s->k, dp, dq, dk);
+    if (ctx->gpu) {
+        cu_op_qkv_backward(B, T, H, hd, dq, dk, dv, dqkv);
+    } else {
 #pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
-    for (int64_t bi = 0; bi < B; bi++)
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t h = 0; h < H; h++) {
-                float *row = dqkv + (bi * T + t) * 3 * D + h * hd;
-                size_t off = (size_t)(((bi * H + h) * T + t) * hd);
-                for (int64_t i = 0; i < hd; i++) {
-                    row[i] += dq[off + i];
-                    row[D + i] += dk[off + i];
-                    row[2 * D + i] += dv[off + i];
+        for (int64_t bi = 0; bi < B; bi++)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t h = 0; h < H; h++) {
+                    float *row = dqkv + (bi * T + t) * 3 * D + h * hd;
+                    size_t off = (size_t)(((bi * H + h) * T + t) * hd);
+                    for (int64_t i = 0; i < hd; i++) {
+                        row[i] += dq[off + i];
+                        row[D + i] += dk[off + i];
+                        row[2 * D + i] += dv[off + i];
+                    }
                 }
-            }
+    }
     arena_release(&ctx->ar, mark);
 }
 
-
 void ag_round_elementwise(const ag_ctx *ctx, float *y, int64_t n) {
     if (!ctx->run.elementwise_bf16) return;
+    if (ctx->gpu) {
+        cu_op_round_bf16(n, y);
+        return;
+    }
 #pragma omp parallel for schedule(static) if (n >= AG_PAR_MIN)
     for (int64_t i = 0; i < n; i++) y[i] = ag_bf16_round(y[i]);
 }

@@ -99,4 +99,22 @@ MX_HD static inline float ag_k_drop_scale(uint64_t seed, uint64_t stream, float 
     return u < p ? 0.0f : 1.0f / (1.0f - p);
 }
 
+/* A convolution's gather: row (image, py, px) of a ph x pw grid over src
+ * [n, sh, sw, c], columns (i, j, c) for kernel position (i, j), reading src
+ * pixel (py*stride + off + sgn*i, px*stride + off + sgn*j), zero outside.
+ * im2col of x: off = -pad, sgn = +1 (grid = the output); the stride-1
+ * backward's transposed convolution gathers dY with off = +pad, sgn = -1. */
+typedef struct ag_window {
+    int64_t n, sh, sw, c, ph, pw, kh, kw;
+    int stride, off, sgn;
+} ag_window;
+
+/* The src pixel (flat, times c) of row r's kernel position (i, j), or -1 outside. */
+MX_HD static inline int64_t ag_k_window_pixel(const ag_window *g, int64_t r, int64_t i, int64_t j) {
+    int64_t ni = r / (g->ph * g->pw), py = (r / g->pw) % g->ph, px = r % g->pw;
+    int64_t sy = py * g->stride + g->off + g->sgn * i, sx = px * g->stride + g->off + g->sgn * j;
+    if (sy < 0 || sy >= g->sh || sx < 0 || sx >= g->sw) return -1;
+    return (ni * g->sh + sy) * g->sw + sx;
+}
+
 #endif

@@ -49,34 +49,9 @@ static void bn_channel_sums(ag_ctx *ctx, const float *x, const float *dy, const 
         }
 }
 
-ag_var *ag_batchnorm2d(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float *running_mean, float *running_var,
-                       float momentum, float eps) {
-    return ag_batchnorm2d_act(ctx, x, gamma, beta, running_mean, running_var, momentum, eps, NULL, false);
-}
-
-ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float *running_mean,
-                           float *running_var, float momentum, float eps, ag_var *residual, bool relu) {
-    int64_t c = x->value.shape[x->value.ndim - 1], rows = ag_numel(x) / c;
-    MX_ASSERTF(!residual || ag_numel(residual) == rows * c, "batchnorm2d: residual has %lld elements, want %lld",
-               residual ? (long long)ag_numel(residual) : 0LL, (long long)(rows * c));
-    ag_var *y = ag_new(ctx, x->value.ndim, x->value.shape);
-    float *mean = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c), *invstd = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c);
-    if (ctx->run.training) {
-        double *s1 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c), *s2 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c);
-        bn_channel_sums(ctx, x->value.data, NULL, NULL, NULL, NULL, rows, c, s1, s2);
-        for (int64_t j = 0; j < c; j++)
-            ag_k_bn_stats(s1[j], s2[j], rows, momentum, eps, &mean[j], &invstd[j],
-                          running_mean ? &running_mean[j] : NULL, running_mean ? &running_var[j] : NULL);
-    } else {
-        for (int64_t j = 0; j < c; j++) {
-            mean[j] = running_mean[j];
-            invstd[j] = ag_k_bn_eval_invstd(running_var[j], eps);
-        }
-    }
-    const float *xs = x->value.data, *g = gamma->value.data, *bt = beta->value.data;
-    const float *res = residual ? residual->value.data : NULL;
-    float *ys = y->value.data;
-    bool bf16 = ctx->run.elementwise_bf16;
+/* y = relu?(bn(x) [+ res]) with the statistics given (bf16: each intermediate rounded). */
+static void bn_apply(const float *xs, const float *g, const float *bt, const float *res, const float *mean,
+                     const float *invstd, int64_t rows, int64_t c, bool relu, bool bf16, float *ys) {
 #pragma omp parallel for schedule(static) if (rows * c >= AG_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         /* fp32: branch-free loops per case, so they vectorize */
@@ -105,6 +80,42 @@ ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, 
             ys[r * c + j] = v;
         }
     }
+}
+
+ag_var *ag_batchnorm2d(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float *running_mean, float *running_var,
+                       float momentum, float eps) {
+    return ag_batchnorm2d_act(ctx, x, gamma, beta, running_mean, running_var, momentum, eps, NULL, false);
+}
+
+ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float *running_mean,
+                           float *running_var, float momentum, float eps, ag_var *residual, bool relu) {
+    int64_t c = x->value.shape[x->value.ndim - 1], rows = ag_numel(x) / c;
+    MX_ASSERTF(!residual || ag_numel(residual) == rows * c, "batchnorm2d: residual has %lld elements, want %lld",
+               residual ? (long long)ag_numel(residual) : 0LL, (long long)(rows * c));
+    ag_var *y = ag_new(ctx, x->value.ndim, x->value.shape);
+    float *mean = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c), *invstd = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c);
+    bool bf16 = ctx->run.elementwise_bf16;
+    if (ctx->gpu) {
+        cu_bn_args a = {rows, c, momentum, eps, ctx->run.training, relu, bf16};
+        arena_mark m = arena_get_mark(&ctx->scratch);
+        double *work = arena_alloc(&ctx->scratch, cu_bn_work_bytes(rows, c));
+        cu_op_batchnorm(&a, x->value.data, gamma->value.data, beta->value.data, residual ? residual->value.data : NULL,
+                        running_mean, running_var, y->value.data, mean, invstd, work);
+        arena_release(&ctx->scratch, m);
+    } else if (ctx->run.training) {
+        double *s1 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c), *s2 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c);
+        bn_channel_sums(ctx, x->value.data, NULL, NULL, NULL, NULL, rows, c, s1, s2);
+        for (int64_t j = 0; j < c; j++)
+            ag_k_bn_stats(s1[j], s2[j], rows, momentum, eps, &mean[j], &invstd[j],
+                          running_mean ? &running_mean[j] : NULL, running_mean ? &running_var[j] : NULL);
+    } else {
+        for (int64_t j = 0; j < c; j++) {
+            mean[j] = running_mean[j];
+            invstd[j] = ag_k_bn_eval_invstd(running_var[j], eps);
+        }
+    }
+    if (!ctx->gpu) bn_apply(x->value.data, gamma->value.data, beta->value.data, residual ? residual->value.data : NULL,
+                            mean, invstd, rows, c, relu, bf16, y->value.data);
     ag_var *ins[4] = {x, gamma, beta, residual};
     ag_node *n = ag_record(ctx, AG_OP_BATCHNORM2D, y, ins, residual ? 4 : 3);
     if (n) {
@@ -121,6 +132,17 @@ void ag_batchnorm2d_backward(ag_ctx *ctx, ag_node *n) {
     const float *xs = x->value.data, *dy = n->out->grad, *g = gamma->value.data;
     const float *ys = s->relu ? n->out->value.data : NULL; /* ReLU mask: output > 0 */
     ag_var *res = n->n_in > 3 ? n->in[3] : NULL;
+    if (ctx->gpu) {
+        cu_bn_args a = {rows, c, 0.0f, 0.0f, s->train, s->relu, false};
+        float *dr = res && res->requires_grad ? ag_grad(ctx, res) : NULL;
+        float *dg = gamma->requires_grad ? ag_grad(ctx, gamma) : NULL, *db = beta->requires_grad ? ag_grad(ctx, beta) : NULL;
+        float *dx = x->requires_grad ? ag_grad(ctx, x) : NULL;
+        arena_mark m = arena_get_mark(&ctx->scratch);
+        double *work = arena_alloc(&ctx->scratch, cu_bn_work_bytes(rows, c));
+        cu_op_batchnorm_backward(&a, xs, g, n->out->value.data, s->mean, s->invstd, dy, dx, dg, db, dr, work);
+        arena_release(&ctx->scratch, m);
+        return;
+    }
     if (res && res->requires_grad) { /* the residual's gradient: dy through the ReLU */
         float *dr = ag_grad(ctx, res);
         int64_t cnt = rows * c;
@@ -163,12 +185,8 @@ typedef struct ln_saved {
     int64_t rows, d;
 } ln_saved;
 
-ag_var *ag_layernorm(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float eps) {
-    int64_t d = x->value.shape[x->value.ndim - 1], rows = ag_numel(x) / d;
-    ag_var *y = ag_new(ctx, x->value.ndim, x->value.shape);
-    float *mean = arena_alloc(&ctx->ar, sizeof(float) * (size_t)rows), *rstd = arena_alloc(&ctx->ar, sizeof(float) * (size_t)rows);
-    const float *xs = x->value.data, *g = gamma->value.data, *b = beta->value.data;
-    float *ys = y->value.data;
+static void ln_forward(const float *xs, const float *g, const float *b, int64_t rows, int64_t d, float eps, float *ys,
+                       float *mean, float *rstd) {
 #pragma omp parallel for schedule(static) if (rows * d >= AG_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = xs + r * d;
@@ -181,6 +199,16 @@ ag_var *ag_layernorm(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float 
         rstd[r] = rs;
         for (int64_t j = 0; j < d; j++) ys[r * d + j] = (xr[j] - (float)m) * rs * g[j] + b[j];
     }
+}
+
+ag_var *ag_layernorm(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, float eps) {
+    int64_t d = x->value.shape[x->value.ndim - 1], rows = ag_numel(x) / d;
+    ag_var *y = ag_new(ctx, x->value.ndim, x->value.shape);
+    float *mean = arena_alloc(&ctx->ar, sizeof(float) * (size_t)rows), *rstd = arena_alloc(&ctx->ar, sizeof(float) * (size_t)rows);
+    const float *xs = x->value.data, *g = gamma->value.data, *b = beta->value.data;
+    float *ys = y->value.data;
+    if (ctx->gpu) cu_op_layernorm(rows, d, eps, xs, g, b, ys, mean, rstd);
+    else ln_forward(xs, g, b, rows, d, eps, ys, mean, rstd);
     ag_var *ins[3] = {x, gamma, beta};
     ag_node *n = ag_record(ctx, AG_OP_LAYERNORM, y, ins, 3);
     if (n) {
@@ -195,6 +223,12 @@ void ag_layernorm_backward(ag_ctx *ctx, ag_node *n) {
     ag_var *x = n->in[0], *gamma = n->in[1], *beta = n->in[2];
     int64_t rows = s->rows, d = s->d;
     const float *xs = x->value.data, *dy = n->out->grad, *g = gamma->value.data;
+    if (ctx->gpu) {
+        cu_op_layernorm_backward(rows, d, xs, g, s->mean, s->rstd, dy, x->requires_grad ? ag_grad(ctx, x) : NULL,
+                                 gamma->requires_grad ? ag_grad(ctx, gamma) : NULL,
+                                 beta->requires_grad ? ag_grad(ctx, beta) : NULL);
+        return;
+    }
     if (x->requires_grad) {
         float *dx = ag_grad(ctx, x);
 #pragma omp parallel for schedule(static) if (rows * d >= AG_PAR_MIN)

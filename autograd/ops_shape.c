@@ -9,7 +9,7 @@
 /* ---------------- reshape: shares the input's storage ---------------- */
 
 ag_var *ag_reshape(ag_ctx *ctx, ag_var *x, int ndim, const int64_t *shape) {
-    ag_var *y = arena_alloc(&ctx->ar, sizeof *y);
+    ag_var *y = arena_alloc(&ctx->meta, sizeof *y);
     memset(y, 0, sizeof *y);
     y->value = tensor_reshape(&x->value, ndim, shape);
     ag_var *ins[1] = {x};
@@ -17,7 +17,9 @@ ag_var *ag_reshape(ag_ctx *ctx, ag_var *x, int ndim, const int64_t *shape) {
     return y;
 }
 
-void ag_reshape_backward(ag_ctx *ctx, ag_node *n) { ag_accumulate(ag_grad(ctx, n->in[0]), n->out->grad, ag_numel(n->in[0])); }
+void ag_reshape_backward(ag_ctx *ctx, ag_node *n) {
+    ag_accumulate(ctx, ag_grad(ctx, n->in[0]), n->out->grad, ag_numel(n->in[0]));
+}
 
 /* ---------------- permute (up to 4 axes) ---------------- */
 
@@ -53,9 +55,13 @@ void ag_permute_plan(const tensor *src, const int *perm, bool inverse, int64_t *
 }
 
 /* dst (contiguous, shape of src permuted) = permute(src); add: += instead of =. */
-static void permute_copy(const tensor *src, const int *perm, float *dst, bool add, bool inverse) {
+static void permute_copy(const ag_ctx *ctx, const tensor *src, const int *perm, float *dst, bool add, bool inverse) {
     int64_t oshape[TENSOR_MAX_DIMS], istride[TENSOR_MAX_DIMS];
     ag_permute_plan(src, perm, inverse, oshape, istride);
+    if (ctx->gpu) {
+        cu_op_strided(oshape, istride, src->data, dst, add);
+        return;
+    }
     int64_t total = oshape[0] * oshape[1] * oshape[2] * oshape[3];
 #pragma omp parallel for collapse(2) schedule(static) if (total >= AG_PAR_MIN)
     for (int64_t a = 0; a < oshape[0]; a++)
@@ -80,7 +86,7 @@ ag_var *ag_permute(ag_ctx *ctx, ag_var *x, const int *perm) {
         shape[i] = x->value.shape[perm[i]];
     }
     ag_var *y = ag_new(ctx, nd, shape);
-    permute_copy(&x->value, perm, y->value.data, false, false);
+    permute_copy(ctx, &x->value, perm, y->value.data, false, false);
     ag_var *ins[1] = {x};
     ag_node *n = ag_record(ctx, AG_OP_PERMUTE, y, ins, 1);
     if (n) memcpy(((permute_saved *)ag_save(ctx, n, sizeof(permute_saved)))->perm, perm, sizeof(int) * (size_t)nd);
@@ -90,7 +96,7 @@ ag_var *ag_permute(ag_ctx *ctx, ag_var *x, const int *perm) {
 void ag_permute_backward(ag_ctx *ctx, ag_node *n) {
     const permute_saved *s = n->saved;
     tensor g = tensor_view(n->out->grad, n->out->value.ndim, n->out->value.shape);
-    permute_copy(&g, s->perm, ag_grad(ctx, n->in[0]), true, true);
+    permute_copy(ctx, &g, s->perm, ag_grad(ctx, n->in[0]), true, true);
 }
 
 /* ---------------- concat along an axis ----------------
@@ -118,7 +124,9 @@ ag_var *ag_concat(ag_ctx *ctx, ag_var *a, ag_var *b, int axis) {
     for (int i = axis + 1; i < av->ndim; i++) s.inner *= shape[i];
     ag_var *y = ag_new(ctx, av->ndim, shape);
     int64_t per_a = s.la * s.inner, per_b = s.lb * s.inner, a_outer = s.outer / (bc ? bv->shape[0] : 1);
-    for (int64_t o = 0; o < s.outer; o++) {
+    if (ctx->gpu) cu_op_concat(s.outer, per_a, per_b, a_outer, av->data, bv->data, y->value.data);
+    else
+        for (int64_t o = 0; o < s.outer; o++) {
         float *d = y->value.data + o * (per_a + per_b);
         memcpy(d, av->data + (o % a_outer) * per_a, sizeof(float) * (size_t)per_a);
         memcpy(d + per_a, bv->data + o * per_b, sizeof(float) * (size_t)per_b);
@@ -136,10 +144,14 @@ void ag_concat_backward(ag_ctx *ctx, ag_node *n) {
     int64_t a_outer = ag_numel(a) / per_a;
     const float *dy = n->out->grad;
     float *da = a->requires_grad ? ag_grad(ctx, a) : NULL, *db = b->requires_grad ? ag_grad(ctx, b) : NULL;
+    if (ctx->gpu) {
+        cu_op_concat_backward(s->outer, per_a, per_b, a_outer, dy, da, db);
+        return;
+    }
     for (int64_t o = 0; o < s->outer; o++) {
         const float *g = dy + o * (per_a + per_b);
-        if (da) ag_accumulate(da + (o % a_outer) * per_a, g, per_a);
-        if (db) ag_accumulate(db + o * per_b, g + per_a, per_b);
+        if (da) ag_accumulate(ctx, da + (o % a_outer) * per_a, g, per_a);
+        if (db) ag_accumulate(ctx, db + o * per_b, g + per_a, per_b);
     }
 }
 
@@ -159,8 +171,10 @@ ag_var *ag_slice(ag_ctx *ctx, ag_var *x, int axis, int64_t start, int64_t len) {
     memcpy(shape, xv->shape, sizeof shape);
     shape[axis] = len;
     ag_var *y = ag_new(ctx, xv->ndim, shape);
-    for (int64_t o = 0; o < s.outer; o++)
-        memcpy(y->value.data + o * len * s.inner, xv->data + (o * s.len_in + start) * s.inner,
+    if (ctx->gpu) cu_op_slice(s.outer, s.len_in, start, len, s.inner, xv->data, y->value.data);
+    else
+        for (int64_t o = 0; o < s.outer; o++)
+            memcpy(y->value.data + o * len * s.inner, xv->data + (o * s.len_in + start) * s.inner,
                sizeof(float) * (size_t)(len * s.inner));
     ag_var *ins[1] = {x};
     ag_node *n = ag_record(ctx, AG_OP_SLICE, y, ins, 1);
@@ -171,8 +185,12 @@ ag_var *ag_slice(ag_ctx *ctx, ag_var *x, int axis, int64_t start, int64_t len) {
 void ag_slice_backward(ag_ctx *ctx, ag_node *n) {
     const slice_saved *s = n->saved;
     float *dx = ag_grad(ctx, n->in[0]);
+    if (ctx->gpu) {
+        cu_op_slice_backward(s->outer, s->len_in, s->start, s->len, s->inner, n->out->grad, dx);
+        return;
+    }
     for (int64_t o = 0; o < s->outer; o++)
-        ag_accumulate(dx + (o * s->len_in + s->start) * s->inner, n->out->grad + o * s->len * s->inner,
+        ag_accumulate(ctx, dx + (o * s->len_in + s->start) * s->inner, n->out->grad + o * s->len * s->inner,
                       s->len * s->inner);
 }
 
@@ -180,6 +198,7 @@ void ag_slice_backward(ag_ctx *ctx, ag_node *n) {
 
 typedef struct pool_saved {
     int32_t *argmax; /* flat input index of each output's maximum */
+    int kernel, stride, pad;
 } pool_saved;
 
 ag_var *ag_maxpool2d(ag_ctx *ctx, ag_var *x, int kernel, int stride, int pad) {
@@ -191,6 +210,8 @@ ag_var *ag_maxpool2d(ag_ctx *ctx, ag_var *x, int kernel, int stride, int pad) {
     ag_var *y = ag_new(ctx, 4, shape);
     int32_t *arg = arena_alloc(&ctx->ar, sizeof(int32_t) * (size_t)(N * OH * OW * C));
     MX_ASSERT(N * H * W * C < INT32_MAX);
+    if (ctx->gpu) cu_op_maxpool(N, H, W, C, kernel, stride, pad, xv->data, y->value.data, arg);
+    else
 #pragma omp parallel for collapse(2) schedule(static) if (N * OH * OW * C >= AG_PAR_MIN)
     for (int64_t n = 0; n < N; n++)
         for (int64_t oh = 0; oh < OH; oh++)
@@ -202,7 +223,7 @@ ag_var *ag_maxpool2d(ag_ctx *ctx, ag_var *x, int kernel, int stride, int pad) {
                 }
     ag_var *ins[1] = {x};
     ag_node *nd = ag_record(ctx, AG_OP_MAXPOOL2D, y, ins, 1);
-    if (nd) ((pool_saved *)ag_save(ctx, nd, sizeof(pool_saved)))->argmax = arg;
+    if (nd) *(pool_saved *)ag_save(ctx, nd, sizeof(pool_saved)) = (pool_saved){arg, kernel, stride, pad};
     return y;
 }
 
@@ -210,6 +231,11 @@ void ag_maxpool2d_backward(ag_ctx *ctx, ag_node *n) {
     const pool_saved *s = n->saved;
     float *dx = ag_grad(ctx, n->in[0]);
     int64_t cnt = ag_numel(n->out);
+    if (ctx->gpu) {
+        const int64_t *xs = n->in[0]->value.shape;
+        cu_op_maxpool_backward(xs[0], xs[1], xs[2], xs[3], s->kernel, s->stride, s->pad, s->argmax, n->out->grad, dx);
+        return;
+    }
     /* windows overlap (3x3/2): sequential scatter keeps it deterministic */
     for (int64_t o = 0; o < cnt; o++) dx[s->argmax[o]] += n->out->grad[o];
 }
@@ -222,8 +248,10 @@ ag_var *ag_avgpool_global(ag_ctx *ctx, ag_var *x) {
     int64_t N = xv->shape[0], HW = xv->shape[1] * xv->shape[2], C = xv->shape[3];
     int64_t shape[2] = {N, C};
     ag_var *y = ag_new(ctx, 2, shape);
+    if (ctx->gpu) cu_op_avgpool_global(N, HW, C, xv->data, y->value.data);
+    else
 #pragma omp parallel for schedule(static) if (N * HW * C >= AG_PAR_MIN)
-    for (int64_t n = 0; n < N; n++) {
+        for (int64_t n = 0; n < N; n++) {
         float *d = y->value.data + n * C;
         for (int64_t c = 0; c < C; c++) d[c] = 0;
         for (int64_t p = 0; p < HW; p++)
@@ -240,6 +268,10 @@ void ag_avgpool_global_backward(ag_ctx *ctx, ag_node *n) {
     int64_t N = x->value.shape[0], HW = x->value.shape[1] * x->value.shape[2], C = x->value.shape[3];
     float *dx = ag_grad(ctx, x);
     const float *dy = n->out->grad;
+    if (ctx->gpu) {
+        cu_op_avgpool_global_backward(N, HW, C, dy, dx);
+        return;
+    }
 #pragma omp parallel for schedule(static) if (N * HW * C >= AG_PAR_MIN)
     for (int64_t i = 0; i < N; i++)
         for (int64_t p = 0; p < HW; p++)

@@ -7,6 +7,7 @@
 
 #include "autograd/graph.h"
 #include "autograd/ops_kernel.h"
+#include "cuda/cuda.h" /* the ops' GPU versions (ctx->gpu); without CUDA, cuda/none.c */
 
 /* Below this many elements a loop runs on one thread. */
 #define AG_PAR_MIN 16384
@@ -14,9 +15,9 @@
 /* out[c] += sum over rows of x[r, c], deterministic for a fixed thread count. */
 void ag_colsum_add(ag_ctx *ctx, const float *x, int64_t rows, int64_t cols, float *out);
 /* y[r, c] += b[c] */
-void ag_rows_add_bias(float *y, int64_t rows, int64_t cols, const float *b);
+void ag_rows_add_bias(const ag_ctx *ctx, float *y, int64_t rows, int64_t cols, const float *b);
 /* dst += src */
-void ag_accumulate(float *dst, const float *src, int64_t n);
+void ag_accumulate(const ag_ctx *ctx, float *dst, const float *src, int64_t n);
 
 /* quant.elementwise = bf16: rounds y[0..n) to bfloat16 (nearest, ties to even;
  * NaN stays NaN) when ctx->run.elementwise_bf16 is set; otherwise does nothing. */

@@ -19,27 +19,41 @@ struct arena_block {
 
 static size_t arena_round(size_t n) { return (n + ARENA_ALIGN - 1) & ~(ARENA_ALIGN - 1); }
 
-void arena_init(arena *a, size_t initial_bytes) {
+static void *arena_block_alloc(const arena *a, size_t n) { return a->mem ? a->mem->alloc(n) : mx_aligned_alloc(n); }
+
+static void arena_block_release(const arena *a, void *p) {
+    if (a->mem) {
+        if (p) a->mem->release(p);
+    } else {
+        free(p);
+    }
+}
+
+void arena_init_mem(arena *a, size_t initial_bytes, const arena_mem *mem) {
     memset(a, 0, sizeof *a);
+    a->mem = mem;
     if (initial_bytes) {
         a->cap = arena_round(initial_bytes);
-        a->base = mx_aligned_alloc(a->cap);
+        a->base = arena_block_alloc(a, a->cap);
         a->grow_count++;
     }
 }
 
-static void arena_free_overflow(arena_block *b, arena_block *stop) {
+void arena_init(arena *a, size_t initial_bytes) { arena_init_mem(a, initial_bytes, NULL); }
+
+static void arena_free_overflow(arena *a, arena_block *stop) {
+    arena_block *b = a->overflow;
     while (b && b != stop) {
         arena_block *next = b->next;
-        free(b->data);
+        arena_block_release(a, b->data);
         free(b);
         b = next;
     }
 }
 
 void arena_free(arena *a) {
-    arena_free_overflow(a->overflow, NULL);
-    free(a->base);
+    arena_free_overflow(a, NULL);
+    arena_block_release(a, a->base);
     memset(a, 0, sizeof *a);
 }
 
@@ -59,7 +73,7 @@ void *arena_alloc(arena *a, size_t bytes) {
     /* Overflow: one malloc'd block per request; consolidated at reset. */
     arena_block *b = mx_malloc(sizeof *b);
     b->size = n;
-    b->data = mx_aligned_alloc(n);
+    b->data = arena_block_alloc(a, n);
     b->next = a->overflow;
     a->overflow = b;
     a->overflow_used += n;
@@ -70,7 +84,8 @@ void *arena_alloc(arena *a, size_t bytes) {
 
 void *arena_calloc(arena *a, size_t bytes) {
     void *p = arena_alloc(a, bytes);
-    memset(p, 0, bytes);
+    if (a->mem) a->mem->zero(p, bytes);
+    else memset(p, 0, bytes);
     return p;
 }
 
@@ -82,22 +97,22 @@ tensor arena_tensor(arena *a, int ndim, const int64_t *shape) {
 
 void arena_reset(arena *a) {
     bool had_overflow = a->overflow != NULL;
-    arena_free_overflow(a->overflow, NULL);
+    arena_free_overflow(a, NULL);
     a->overflow = NULL;
 #ifdef __GLIBC__
     /* glibc keeps freed blocks below its (adaptive, up to 32 MB) mmap
      * threshold resident in the heap: without this the first step's overflow
      * blocks stay counted next to the grown main block (ResNet-18: +580 MB RSS) */
-    if (had_overflow) malloc_trim(0);
+    if (had_overflow && !a->mem) malloc_trim(0);
 #endif
     if (a->peak > a->cap) {
         /* Grow the main block to the step's peak (+1/8 slack) so that the
          * next identical step needs no malloc. */
         size_t want = arena_round(a->peak + a->peak / 8);
         if (want > a->cap) {
-            free(a->base);
+            arena_block_release(a, a->base);
             a->cap = want;
-            a->base = mx_aligned_alloc(a->cap);
+            a->base = arena_block_alloc(a, a->cap);
             a->grow_count++;
         }
     }
@@ -112,7 +127,7 @@ arena_mark arena_get_mark(const arena *a) {
 }
 
 void arena_release(arena *a, arena_mark m) {
-    arena_free_overflow(a->overflow, m.overflow);
+    arena_free_overflow(a, m.overflow);
     a->overflow = m.overflow;
     a->used = m.used;
     a->overflow_used = m.overflow_used;

@@ -13,6 +13,14 @@
 
 typedef struct arena_block arena_block;
 
+/* Where an arena's blocks come from: host memory (NULL, the default) or
+ * another allocator (the GPU's device memory: cuda/cuda.h's cu_arena_mem). */
+typedef struct arena_mem {
+    void *(*alloc)(size_t bytes); /* aligned to at least 64 bytes; fatal when out of memory */
+    void (*release)(void *p);
+    void (*zero)(void *p, size_t bytes);
+} arena_mem;
+
 typedef struct arena {
     char *base;           /* main block */
     size_t cap;           /* its size in bytes */
@@ -21,9 +29,12 @@ typedef struct arena {
     size_t overflow_used; /* bytes handed out from overflow blocks */
     size_t peak;          /* largest used + overflow_used since the last reset */
     size_t grow_count;    /* how many times malloc was called (tests check steady state) */
+    const arena_mem *mem; /* NULL: host memory */
 } arena;
 
 void arena_init(arena *a, size_t initial_bytes);
+/* The same over other memory (blocks from mem; the arena's bookkeeping stays on the host). */
+void arena_init_mem(arena *a, size_t initial_bytes, const arena_mem *mem);
 void arena_free(arena *a);
 void *arena_alloc(arena *a, size_t bytes);        /* 64-byte aligned, not zeroed */
 void *arena_calloc(arena *a, size_t bytes);       /* zeroed */

@@ -23,6 +23,7 @@
 extern "C" {
 #endif
 
+#include "core/arena.h"
 #include "core/error.h"
 #include "quant/quant.h"
 
@@ -42,6 +43,17 @@ void cu_to_host(void *dst, const void *d_src, size_t bytes);
 void cu_copy(void *d_dst, const void *d_src, size_t bytes);
 void cu_memset(void *d, int value, size_t bytes);
 void cu_sync(void);
+
+/* Device memory for core/arena.h (arena_init_mem): the autograd context's
+ * step and scratch arenas on the GPU (256-byte aligned blocks). */
+extern const arena_mem cu_arena_mem;
+/* Pinned host memory, and a host-to-device copy queued on the stream every
+ * kernel runs on (the default stream): it returns at once, and a kernel
+ * queued after it sees the data. The source must stay untouched until
+ * cu_sync or a later synchronous copy. */
+void *cu_host_alloc(size_t bytes);
+void cu_host_free(void *p);
+void cu_to_device_async(void *d_dst, const void *src, size_t bytes);
 
 /* A step arena on the device: one cudaMalloc block, bump allocation (256-byte
  * aligned), reset per step. A step that outgrows it takes extra blocks; the
@@ -134,13 +146,53 @@ void cu_op_layernorm(int64_t rows, int64_t d, float eps, const float *d_x, const
 /* any of dx, dgamma, dbeta may be NULL */
 void cu_op_layernorm_backward(int64_t rows, int64_t d, const float *d_x, const float *d_gamma, const float *d_mean,
                               const float *d_rstd, const float *d_dy, float *d_dx, float *d_dgamma, float *d_dbeta);
-/* cross-entropy of n x c logits with label smoothing: the mean loss (a sync),
- * and the probabilities (n x c) the backward reads; labels are valid (checked
- * before the first step) */
-float cu_op_cross_entropy(int64_t n, int64_t c, const float *d_logits, const int32_t *d_labels, float smoothing,
-                          float *d_prob);
+/* cross-entropy of n x c logits with label smoothing: the mean loss into
+ * d_loss (one float; no sync: rows' losses in d_work, n doubles, summed in
+ * order), and the probabilities (n x c) the backward reads; labels are valid
+ * (checked before the first step). The backward reads d(loss) from d_dloss. */
+void cu_op_cross_entropy(int64_t n, int64_t c, const float *d_logits, const int32_t *d_labels, float smoothing,
+                         float *d_prob, double *d_work, float *d_loss);
 void cu_op_cross_entropy_backward(int64_t n, int64_t c, const float *d_prob, const int32_t *d_labels, float smoothing,
-                                  float dloss, float *d_dx);
+                                  const float *d_dloss, float *d_dx);
+/* softmax of x * scale (attention's scores); its backward written, not
+ * accumulated: dx = y * (dy - sum(y dy)) * scale (dx may be dy) */
+void cu_op_softmax_scaled(int64_t rows, int64_t d, float scale, const float *d_x, float *d_y);
+void cu_op_softmax_backward_scaled(int64_t rows, int64_t d, float scale, const float *d_y, const float *d_dy,
+                                   float *d_dx);
+/* attention's layout changes: qkv [B, T, 3, H, hd] -> q, k, v [B, H, T, hd],
+ * and the gradients back (accumulated into dqkv) */
+void cu_op_qkv_split(int64_t b, int64_t t, int64_t h, int64_t hd, const float *d_qkv, float *d_q, float *d_k,
+                     float *d_v);
+void cu_op_qkv_backward(int64_t b, int64_t t, int64_t h, int64_t hd, const float *d_dq, const float *d_dk,
+                        const float *d_dv, float *d_dqkv);
+/* small elementwise helpers: quant.elementwise = bf16's rounding in place,
+ * y *= s, y += v, and dst += src */
+void cu_op_round_bf16(int64_t n, float *d_y);
+void cu_op_scale(int64_t n, float s, float *d_y);
+void cu_op_add_scalar(int64_t n, float v, float *d_y);
+void cu_op_accumulate(int64_t n, const float *d_src, float *d_dst);
+/* out[j] += sum over rows of x[r, j] (deterministic: fixed chunks of rows, then the chunks in order) */
+void cu_op_colsum_add(int64_t rows, int64_t cols, const float *d_x, float *d_out);
+/* d_y[0] = sum (or mean) of x in double; backward: dx += dy[0] * scale */
+void cu_op_reduce(int64_t n, bool mean, const float *d_x, float *d_y);
+void cu_op_reduce_backward(int64_t n, float scale, const float *d_dy, float *d_dx);
+/* sum of squares in double (a sync), and the number of non-finite values (a sync) */
+double cu_sum_squares(int64_t n, const float *d_x);
+int64_t cu_count_nonfinite(int64_t n, const float *d_x);
+/* bfloat16 <-> float32 (to bf16: nearest even; exact for MX values) */
+void cu_f32_to_bf16(int64_t n, const float *d_x, uint16_t *d_y);
+void cu_bf16_to_f32(int64_t n, const uint16_t *d_x, float *d_y);
+/* The convolution's gathers (autograd/ops_kernel.h's ag_window): rows
+ * [r0, r1) of kernel windows of src into cols (elements of 2 bytes, bf16,
+ * or 4, float32), and dx += col2im(dcols) of an im2col window for dcols'
+ * rows [r0, r1) (each input element adds its kernel positions in row
+ * order, the CPU's: deterministic). */
+struct ag_window;
+void cu_conv_gather(const struct ag_window *g, int elem_bytes, const void *d_src, int64_t r0, int64_t r1,
+                    void *d_cols);
+void cu_conv_col2im_add(const struct ag_window *g, int64_t r0, int64_t r1, const float *d_dcols, float *d_dx);
+/* cu_op_strided's copy for 2-byte (bf16) elements */
+void cu_op_strided16(const int64_t *oshape, const int64_t *istride, const uint16_t *d_src, uint16_t *d_dst);
 /* batchnorm2d over NHWC rows x c (training: batch statistics, running ones
  * updated; eval: running ones), with an optional residual added before the
  * optional ReLU; bf16: quant.elementwise = bf16's rounding. mean/invstd (c

@@ -70,7 +70,26 @@ void cu_to_host(void *dst, const void *d_src, size_t bytes) {
 void cu_copy(void *d_dst, const void *d_src, size_t bytes) {
     CU_CHECK(cudaMemcpy(d_dst, d_src, bytes, cudaMemcpyDeviceToDevice));
 }
-void cu_memset(void *d, int value, size_t bytes) { CU_CHECK(cudaMemset(d, value, bytes)); }
+void cu_memset(void *d, int value, size_t bytes) { CU_CHECK(cudaMemsetAsync(d, value, bytes)); }
+
+void *cu_host_alloc(size_t bytes) {
+    void *p = NULL;
+    cudaError_t e = cudaMallocHost(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) mx_fatal(__FILE__, __LINE__, "cannot pin %zu bytes of host memory (%s)", bytes,
+                                   cudaGetErrorString(e));
+    return p;
+}
+
+void cu_host_free(void *p) {
+    if (p) CU_CHECK(cudaFreeHost(p));
+}
+
+void cu_to_device_async(void *d_dst, const void *src, size_t bytes) {
+    CU_CHECK(cudaMemcpyAsync(d_dst, src, bytes, cudaMemcpyHostToDevice, 0));
+}
+
+static void cu_zero(void *d, size_t bytes) { cu_memset(d, 0, bytes); }
+const arena_mem cu_arena_mem = {cu_malloc, cu_free, cu_zero};
 void cu_sync(void) { CU_CHECK(cudaDeviceSynchronize()); }
 
 /* ---------------- the device step arena ---------------- */

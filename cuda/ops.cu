@@ -80,22 +80,23 @@ extern "C" void cu_op_add_backward(int64_t na, int64_t nb, const float *d_dy, fl
 }
 
 /* Softmax over rows of d: one warp per row (max, sum of exponentials, scale). */
-__global__ void k_softmax(int64_t rows, int64_t d, const float *__restrict__ x, float *__restrict__ y) {
+__global__ void k_softmax(int64_t rows, int64_t d, float scale, const float *__restrict__ x, float *__restrict__ y) {
     int lane = threadIdx.x & 31;
     int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
     for (int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
         const float *xr = x + r * d;
         float *yr = y + r * d, mx = -INFINITY, sum = 0.0f;
-        for (int64_t j = lane; j < d; j += 32) mx = fmaxf(mx, xr[j]);
+        for (int64_t j = lane; j < d; j += 32) mx = fmaxf(mx, xr[j] * scale);
         for (int o = 16; o; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        for (int64_t j = lane; j < d; j += 32) sum += (yr[j] = mx_expf(xr[j] - mx));
+        for (int64_t j = lane; j < d; j += 32) sum += (yr[j] = mx_expf(xr[j] * scale - mx));
         for (int o = 16; o; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
         for (int64_t j = lane; j < d; j += 32) yr[j] /= sum;
     }
 }
 
-__global__ void k_softmax_back(int64_t rows, int64_t d, const float *__restrict__ y, const float *__restrict__ dy,
-                               float *__restrict__ dx) {
+/* accumulate: dx += y (dy - dot); else dx = y (dy - dot) scale (dx may be dy) */
+__global__ void k_softmax_back(int64_t rows, int64_t d, float scale, bool accumulate, const float *__restrict__ y,
+                               const float *dy, float *dx) {
     int lane = threadIdx.x & 31;
     int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
     for (int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
@@ -103,7 +104,11 @@ __global__ void k_softmax_back(int64_t rows, int64_t d, const float *__restrict_
         float dot = 0.0f;
         for (int64_t j = lane; j < d; j += 32) dot += yr[j] * gr[j];
         for (int o = 16; o; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-        for (int64_t j = lane; j < d; j += 32) dx[r * d + j] += yr[j] * (gr[j] - dot);
+        for (int64_t j = lane; j < d; j += 32) {
+            float v = yr[j] * (gr[j] - dot);
+            if (accumulate) dx[r * d + j] += v;
+            else dx[r * d + j] = v * scale;
+        }
     }
 }
 
@@ -114,13 +119,26 @@ static int rows_grid(int64_t rows) {
 
 extern "C" void cu_op_softmax(int64_t rows, int64_t d, const float *d_x, float *d_y) {
     if (rows <= 0) return;
-    k_softmax<<<rows_grid(rows), 256>>>(rows, d, d_x, d_y);
+    k_softmax<<<rows_grid(rows), 256>>>(rows, d, 1.0f, d_x, d_y);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_softmax_scaled(int64_t rows, int64_t d, float scale, const float *d_x, float *d_y) {
+    if (rows <= 0) return;
+    k_softmax<<<rows_grid(rows), 256>>>(rows, d, scale, d_x, d_y);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_softmax_backward_scaled(int64_t rows, int64_t d, float scale, const float *d_y,
+                                              const float *d_dy, float *d_dx) {
+    if (rows <= 0) return;
+    k_softmax_back<<<rows_grid(rows), 256>>>(rows, d, scale, false, d_y, d_dy, d_dx);
     CU_CHECK_LAUNCH();
 }
 
 extern "C" void cu_op_softmax_backward(int64_t rows, int64_t d, const float *d_y, const float *d_dy, float *d_dx) {
     if (rows <= 0) return;
-    k_softmax_back<<<rows_grid(rows), 256>>>(rows, d, d_y, d_dy, d_dx);
+    k_softmax_back<<<rows_grid(rows), 256>>>(rows, d, 1.0f, true, d_y, d_dy, d_dx);
     CU_CHECK_LAUNCH();
 }
 
@@ -235,10 +253,10 @@ extern "C" void cu_op_layernorm_backward(int64_t rows, int64_t d, const float *d
 /* ---------------- cross-entropy with label smoothing ---------------- */
 
 /* A warp per row (the CPU's arithmetic, in double): probabilities, and the
- * row's loss added to *sum. */
+ * row's loss in row_loss[i]; k_mean_loss adds the rows in order. */
 __global__ void k_cross_entropy(int64_t n, int64_t c, const float *__restrict__ logits,
                                 const int32_t *__restrict__ labels, float smoothing, float *__restrict__ prob,
-                                double *sum) {
+                                double *__restrict__ row_loss) {
     int lane = threadIdx.x & 31;
     WARP_ROWS(i, n) {
         const float *r = logits + i * c;
@@ -255,15 +273,21 @@ __global__ void k_cross_entropy(int64_t n, int64_t c, const float *__restrict__ 
         for (int64_t k = lane; k < c; k += 32) prob[i * c + k] = (float)exp(r[k] - lse);
         if (lane == 0) {
             double nll = lse - r[labels[i]], smooth = lse - sl / (double)c;
-            atomicAdd(sum, (1.0 - smoothing) * nll + smoothing * smooth);
+            row_loss[i] = (1.0 - smoothing) * nll + smoothing * smooth;
         }
     }
 }
 
+__global__ void k_mean_loss(int64_t n, const double *__restrict__ row_loss, float *__restrict__ loss) {
+    double t = 0;
+    for (int64_t i = 0; i < n; i++) t += row_loss[i];
+    *loss = (float)(t / (double)n);
+}
+
 __global__ void k_cross_entropy_back(int64_t n, int64_t c, const float *__restrict__ prob,
-                                     const int32_t *__restrict__ labels, float smoothing, float g,
-                                     float *__restrict__ dx) {
-    float off = smoothing / (float)c;
+                                     const int32_t *__restrict__ labels, float smoothing,
+                                     const float *__restrict__ dloss, float *__restrict__ dx) {
+    float off = smoothing / (float)c, g = *dloss / (float)n;
     GRID_STRIDE(e, n * c) {
         int64_t i = e / c, k = e - i * c;
         float target = off + (k == labels[i] ? 1.0f - smoothing : 0.0f);
@@ -271,21 +295,16 @@ __global__ void k_cross_entropy_back(int64_t n, int64_t c, const float *__restri
     }
 }
 
-extern "C" float cu_op_cross_entropy(int64_t n, int64_t c, const float *d_logits, const int32_t *d_labels,
-                                     float smoothing, float *d_prob) {
-    static double *d_sum;
-    if (!d_sum) d_sum = (double *)cu_malloc(sizeof(double));
-    CU_CHECK(cudaMemsetAsync(d_sum, 0, sizeof(double)));
-    k_cross_entropy<<<rows_grid(n), 256>>>(n, c, d_logits, d_labels, smoothing, d_prob, d_sum);
+extern "C" void cu_op_cross_entropy(int64_t n, int64_t c, const float *d_logits, const int32_t *d_labels,
+                                    float smoothing, float *d_prob, double *d_work, float *d_loss) {
+    k_cross_entropy<<<rows_grid(n), 256>>>(n, c, d_logits, d_labels, smoothing, d_prob, d_work);
+    k_mean_loss<<<1, 1>>>(n, d_work, d_loss);
     CU_CHECK_LAUNCH();
-    double h;
-    cu_to_host(&h, d_sum, sizeof h);
-    return (float)(h / (double)n);
 }
 
 extern "C" void cu_op_cross_entropy_backward(int64_t n, int64_t c, const float *d_prob, const int32_t *d_labels,
-                                             float smoothing, float dloss, float *d_dx) {
-    k_cross_entropy_back<<<ops_grid(n * c), 256>>>(n, c, d_prob, d_labels, smoothing, dloss / (float)n, d_dx);
+                                             float smoothing, const float *d_dloss, float *d_dx) {
+    k_cross_entropy_back<<<ops_grid(n * c), 256>>>(n, c, d_prob, d_labels, smoothing, d_dloss, d_dx);
     CU_CHECK_LAUNCH();
 }
 
@@ -607,5 +626,305 @@ extern "C" void cu_op_slice(int64_t outer, int64_t len_in, int64_t start, int64_
 extern "C" void cu_op_slice_backward(int64_t outer, int64_t len_in, int64_t start, int64_t len, int64_t inner,
                                      const float *d_dy, float *d_dx) {
     k_slice<<<ops_grid(outer * len * inner), 256>>>(outer, len_in, start, len, inner, d_dy, d_dx, true);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---------------- attention's layouts ---------------- */
+
+/* one thread per element of q, k and v [B, H, T, hd] */
+__global__ void k_qkv_split(int64_t b, int64_t t, int64_t h, int64_t hd, const float *__restrict__ qkv,
+                            float *__restrict__ q, float *__restrict__ k, float *__restrict__ v) {
+    int64_t D = h * hd;
+    GRID_STRIDE(o, b * h * t * hd) {
+        int64_t i = o % hd, r = o / hd, ti = r % t, hi = (r / t) % h, bi = r / (t * h);
+        const float *row = qkv + (bi * t + ti) * 3 * D + hi * hd + i;
+        q[o] = row[0];
+        k[o] = row[D];
+        v[o] = row[2 * D];
+    }
+}
+
+/* one thread per element of dqkv [B, T, 3, H, hd] */
+__global__ void k_qkv_back(int64_t b, int64_t t, int64_t h, int64_t hd, const float *__restrict__ dq,
+                           const float *__restrict__ dk, const float *__restrict__ dv, float *__restrict__ dqkv) {
+    int64_t D = h * hd;
+    GRID_STRIDE(e, b * t * 3 * D) {
+        int64_t i = e % hd, hi = (e / hd) % h, part = (e / D) % 3, r = e / (3 * D), ti = r % t, bi = r / t;
+        int64_t o = ((bi * h + hi) * t + ti) * hd + i;
+        dqkv[e] += part == 0 ? dq[o] : part == 1 ? dk[o] : dv[o];
+    }
+}
+
+extern "C" void cu_op_qkv_split(int64_t b, int64_t t, int64_t h, int64_t hd, const float *d_qkv, float *d_q,
+                                float *d_k, float *d_v) {
+    k_qkv_split<<<ops_grid(b * h * t * hd), 256>>>(b, t, h, hd, d_qkv, d_q, d_k, d_v);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_qkv_backward(int64_t b, int64_t t, int64_t h, int64_t hd, const float *d_dq, const float *d_dk,
+                                   const float *d_dv, float *d_dqkv) {
+    k_qkv_back<<<ops_grid(b * t * 3 * h * hd), 256>>>(b, t, h, hd, d_dq, d_dk, d_dv, d_dqkv);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---------------- small elementwise helpers ---------------- */
+
+__global__ void k_round_bf16(int64_t n, float *y) { GRID_STRIDE(i, n) y[i] = ag_bf16_round(y[i]); }
+__global__ void k_scale(int64_t n, float s, float *y) { GRID_STRIDE(i, n) y[i] *= s; }
+__global__ void k_add_scalar(int64_t n, float v, float *y) { GRID_STRIDE(i, n) y[i] += v; }
+
+extern "C" void cu_op_round_bf16(int64_t n, float *d_y) {
+    if (n <= 0) return;
+    k_round_bf16<<<ops_grid(n), 256>>>(n, d_y);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_scale(int64_t n, float s, float *d_y) {
+    if (n <= 0) return;
+    k_scale<<<ops_grid(n), 256>>>(n, s, d_y);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_add_scalar(int64_t n, float v, float *d_y) {
+    if (n <= 0) return;
+    k_add_scalar<<<ops_grid(n), 256>>>(n, v, d_y);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_accumulate(int64_t n, const float *d_src, float *d_dst) {
+    if (n <= 0) return;
+    k_accumulate<<<ops_grid(n), 256>>>(n, d_src, d_dst);
+    CU_CHECK_LAUNCH();
+}
+
+/* Column sums by chunks of rows: partial sums per (chunk, column) into a
+ * scratch buffer, then the chunks added in order (deterministic). */
+#define COLSUM_ROWS 128
+#define COLSUM_MAX_CHUNKS 512
+
+__global__ void k_colsum_part(int64_t rows, int64_t cols, int64_t per, const float *__restrict__ x,
+                              float *__restrict__ part) {
+    int64_t r0 = (int64_t)blockIdx.y * per, r1 = r0 + per < rows ? r0 + per : rows;
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += (int64_t)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int64_t r = r0; r < r1; r++) s += x[r * cols + j];
+        part[(int64_t)blockIdx.y * cols + j] = s;
+    }
+}
+
+__global__ void k_colsum_total(int64_t cols, int64_t nch, const float *__restrict__ part, float *__restrict__ out) {
+    GRID_STRIDE(j, cols) {
+        float s = out[j];
+        for (int64_t k = 0; k < nch; k++) s += part[k * cols + j];
+        out[j] = s;
+    }
+}
+
+static float *g_colsum_work;
+static size_t g_colsum_cap;
+
+extern "C" void cu_op_colsum_add(int64_t rows, int64_t cols, const float *d_x, float *d_out) {
+    if (rows <= 0 || cols <= 0) return;
+    int64_t nch = (rows + COLSUM_ROWS - 1) / COLSUM_ROWS;
+    nch = nch < COLSUM_MAX_CHUNKS ? nch : COLSUM_MAX_CHUNKS;
+    int64_t per = (rows + nch - 1) / nch;
+    size_t need = sizeof(float) * (size_t)(nch * cols);
+    if (need > g_colsum_cap) { /* grows to the largest product's need once */
+        cu_free(g_colsum_work);
+        g_colsum_work = (float *)cu_malloc(need);
+        g_colsum_cap = need;
+    }
+    dim3 grid((unsigned)((cols + 127) / 128), (unsigned)nch);
+    k_colsum_part<<<grid, 128>>>(rows, cols, per, d_x, g_colsum_work);
+    k_colsum_total<<<ops_grid(cols), 256>>>(cols, nch, g_colsum_work, d_out);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---------------- reductions ---------------- */
+
+/* One block: each thread sums a fixed stride of elements, then a fixed tree (deterministic). */
+template <int KIND> /* 0 sum, 1 sum of squares, 2 non-finite count */
+__global__ void k_reduce(int64_t n, const float *__restrict__ x, double *out) {
+    __shared__ double sh[1024];
+    double s = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = x[i];
+        s += KIND == 0 ? (double)v : KIND == 1 ? (double)v * v : (isfinite(v) ? 0.0 : 1.0);
+    }
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o; o >>= 1) {
+        if ((int)threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *out = sh[0];
+}
+
+__global__ void k_to_float(const double *s, double div, float *y) { *y = (float)(*s / div); }
+
+__global__ void k_reduce_back(int64_t n, float scale, const float *__restrict__ dy, float *__restrict__ dx) {
+    float g = dy[0] * scale;
+    GRID_STRIDE(i, n) dx[i] += g;
+}
+
+static double *g_reduce_out;
+
+static double *reduce_slot(void) {
+    if (!g_reduce_out) g_reduce_out = (double *)cu_malloc(sizeof(double));
+    return g_reduce_out;
+}
+
+extern "C" void cu_op_reduce(int64_t n, bool mean, const float *d_x, float *d_y) {
+    double *o = reduce_slot();
+    k_reduce<0><<<1, 1024>>>(n, d_x, o);
+    k_to_float<<<1, 1>>>(o, mean ? (double)n : 1.0, d_y);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_reduce_backward(int64_t n, float scale, const float *d_dy, float *d_dx) {
+    if (n <= 0) return;
+    k_reduce_back<<<ops_grid(n), 256>>>(n, scale, d_dy, d_dx);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" double cu_sum_squares(int64_t n, const float *d_x) {
+    double *o = reduce_slot(), h;
+    k_reduce<1><<<1, 1024>>>(n, d_x, o);
+    CU_CHECK_LAUNCH();
+    cu_to_host(&h, o, sizeof h);
+    return h;
+}
+
+extern "C" int64_t cu_count_nonfinite(int64_t n, const float *d_x) {
+    double *o = reduce_slot(), h;
+    k_reduce<2><<<1, 1024>>>(n, d_x, o);
+    CU_CHECK_LAUNCH();
+    cu_to_host(&h, o, sizeof h);
+    return (int64_t)h;
+}
+
+/* ---------------- bf16 conversions ---------------- */
+
+__global__ void k_f32_to_bf16(int64_t n, const float *__restrict__ x, uint16_t *__restrict__ y) {
+    GRID_STRIDE(i, n) {
+        float r = ag_bf16_round(x[i]);
+        uint32_t b;
+        memcpy(&b, &r, 4);
+        y[i] = (uint16_t)(b >> 16);
+    }
+}
+
+__global__ void k_bf16_to_f32(int64_t n, const uint16_t *__restrict__ x, float *__restrict__ y) {
+    GRID_STRIDE(i, n) {
+        uint32_t b = (uint32_t)x[i] << 16;
+        float v;
+        memcpy(&v, &b, 4);
+        y[i] = v;
+    }
+}
+
+extern "C" void cu_f32_to_bf16(int64_t n, const float *d_x, uint16_t *d_y) {
+    if (n <= 0) return;
+    k_f32_to_bf16<<<ops_grid(n), 256>>>(n, d_x, d_y);
+    CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_bf16_to_f32(int64_t n, const uint16_t *d_x, float *d_y) {
+    if (n <= 0) return;
+    k_bf16_to_f32<<<ops_grid(n), 256>>>(n, d_x, d_y);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---------------- convolution gathers ---------------- */
+
+/* One thread per (row, kernel position, group of channels): T is the
+ * element type (2 or 4 bytes), copied in 16-byte vectors when c allows. */
+template <typename T>
+__global__ void k_gather(ag_window g, int64_t r0, int64_t r1, const T *__restrict__ src, T *__restrict__ cols) {
+    int64_t kk = g.kh * g.kw, c = g.c;
+    GRID_STRIDE(e, (r1 - r0) * kk * c) {
+        int64_t ch = e % c, t = e / c, ij = t % kk, r = r0 + t / kk;
+        int64_t px = ag_k_window_pixel(&g, r, ij / g.kw, ij % g.kw);
+        cols[e] = px < 0 ? (T)0 : src[px * c + ch];
+    }
+}
+
+template <typename V>
+__global__ void k_gather_vec(ag_window g, int64_t cv, int64_t r0, int64_t r1, const V *__restrict__ src,
+                             V *__restrict__ cols) {
+    int64_t kk = g.kh * g.kw;
+    GRID_STRIDE(e, (r1 - r0) * kk * cv) {
+        int64_t ch = e % cv, t = e / cv, ij = t % kk, r = r0 + t / kk;
+        int64_t px = ag_k_window_pixel(&g, r, ij / g.kw, ij % g.kw);
+        V z;
+        memset(&z, 0, sizeof z);
+        cols[e] = px < 0 ? z : src[px * cv + ch];
+    }
+}
+
+extern "C" void cu_conv_gather(const ag_window *g, int elem_bytes, const void *d_src, int64_t r0, int64_t r1,
+                               void *d_cols) {
+    int64_t n = (r1 - r0) * g->kh * g->kw * g->c;
+    if (n <= 0) return;
+    MX_ASSERT(elem_bytes == 2 || elem_bytes == 4);
+    int64_t vec = 16 / elem_bytes; /* elements per 16-byte vector */
+    if (g->c % vec == 0) {
+        int64_t cv = g->c / vec;
+        k_gather_vec<uint4><<<ops_grid(n / vec), 256>>>(*g, cv, r0, r1, (const uint4 *)d_src, (uint4 *)d_cols);
+    } else if (elem_bytes == 2) {
+        k_gather<uint16_t><<<ops_grid(n), 256>>>(*g, r0, r1, (const uint16_t *)d_src, (uint16_t *)d_cols);
+    } else {
+        k_gather<float><<<ops_grid(n), 256>>>(*g, r0, r1, (const float *)d_src, (float *)d_cols);
+    }
+    CU_CHECK_LAUNCH();
+}
+
+/* dx[(b, iy, ix), ch] += dcols[(b, oy, ox) - r0, (i, j, ch)] over the windows
+ * of rows [r0, r1) that hold the pixel, in row order (the CPU's col2im
+ * order): one thread per element of dx. g is the im2col window (off = -pad,
+ * sgn = +1). */
+__global__ void k_col2im(ag_window g, int64_t r0, int64_t r1, const float *__restrict__ dcols, float *__restrict__ dx) {
+    int64_t K = g.kh * g.kw * g.c;
+    GRID_STRIDE(idx, g.n * g.sh * g.sw * g.c) {
+        int64_t ch = idx % g.c, t = idx / g.c, ix = t % g.sw, iy = (t / g.sw) % g.sh, b = t / (g.sw * g.sh);
+        /* oy with oy*stride + off <= iy <= oy*stride + off + kh - 1 */
+        int64_t ylo = iy - g.off - g.kh + 1, xlo = ix - g.off - g.kw + 1;
+        int64_t oy0 = ylo > 0 ? (ylo + g.stride - 1) / g.stride : 0, ox0 = xlo > 0 ? (xlo + g.stride - 1) / g.stride : 0;
+        int64_t rb = b * g.ph * g.pw;
+        if (rb + (oy0 * g.pw + ox0) >= r1 || rb + g.ph * g.pw <= r0) continue; /* no row of this chunk */
+        float acc = dx[idx];
+        for (int64_t oy = oy0; oy < g.ph && oy * g.stride + g.off <= iy; oy++)
+            for (int64_t ox = ox0; ox < g.pw && ox * g.stride + g.off <= ix; ox++) {
+                int64_t r = rb + oy * g.pw + ox;
+                if (r < r0 || r >= r1) continue;
+                int64_t i = iy - (oy * g.stride + g.off), j = ix - (ox * g.stride + g.off);
+                acc += dcols[(r - r0) * K + (i * g.kw + j) * g.c + ch];
+            }
+        dx[idx] = acc;
+    }
+}
+
+extern "C" void cu_conv_col2im_add(const ag_window *g, int64_t r0, int64_t r1, const float *d_dcols, float *d_dx) {
+    int64_t n = g->n * g->sh * g->sw * g->c;
+    if (n <= 0 || r1 <= r0) return;
+    k_col2im<<<ops_grid(n), 256>>>(*g, r0, r1, d_dcols, d_dx);
+    CU_CHECK_LAUNCH();
+}
+
+/* 2-byte elements (bf16) walked like k_strided, copied */
+__global__ void k_strided16(int64_t o0, int64_t o1, int64_t o2, int64_t o3, int64_t s0, int64_t s1, int64_t s2,
+                            int64_t s3, const uint16_t *__restrict__ src, uint16_t *__restrict__ dst) {
+    GRID_STRIDE(i, o0 * o1 * o2 * o3) {
+        int64_t e = i % o3, t = i / o3, c = t % o2, b = (t / o2) % o1, a = t / (o2 * o1);
+        dst[i] = src[a * s0 + b * s1 + c * s2 + e * s3];
+    }
+}
+
+extern "C" void cu_op_strided16(const int64_t *oshape, const int64_t *istride, const uint16_t *d_src,
+                                uint16_t *d_dst) {
+    int64_t n = oshape[0] * oshape[1] * oshape[2] * oshape[3];
+    if (n <= 0) return;
+    k_strided16<<<ops_grid(n), 256>>>(oshape[0], oshape[1], oshape[2], oshape[3], istride[0], istride[1], istride[2],
+                                      istride[3], d_src, d_dst);
     CU_CHECK_LAUNCH();
 }

@@ -86,9 +86,9 @@ ag_var *batchnorm2d_layer_forward(ag_ctx *ctx, param_store *s, batchnorm2d_layer
 
 ag_var *batchnorm2d_layer_forward_act(ag_ctx *ctx, param_store *s, batchnorm2d_layer *l, ag_var *x, ag_var *residual,
                                       bool relu) {
-    if (ctx->run.training) param_data(s, l->num_batches_tracked)[0] += 1.0f;
-    return ag_batchnorm2d_act(ctx, x, param_var(s, l->w), param_var(s, l->b), param_data(s, l->running_mean),
-                              param_data(s, l->running_var), l->momentum, l->eps, residual, relu);
+    if (ctx->run.training) ag_buffer_add(ctx, param_step_data(s, l->num_batches_tracked), 1, 1.0f);
+    return ag_batchnorm2d_act(ctx, x, param_var(s, l->w), param_var(s, l->b), param_step_data(s, l->running_mean),
+                              param_step_data(s, l->running_var), l->momentum, l->eps, residual, relu);
 }
 
 /* ---------------- layernorm ---------------- */

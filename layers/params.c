@@ -7,10 +7,16 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "cuda/cuda.h"
 
 void param_store_init(param_store *s) { memset(s, 0, sizeof *s); }
 
 void param_store_free(param_store *s) {
+    if (s->gpu) {
+        cu_free(s->d_data);
+        cu_free(s->d_grad);
+        cu_free(s->d_buffers);
+    }
     free(s->entries);
     free(s->data);
     free(s->grad);
@@ -108,6 +114,44 @@ float *param_data(param_store *s, int idx) {
     return (e->kind == PARAM_KIND_BUFFER ? s->buffers : s->data) + e->offset;
 }
 
+float *param_step_data(param_store *s, int idx) {
+    float *h = param_data(s, idx);
+    if (!s->gpu) return h;
+    param_entry *e = &s->entries[idx];
+    return (e->kind == PARAM_KIND_BUFFER ? s->d_buffers : s->d_data) + e->offset;
+}
+
+static size_t param_bytes(size_t n) { return sizeof(float) * (n + 16); }
+
+void param_store_to_gpu(param_store *s) {
+    MX_ASSERT(s->finalized && !s->gpu);
+    s->d_data = cu_malloc(param_bytes(s->n_trainable));
+    s->d_grad = cu_malloc(param_bytes(s->n_trainable));
+    s->d_buffers = cu_malloc(param_bytes(s->n_buffers));
+    cu_memset(s->d_grad, 0, param_bytes(s->n_trainable));
+    s->gpu = true;
+    param_store_upload(s);
+    for (int i = 0; i < s->count; i++) {
+        param_entry *e = &s->entries[i];
+        if (e->kind == PARAM_KIND_BUFFER) continue;
+        e->var.value.data = s->d_data + e->offset;
+        e->var.grad = s->d_grad + e->offset;
+    }
+}
+
+void param_store_upload(param_store *s) {
+    if (!s->gpu) return;
+    cu_to_device(s->d_data, s->data, sizeof(float) * s->n_trainable);
+    cu_to_device(s->d_buffers, s->buffers, sizeof(float) * s->n_buffers);
+}
+
+void param_store_download(param_store *s, bool grads) {
+    if (!s->gpu) return;
+    cu_to_host(s->data, s->d_data, sizeof(float) * s->n_trainable);
+    cu_to_host(s->buffers, s->d_buffers, sizeof(float) * s->n_buffers);
+    if (grads) cu_to_host(s->grad, s->d_grad, sizeof(float) * s->n_trainable);
+}
+
 int param_find(const param_store *s, const char *name) {
     for (int i = 0; i < s->count; i++)
         if (strcmp(s->entries[i].name, name) == 0) return i;
@@ -146,4 +190,7 @@ static void param_convert(const param_entry *e, const float *in, float *out, boo
 void param_to_torch(const param_entry *e, const float *internal, float *torch) { param_convert(e, internal, torch, true); }
 void param_from_torch(const param_entry *e, const float *torch, float *internal) { param_convert(e, torch, internal, false); }
 
-void param_zero_grad(param_store *s) { memset(s->grad, 0, sizeof(float) * s->n_trainable); }
+void param_zero_grad(param_store *s) {
+    if (s->gpu) cu_memset(s->d_grad, 0, sizeof(float) * s->n_trainable);
+    else memset(s->grad, 0, sizeof(float) * s->n_trainable);
+}

@@ -59,6 +59,11 @@ typedef struct param_store {
     size_t n_buffers;
     bool finalized;
     mm_sites sites;       /* the model's product sites (mm_site_declare), ids in declaration order */
+    /* On the GPU (param_store_to_gpu): device copies the steps use (the vars
+     * point there); data/grad/buffers above stay the host copies that
+     * checkpoints read and write, synchronised by upload/download. */
+    bool gpu;
+    float *d_data, *d_grad, *d_buffers;
 } param_store;
 
 void param_store_init(param_store *s);
@@ -69,13 +74,21 @@ int param_add(param_store *s, const char *name, int ndim, const int64_t *shape, 
 /* Allocates the buffers and initialises every entry from the seed. */
 void param_finalize(param_store *s, uint64_t seed);
 ag_var *param_var(param_store *s, int idx);
-float *param_data(param_store *s, int idx); /* values (trainable or buffer) */
+float *param_data(param_store *s, int idx); /* host values (trainable or buffer) */
+float *param_step_data(param_store *s, int idx); /* the values the step uses: device ones on the GPU */
+/* Moves the step's copies to the GPU (cu_init done): device buffers made
+ * from the host values, vars pointed at them. */
+void param_store_to_gpu(param_store *s);
+/* On the GPU: host values and buffers to the device (after a load), and
+ * back (before a save; grads too when asked). No-ops on the CPU. */
+void param_store_upload(param_store *s);
+void param_store_download(param_store *s, bool grads);
 int param_find(const param_store *s, const char *name); /* -1 if absent */
 /* PyTorch's shape of an entry; returns its rank. */
 int param_torch_shape(const param_entry *e, int64_t *shape);
 /* Copies between internal layout and PyTorch layout. */
 void param_to_torch(const param_entry *e, const float *internal, float *torch);
 void param_from_torch(const param_entry *e, const float *torch, float *internal);
-void param_zero_grad(param_store *s);
+void param_zero_grad(param_store *s); /* the step's gradients (device ones on the GPU) */
 
 #endif

@@ -1,6 +1,8 @@
 /* AdamW and SGD with PyTorch's semantics (torch.optim, single-tensor path). */
 #include "optim/optim.h"
 
+#include "cuda/cuda.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,7 +76,39 @@ void optim_init(optimizer *o, const optim_config *cfg, param_store *params) {
     memset(o->v, 0, bytes);
 }
 
+static size_t optim_bytes(const optimizer *o) { return sizeof(float) * (o->n ? o->n : 1); }
+
+void optim_to_gpu(optimizer *o) {
+    MX_ASSERT(o->params->gpu && !o->d_m);
+    o->d_m = cu_malloc(optim_bytes(o));
+    o->d_v = cu_malloc(optim_bytes(o));
+    optim_upload(o);
+}
+
+void optim_upload(optimizer *o) {
+    if (!o->d_m) return;
+    cu_to_device(o->d_m, o->m, optim_bytes(o));
+    cu_to_device(o->d_v, o->v, optim_bytes(o));
+}
+
+void optim_download(optimizer *o) {
+    if (!o->d_m) return;
+    cu_to_host(o->m, o->d_m, optim_bytes(o));
+    cu_to_host(o->v, o->d_v, optim_bytes(o));
+}
+
+int64_t optim_count_nonfinite_gpu(const optimizer *o) {
+    if (!o->d_m) return 0;
+    const param_store *ps = o->params;
+    return cu_count_nonfinite((int64_t)ps->n_trainable, ps->d_data) + cu_count_nonfinite((int64_t)ps->n_buffers, ps->d_buffers) +
+           cu_count_nonfinite((int64_t)o->n, o->d_m) + cu_count_nonfinite((int64_t)o->n, o->d_v);
+}
+
 void optim_free(optimizer *o) {
+    if (o->d_m) {
+        cu_free(o->d_m);
+        cu_free(o->d_v);
+    }
     free(o->m);
     free(o->v);
     memset(o, 0, sizeof *o);
@@ -95,6 +129,7 @@ double optim_lr_at(const optim_config *c, int64_t t) {
 }
 
 double optim_grad_norm(const param_store *p) {
+    if (p->gpu) return sqrt(cu_sum_squares((int64_t)p->n_trainable, p->d_grad));
     double s = 0;
     const float *g = p->grad;
     int64_t n = (int64_t)p->n_trainable;
@@ -107,6 +142,10 @@ void optim_clip_grad_norm(param_store *p, double norm, double max_norm) {
     if (max_norm <= 0) return;
     float coef = (float)(max_norm / (norm + 1e-6));
     if (!(coef < 1.0f)) return;
+    if (p->gpu) {
+        cu_op_scale((int64_t)p->n_trainable, coef, p->d_grad);
+        return;
+    }
     float *g = p->grad;
     int64_t n = (int64_t)p->n_trainable;
 #pragma omp parallel for schedule(static) if (n >= 65536)
@@ -130,12 +169,20 @@ optim_k_sgd optim_sgd_args(const optimizer *o, float lr, float wd) {
 
 static void adamw_update(optimizer *o, float *p, const float *g, float *m, float *v, int64_t n, float lr, float wd) {
     optim_k_adamw a = optim_adamw_args(o, lr, wd);
+    if (o->d_m) {
+        cu_optim_adamw(n, &a, p, g, m, v);
+        return;
+    }
 #pragma omp parallel for schedule(static) if (n >= 65536)
     for (int64_t i = 0; i < n; i++) optim_k_adamw_update(&a, &p[i], &m[i], &v[i], g[i]);
 }
 
 static void sgd_update(optimizer *o, float *p, const float *g, float *buf, int64_t n, float lr, float wd) {
     optim_k_sgd a = optim_sgd_args(o, lr, wd);
+    if (o->d_m) {
+        cu_optim_sgd(n, &a, p, g, buf);
+        return;
+    }
 #pragma omp parallel for schedule(static) if (n >= 65536)
     for (int64_t i = 0; i < n; i++) optim_k_sgd_update(&a, &p[i], &buf[i], g[i]);
 }
@@ -148,9 +195,10 @@ void optim_step(optimizer *o, double lr) {
         if (pe->kind == PARAM_KIND_BUFFER) continue;
         float wd = pe->kind == PARAM_KIND_WEIGHT ? (float)o->cfg.weight_decay : 0.0f;
         size_t off = pe->offset;
-        if (o->cfg.kind == OPTIM_KIND_ADAMW)
-            adamw_update(o, ps->data + off, ps->grad + off, o->m + off, o->v + off, pe->numel, (float)lr, wd);
-        else
-            sgd_update(o, ps->data + off, ps->grad + off, o->m + off, pe->numel, (float)lr, wd);
+        bool gpu = o->d_m != NULL; /* the step's copies */
+        float *p = (gpu ? ps->d_data : ps->data) + off, *g = (gpu ? ps->d_grad : ps->grad) + off;
+        float *m = (gpu ? o->d_m : o->m) + off, *v = (gpu ? o->d_v : o->v) + off;
+        if (o->cfg.kind == OPTIM_KIND_ADAMW) adamw_update(o, p, g, m, v, pe->numel, (float)lr, wd);
+        else sgd_update(o, p, g, m, pe->numel, (float)lr, wd);
     }
 }

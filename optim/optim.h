@@ -46,6 +46,8 @@ typedef struct optimizer {
     float *m, *v;     /* AdamW moments / SGD momentum buffer (m); n_trainable each */
     size_t n;
     int64_t step;     /* updates done */
+    float *d_m, *d_v; /* on the GPU (params->gpu, optim_to_gpu): the state the steps update;
+                         m and v stay the host copies checkpoints use */
 } optimizer;
 
 extern const mx_enum optim_kind_enum, optim_schedule_enum;
@@ -64,9 +66,18 @@ void optim_init(optimizer *o, const optim_config *cfg, param_store *params);
 optim_k_adamw optim_adamw_args(const optimizer *o, float lr, float wd);
 optim_k_sgd optim_sgd_args(const optimizer *o, float lr, float wd);
 void optim_free(optimizer *o);
+/* With the parameters on the GPU: device state made from the host state;
+ * upload/download copy it (after a load, before a save). No-ops on the CPU. */
+void optim_to_gpu(optimizer *o);
+void optim_upload(optimizer *o);
+void optim_download(optimizer *o);
+/* Non-finite values in the parameters, buffers and state on the GPU (a
+ * sync; 0 on the CPU, where ckpt_find_nonfinite scans the host copies). */
+int64_t optim_count_nonfinite_gpu(const optimizer *o);
 /* The learning rate of update number t (0-based). */
 double optim_lr_at(const optim_config *cfg, int64_t t);
-/* sqrt(sum of squared gradients), accumulated in double. */
+/* sqrt(sum of squared gradients), accumulated in double. These three run
+ * where the parameters are (the GPU: params->gpu). */
 double optim_grad_norm(const param_store *params);
 /* Scales gradients so their global norm is at most max_norm (PyTorch's
  * clip_grad_norm_: factor max_norm / (norm + 1e-6) when it is below 1). */

@@ -104,6 +104,8 @@ typedef struct quant_tensor {
     int64_t shape[QUANT_TENSOR_MAX_DIMS];
     const uint8_t *codes, *scales; /* packed (both or neither) */
     const float *values;           /* dequantized, or NULL */
+    const uint16_t *values16;      /* dequantized as bfloat16 (exact for MX formats): how the GPU
+                                      holds its GEMM operands; values is then NULL */
 } quant_tensor;
 
 #define QUANT_GAP_BINS 32 /* exponent gaps 0..30, and 31+ */

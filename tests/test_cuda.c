@@ -584,8 +584,14 @@ START_TEST(test_norm_loss_optim_match_cpu) {
     int32_t *dlab = dev_buf(5, sizeof labels);
     cu_to_device(dlab, labels, sizeof labels);
     cu_memset(dgx, 0, sizeof(float) * R * NC);
-    float gl = cu_op_cross_entropy(R, NC, dx_, dlab, 0.1f, dyo);
-    cu_op_cross_entropy_backward(R, NC, dyo, dlab, 0.1f, 1.0f, dgx);
+    double *dwork = cu_malloc(sizeof(double) * R);
+    float *dloss = cu_malloc(2 * sizeof(float)), gl;
+    cu_to_device(dloss + 1, &one, sizeof one);
+    cu_op_cross_entropy(R, NC, dx_, dlab, 0.1f, dyo, dwork, dloss);
+    cu_op_cross_entropy_backward(R, NC, dyo, dlab, 0.1f, dloss + 1, dgx);
+    cu_to_host(&gl, dloss, sizeof gl);
+    cu_free(dwork);
+    cu_free(dloss);
     cu_to_host(h, dgx, sizeof(float) * R * NC);
     double el = fabs((double)gl - loss->value.data[0]) / fabs((double)loss->value.data[0]), ed = rel_err(h, gx, R * NC, 1e-6);
     fprintf(stderr, "cross-entropy: loss %.9g vs %.9g (%.2g), dlogits %.2g\n", gl, loss->value.data[0], el, ed);
