@@ -101,6 +101,16 @@ typedef struct ag_run {
     struct mm_plan *mm;     /* every product site's quantization, resolved (NULL: fp32) */
     int64_t conv_chunk_bytes; /* im2col bytes per conv chunk; 0: 1.25 MB per thread (tests
                                  set a tiny value to cover many chunks) */
+    bool gpu_fp32_gemm;       /* GPU: every product as an FP32 GEMM on the quantized values
+                                 (train.gpu_gemm = fp32): the CPU's arithmetic up to the order
+                                 of sums. Default: bf16-held pairs on the tensor cores, whose
+                                 FP32 accumulation rounds unlike IEEE adds (docs/gpu.md) */
+    bool gpu_unchecked_bf16;  /* GPU: quantized operands reach the tensor cores as bf16 without a
+                                 sync each to check that bf16 holds them; the caller asks
+                                 cu_quant_inexact_take() after the step and, if some value was
+                                 not bf16-exact, runs the step again without this (the checked
+                                 path then multiplies those operands in FP32). Ignored while
+                                 statistics are collected (those calls sync anyway). */
 } ag_run;
 
 /* The tape and the step's memory, plus the settings it runs under. */

@@ -21,6 +21,11 @@ void mm_gpu_quantize(ag_ctx *ctx, quant_tensor *t, const float *src, arena *ar, 
     uint16_t *y16 = arena_alloc(ar, sizeof(uint16_t) * (size_t)n);
     t->values = NULL;
     t->values16 = NULL;
+    if (ctx->run.gpu_unchecked_bf16 && !stats) { /* checked once after the step (ag_run) */
+        cu_quant_fake_bf16_deferred(&t->spec, src, y16, t->ndim, t->shape, scales);
+        t->values16 = y16;
+        return;
+    }
     if (cu_quant_fake_bf16(&t->spec, src, y16, t->ndim, t->shape, scales, stats) == 0) {
         t->values16 = y16;
         return;
@@ -48,7 +53,7 @@ typedef struct gpu_pair {
 } gpu_pair;
 
 static gpu_pair gpu_pair_of(ag_ctx *ctx, const quant_tensor *a, const quant_tensor *b) {
-    if (a->values16 && b->values16) return (gpu_pair){a->values16, b->values16, CU_GEMM_BF16, 2};
+    if (a->values16 && b->values16 && !ctx->run.gpu_fp32_gemm) return (gpu_pair){a->values16, b->values16, CU_GEMM_BF16, 2};
     return (gpu_pair){mm_values_f32(ctx, *a), mm_values_f32(ctx, *b), CU_GEMM_F32, 4};
 }
 

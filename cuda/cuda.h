@@ -43,6 +43,8 @@ void cu_to_host(void *dst, const void *d_src, size_t bytes);
 void cu_copy(void *d_dst, const void *d_src, size_t bytes);
 void cu_memset(void *d, int value, size_t bytes);
 void cu_sync(void);
+/* Device memory in use on the current GPU (total - free: ours, the context's, libraries'). */
+size_t cu_mem_used(void);
 
 /* Device memory for core/arena.h (arena_init_mem): the autograd context's
  * step and scratch arenas on the GPU (256-byte aligned blocks). */
@@ -87,6 +89,13 @@ void cu_quant_unpack(const quant_spec *s, const uint8_t *d_codes, const uint8_t 
  * so a caller can keep that operand in float32 instead. */
 int64_t cu_quant_fake_bf16(const quant_spec *s, const float *d_x, uint16_t *d_y, int ndim, const int64_t *shape,
                            uint8_t *d_scales, quant_stats *stats);
+/* The same without its synchronization (no statistics): the inexact
+ * elements are added on the device to a running tally that
+ * cu_quant_inexact_take reads (a sync) and resets. A training step uses it
+ * to send every operand to the tensor cores unchecked, then checks once. */
+void cu_quant_fake_bf16_deferred(const quant_spec *s, const float *d_x, uint16_t *d_y, int ndim, const int64_t *shape,
+                                 uint8_t *d_scales);
+int64_t cu_quant_inexact_take(void);
 
 /* Device-to-device copy bandwidth (GB/s, bytes read + written) and the
  * quantizer's throughput for `mxtrain bench quantize --device cuda`: one JSON

@@ -92,6 +92,12 @@ static void cu_zero(void *d, size_t bytes) { cu_memset(d, 0, bytes); }
 const arena_mem cu_arena_mem = {cu_malloc, cu_free, cu_zero};
 void cu_sync(void) { CU_CHECK(cudaDeviceSynchronize()); }
 
+size_t cu_mem_used(void) {
+    size_t fr = 0, total = 0;
+    CU_CHECK(cudaMemGetInfo(&fr, &total));
+    return total - fr;
+}
+
 /* ---------------- the device step arena ---------------- */
 
 static size_t cu_align(size_t n) { return (n + 255) & ~(size_t)255; }

@@ -73,6 +73,7 @@ extern "C" int cu_gemm_open(mx_err *err) {
 /* A cached plan: the descriptors and algorithm of one product shape. */
 typedef struct gemm_plan {
     cu_gemm_desc key;
+    unsigned align; /* bytes every pointer is aligned to (the algorithm was chosen for it) */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
@@ -100,9 +101,16 @@ static cublasLtMatrixLayout_t gemm_layout(cudaDataType t, int64_t rows, int64_t 
     return l;
 }
 
-static const gemm_plan *gemm_plan_get(const cu_gemm_desc *d) {
+/* The largest power of two up to 256 dividing every address: rows of a
+ * chunk start anywhere, and cuBLASLt's fastest kernels assume 256 unless told. */
+static unsigned gemm_align(const void *a, const void *b, const void *c) {
+    uintptr_t x = (uintptr_t)a | (uintptr_t)b | (uintptr_t)c | 256;
+    return (unsigned)(x & (~x + 1));
+}
+
+static const gemm_plan *gemm_plan_get(const cu_gemm_desc *d, unsigned align) {
     for (int i = 0; i < g_nplans; i++)
-        if (gemm_same(&g_plans[i].key, d)) return &g_plans[i];
+        if (g_plans[i].align == align && gemm_same(&g_plans[i].key, d)) return &g_plans[i];
     if (g_nplans == g_capplans) {
         g_capplans = g_capplans ? 2 * g_capplans : 64;
         g_plans = (gemm_plan *)realloc(g_plans, sizeof *g_plans * (size_t)g_capplans);
@@ -110,6 +118,7 @@ static const gemm_plan *gemm_plan_get(const cu_gemm_desc *d) {
     }
     gemm_plan *p = &g_plans[g_nplans];
     p->key = *d;
+    p->align = align;
     cudaDataType tab = d->type == CU_GEMM_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     LT_CHECK(p_cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F)); /* FP32 accumulation, no TF32 */
     /* column-major C^T [n, m] = op(B)^T [n, k] op(A)^T [k, m] */
@@ -126,6 +135,11 @@ static const gemm_plan *gemm_plan_get(const cu_gemm_desc *d) {
     LT_CHECK(p_cublasLtMatmulPreferenceCreate(&pref));
     LT_CHECK(p_cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                     &g_workspace_bytes, sizeof g_workspace_bytes));
+    uint32_t al = align;
+    static const cublasLtMatmulPreferenceAttributes_t aligns[] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; i < 4; i++) LT_CHECK(p_cublasLtMatmulPreferenceSetAttribute(pref, aligns[i], &al, sizeof al));
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     LT_CHECK(p_cublasLtMatmulAlgoGetHeuristic(g_lt, p->op, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &found));
@@ -138,9 +152,12 @@ static const gemm_plan *gemm_plan_get(const cu_gemm_desc *d) {
 }
 
 extern "C" void cu_gemm(const cu_gemm_desc *d, const void *d_a, const void *d_b, float *d_c) {
-    MX_ASSERTF(g_lt, "cu_gemm before cu_gemm_open");
+    if (!g_lt) { /* opened at the first product (callers that can report it call cu_gemm_open first) */
+        mx_err err;
+        if (cu_gemm_open(&err)) mx_fatal(__FILE__, __LINE__, "%s", err.msg);
+    }
     MX_ASSERT(d->m > 0 && d->n > 0 && d->k > 0 && d->batch >= 1);
-    const gemm_plan *p = gemm_plan_get(d);
+    const gemm_plan *p = gemm_plan_get(d, gemm_align(d_a, d_b, d_c));
     LT_CHECK(p_cublasLtMatmul(g_lt, p->op, &d->alpha, d_b, p->la, d_a, p->lb, &d->beta, d_c, p->lc, d_c, p->lc,
                               &p->algo, g_workspace, g_workspace_bytes, 0));
 }

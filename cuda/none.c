@@ -22,6 +22,7 @@ void cu_to_host(void *dst, const void *d_src, size_t bytes) { cu_none(__func__);
 void cu_copy(void *d_dst, const void *d_src, size_t bytes) { cu_none(__func__); }
 void cu_memset(void *d, int value, size_t bytes) { cu_none(__func__); }
 void cu_sync(void) { cu_none(__func__); }
+size_t cu_mem_used(void) { cu_none(__func__); }
 void *cu_host_alloc(size_t bytes) { cu_none(__func__); }
 void cu_host_free(void *p) { cu_none(__func__); }
 void cu_to_device_async(void *d_dst, const void *src, size_t bytes) { cu_none(__func__); }
@@ -34,6 +35,8 @@ void cu_quant_pack(const quant_spec *s, const float *d_x, uint8_t *d_codes, int 
 void cu_quant_pack_fake(const quant_spec *s, const float *d_x, uint8_t *d_codes, float *d_y, int ndim, const int64_t *shape, uint8_t *d_scales, quant_stats *stats) { cu_none(__func__); }
 void cu_quant_unpack(const quant_spec *s, const uint8_t *d_codes, const uint8_t *d_scales, float *d_y, int ndim, const int64_t *shape) { cu_none(__func__); }
 int64_t cu_quant_fake_bf16(const quant_spec *s, const float *d_x, uint16_t *d_y, int ndim, const int64_t *shape, uint8_t *d_scales, quant_stats *stats) { cu_none(__func__); }
+void cu_quant_fake_bf16_deferred(const quant_spec *s, const float *d_x, uint16_t *d_y, int ndim, const int64_t *shape, uint8_t *d_scales) { cu_none(__func__); }
+int64_t cu_quant_inexact_take(void) { cu_none(__func__); }
 int cu_quant_bench(const quant_format *formats, int nformats, int64_t n, int reps) { cu_none(__func__); }
 int cu_gemm_open(mx_err *err) { cu_none(__func__); }
 void cu_gemm(const cu_gemm_desc *d, const void *d_a, const void *d_b, float *d_c) { cu_none(__func__); }

@@ -15,6 +15,19 @@ static int ops_grid(int64_t n) {
     return (int)(b < 65536 ? (b > 0 ? b : 1) : 65536);
 }
 
+/* A device buffer for kernels' partial sums, grown to the largest need once
+ * (one stream: a call's partials are consumed before the next call writes). */
+static void *ops_work(size_t bytes) {
+    static void *buf;
+    static size_t cap;
+    if (bytes > cap) {
+        cu_free(buf);
+        buf = cu_malloc(bytes);
+        cap = bytes;
+    }
+    return buf;
+}
+
 #define GRID_STRIDE(i, n) \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
@@ -217,19 +230,31 @@ __global__ void k_layernorm_back_dx(int64_t rows, int64_t d, const float *__rest
     }
 }
 
-/* dgamma[j] += sum dy xhat, dbeta[j] += sum dy: a thread per column */
-__global__ void k_layernorm_back_dgb(int64_t rows, int64_t d, const float *__restrict__ x,
-                                     const float *__restrict__ mean, const float *__restrict__ rstd,
-                                     const float *__restrict__ dy, float *dg, float *db) {
-    GRID_STRIDE(j, d) {
+/* dgamma[j] += sum dy xhat, dbeta[j] += sum dy: partial sums over fixed
+ * chunks of rows (blockIdx.y; threads over columns), then the chunks added
+ * in order (k_chunks_total): deterministic, and parallel over rows. */
+__global__ void k_layernorm_back_part(int64_t rows, int64_t d, int64_t per, const float *__restrict__ x,
+                                      const float *__restrict__ mean, const float *__restrict__ rstd,
+                                      const float *__restrict__ dy, float *__restrict__ part) {
+    int64_t r0 = (int64_t)blockIdx.y * per, r1 = r0 + per < rows ? r0 + per : rows;
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < d; j += (int64_t)gridDim.x * blockDim.x) {
         float sg = 0, sb = 0;
-        for (int64_t r = 0; r < rows; r++) {
+        for (int64_t r = r0; r < r1; r++) {
             float xhat = (x[r * d + j] - mean[r]) * rstd[r];
             sg += dy[r * d + j] * xhat;
             sb += dy[r * d + j];
         }
-        if (dg) dg[j] += sg;
-        if (db) db[j] += sb;
+        part[(int64_t)blockIdx.y * 2 * d + j] = sg;
+        part[(int64_t)blockIdx.y * 2 * d + d + j] = sb;
+    }
+}
+
+/* out[j] += sum of the chunks' partials (stride between chunks: ld) */
+__global__ void k_chunks_total(int64_t cols, int64_t nch, int64_t ld, const float *__restrict__ part, float *out) {
+    GRID_STRIDE(j, cols) {
+        float s = out[j];
+        for (int64_t k = 0; k < nch; k++) s += part[k * ld + j];
+        out[j] = s;
     }
 }
 
@@ -245,8 +270,16 @@ extern "C" void cu_op_layernorm_backward(int64_t rows, int64_t d, const float *d
                                          float *d_dgamma, float *d_dbeta) {
     if (rows <= 0) return;
     if (d_dx) k_layernorm_back_dx<<<rows_grid(rows), 256>>>(rows, d, d_x, d_gamma, d_mean, d_rstd, d_dy, d_dx);
-    if (d_dgamma || d_dbeta)
-        k_layernorm_back_dgb<<<ops_grid(d), 256>>>(rows, d, d_x, d_mean, d_rstd, d_dy, d_dgamma, d_dbeta);
+    if (d_dgamma || d_dbeta) {
+        int64_t nch = (rows + 127) / 128;
+        nch = nch < 512 ? nch : 512;
+        int64_t per = (rows + nch - 1) / nch;
+        float *part = (float *)ops_work(sizeof(float) * (size_t)(2 * nch * d));
+        dim3 grid((unsigned)((d + 127) / 128), (unsigned)nch);
+        k_layernorm_back_part<<<grid, 128>>>(rows, d, per, d_x, d_mean, d_rstd, d_dy, part);
+        if (d_dgamma) k_chunks_total<<<ops_grid(d), 256>>>(d, nch, 2 * d, part, d_dgamma);
+        if (d_dbeta) k_chunks_total<<<ops_grid(d), 256>>>(d, nch, 2 * d, part + d, d_dbeta);
+    }
     CU_CHECK_LAUNCH();
 }
 
@@ -338,8 +371,9 @@ extern "C" void cu_optim_sgd(int64_t n, const optim_k_sgd *a, float *d_p, const 
  * bits): each block sums a fixed chunk of rows into its own slot of the work
  * buffer, then one pass adds the slots in order. Sums in double, as on the CPU. */
 
-#define BN_ROWS_PER_BLOCK 256
+#define BN_ROWS_PER_BLOCK 1024
 #define BN_MAX_CHUNKS 1024
+#define BN_THREADS 256
 
 static int64_t bn_chunks(int64_t rows) {
     int64_t ch = (rows + BN_ROWS_PER_BLOCK - 1) / BN_ROWS_PER_BLOCK;
@@ -348,46 +382,73 @@ static int64_t bn_chunks(int64_t rows) {
 
 extern "C" size_t cu_bn_work_bytes(int64_t rows, int64_t c) { return sizeof(double) * 2 * (size_t)(bn_chunks(rows) + 1) * (size_t)c; }
 
-/* Sums over a chunk of rows per block (blockIdx.y), threads over channels:
- * without dy s1 = x, s2 = x^2; with dy s1 = g, s2 = g xhat, g = dy masked by y > 0 (relu). */
+/* Sums over a chunk of rows per block: without dy s1 = x, s2 = x^2; with dy
+ * s1 = g, s2 = g xhat, g = dy masked by y > 0 (relu). With c <= 256 the
+ * block's threads are sub = 256 / c row groups of c channels (coalesced
+ * rows; row r goes to group (r - r0) % sub), added group by group at the
+ * end; wider layers loop over channels. Fixed assignment: deterministic. */
 __global__ void k_bn_partial(int64_t rows, int64_t c, int64_t per, const float *__restrict__ x,
                              const float *__restrict__ dy, const float *__restrict__ y, const float *__restrict__ mean,
                              const float *__restrict__ invstd, double *__restrict__ part) {
-    int64_t r0 = (int64_t)blockIdx.y * per, r1 = r0 + per < rows ? r0 + per : rows;
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < c; j += (int64_t)gridDim.x * blockDim.x) {
+    __shared__ double s1[BN_THREADS], s2[BN_THREADS];
+    int64_t r0 = (int64_t)blockIdx.x * per, r1 = r0 + per < rows ? r0 + per : rows;
+    int tid = threadIdx.x;
+    int sub = c <= BN_THREADS ? BN_THREADS / (int)c : 1;
+    int64_t cw = c <= BN_THREADS ? c : BN_THREADS; /* channels per pass */
+    for (int64_t j0 = 0; j0 < c; j0 += cw) {
+        int64_t j = j0 + tid % cw;
+        int g = tid / (int)cw;
         double p1 = 0, p2 = 0;
-        for (int64_t r = r0; r < r1; r++) {
-            double v = x[r * c + j];
-            if (dy) {
-                double d = (!y || y[r * c + j] > 0.0f) ? dy[r * c + j] : 0.0f;
-                p1 += d;
-                p2 += d * ((x[r * c + j] - mean[j]) * invstd[j]);
-            } else {
-                p1 += v;
-                p2 += v * v;
+        if (g < sub && j < c) {
+            float m = dy ? mean[j] : 0.0f, is = dy ? invstd[j] : 0.0f;
+            for (int64_t r = r0 + g; r < r1; r += sub) {
+                float xv = x[r * c + j];
+                if (dy) {
+                    double d = (!y || y[r * c + j] > 0.0f) ? dy[r * c + j] : 0.0f;
+                    p1 += d;
+                    p2 += d * ((xv - m) * is);
+                } else {
+                    p1 += xv;
+                    p2 += (double)xv * xv;
+                }
             }
         }
-        part[(int64_t)blockIdx.y * 2 * c + j] = p1;
-        part[(int64_t)blockIdx.y * 2 * c + c + j] = p2;
+        s1[tid] = p1;
+        s2[tid] = p2;
+        __syncthreads();
+        if (tid < cw && j0 + tid < c) {
+            double t1 = 0, t2 = 0;
+            for (int k = 0; k < sub; k++) t1 += s1[k * cw + tid], t2 += s2[k * cw + tid];
+            part[(int64_t)blockIdx.x * 2 * c + j0 + tid] = t1;
+            part[(int64_t)blockIdx.x * 2 * c + c + j0 + tid] = t2;
+        }
+        __syncthreads();
     }
 }
 
-/* The slots added in order into the last pair of rows of the work buffer. */
+/* The chunks' sums per channel (a block per channel: strided partial sums,
+ * then a fixed tree), into the last pair of rows of the work buffer. */
 __global__ void k_bn_total(int64_t c, int64_t nch, double *part) {
-    GRID_STRIDE(j, c) {
-        double s1 = 0, s2 = 0;
-        for (int64_t k = 0; k < nch; k++) s1 += part[k * 2 * c + j], s2 += part[k * 2 * c + c + j];
-        part[nch * 2 * c + j] = s1;
-        part[nch * 2 * c + c + j] = s2;
+    __shared__ double s1[BN_THREADS], s2[BN_THREADS];
+    int64_t j = blockIdx.x;
+    int tid = threadIdx.x;
+    double t1 = 0, t2 = 0;
+    for (int64_t k = tid; k < nch; k += BN_THREADS) t1 += part[k * 2 * c + j], t2 += part[k * 2 * c + c + j];
+    s1[tid] = t1;
+    s2[tid] = t2;
+    __syncthreads();
+    for (int o = BN_THREADS / 2; o; o >>= 1) {
+        if (tid < o) s1[tid] += s1[tid + o], s2[tid] += s2[tid + o];
+        __syncthreads();
     }
+    if (tid == 0) part[nch * 2 * c + j] = s1[0], part[nch * 2 * c + c + j] = s2[0];
 }
 
 static const double *bn_sums(int64_t rows, int64_t c, const float *x, const float *dy, const float *y,
                              const float *mean, const float *invstd, double *work) {
     int64_t nch = bn_chunks(rows), per = (rows + nch - 1) / nch;
-    dim3 grid((unsigned)((c + 127) / 128), (unsigned)nch);
-    k_bn_partial<<<grid, 128>>>(rows, c, per, x, dy, y, mean, invstd, work);
-    k_bn_total<<<ops_grid(c), 256>>>(c, nch, work);
+    k_bn_partial<<<(unsigned)nch, BN_THREADS>>>(rows, c, per, x, dy, y, mean, invstd, work);
+    k_bn_total<<<(unsigned)c, BN_THREADS>>>(c, nch, work);
     CU_CHECK_LAUNCH();
     return work + nch * 2 * c;
 }
@@ -712,31 +773,17 @@ __global__ void k_colsum_part(int64_t rows, int64_t cols, int64_t per, const flo
     }
 }
 
-__global__ void k_colsum_total(int64_t cols, int64_t nch, const float *__restrict__ part, float *__restrict__ out) {
-    GRID_STRIDE(j, cols) {
-        float s = out[j];
-        for (int64_t k = 0; k < nch; k++) s += part[k * cols + j];
-        out[j] = s;
-    }
-}
 
-static float *g_colsum_work;
-static size_t g_colsum_cap;
 
 extern "C" void cu_op_colsum_add(int64_t rows, int64_t cols, const float *d_x, float *d_out) {
     if (rows <= 0 || cols <= 0) return;
     int64_t nch = (rows + COLSUM_ROWS - 1) / COLSUM_ROWS;
     nch = nch < COLSUM_MAX_CHUNKS ? nch : COLSUM_MAX_CHUNKS;
     int64_t per = (rows + nch - 1) / nch;
-    size_t need = sizeof(float) * (size_t)(nch * cols);
-    if (need > g_colsum_cap) { /* grows to the largest product's need once */
-        cu_free(g_colsum_work);
-        g_colsum_work = (float *)cu_malloc(need);
-        g_colsum_cap = need;
-    }
+    float *work = (float *)ops_work(sizeof(float) * (size_t)(nch * cols));
     dim3 grid((unsigned)((cols + 127) / 128), (unsigned)nch);
-    k_colsum_part<<<grid, 128>>>(rows, cols, per, d_x, g_colsum_work);
-    k_colsum_total<<<ops_grid(cols), 256>>>(cols, nch, g_colsum_work, d_out);
+    k_colsum_part<<<grid, 128>>>(rows, cols, per, d_x, work);
+    k_chunks_total<<<ops_grid(cols), 256>>>(cols, nch, cols, work, d_out);
     CU_CHECK_LAUNCH();
 }
 
@@ -837,45 +884,44 @@ extern "C" void cu_bf16_to_f32(int64_t n, const uint16_t *d_x, float *d_y) {
 
 /* ---------------- convolution gathers ---------------- */
 
-/* One thread per (row, kernel position, group of channels): T is the
- * element type (2 or 4 bytes), copied in 16-byte vectors when c allows. */
-template <typename T>
-__global__ void k_gather(ag_window g, int64_t r0, int64_t r1, const T *__restrict__ src, T *__restrict__ cols) {
-    int64_t kk = g.kh * g.kw, c = g.c;
-    GRID_STRIDE(e, (r1 - r0) * kk * c) {
-        int64_t ch = e % c, t = e / c, ij = t % kk, r = r0 + t / kk;
-        int64_t px = ag_k_window_pixel(&g, r, ij / g.kw, ij % g.kw);
-        cols[e] = px < 0 ? (T)0 : src[px * c + ch];
-    }
-}
-
+/* A warp per row of the gathered matrix: the row's image and grid position
+ * once, then its kernel positions' channel runs copied as V (16-byte vectors
+ * when the channels allow, else single elements). Index math in 32 bits
+ * per element (a row is under 2^31 elements). */
 template <typename V>
-__global__ void k_gather_vec(ag_window g, int64_t cv, int64_t r0, int64_t r1, const V *__restrict__ src,
-                             V *__restrict__ cols) {
-    int64_t kk = g.kh * g.kw;
-    GRID_STRIDE(e, (r1 - r0) * kk * cv) {
-        int64_t ch = e % cv, t = e / cv, ij = t % kk, r = r0 + t / kk;
-        int64_t px = ag_k_window_pixel(&g, r, ij / g.kw, ij % g.kw);
-        V z;
-        memset(&z, 0, sizeof z);
-        cols[e] = px < 0 ? z : src[px * cv + ch];
+__global__ void k_gather(ag_window g, int cv, int64_t r0, int64_t r1, const V *__restrict__ src, V *__restrict__ cols) {
+    int lane = threadIdx.x & 31, kw = (int)g.kw, len = (int)(g.kh * g.kw) * cv;
+    int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
+    for (int64_t r = r0 + (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < r1; r += warps) {
+        int64_t ni = r / (g.ph * g.pw), rem = r - ni * g.ph * g.pw;
+        int py = (int)(rem / g.pw), px = (int)(rem - (int64_t)py * g.pw);
+        int by = py * g.stride + g.off, bx = px * g.stride + g.off;
+        const V *img = src + ni * g.sh * g.sw * cv;
+        V *dst = cols + (r - r0) * len;
+        for (int e = lane; e < len; e += 32) {
+            int ij = e / cv, ch = e - ij * cv, i = ij / kw, j = ij - i * kw;
+            int sy = by + g.sgn * i, sx = bx + g.sgn * j;
+            V v;
+            if (sy < 0 || sy >= g.sh || sx < 0 || sx >= g.sw) memset(&v, 0, sizeof v);
+            else v = img[((int64_t)sy * g.sw + sx) * cv + ch];
+            dst[e] = v;
+        }
     }
 }
 
 extern "C" void cu_conv_gather(const ag_window *g, int elem_bytes, const void *d_src, int64_t r0, int64_t r1,
                                void *d_cols) {
-    int64_t n = (r1 - r0) * g->kh * g->kw * g->c;
-    if (n <= 0) return;
+    if (r1 <= r0) return;
     MX_ASSERT(elem_bytes == 2 || elem_bytes == 4);
+    MX_ASSERT(g->kh * g->kw * g->c < INT32_MAX && g->sh < INT32_MAX && g->sw < INT32_MAX);
     int64_t vec = 16 / elem_bytes; /* elements per 16-byte vector */
-    if (g->c % vec == 0) {
-        int64_t cv = g->c / vec;
-        k_gather_vec<uint4><<<ops_grid(n / vec), 256>>>(*g, cv, r0, r1, (const uint4 *)d_src, (uint4 *)d_cols);
-    } else if (elem_bytes == 2) {
-        k_gather<uint16_t><<<ops_grid(n), 256>>>(*g, r0, r1, (const uint16_t *)d_src, (uint16_t *)d_cols);
-    } else {
-        k_gather<float><<<ops_grid(n), 256>>>(*g, r0, r1, (const float *)d_src, (float *)d_cols);
-    }
+    int grid = rows_grid(r1 - r0);
+    if (g->c % vec == 0)
+        k_gather<uint4><<<grid, 256>>>(*g, (int)(g->c / vec), r0, r1, (const uint4 *)d_src, (uint4 *)d_cols);
+    else if (elem_bytes == 2)
+        k_gather<uint16_t><<<grid, 256>>>(*g, (int)g->c, r0, r1, (const uint16_t *)d_src, (uint16_t *)d_cols);
+    else
+        k_gather<float><<<grid, 256>>>(*g, (int)g->c, r0, r1, (const float *)d_src, (float *)d_cols);
     CU_CHECK_LAUNCH();
 }
 

@@ -41,13 +41,17 @@ struct lstats {
     double x2, e2;
 };
 
-static cu_stats *g_stats;  /* device record, allocated once */
+static cu_stats *g_stats;    /* device record of one call, allocated once */
+static cu_stats *g_deferred; /* a running bf16-inexact tally (cu_quant_fake_bf16_deferred) */
+static cu_stats *g_rec;      /* where the launches write: one of the two */
 static bool g_lut_ready;
 
 static void cu_quant_setup(void) {
     if (!g_lut_ready) {
         CU_CHECK(cudaMemcpyToSymbol(d_lut, quant_lut, sizeof quant_lut));
         g_stats = (cu_stats *)cu_malloc(sizeof(cu_stats));
+        g_deferred = (cu_stats *)cu_malloc(sizeof(cu_stats));
+        CU_CHECK(cudaMemset(g_deferred, 0, sizeof(cu_stats)));
         g_lut_ready = true;
     }
 }
@@ -577,11 +581,11 @@ static void launch_layout(const qk &k, const qlayout &l, const float *x, void *y
         tiles_args a = {l.lead, l.R, l.C, l.ntr, l.ntc, l.nblocks, l.r, l.c, 1, 1};
         tiles_shape(l.r * (vec ? l.c / 4 : l.c), &a.G, &a.per);
         int grid = cu_grid(l.nblocks * a.G, threads);
-        if (vec) k_tiles<MODE, OUT, ST, 4><<<grid, threads>>>(k, a, x, y, codes, scales, g_stats);
-        else k_tiles<MODE, OUT, ST, 1><<<grid, threads>>>(k, a, x, y, codes, scales, g_stats);
+        if (vec) k_tiles<MODE, OUT, ST, 4><<<grid, threads>>>(k, a, x, y, codes, scales, g_rec);
+        else k_tiles<MODE, OUT, ST, 1><<<grid, threads>>>(k, a, x, y, codes, scales, g_rec);
     } else {
         cols_args a = {l.outer, l.L, l.inner, l.nb, l.k};
-        k_columns<MODE, OUT, ST><<<cu_grid(l.nblocks, threads), threads>>>(k, a, x, y, codes, scales, g_stats);
+        k_columns<MODE, OUT, ST><<<cu_grid(l.nblocks, threads), threads>>>(k, a, x, y, codes, scales, g_rec);
     }
     CU_CHECK_LAUNCH();
 }
@@ -610,12 +614,12 @@ template <bool ST, bool BF16>
 static void launch_bdr_t(const qk &k, const qlayout &l, const float *x, void *y, uint8_t *codes, uint8_t *scales) {
     bool rows = l.kind == QL_TILES && l.r == 1 && k.k1 <= 32 && (k.k1 & (k.k1 - 1)) == 0 && (k.k2 & (k.k2 - 1)) == 0;
     int grid = cu_grid(l.nblocks * k.k1, 256);
-    if (!rows) k_bdr<ST, BF16><<<cu_grid(l.nblocks, 256), 256>>>(k, l, x, y, codes, scales, g_stats);
+    if (!rows) k_bdr<ST, BF16><<<cu_grid(l.nblocks, 256), 256>>>(k, l, x, y, codes, scales, g_rec);
     else if (k.mode == QK_EVEN_FAST || k.mode == QK_EVEN_INT)
-        k_bdr_rows<QK_EVEN_FAST, ST, BF16><<<grid, 256>>>(k, l, x, y, codes, scales, g_stats);
-    else if (k.mode == QK_AWAY) k_bdr_rows<QK_AWAY, ST, BF16><<<grid, 256>>>(k, l, x, y, codes, scales, g_stats);
-    else if (k.mode == QK_FLOOR) k_bdr_rows<QK_FLOOR, ST, BF16><<<grid, 256>>>(k, l, x, y, codes, scales, g_stats);
-    else k_bdr_rows<QK_STOCH, ST, BF16><<<grid, 256>>>(k, l, x, y, codes, scales, g_stats);
+        k_bdr_rows<QK_EVEN_FAST, ST, BF16><<<grid, 256>>>(k, l, x, y, codes, scales, g_rec);
+    else if (k.mode == QK_AWAY) k_bdr_rows<QK_AWAY, ST, BF16><<<grid, 256>>>(k, l, x, y, codes, scales, g_rec);
+    else if (k.mode == QK_FLOOR) k_bdr_rows<QK_FLOOR, ST, BF16><<<grid, 256>>>(k, l, x, y, codes, scales, g_rec);
+    else k_bdr_rows<QK_STOCH, ST, BF16><<<grid, 256>>>(k, l, x, y, codes, scales, g_rec);
     CU_CHECK_LAUNCH();
 }
 
@@ -629,7 +633,7 @@ static void launch_bdr(bool st, bool bf16, const qk &k, const qlayout &l, const 
 
 /* Runs one quantization; returns the bf16-inexact count (OUT_FAKE_BF16). */
 static int64_t cu_quant_run(const quant_spec *s, const float *x, void *y, uint8_t *codes, int ndim,
-                            const int64_t *shape, uint8_t *scales, quant_stats *stats, int out) {
+                            const int64_t *shape, uint8_t *scales, quant_stats *stats, int out, bool deferred = false) {
     qlayout l;
     mx_err err;
     MX_ASSERTF(ql_make(s, ndim, shape, &l, &err) == 0, "quantize: %s", err.msg);
@@ -637,7 +641,8 @@ static int64_t cu_quant_run(const quant_spec *s, const float *x, void *y, uint8_
     if (l.numel == 0) return 0;
     cu_quant_setup();
     /* the device record is read back (a synchronization) only when asked for */
-    bool readback = stats || out == OUT_FAKE_BF16;
+    bool readback = stats || (out == OUT_FAKE_BF16 && !deferred);
+    g_rec = deferred ? g_deferred : g_stats;
     if (readback) CU_CHECK(cudaMemsetAsync(g_stats, 0, sizeof(cu_stats)));
     if (l.kind == QL_ELEMENTWISE) {
         MX_ASSERTF(out == OUT_FAKE || out == OUT_FAKE_BF16, "format %s has no packed form",
@@ -647,10 +652,10 @@ static int64_t cu_quant_run(const quant_spec *s, const float *x, void *y, uint8_
         int grid = cu_grid(vec ? l.numel / 4 + 1 : l.numel, 256);
         if (stats)
             k_elementwise<true><<<grid, 256>>>(s->round, bf16, s->seed, s->stream, s->offset, l.numel, x, y, yb, vec,
-                                               g_stats);
+                                               g_rec);
         else
             k_elementwise<false><<<grid, 256>>>(s->round, bf16, s->seed, s->stream, s->offset, l.numel, x, y, yb,
-                                                vec, g_stats);
+                                                vec, g_rec);
         CU_CHECK_LAUNCH();
     } else {
         qk k = qk_make(s, false);
@@ -703,6 +708,19 @@ void cu_quant_pack_fake(const quant_spec *s, const float *d_x, uint8_t *d_codes,
 int64_t cu_quant_fake_bf16(const quant_spec *s, const float *d_x, uint16_t *d_y, int ndim, const int64_t *shape,
                            uint8_t *d_scales, quant_stats *stats) {
     return cu_quant_run(s, d_x, d_y, NULL, ndim, shape, d_scales, stats, OUT_FAKE_BF16);
+}
+
+void cu_quant_fake_bf16_deferred(const quant_spec *s, const float *d_x, uint16_t *d_y, int ndim, const int64_t *shape,
+                                 uint8_t *d_scales) {
+    cu_quant_run(s, d_x, d_y, NULL, ndim, shape, d_scales, NULL, OUT_FAKE_BF16, true);
+}
+
+int64_t cu_quant_inexact_take(void) {
+    cu_quant_setup();
+    cu_stats h;
+    CU_CHECK(cudaMemcpy(&h, g_deferred, sizeof h, cudaMemcpyDeviceToHost));
+    CU_CHECK(cudaMemsetAsync(g_deferred, 0, sizeof(cu_stats)));
+    return (int64_t)h.inexact;
 }
 
 void cu_quant_unpack(const quant_spec *s, const uint8_t *d_codes, const uint8_t *d_scales, float *d_y, int ndim,

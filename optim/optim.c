@@ -63,22 +63,9 @@ optim_config optim_config_default(optim_kind k) {
     return c;
 }
 
-void optim_init(optimizer *o, const optim_config *cfg, param_store *params) {
-    MX_ASSERT(params->finalized);
-    memset(o, 0, sizeof *o);
-    o->cfg = *cfg;
-    o->params = params;
-    o->n = params->n_trainable;
-    size_t bytes = sizeof(float) * (o->n ? o->n : 1);
-    o->m = mx_aligned_alloc(bytes);
-    o->v = mx_aligned_alloc(bytes);
-    memset(o->m, 0, bytes);
-    memset(o->v, 0, bytes);
-}
-
 static size_t optim_bytes(const optimizer *o) { return sizeof(float) * (o->n ? o->n : 1); }
 
-void optim_to_gpu(optimizer *o) {
+static void optim_to_gpu(optimizer *o) {
     MX_ASSERT(o->params->gpu && !o->d_m);
     o->d_m = cu_malloc(optim_bytes(o));
     o->d_v = cu_malloc(optim_bytes(o));
@@ -95,6 +82,20 @@ void optim_download(optimizer *o) {
     if (!o->d_m) return;
     cu_to_host(o->m, o->d_m, optim_bytes(o));
     cu_to_host(o->v, o->d_v, optim_bytes(o));
+}
+
+void optim_init(optimizer *o, const optim_config *cfg, param_store *params) {
+    MX_ASSERT(params->finalized);
+    memset(o, 0, sizeof *o);
+    o->cfg = *cfg;
+    o->params = params;
+    o->n = params->n_trainable;
+    size_t bytes = sizeof(float) * (o->n ? o->n : 1);
+    o->m = mx_aligned_alloc(bytes);
+    o->v = mx_aligned_alloc(bytes);
+    memset(o->m, 0, bytes);
+    memset(o->v, 0, bytes);
+    if (params->gpu) optim_to_gpu(o);
 }
 
 int64_t optim_count_nonfinite_gpu(const optimizer *o) {

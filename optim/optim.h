@@ -66,9 +66,8 @@ void optim_init(optimizer *o, const optim_config *cfg, param_store *params);
 optim_k_adamw optim_adamw_args(const optimizer *o, float lr, float wd);
 optim_k_sgd optim_sgd_args(const optimizer *o, float lr, float wd);
 void optim_free(optimizer *o);
-/* With the parameters on the GPU: device state made from the host state;
- * upload/download copy it (after a load, before a save). No-ops on the CPU. */
-void optim_to_gpu(optimizer *o);
+/* With the parameters on the GPU (optim_init then makes device state):
+ * upload/download copy the state (after a load, before a save). No-ops on the CPU. */
 void optim_upload(optimizer *o);
 void optim_download(optimizer *o);
 /* Non-finite values in the parameters, buffers and state on the GPU (a

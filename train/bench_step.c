@@ -12,9 +12,7 @@
 #include "core/timer.h"
 #include "core/threads.h"
 #include "train/cli.h"
-#ifdef MXTRAIN_HAVE_CUDA
 #include "cuda/cuda.h"
-#endif
 #include "train/commands.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -46,18 +44,22 @@ static int bench_session_steps(const config *c, const float *images, const int32
         double t0 = timer_now();
         loss = session_forward_backward(&s, images, labels, batch, side, chans, (uint64_t)i);
         optim_step(&o, oc.lr);
+        if (s.ctx.gpu) cu_sync(); /* the update is part of the step */
         double dt = timer_now() - t0;
         if (i >= warmup) t[i - warmup] = dt;
         flops = s.ctx.flops;
         if (s.has_plan) passes = s.plan.passes, bytes_q = s.plan.bytes_quantized, held = s.plan.bytes_held;
     }
     double med = timer_median(t, steps); /* sorts: t[0] is the minimum */
-    printf("{\"model\":\"%s\",\"params\":%lld,\"batch\":%d,\"img_size\":%d,\"threads\":%d,\"format\":\"%s\","
+    /* device memory in use after the steps: the arenas never shrink, so this is
+       the run's peak plus the CUDA context and cuBLAS workspace */
+    double gpu_mb = s.ctx.gpu ? (double)cu_mem_used() / 1048576.0 : 0.0;
+    printf("{\"model\":\"%s\",\"device\":\"%s\",\"gpu_mem_mb\":%.0f,\"params\":%lld,\"batch\":%d,\"img_size\":%d,\"threads\":%d,\"format\":\"%s\","
            "\"tiling\":\"%s\",\"steps\":%d,\"median_step_s\":%.4f,\"min_step_s\":%.4f,\"img_per_s\":%.1f,"
            "\"peak_rss_mb\":%.0f,\"gflop_per_step\":%.2f,\"gflop_per_s\":%.1f,\"quant_passes\":%lld,"
            "\"quant_bytes\":%lld,\"bytes_held_for_backward\":%lld,\"step_arena_mb\":%.0f,\"scratch_mb\":%.0f,\"grad_pool_mb\":%.0f,"
-           "\"loss\":%.4f}\n",
-           model_arch_name(s.mc.arch), (long long)model_num_params(&s.m), batch, side, threads_get(),
+           "\"loss\":%.7f}\n",
+           model_arch_name(s.mc.arch), s.ctx.gpu ? "cuda" : "cpu", gpu_mb, (long long)model_num_params(&s.m), batch, side, threads_get(),
            quant_format_get(c->v.quant.format)->name, s.has_plan ? mm_tiling_name(c->v.quant.tiling) : "-", steps, med, t[0], batch / med, peak_rss_mb(),
            (double)flops * 1e-9, (double)flops * 1e-9 / med, (long long)passes, (long long)bytes_q, (long long)held,
            (double)s.ctx.ar.cap / 1048576.0, (double)s.ctx.scratch.cap / 1048576.0,
@@ -72,8 +74,8 @@ static int bench_session_steps(const config *c, const float *images, const int32
 static const char step_usage[] =
     "usage: mxtrain bench step [--model resnet18|resnet|deit_tiny|vit] [--stem cifar|imagenet] [--img-size 32]\n"
     "                          [--patch 4] [--batch 64] [--classes 10] [--format F] [--tiling 1d|1d_requant|2d]\n"
-    "                          [--steps 10] [--warmup 2] [--set section.key=value ...]\n"
-    "       mxtrain bench CONFIG [--steps 10] [--warmup 2] [--set ...]\n"
+    "                          [--steps 10] [--warmup 2] [--device cpu|cuda] [--set section.key=value ...]\n"
+    "       mxtrain bench CONFIG [--steps 10] [--warmup 2] [--device cpu|cuda] [--set ...]\n"
     "\nTimes training steps (forward, backward, AdamW) on synthetic data (CONFIG: the first batch of its\n"
     "training data) after a warm-up, and prints one JSON line: median step seconds, images/s, peak RSS MB,\n"
     "GEMM GFLOP per step and achieved GFLOP/s, quantization passes and bytes per step, bytes held for\n"
@@ -94,7 +96,7 @@ int bench_step(int argc, char **argv) {
         const char *opt, *key;
     } map[] = {{"--model", "model.arch"},  {"--stem", "model.stem"},   {"--img-size", "model.img_size"},
                {"--patch", "model.patch_size"}, {"--batch", "data.batch_size"}, {"--classes", "model.num_classes"},
-               {"--format", "quant.format"}, {"--tiling", "quant.tiling"}};
+               {"--format", "quant.format"}, {"--tiling", "quant.tiling"}, {"--device", "train.device"}};
     int rc = 0;
     for (int i = 0; i < argc; i++) {
         if (cli_is_help(argv[i])) {
@@ -302,9 +304,7 @@ int bench_gemm(int argc, char **argv) {
         fprintf(stderr, "mxtrain bench gemm: %s\n", err.msg);
         return 1;
     }
-#ifdef MXTRAIN_HAVE_CUDA
     if (dev == CLI_DEVICE_CUDA) return cu_gemm_bench(n, (int)reps);
-#endif
     size_t nn = (size_t)(n * n);
     float *a = mx_aligned_alloc(sizeof(float) * nn), *b = mx_aligned_alloc(sizeof(float) * nn),
           *c = mx_aligned_alloc(sizeof(float) * nn);

@@ -100,8 +100,10 @@ int ckpt_find_nonfinite(const model *m, const optimizer *o, char *what, size_t n
     return 0;
 }
 
-int ckpt_write_tmp(const char *path, model *m, const optimizer *o, const ckpt_meta *meta, const char *config_text,
+int ckpt_write_tmp(const char *path, model *m, optimizer *o, const ckpt_meta *meta, const char *config_text,
                    mx_err *err) {
+    param_store_download(&m->params, false);
+    if (o) optim_download(o);
     char bad[400];
     if (ckpt_find_nonfinite(m, o, bad, sizeof bad)) /* a checkpoint is only ever a good state */
         return mx_err_set(err, "%s: not written: %s holds non-finite values", path, bad);
@@ -179,7 +181,7 @@ int ckpt_commit(const char *path, mx_err *err) {
     return 0;
 }
 
-int ckpt_save(const char *path, model *m, const optimizer *o, const ckpt_meta *meta, const char *config_text,
+int ckpt_save(const char *path, model *m, optimizer *o, const ckpt_meta *meta, const char *config_text,
               mx_err *err) {
     if (ckpt_write_tmp(path, m, o, meta, config_text, err)) return -1;
     return ckpt_commit(path, err);
@@ -321,6 +323,7 @@ int ckpt_load_weights(const char *path, model *m, mx_err *err) {
     int rc = read_model(g, path, m, true, true, err);
     if (has_group) H5Gclose(g);
     H5Fclose(f);
+    if (rc == 0) param_store_upload(&m->params);
     return rc;
 }
 
@@ -371,6 +374,8 @@ int ckpt_load(const char *path, model *m, optimizer *o, ckpt_meta *meta, mx_err 
         goto done;
     }
     meta->seed = (uint64_t)seed;
+    param_store_upload(&m->params);
+    optim_upload(o);
     rc = 0;
 done:
     if (go >= 0) H5Gclose(go);

@@ -21,10 +21,13 @@ typedef struct ckpt_meta {
     double best_acc;
 } ckpt_meta;
 
-int ckpt_save(const char *path, model *m, const optimizer *o, const ckpt_meta *meta, const char *config_text,
+int ckpt_save(const char *path, model *m, optimizer *o, const ckpt_meta *meta, const char *config_text,
               mx_err *err);
-/* The two halves of ckpt_save (tests interrupt between them). */
-int ckpt_write_tmp(const char *path, model *m, const optimizer *o, const ckpt_meta *meta, const char *config_text,
+/* The two halves of ckpt_save (tests interrupt between them). A model on the
+ * GPU is copied to its host copies first (param_store_download), and the
+ * loads below copy what they read to the device: checkpoints are the same
+ * files whichever device wrote them. */
+int ckpt_write_tmp(const char *path, model *m, optimizer *o, const ckpt_meta *meta, const char *config_text,
                    mx_err *err);
 int ckpt_commit(const char *path, mx_err *err);
 

@@ -1,9 +1,7 @@
 #include "train/cli.h"
 
 #include "core/keys.h"
-#ifdef MXTRAIN_HAVE_CUDA
 #include "cuda/cuda.h"
-#endif
 
 #include <errno.h>
 #include <stdarg.h>
@@ -59,10 +57,5 @@ int cli_device_open(const char *name, cli_device *out, mx_err *err) {
     if (mx_enum_parse(&cli_device_enum, name, &v, err)) return -1;
     *out = (cli_device)v;
     if (*out != CLI_DEVICE_CUDA) return 0;
-#ifdef MXTRAIN_HAVE_CUDA
     return cu_init(err) ? -2 : 0;
-#else
-    mx_err_set(err, "this mxtrain was built without CUDA (no nvcc at build time); use --device cpu");
-    return -2;
-#endif
 }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/keys.h"
 
 #define CLI_EXIT_USAGE 2
 
@@ -21,6 +22,7 @@ bool cli_is_help(const char *arg);
 
 /* Where a command computes. */
 typedef enum cli_device { CLI_DEVICE_CPU, CLI_DEVICE_CUDA, CLI_DEVICE_COUNT } cli_device;
+extern const mx_enum cli_device_enum;
 /* Parses --device's value: 0; -1 for an unknown name (usage error); -2 when the
  * device cannot be used here (built without CUDA, no GPU visible): err says why. */
 int cli_device_open(const char *name, cli_device *out, mx_err *err);

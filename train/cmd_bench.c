@@ -4,9 +4,7 @@
 
 #include "quant/quant.h"
 #include "train/cli.h"
-#ifdef MXTRAIN_HAVE_CUDA
 #include "cuda/cuda.h"
-#endif
 #include "train/commands.h"
 
 int bench_step(int argc, char **argv);
@@ -74,9 +72,7 @@ static int bench_quantize(int argc, char **argv) {
         fprintf(stderr, "mxtrain bench quantize: %s\n", derr.msg);
         return 1;
     }
-#ifdef MXTRAIN_HAVE_CUDA
     if (dev == CLI_DEVICE_CUDA) return cu_quant_bench(formats, nf, n, (int)reps);
-#endif
     return quant_bench(formats, nf, n, (int)reps);
 }
 

@@ -8,9 +8,7 @@
 #include "core/npy.h"
 #include "quant/quant.h"
 #include "train/cli.h"
-#ifdef MXTRAIN_HAVE_CUDA
 #include "cuda/cuda.h"
-#endif
 #include "train/commands.h"
 
 static const char quantize_usage[] =
@@ -114,7 +112,6 @@ int cmd_quantize(int argc, char **argv) {
     scales = mx_malloc((size_t)nblocks + 1);
     quant_stats st;
     if (dev == CLI_DEVICE_CPU) quant_fake(&spec, in.data, out, in.ndim, in.shape, fi->is_mx ? scales : NULL, &st);
-#ifdef MXTRAIN_HAVE_CUDA
     else {
         size_t bytes = (size_t)in.numel * sizeof(float);
         float *dx = cu_malloc(bytes), *dy = cu_malloc(bytes);
@@ -127,7 +124,6 @@ int cmd_quantize(int argc, char **argv) {
         cu_free(dy);
         cu_free(dsc);
     }
-#endif
     npy_array o = npy_wrap(NPY_DTYPE_F32, in.ndim, in.shape, out);
     if (npy_write(pos[1], &o, &err)) {
         fprintf(stderr, "mxtrain quantize: %s\n", err.msg);

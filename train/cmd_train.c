@@ -17,6 +17,7 @@ int cmd_parse_config(const char *cmd, int argc, char **argv, config *c,
     const char *path = NULL;
     const char *sets[256];
     int n_sets = 0;
+    char device_set[64];
     for (int i = 0; i < argc; i++) {
         const char *v;
         int r = cli_take_value(argc, argv, &i, "--set", &v);
@@ -24,6 +25,15 @@ int cmd_parse_config(const char *cmd, int argc, char **argv, config *c,
         if (r == 1) {
             if (n_sets == 256) return cli_usage_error(cmd, "too many --set options");
             sets[n_sets++] = v;
+            continue;
+        }
+        /* --device D is --set train.device=D */
+        if ((r = cli_take_value(argc, argv, &i, "--device", &v)) != 0) {
+            if (r < 0) return CLI_EXIT_USAGE;
+            if (n_sets == 256) return cli_usage_error(cmd, "too many --set options");
+            int k = snprintf(device_set, sizeof device_set, "train.device=%s", v);
+            if (k < 0 || (size_t)k >= sizeof device_set) return cli_usage_error(cmd, "--device '%s' is not a device", v);
+            sets[n_sets++] = device_set;
             continue;
         }
         if (extra) {

@@ -3,9 +3,7 @@
 
 #include "core/cpu.h"
 #include "core/threads.h"
-#ifdef MXTRAIN_HAVE_CUDA
 #include "cuda/cuda.h"
-#endif
 #include "train/cli.h"
 #include "train/commands.h"
 
@@ -36,10 +34,6 @@ int cmd_version(int argc, char **argv) {
            f.avx512f ? " avx512f" : "", f.avx512bw ? " avx512bw" : "", f.avx512vl ? " avx512vl" : "",
            f.avx512_vnni ? " avx512_vnni" : "", f.avx512_bf16 ? " avx512_bf16" : "", f.avx_vnni ? " avx_vnni" : "",
            (!f.avx512f) ? " (no AVX-512)" : "");
-#ifdef MXTRAIN_HAVE_CUDA
     cu_describe(stdout);
-#else
-    printf("cuda: not built (no nvcc at build time)\n");
-#endif
     return 0;
 }

@@ -14,6 +14,9 @@
 static const char *const train_nonfinite_names[] = {"stop", "skip"};
 _Static_assert(sizeof train_nonfinite_names / sizeof train_nonfinite_names[0] == TRAIN_NONFINITE_COUNT, "names");
 MX_ENUM_OF_NAMES(train_nonfinite_enum, "non-finite policy", train_nonfinite_names);
+static const char *const train_gpu_gemm_names[] = {"bf16", "fp32"};
+_Static_assert(sizeof train_gpu_gemm_names / sizeof train_gpu_gemm_names[0] == TRAIN_GPU_GEMM_COUNT, "names");
+MX_ENUM_OF_NAMES(train_gpu_gemm_enum, "GPU GEMM", train_gpu_gemm_names);
 
 #define BIG 1e18
 static const key_def train_keys[] = {
@@ -25,6 +28,11 @@ static const key_def train_keys[] = {
     KEY_ENUMV(train_config, "on_nonfinite", on_nonfinite, "stop", &train_nonfinite_enum,
               "a NaN/Inf loss or gradient norm: `stop` the run or `skip` the step"),
     KEY_NUM(train_config, "label_smoothing", DOUBLE, label_smoothing, "0", 0, 0.99, "cross-entropy label smoothing"),
+    KEY_ENUMV(train_config, "device", device, "cpu", &cli_device_enum,
+              "where steps run: `cpu`, or `cuda` (the GPU: the same products, see docs/gpu.md)"),
+    KEY_ENUMV(train_config, "gpu_gemm", gpu_gemm, "bf16", &train_gpu_gemm_enum,
+              "GPU products of quantized operands: `bf16` tensor cores (exact operands, the tensor cores' own "
+              "FP32 accumulation) or `fp32` GEMMs (the CPU's arithmetic up to the order of sums; slower)"),
 };
 static const key_table train_key_table = KEY_TABLE("train", train_keys);
 

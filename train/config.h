@@ -21,11 +21,14 @@
 #include "datasets/datasets.h"
 #include "layers/model.h"
 #include "optim/optim.h"
+#include "train/cli.h"
 
 #define CONFIG_MAX_KEYS 128
 #define CONFIG_TEXT 1024
 
 typedef enum train_nonfinite { TRAIN_NONFINITE_STOP, TRAIN_NONFINITE_SKIP, TRAIN_NONFINITE_COUNT } train_nonfinite;
+/* How the GPU multiplies quantized operands: bf16 tensor cores, or FP32 GEMMs (docs/gpu.md). */
+typedef enum train_gpu_gemm { TRAIN_GPU_GEMM_BF16, TRAIN_GPU_GEMM_FP32, TRAIN_GPU_GEMM_COUNT } train_gpu_gemm;
 
 /* [train] */
 typedef struct train_config {
@@ -33,6 +36,8 @@ typedef struct train_config {
     int64_t max_steps, seed, ckpt_every;
     train_nonfinite on_nonfinite;
     double label_smoothing;
+    cli_device device;
+    train_gpu_gemm gpu_gemm;
 } train_config;
 
 /* [log] */

@@ -12,6 +12,7 @@
 
 #include "autograd/ops.h"
 #include "core/timer.h"
+#include "cuda/cuda.h"
 #include "train/checkpoint.h"
 #include "train/report.h"
 #include "train/runlog.h"
@@ -44,6 +45,18 @@ int session_open(session *s, const config *cfg, mx_err *err) {
     }
     if (s->has_plan) mm_plan_init(&s->plan, &pol, &s->m.params.sites);
     ag_ctx_init(&s->ctx, 0);
+    if (cfg->v.train.device == CLI_DEVICE_CUDA) {
+        mx_err e;
+        if (cu_init(&e) || cu_gemm_open(&e)) {
+            mx_err_set(err, "train.device = cuda: %s", e.msg);
+            session_close(s);
+            return -1;
+        }
+        ag_ctx_use_gpu(&s->ctx);
+        s->ctx.run.gpu_fp32_gemm = cfg->v.train.gpu_gemm == TRAIN_GPU_GEMM_FP32;
+        param_store_to_gpu(&s->m.params);
+        s->d_buffers_before = cu_malloc(sizeof(float) * (s->m.params.n_buffers + 1));
+    }
     s->ctx.run.mm = s->has_plan ? &s->plan : NULL;
     s->ctx.run.elementwise_bf16 = config_elementwise_bf16(cfg);
     s->ctx.run.seed = (uint64_t)cfg->v.train.seed;
@@ -52,22 +65,59 @@ int session_open(session *s, const config *cfg, mx_err *err) {
 }
 
 void session_close(session *s) {
+    if (s->d_buffers_before) cu_free(s->d_buffers_before);
     ag_ctx_free(&s->ctx);
     if (s->has_plan) mm_plan_free(&s->plan);
     model_free(&s->m);
 }
 
-double session_forward_backward(session *s, const float *images, const int32_t *labels, int count, int side,
-                                int chans, uint64_t step) {
+/* The batch's images where the step runs (a copy in the step arena on the GPU). */
+static float *session_input(session *s, const float *images, int64_t n) {
+    if (!s->ctx.gpu) return (float *)images;
+    float *d = arena_alloc(&s->ctx.ar, sizeof(float) * (size_t)n);
+    cu_to_device_async(d, images, sizeof(float) * (size_t)n);
+    return d;
+}
+
+static float session_forward_backward_once(session *s, const float *images, const int32_t *labels, int count,
+                                          int side, int chans, uint64_t step) {
     ag_ctx *ctx = &s->ctx;
     ctx->run.step = step;
     ctx->run.training = ctx->run.grad_enabled = true;
     ag_ctx_reset(ctx);
     param_zero_grad(&s->m.params);
-    ag_var x = ag_leaf((float *)images, NULL, 4, (int64_t[]){count, side, side, chans});
+    ag_var x = ag_leaf(session_input(s, images, (int64_t)count * side * side * chans), NULL, 4,
+                       (int64_t[]){count, side, side, chans});
     ag_var *loss = ag_cross_entropy(ctx, model_forward(ctx, &s->m, &x), labels, s->label_smoothing);
-    double l = loss->value.data[0];
     ag_backward(ctx, loss);
+    float l; /* read after the backward is queued: on the GPU the step's one wait */
+    ag_mem_download(ctx, &l, loss->value.data, sizeof l);
+    return l;
+}
+
+/* On the GPU with a quantization plan, whether this step may send its
+ * operands to the tensor cores unchecked (ag_run.gpu_unchecked_bf16). */
+static bool session_unchecked(const session *s) { return s->ctx.gpu && s->has_plan && !s->plan.collect_stats; }
+
+double session_forward_backward(session *s, const float *images, const int32_t *labels, int count, int side,
+                                int chans, uint64_t step) {
+    param_store *ps = &s->m.params;
+    bool unchecked = session_unchecked(s);
+    s->ctx.run.gpu_unchecked_bf16 = unchecked;
+    mm_plan saved = s->has_plan ? s->plan : (mm_plan){0};
+    if (unchecked) cu_copy(s->d_buffers_before, ps->d_buffers, sizeof(float) * ps->n_buffers);
+    float l = session_forward_backward_once(s, images, labels, count, side, chans, step);
+    if (unchecked && cu_quant_inexact_take() > 0) {
+        /* some operand held values bf16 cannot (blocks scaled near 2^-127): the
+           step again as the checked path forms it, from the same state */
+        cu_copy(ps->d_buffers, s->d_buffers_before, sizeof(float) * ps->n_buffers);
+        s->plan.passes = saved.passes, s->plan.bytes_quantized = saved.bytes_quantized;
+        s->plan.bytes_held = saved.bytes_held;
+        s->ctx.run.gpu_unchecked_bf16 = false;
+        l = session_forward_backward_once(s, images, labels, count, side, chans, step);
+        s->rechecked_steps++;
+    }
+    s->ctx.run.gpu_unchecked_bf16 = false;
     return l;
 }
 
@@ -83,14 +133,29 @@ int session_evaluate(session *s, loader *l, double *loss, double *acc, mx_err *e
     int r, side = loader_out_size(l);
     int chans = s->mc.in_chans;
     while ((r = loader_next(l, &b, err)) == 1) {
-        ag_ctx_reset(ctx);
-        ag_var x = ag_leaf(b.images, NULL, 4, (int64_t[]){b.count, side, side, chans});
-        ag_var *logits = model_forward(ctx, &s->m, &x);
-        ag_var *lv = ag_cross_entropy(ctx, logits, b.labels, 0.0f);
-        sum += lv->value.data[0] * b.count;
+        ag_var *logits, *lv;
+        for (int pass = 0; pass < 2; pass++) { /* GPU: unchecked bf16 operands, checked if need be */
+            ctx->run.gpu_unchecked_bf16 = pass == 0 && session_unchecked(s);
+            ag_ctx_reset(ctx);
+            ag_var x = ag_leaf(session_input(s, b.images, (int64_t)b.count * side * side * chans), NULL, 4,
+                               (int64_t[]){b.count, side, side, chans});
+            logits = model_forward(ctx, &s->m, &x);
+            lv = ag_cross_entropy(ctx, logits, b.labels, 0.0f);
+            if (!ctx->run.gpu_unchecked_bf16 || cu_quant_inexact_take() == 0) break;
+        }
+        ctx->run.gpu_unchecked_bf16 = false;
         int64_t C = logits->value.shape[1];
+        const float *lg = logits->value.data;
+        float lval;
+        if (ctx->gpu) { /* the logits to the host (ctx->meta: reset with the step) */
+            float *h = arena_alloc(&ctx->meta, sizeof(float) * (size_t)(b.count * C));
+            cu_to_host(h, lg, sizeof(float) * (size_t)(b.count * C));
+            lg = h;
+        }
+        ag_mem_download(ctx, &lval, lv->value.data, sizeof lval);
+        sum += lval * b.count;
         for (int i = 0; i < b.count; i++) {
-            const float *row = logits->value.data + (int64_t)i * C;
+            const float *row = lg + (int64_t)i * C;
             int64_t best = 0;
             for (int64_t c = 1; c < C; c++)
                 if (row[c] > row[best]) best = c;
@@ -420,16 +485,19 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
     bool skip_policy = cfg->v.train.on_nonfinite == TRAIN_NONFINITE_SKIP;
     if (skip_policy) { /* the forward updates running statistics: a skipped step must not */
         if (!r->buf_before) r->buf_before = mx_malloc(sizeof(float) * (ps->n_buffers ? ps->n_buffers : 1));
-        memcpy(r->buf_before, ps->buffers, sizeof(float) * ps->n_buffers);
+        if (ps->gpu) cu_to_host(r->buf_before, ps->d_buffers, sizeof(float) * ps->n_buffers);
+        else memcpy(r->buf_before, ps->buffers, sizeof(float) * ps->n_buffers);
     }
     double lr = optim_lr_at(&r->oc, step);
     double loss = session_forward_backward(&r->s, b->images, b->labels, b->count, r->side, r->chans, (uint64_t)step);
     double gnorm = optim_grad_norm(&r->s.m.params);
     if (!isfinite(loss) || !isfinite(gnorm)) {
         char why[1024];
+        param_store_download(ps, true); /* describe_worst reads the host copies */
         describe_worst(&r->s, why, sizeof why);
         if (skip_policy) {
-            memcpy(ps->buffers, r->buf_before, sizeof(float) * ps->n_buffers);
+            if (ps->gpu) cu_to_device(ps->d_buffers, r->buf_before, sizeof(float) * ps->n_buffers);
+            else memcpy(ps->buffers, r->buf_before, sizeof(float) * ps->n_buffers);
             r->skipped++;
             fprintf(stderr, "%sstep %lld: non-finite loss %g / gradient norm %g; step skipped; %s\n",
                     r->pg.tty ? "\n" : "", (long long)step, loss, gnorm, why);
@@ -446,7 +514,10 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
     /* finite loss and gradients can still leave a non-finite state (an update
      * that overflows, an Inf running variance): stop before it is saved */
     char bad[400];
-    if (ckpt_find_nonfinite(&r->s.m, &r->opt, bad, sizeof bad)) {
+    /* on the GPU a count there first; the host copies are fetched to name the culprit */
+    bool scan = !ps->gpu || optim_count_nonfinite_gpu(&r->opt) > 0;
+    if (scan && ps->gpu) param_store_download(ps, false), optim_download(&r->opt);
+    if (scan && ckpt_find_nonfinite(&r->s.m, &r->opt, bad, sizeof bad)) {
         progress_end_line(&r->pg);
         runlog_step(&r->log, step + 1, r->epoch, lr, loss, 0);
         return mx_err_set(err, "step %lld: the update left non-finite values in %s (loss %g, gradient norm %g); run "

@@ -23,6 +23,8 @@ typedef struct session {
     bool has_plan;     /* some operand is quantized */
     ag_ctx ctx;
     float label_smoothing;
+    float *d_buffers_before;  /* GPU: the buffers before a step, for its checked rerun */
+    int64_t rechecked_steps;  /* GPU: steps run again because an operand was not bf16-exact */
 } session;
 
 int session_open(session *s, const config *cfg, mx_err *err);
