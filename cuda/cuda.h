@@ -55,6 +55,8 @@ extern const arena_mem cu_arena_mem;
  * cu_sync or a later synchronous copy. */
 void *cu_host_alloc(size_t bytes);
 void cu_host_free(void *p);
+/* Pinned host memory as an arena_mem (the loader's batch buffers when steps run on the GPU). */
+extern const arena_mem cu_pinned_mem;
 void cu_to_device_async(void *d_dst, const void *src, size_t bytes);
 
 /* A step arena on the device: one cudaMalloc block, bump allocation (256-byte
@@ -185,9 +187,10 @@ void cu_op_colsum_add(int64_t rows, int64_t cols, const float *d_x, float *d_out
 /* d_y[0] = sum (or mean) of x in double; backward: dx += dy[0] * scale */
 void cu_op_reduce(int64_t n, bool mean, const float *d_x, float *d_y);
 void cu_op_reduce_backward(int64_t n, float scale, const float *d_dy, float *d_dx);
-/* sum of squares in double (a sync), and the number of non-finite values (a sync) */
+/* sum of squares in double (a sync), and the number of non-finite values in
+ * k arrays (one sync for all) */
 double cu_sum_squares(int64_t n, const float *d_x);
-int64_t cu_count_nonfinite(int64_t n, const float *d_x);
+int64_t cu_count_nonfinite(int k, const int64_t *n, const float *const *d_x);
 /* bfloat16 <-> float32 (to bf16: nearest even; exact for MX values) */
 void cu_f32_to_bf16(int64_t n, const float *d_x, uint16_t *d_y);
 void cu_bf16_to_f32(int64_t n, const uint16_t *d_x, float *d_y);

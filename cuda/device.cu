@@ -90,6 +90,9 @@ void cu_to_device_async(void *d_dst, const void *src, size_t bytes) {
 
 static void cu_zero(void *d, size_t bytes) { cu_memset(d, 0, bytes); }
 const arena_mem cu_arena_mem = {cu_malloc, cu_free, cu_zero};
+
+static void host_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+const arena_mem cu_pinned_mem = {cu_host_alloc, cu_host_free, host_zero};
 void cu_sync(void) { CU_CHECK(cudaDeviceSynchronize()); }
 
 size_t cu_mem_used(void) {

@@ -10,7 +10,7 @@ static MX_NORETURN void cu_none(const char *fn) {
     mx_fatal(__FILE__, __LINE__, "%s: this mxtrain was built without CUDA", fn);
 }
 
-const arena_mem cu_arena_mem = {0, 0, 0};
+const arena_mem cu_arena_mem = {0, 0, 0}, cu_pinned_mem = {0, 0, 0};
 
 bool cu_available(void) { return false; }
 int cu_init(mx_err *err) { return mx_err_set(err, "this mxtrain was built without CUDA (no nvcc at build time); use --device cpu"); }
@@ -66,7 +66,7 @@ void cu_op_colsum_add(int64_t rows, int64_t cols, const float *d_x, float *d_out
 void cu_op_reduce(int64_t n, bool mean, const float *d_x, float *d_y) { cu_none(__func__); }
 void cu_op_reduce_backward(int64_t n, float scale, const float *d_dy, float *d_dx) { cu_none(__func__); }
 double cu_sum_squares(int64_t n, const float *d_x) { cu_none(__func__); }
-int64_t cu_count_nonfinite(int64_t n, const float *d_x) { cu_none(__func__); }
+int64_t cu_count_nonfinite(int k, const int64_t *n, const float *const *d_x) { cu_none(__func__); }
 void cu_f32_to_bf16(int64_t n, const float *d_x, uint16_t *d_y) { cu_none(__func__); }
 void cu_bf16_to_f32(int64_t n, const uint16_t *d_x, float *d_y) { cu_none(__func__); }
 void cu_conv_gather(const struct ag_window *g, int elem_bytes, const void *d_src, int64_t r0, int64_t r1, void *d_cols) { cu_none(__func__); }

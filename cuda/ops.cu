@@ -789,22 +789,50 @@ extern "C" void cu_op_colsum_add(int64_t rows, int64_t cols, const float *d_x, f
 
 /* ---------------- reductions ---------------- */
 
-/* One block: each thread sums a fixed stride of elements, then a fixed tree (deterministic). */
+/* Sums over the whole GPU in a fixed order (deterministic): REDUCE_BLOCKS
+ * blocks each take a contiguous share, their threads a fixed stride of it
+ * and a fixed tree; one block then adds the blocks' partials the same way. */
+#define REDUCE_BLOCKS 256
+#define REDUCE_THREADS 512
+
 template <int KIND> /* 0 sum, 1 sum of squares, 2 non-finite count */
-__global__ void k_reduce(int64_t n, const float *__restrict__ x, double *out) {
-    __shared__ double sh[1024];
-    double s = 0;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = x[i];
-        s += KIND == 0 ? (double)v : KIND == 1 ? (double)v * v : (isfinite(v) ? 0.0 : 1.0);
-    }
+__device__ __forceinline__ double reduce_term(float v) {
+    return KIND == 0 ? (double)v : KIND == 1 ? (double)v * v : (isfinite(v) ? 0.0 : 1.0);
+}
+
+__device__ __forceinline__ double block_sum(double s, double *sh) {
     sh[threadIdx.x] = s;
     __syncthreads();
     for (int o = blockDim.x / 2; o; o >>= 1) {
         if ((int)threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
         __syncthreads();
     }
-    if (threadIdx.x == 0) *out = sh[0];
+    return sh[0];
+}
+
+template <int KIND>
+__global__ void k_reduce_part(int64_t n, const float *__restrict__ x, double *__restrict__ part) {
+    __shared__ double sh[REDUCE_THREADS];
+    int64_t per = (n + gridDim.x - 1) / gridDim.x, i0 = (int64_t)blockIdx.x * per, i1 = i0 + per < n ? i0 + per : n;
+    double s = 0;
+    for (int64_t i = i0 + threadIdx.x; i < i1; i += blockDim.x) s += reduce_term<KIND>(x[i]);
+    double t = block_sum(s, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = t;
+}
+
+__global__ void k_reduce_final(int nb, const double *__restrict__ part, double *out) {
+    __shared__ double sh[REDUCE_THREADS];
+    double s = 0;
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) s += part[i];
+    double t = block_sum(s, sh);
+    if (threadIdx.x == 0) *out = t;
+}
+
+template <int KIND>
+static void reduce_into(int64_t n, const float *x, double *out) {
+    double *part = (double *)ops_work(sizeof(double) * REDUCE_BLOCKS);
+    k_reduce_part<KIND><<<REDUCE_BLOCKS, REDUCE_THREADS>>>(n, x, part);
+    k_reduce_final<<<1, REDUCE_THREADS>>>(REDUCE_BLOCKS, part, out);
 }
 
 __global__ void k_to_float(const double *s, double div, float *y) { *y = (float)(*s / div); }
@@ -823,7 +851,7 @@ static double *reduce_slot(void) {
 
 extern "C" void cu_op_reduce(int64_t n, bool mean, const float *d_x, float *d_y) {
     double *o = reduce_slot();
-    k_reduce<0><<<1, 1024>>>(n, d_x, o);
+    reduce_into<0>(n, d_x, o);
     k_to_float<<<1, 1>>>(o, mean ? (double)n : 1.0, d_y);
     CU_CHECK_LAUNCH();
 }
@@ -836,20 +864,29 @@ extern "C" void cu_op_reduce_backward(int64_t n, float scale, const float *d_dy,
 
 extern "C" double cu_sum_squares(int64_t n, const float *d_x) {
     double *o = reduce_slot(), h;
-    k_reduce<1><<<1, 1024>>>(n, d_x, o);
+    reduce_into<1>(n, d_x, o);
     CU_CHECK_LAUNCH();
     cu_to_host(&h, o, sizeof h);
     return h;
 }
 
-extern "C" int64_t cu_count_nonfinite(int64_t n, const float *d_x) {
-    double *o = reduce_slot(), h;
-    k_reduce<2><<<1, 1024>>>(n, d_x, o);
+extern "C" int64_t cu_count_nonfinite(int k, const int64_t *n, const float *const *d_x) {
+    static double *slots;
+    static int cap;
+    if (k > cap) {
+        cu_free(slots);
+        slots = (double *)cu_malloc(sizeof(double) * (size_t)k);
+        cap = k;
+    }
+    for (int i = 0; i < k; i++) reduce_into<2>(n[i], d_x[i], slots + i);
     CU_CHECK_LAUNCH();
-    cu_to_host(&h, o, sizeof h);
-    return (int64_t)h;
+    double h[8];
+    MX_ASSERT(k <= 8);
+    cu_to_host(h, slots, sizeof(double) * (size_t)k);
+    int64_t total = 0;
+    for (int i = 0; i < k; i++) total += (int64_t)h[i];
+    return total;
 }
-
 /* ---------------- bf16 conversions ---------------- */
 
 __global__ void k_f32_to_bf16(int64_t n, const float *__restrict__ x, uint16_t *__restrict__ y) {

@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/arena.h"
 #include "core/error.h"
 #include "core/keys.h"
 
@@ -96,6 +97,11 @@ typedef struct loader loader;
 int loader_create(loader **out, const dataset *ds, const data_config *cfg, int batch_size, bool train,
                   bool drop_last, mx_err *err);
 void loader_free(loader *l);
+/* Moves the batch buffers to other host memory (pinned memory, cu_pinned_mem,
+ * when steps run on the GPU: a batch's copy to the device is then queued
+ * without waiting, and the workers decode the next batches meanwhile). Before
+ * the first loader_start_epoch. */
+void loader_set_memory(loader *l, const arena_mem *mem);
 int loader_out_size(const loader *l);   /* output side (square) */
 int64_t loader_num_batches(const loader *l);
 /* Starts an epoch (abandons an unfinished one) at batch first_batch (> 0 when

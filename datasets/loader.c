@@ -45,6 +45,7 @@ struct loader {
     int active_fills;
     uint64_t generation;
     bool stop, have_out;
+    const arena_mem *mem; /* where slot images live (NULL: malloc) */
 };
 
 int loader_out_size(const loader *l) { return l->out; }
@@ -281,7 +282,8 @@ void loader_free(loader *l) {
     pthread_mutex_unlock(&l->mu);
     for (int i = 0; i < l->n_workers; i++) pthread_join(l->threads[i], NULL);
     for (int i = 0; i < l->depth; i++) {
-        free(l->slots[i].images);
+        if (l->mem) l->mem->release(l->slots[i].images);
+        else free(l->slots[i].images);
         free(l->slots[i].labels);
     }
     pthread_mutex_destroy(&l->mu);
@@ -290,6 +292,19 @@ void loader_free(loader *l) {
     free(l->threads);
     free(l->order);
     free(l);
+}
+
+void loader_set_memory(loader *l, const arena_mem *mem) {
+    pthread_mutex_lock(&l->mu);
+    MX_ASSERTF(l->active_fills == 0 && l->produce_next >= l->num_batches && !l->mem,
+               "loader_set_memory after the first epoch started");
+    size_t bytes = sizeof(float) * (size_t)l->out * l->out * l->c * (size_t)l->batch;
+    for (int i = 0; i < l->depth; i++) {
+        free(l->slots[i].images);
+        l->slots[i].images = mem->alloc(bytes);
+    }
+    l->mem = mem;
+    pthread_mutex_unlock(&l->mu);
 }
 
 void loader_start_epoch(loader *l, int64_t epoch, int64_t first_batch) {

@@ -101,8 +101,9 @@ void optim_init(optimizer *o, const optim_config *cfg, param_store *params) {
 int64_t optim_count_nonfinite_gpu(const optimizer *o) {
     if (!o->d_m) return 0;
     const param_store *ps = o->params;
-    return cu_count_nonfinite((int64_t)ps->n_trainable, ps->d_data) + cu_count_nonfinite((int64_t)ps->n_buffers, ps->d_buffers) +
-           cu_count_nonfinite((int64_t)o->n, o->d_m) + cu_count_nonfinite((int64_t)o->n, o->d_v);
+    int64_t n[4] = {(int64_t)ps->n_trainable, (int64_t)ps->n_buffers, (int64_t)o->n, (int64_t)o->n};
+    const float *const p[4] = {ps->d_data, ps->d_buffers, o->d_m, o->d_v};
+    return cu_count_nonfinite(4, n, p);
 }
 
 void optim_free(optimizer *o) {

@@ -154,6 +154,7 @@ int cmd_eval(int argc, char **argv) {
     if (loader_create(&l, &ds, &dc, ebs, false, false, &err)) goto fail_nosession;
     if (trainer_check_data(&ds, loader_out_size(l), &c->v.model, &err)) goto fail_nosession;
     if (session_open(&s, c, &err)) goto fail_nosession;
+    session_adopt_loader(&s, l);
     double loss, acc;
     if (ckpt_load_weights(ckpt, &s.m, &err) || session_evaluate(&s, l, &loss, &acc, &err)) goto fail;
     printf("{\"checkpoint\":\"%s\",\"format\":\"%s\",\"tiling\":\"%s\",\"samples\":%lld,\"eval_loss\":%.6g,"

@@ -121,6 +121,10 @@ double session_forward_backward(session *s, const float *images, const int32_t *
     return l;
 }
 
+void session_adopt_loader(const session *s, loader *l) {
+    if (s->ctx.gpu) loader_set_memory(l, &cu_pinned_mem);
+}
+
 int session_evaluate(session *s, loader *l, double *loss, double *acc, mx_err *err) {
     ag_ctx *ctx = &s->ctx;
     bool collect = s->has_plan && s->plan.collect_stats;
@@ -423,6 +427,8 @@ static int run_open(run_state *r, mx_err *err) {
 
     if (session_open(&r->s, cfg, err)) return -1;
     r->s_open = true;
+    session_adopt_loader(&r->s, r->train_l);
+    session_adopt_loader(&r->s, r->eval_l);
     r->oc = config_optim(cfg);
     r->nb = loader_num_batches(r->train_l);
     r->total = (int64_t)cfg->v.train.epochs * r->nb;

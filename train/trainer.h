@@ -33,6 +33,9 @@ void session_close(session *s);
  * s->m.params.grad (zeroed first). Returns the loss. */
 double session_forward_backward(session *s, const float *images, const int32_t *labels, int count, int side,
                                 int chans, uint64_t step);
+/* Gives the loader pinned batch buffers when the session runs on the GPU (its
+ * batches' copies are then queued without a wait); nothing on the CPU. */
+void session_adopt_loader(const session *s, loader *l);
 /* Mean loss and top-1 accuracy over a loader's epoch (no gradients). */
 int session_evaluate(session *s, loader *l, double *loss, double *acc, mx_err *err);
 
