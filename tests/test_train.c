@@ -14,6 +14,7 @@
 #include "train/config.h"
 #include "train/runlog.h"
 #include "train/trainer.h"
+#include "cuda/cuda.h"
 #include "test_util.h"
 
 static const char *write_cfg(const char *name, const char *text) {
@@ -802,6 +803,27 @@ START_TEST(test_bench_step_cli) {
 }
 END_TEST
 
+/* --device cuda where no GPU can be used (CI; a build without nvcc): one
+ * clear line, exit status 1, and nothing written. */
+START_TEST(test_device_cuda_without_gpu) {
+    if (cu_available()) { /* the accelerator machine: the cuda suites cover it */
+        fprintf(stderr, "test_device_cuda_without_gpu: a GPU is visible; skipped\n");
+        return;
+    }
+    char args[2000], out[4096];
+    const char *dir = test_path("cuda_run");
+    snprintf(args, sizeof args, "train %s/configs/quickstart.ini --set data.dataset=synthetic --set model.in_chans=3 "
+             "--device cuda --set log.dir=%s", getenv("MX_SOURCE_DIR") ? getenv("MX_SOURCE_DIR") : "../..", dir);
+    ck_assert_int_eq(test_run_mxtrain(args, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "train.device = cuda: ") && strchr(out, '\n') == out + strlen(out) - 1, "%s", out);
+    ck_assert_msg(access(dir, F_OK) != 0, "the run directory was created: %s", out);
+    ck_assert_int_eq(test_run_mxtrain("bench step --device cuda --steps 1 --warmup 0 --batch 2", out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "train.device = cuda: "), "%s", out);
+    ck_assert_int_eq(test_run_mxtrain("bench step --device tpu", out, sizeof out), 2);
+    ck_assert_msg(strstr(out, "cpu") && strstr(out, "cuda"), "%s", out);
+}
+END_TEST
+
 START_TEST(test_compare_cli) {
     const char *dir = test_path("cmp");
     const char *cfg = write_cfg("cmp.ini", "[model]\narch = resnet\nblocks = 1,1,1,1\nwidths = 8,8,16,16\nimg_size = 12\n"
@@ -854,6 +876,7 @@ int main(void) {
     tcase_add_test(tc, test_logs_torn_lines_and_disk_full);
     tcase_add_test(tc, test_nonfinite_guard);
     tcase_add_test(tc, test_compare_cli);
+    tcase_add_test(tc, test_device_cuda_without_gpu);
     tcase_add_test(tc, test_bench_step_cli);
     tcase_add_test(tc, test_quickstart_end_to_end);
     suite_add_tcase(s, tc);

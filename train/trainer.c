@@ -405,6 +405,9 @@ static int run_open_dir(run_state *r, mx_err *err) {
  * run is already complete, or -1. */
 static int run_open(run_state *r, mx_err *err) {
     config *cfg = r->cfg;
+    mx_err e;
+    if (cfg->v.train.device == CLI_DEVICE_CUDA && cu_init(&e)) /* before anything is written */
+        return mx_err_set(err, "train.device = cuda: %s", e.msg);
     if (run_open_dir(r, err)) return -1;
 
     data_config dc = config_data(cfg);
