@@ -671,7 +671,7 @@ START_TEST(test_cli_golden_and_errors) {
             }
         ck_assert_int_eq(found, 4);
     }
-    /* errors: one line on stderr, exit 2 */
+    /* errors: one line on stderr, exit 1 for a bad input file, 2 for bad options */
     float v[16] = {1, 2, 3};
     int64_t s1[1] = {16};
     npy_array a = npy_wrap(NPY_DTYPE_F32, 1, s1, v);
@@ -684,7 +684,7 @@ START_TEST(test_cli_golden_and_errors) {
     struct {
         const char *args, *needle;
     } bad[] = {
-        {"--format mxsf %s/missing.npy %s/o.npy", "cannot open"},
+        {"--format mxsf %s/missing.npy %s/o.npy", "cannot open"}, /* the two file errors: exit 1 */
         {"--format mxsf %s/u8.npy %s/o.npy", "expected float32"},
         {"--format mxfp9 %s/v.npy %s/o.npy", "unknown format"},
         {"--format mxsf --round up %s/v.npy %s/o.npy", "unknown rounding"},
@@ -707,11 +707,14 @@ START_TEST(test_cli_golden_and_errors) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(args, sizeof args, bad[i].args, test_tmpdir(), test_tmpdir());
-        int rc = run_cli(args, out, sizeof out);
-        ck_assert_msg(rc == 2, "'%s' exited %d: %s", args, rc, out);
+        int rc = run_cli(args, out, sizeof out), want = i < 2 ? 1 : 2;
+        ck_assert_msg(rc == want, "'%s' exited %d, want %d: %s", args, rc, want, out);
         ck_assert_msg(strstr(out, bad[i].needle), "'%s': message '%s' lacks '%s'", args, out, bad[i].needle);
         ck_assert_msg(strchr(out, '\n') == out + strlen(out) - 1, "'%s': not one line: %s", args, out);
     }
+    /* mxtrain --version: one line */
+    ck_assert_int_eq(test_run_mxtrain("--version", out, sizeof out), 0);
+    ck_assert_msg(strncmp(out, "mxtrain ", 8) == 0 && strchr(out, '\n') == out + strlen(out) - 1, "%s", out);
 }
 END_TEST
 

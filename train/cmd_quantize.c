@@ -96,9 +96,9 @@ int cmd_quantize(int argc, char **argv) {
     }
 
     npy_array in;
-    if (npy_read_f32(pos[0], &in, &err)) {
+    if (npy_read_f32(pos[0], &in, &err)) { /* a missing or bad file: 1, as every command; options stay 2 */
         fprintf(stderr, "mxtrain quantize: %s\n", err.msg);
-        return CLI_EXIT_USAGE;
+        return 1;
     }
     int rc = CLI_EXIT_USAGE;
     float *out = NULL;
@@ -125,6 +125,7 @@ int cmd_quantize(int argc, char **argv) {
         cu_free(dsc);
     }
     npy_array o = npy_wrap(NPY_DTYPE_F32, in.ndim, in.shape, out);
+    rc = 1; /* from here on a failure is the disk's */
     if (npy_write(pos[1], &o, &err)) {
         fprintf(stderr, "mxtrain quantize: %s\n", err.msg);
         goto done;

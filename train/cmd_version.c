@@ -10,7 +10,6 @@
 extern char *openblas_get_config(void);
 extern char *openblas_get_corename(void);
 
-#define MXTRAIN_VERSION "0.1.0"
 
 int cmd_version(int argc, char **argv) {
     for (int i = 0; i < argc; i++) {

@@ -3,6 +3,8 @@
 #ifndef MX_TRAIN_COMMANDS_H
 #define MX_TRAIN_COMMANDS_H
 
+#define MXTRAIN_VERSION "0.1.0"
+
 int cmd_version(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_qsnr(int argc, char **argv);

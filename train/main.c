@@ -34,6 +34,7 @@ static void main_usage(FILE *out) {
     fprintf(out,
             "\nglobal options:\n"
             "  --threads N  threads for OpenMP and OpenBLAS (default: all cores)\n"
+            "  --version    the version (mxtrain version: everything about this build and machine)\n"
             "  --help       this text; 'mxtrain <command> --help' for a command\n");
 }
 
@@ -63,6 +64,10 @@ int main(int argc, char **argv) {
     if (argc < 2) {
         main_usage(stderr);
         return CLI_EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("mxtrain %s\n", MXTRAIN_VERSION);
+        return 0;
     }
     if (cli_is_help(argv[1]) || strcmp(argv[1], "help") == 0) {
         main_usage(stdout);
