@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses (clang, ASan + UBSan, build-fuzz/) and runs
 # each for SECONDS (default 60): .npy reader, config parser, IDX dataset
-# reader, checkpoint reader. Corpora grow in build-fuzz/corpus/<name>, seeded
+# reader, checkpoint reader, safetensors reader. Corpora grow in build-fuzz/corpus/<name>, seeded
 # from tests/fuzz/seeds/<name>; a crash leaves its input in build-fuzz/ and
 # fails the script.  scripts/test.sh runs it for a few seconds per harness.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -12,7 +12,7 @@ export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export LSAN_OPTIONS="suppressions=$MX_ROOT/tests/lsan.supp"
 cd "$MX_ROOT/build-fuzz"
-for name in npy config idx ckpt; do
+for name in npy config idx ckpt safetensors; do
     corpus="corpus/$name"
     mkdir -p "$corpus"
     cp -n "$MX_ROOT/tests/fuzz/seeds/$name/"* "$corpus/" 2>/dev/null || true

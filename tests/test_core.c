@@ -10,6 +10,7 @@
 #include "core/gemm.h"
 #include "core/npy.h"
 #include "core/rng.h"
+#include "core/safetensors.h"
 #include "core/tensor.h"
 #include "core/threads.h"
 #include "test_util.h"
@@ -362,6 +363,106 @@ START_TEST(test_fastmath_accuracy) {
 END_TEST
 
 
+/* ---- safetensors ---- */
+
+/* A file as Python's safetensors lays it out: u64 header length, the JSON
+ * header padded with spaces to 8 bytes, the data. */
+static const char *st_file_of(const char *name, const char *json, const void *data, size_t n, long header_len) {
+    const char *p = test_path(name);
+    size_t jl = strlen(json), padded = (jl + 7) / 8 * 8;
+    size_t total = 8 + padded + n;
+    uint8_t *buf = calloc(1, total);
+    uint64_t h = header_len >= 0 ? (uint64_t)header_len : (uint64_t)padded;
+    for (int i = 0; i < 8; i++) buf[i] = (uint8_t)(h >> (8 * i));
+    memcpy(buf + 8, json, jl);
+    memset(buf + 8 + jl, ' ', padded - jl);
+    if (n) memcpy(buf + 8 + padded, data, n);
+    test_write_file(p, buf, total);
+    free(buf);
+    return p;
+}
+
+START_TEST(test_safetensors_reader) {
+    /* every readable dtype, the metadata block, a scalar */
+    uint8_t data[16 + 6 + 4 + 8];
+    float a[4] = {1.5f, -2.0f, 0.0f, 3.25f};
+    uint16_t h[3] = {0x3c00, 0x0001, 0xfc00}, b[2] = {0x3f80, 0xc000};
+    int64_t c = 7;
+    memcpy(data, a, 16);
+    memcpy(data + 16, h, 6);
+    memcpy(data + 22, b, 4);
+    memcpy(data + 26, &c, 8);
+    const char *ok = "{\"__metadata__\":{\"format\":\"pt\"},\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]},"
+                     "\"h\":{\"dtype\":\"F16\",\"shape\":[3],\"data_offsets\":[16,22]},"
+                     "\"b\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[22,26]},"
+                     "\"n\":{\"dtype\":\"I64\",\"shape\":[],\"data_offsets\":[26,34]}}";
+    st_file f;
+    mx_err err;
+    ck_assert_msg(st_open(st_file_of("ok.safetensors", ok, data, sizeof data, -1), &f, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(f.n, 4);
+    float v[4];
+    int i = st_find(&f, "a");
+    ck_assert_int_eq(f.t[i].ndim, 2);
+    st_read_f32(&f, i, v);
+    ck_assert(memcmp(v, a, 16) == 0);
+    st_read_f32(&f, st_find(&f, "h"), v);
+    ck_assert(v[0] == 1.0f && v[1] == ldexpf(1.0f, -24) && isinf(v[2]) && v[2] < 0);
+    st_read_f32(&f, st_find(&f, "b"), v);
+    ck_assert(v[0] == 1.0f && v[1] == -2.0f);
+    i = st_find(&f, "n");
+    ck_assert_int_eq(f.t[i].ndim, 0);
+    st_read_f32(&f, i, v);
+    ck_assert(v[0] == 7.0f);
+    ck_assert_int_eq(st_find(&f, "__metadata__"), -1);
+    st_close(&f);
+    /* the writer's files read back */
+    int64_t shp[2] = {2, 2}, one = 1;
+    float n7 = 7.0f;
+    st_item items[2] = {{"w", 2, shp, a, false}, {"count", 1, &one, &n7, true}};
+    ck_assert_msg(st_write(test_path("w.safetensors"), items, 2, &err) == 0, "%s", err.msg);
+    ck_assert_msg(st_open(test_path("w.safetensors"), &f, &err) == 0, "%s", err.msg);
+    st_read_f32(&f, st_find(&f, "w"), v);
+    ck_assert(memcmp(v, a, 16) == 0 && f.t[st_find(&f, "count")].dtype == ST_DTYPE_I64);
+    st_close(&f);
+    /* malformed files: one clear error each, naming the file */
+    static const struct {
+        const char *json, *needle;
+        long header_len;
+        size_t data;
+    } bad[] = {
+        {"not json at all", "not a JSON object", -1, 16},
+        {"[1,2]", "not a JSON object", -1, 16},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]}}", "does not fit", 1000, 16},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,16]}}", "lie outside", -1, 8},   /* truncated */
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,12]}}", "12 bytes of data for 4", -1, 16},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],"
+         "\"data_offsets\":[4,12]}}", "overlap", -1, 16},
+        {"{\"a\":{\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,16]}}", "dtype F64", -1, 16},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", "non-negative integers", -1, 16},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2.5],\"data_offsets\":[0,8]}}", "non-negative integers", -1, 16},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8]}}", "two non-negative integers", -1, 16},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", "lie outside", -1, 16},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"a\":{\"dtype\":\"F32\",\"shape\":[2],"
+         "\"data_offsets\":[8,16]}}", "appears twice", -1, 16},
+        {"{\"a\":{\"shape\":[2],\"data_offsets\":[0,8]}}", "needs \"dtype\"", -1, 16},
+        {"{\"__metadata__\":{\"k\":3}}", "__metadata__", -1, 0},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}}", "shape too large", -1, 16},
+    };
+    uint8_t zeros[16] = {0};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        const char *p = st_file_of("bad.safetensors", bad[k].json, zeros, bad[k].data, bad[k].header_len);
+        ck_assert_msg(st_open(p, &f, &err) == -1, "case %zu accepted", k);
+        ck_assert_msg(strstr(err.msg, bad[k].needle) && strstr(err.msg, "bad.safetensors"), "case %zu: '%s' lacks '%s'",
+                      k, err.msg, bad[k].needle);
+    }
+    test_write_file(test_path("short.safetensors"), "abc", 3);
+    ck_assert_int_eq(st_open(test_path("short.safetensors"), &f, &err), -1);
+    ck_assert_msg(strstr(err.msg, "too short"), "%s", err.msg);
+    ck_assert_int_eq(st_open(test_path("absent.safetensors"), &f, &err), -1);
+    ck_assert_msg(strstr(err.msg, "cannot open"), "%s", err.msg);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("core");
     TCase *tc = tcase_create("core");
@@ -380,6 +481,7 @@ int main(void) {
     tcase_add_test(tc, test_npy_truncation_sweep);
     tcase_add_test(tc, test_npy_float64_converts);
     tcase_add_test(tc, test_fastmath_accuracy);
+    tcase_add_test(tc, test_safetensors_reader);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     return test_run_suite(s);

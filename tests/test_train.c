@@ -14,6 +14,7 @@
 #include "train/config.h"
 #include "train/runlog.h"
 #include "train/trainer.h"
+#include "core/safetensors.h"
 #include "cuda/cuda.h"
 #include "test_util.h"
 
@@ -803,6 +804,64 @@ START_TEST(test_bench_step_cli) {
 }
 END_TEST
 
+/* Weights out to safetensors and back: `mxtrain export`, then --init-from /
+ * eval's loader reading the .safetensors file gives the same weights and
+ * buffers bit for bit; a mismatch a config key would fix says which key. */
+START_TEST(test_safetensors_weights) {
+    config *c = small_config(test_path("st_run"), NULL);
+    session s;
+    mx_err err = {0};
+    ck_assert_msg(session_open(&s, c, &err) == 0, "%s", err.msg);
+    param_store *ps = &s.m.params;
+    for (int i = 0; i < ps->count; i++) { /* buffers unlike a fresh model's */
+        param_entry *e = &ps->entries[i];
+        if (e->kind != PARAM_KIND_BUFFER) continue;
+        for (int64_t k = 0; k < e->numel; k++) param_data(ps, i)[k] = e->is_integer ? 5.0f : 0.25f * (float)(k % 7);
+    }
+    ckpt_meta meta = {3, 0, 0, -1};
+    const char *ck = test_path("st.h5"), *out = test_path("st.safetensors");
+    ck_assert_msg(ckpt_save(ck, &s.m, NULL, &meta, "text", &err) == 0, "%s", err.msg);
+    char args[1400], msg[4096];
+    snprintf(args, sizeof args, "export %s %s", ck, out);
+    ck_assert_msg(test_run_mxtrain(args, msg, sizeof msg) == 0, "%s", msg);
+    config *c2 = small_config(test_path("st_run2"), "train.seed=99");
+    session s2;
+    ck_assert_msg(session_open(&s2, c2, &err) == 0, "%s", err.msg);
+    ck_assert(memcmp(s2.m.params.data, ps->data, sizeof(float) * ps->n_trainable) != 0); /* another seed */
+    ck_assert_msg(ckpt_load_weights(out, &s2.m, &err) == 0, "%s", err.msg);
+    ck_assert(memcmp(s2.m.params.data, ps->data, sizeof(float) * ps->n_trainable) == 0);
+    for (int i = 0; i < ps->count; i++)
+        ck_assert_msg(memcmp(param_data(&s2.m.params, i), param_data(ps, i), sizeof(float) * (size_t)ps->entries[i].numel) == 0,
+                      "%s differs after the round trip", ps->entries[i].name);
+    /* every tensor under its PyTorch name, num_batches_tracked as I64 (F16/BF16 reading: test_core) */
+    st_file f;
+    ck_assert_msg(st_open(out, &f, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(f.n, ps->count);
+    int nbt = st_find(&f, "bn1.num_batches_tracked");
+    ck_assert_int_ge(nbt, 0);
+    ck_assert_int_eq(f.t[nbt].dtype, ST_DTYPE_I64);
+    ck_assert_int_eq(f.t[st_find(&f, "conv1.weight")].shape[1], 3); /* OIHW, as PyTorch */
+    st_close(&f);
+    /* a model with other classes: the message names the key */
+    config *c3 = small_config(test_path("st_run3"), "model.num_classes=7");
+    session s3;
+    ck_assert_msg(session_open(&s3, c3, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(ckpt_load_weights(out, &s3.m, &err), -1);
+    ck_assert_msg(strstr(err.msg, "'fc.weight' has shape [10,16], the model expects [7,16]: set model.num_classes = 10"),
+                  "%s", err.msg);
+    session_close(&s3);
+    /* export's errors */
+    snprintf(args, sizeof args, "export %s %s/x.bin", ck, test_tmpdir());
+    ck_assert_int_eq(test_run_mxtrain(args, msg, sizeof msg), 2);
+    snprintf(args, sizeof args, "export %s/absent.h5 %s/x.safetensors", test_tmpdir(), test_tmpdir());
+    ck_assert_int_eq(test_run_mxtrain(args, msg, sizeof msg), 1);
+    ck_assert_msg(strstr(msg, "absent.h5") && strchr(msg, '\n') == msg + strlen(msg) - 1, "%s", msg);
+    session_close(&s2);
+    session_close(&s);
+    free(c), free(c2), free(c3);
+}
+END_TEST
+
 /* --device cuda where no GPU can be used (CI; a build without nvcc): one
  * clear line, exit status 1, and nothing written. */
 START_TEST(test_device_cuda_without_gpu) {
@@ -877,6 +936,7 @@ int main(void) {
     tcase_add_test(tc, test_nonfinite_guard);
     tcase_add_test(tc, test_compare_cli);
     tcase_add_test(tc, test_device_cuda_without_gpu);
+    tcase_add_test(tc, test_safetensors_weights);
     tcase_add_test(tc, test_bench_step_cli);
     tcase_add_test(tc, test_quickstart_end_to_end);
     suite_add_tcase(s, tc);

@@ -1,6 +1,8 @@
 /* HDF5 checkpoints (see checkpoint.h). */
 #include "train/checkpoint.h"
 
+#include "core/safetensors.h"
+
 #include <fcntl.h>
 #include <hdf5.h>
 #include <math.h>
@@ -189,6 +191,48 @@ int ckpt_save(const char *path, model *m, optimizer *o, const ckpt_meta *meta, c
 
 /* ---------------- reading ---------------- */
 
+/* The config key that makes the model take a tensor of PyTorch shape got
+ * where it expects want (a stem, classes, channels, patch grid), or NULL. */
+static const char *ckpt_shape_hint(const char *name, int rg, const int64_t *got, int rw, const int64_t *want, char *buf,
+                                   size_t n) {
+    size_t len = strlen(name);
+    bool ends = false;
+    static const char *const heads[] = {"fc.weight", "fc.bias", "head.weight", "head.bias"};
+    for (int i = 0; i < 4; i++) {
+        size_t k = strlen(heads[i]);
+        ends |= len >= k && strcmp(name + len - k, heads[i]) == 0 && (len == k || name[len - k - 1] == '.');
+    }
+    if (rg != rw) return NULL;
+    if (strcmp(name, "conv1.weight") == 0 && rg == 4) {
+        if (got[2] != want[2]) snprintf(buf, n, "set model.stem = %s", got[2] == 7 ? "imagenet" : "cifar");
+        else if (got[1] != want[1]) snprintf(buf, n, "set model.in_chans = %lld", (long long)got[1]);
+        else return NULL;
+    } else if (ends && got[0] != want[0]) {
+        snprintf(buf, n, "set model.num_classes = %lld", (long long)got[0]);
+    } else if (strcmp(name, "patch_embed.proj.weight") == 0 && rg == 4 && got[2] != want[2]) {
+        snprintf(buf, n, "set model.patch_size = %lld", (long long)got[2]);
+    } else if (strcmp(name, "patch_embed.proj.weight") == 0 && rg == 4 && got[1] != want[1]) {
+        snprintf(buf, n, "set model.in_chans = %lld", (long long)got[1]);
+    } else if (strcmp(name, "pos_embed") == 0 && rg == 3 && got[1] != want[1]) {
+        snprintf(buf, n, "set model.img_size and model.patch_size for %lld patches", (long long)got[1] - 1);
+    } else {
+        return NULL;
+    }
+    return buf;
+}
+
+/* "PATH: 'NAME' has shape [..], the model expects [..]" (+ the key that fixes it) */
+static int ckpt_shape_error(mx_err *err, const char *path, const char *name, int rg, const int64_t *got, int rw,
+                            const int64_t *want) {
+    char g[160] = "", w[160] = "", hint[160];
+    size_t a = 0, b = 0;
+    for (int i = 0; i < rg; i++) a += (size_t)snprintf(g + a, sizeof g - a, "%s%lld", i ? "," : "", (long long)got[i]);
+    for (int i = 0; i < rw; i++) b += (size_t)snprintf(w + b, sizeof w - b, "%s%lld", i ? "," : "", (long long)want[i]);
+    const char *h = ckpt_shape_hint(name, rg, got, rw, want, hint, sizeof hint);
+    return mx_err_set(err, "%s: '%s' has shape [%s], the model expects [%s]%s%s", path, name, g, w, h ? ": " : "",
+                      h ? h : "");
+}
+
 /* Reads dataset `name` under loc into dst (count values of PyTorch shape `shape`). */
 static int read_checked(hid_t loc, const char *name, const char *path, int rank, const int64_t *shape, bool integer,
                         void *dst, mx_err *err) {
@@ -206,11 +250,9 @@ static int read_checked(hid_t loc, const char *name, const char *path, int rank,
     bool same = r == rank;
     for (int i = 0; same && i < r; i++) same = (int64_t)dims[i] == shape[i];
     if (!same) {
-        char got[160] = "", want[160] = "";
-        size_t a = 0, b = 0;
-        for (int i = 0; i < r; i++) a += (size_t)snprintf(got + a, sizeof got - a, "%s%llu", i ? "," : "", (unsigned long long)dims[i]);
-        for (int i = 0; i < rank; i++) b += (size_t)snprintf(want + b, sizeof want - b, "%s%lld", i ? "," : "", (long long)shape[i]);
-        mx_err_set(err, "%s: '%s' has shape [%s], the model expects [%s]", path, name, got, want);
+        int64_t got[16];
+        for (int i = 0; i < r; i++) got[i] = (int64_t)dims[i];
+        ckpt_shape_error(err, path, name, r, got, rank, shape);
         goto done;
     }
     H5T_class_t cls = H5Tget_class(ty);
@@ -315,7 +357,67 @@ static hid_t open_ro(const char *path, mx_err *err) {
     return f;
 }
 
+static bool ckpt_is_safetensors(const char *path) {
+    size_t n = strlen(path);
+    return n >= 12 && strcmp(path + n - 12, ".safetensors") == 0;
+}
+
+/* Weights from a .safetensors file (PyTorch names and layouts; F32, F16,
+ * BF16; num_batches_tracked as I64 or absent), with read_model's checks. */
+static int read_model_safetensors(const char *path, model *m, mx_err *err) {
+    st_file f;
+    if (st_open(path, &f, err)) return -1;
+    param_store *ps = &m->params;
+    float *buf = NULL;
+    size_t cap = 0;
+    int rc = -1;
+    for (int i = 0; i < ps->count; i++) {
+        const param_entry *e = &ps->entries[i];
+        int64_t shape[8];
+        int rank = param_torch_shape(e, shape);
+        int j = st_find(&f, e->name);
+        if (j < 0) {
+            if (e->is_integer) continue;
+            mx_err_set(err, "%s: missing '%s'", path, e->name);
+            goto done;
+        }
+        const st_tensor *t = &f.t[j];
+        bool same = t->ndim == rank;
+        for (int k = 0; same && k < rank; k++) same = t->shape[k] == shape[k];
+        if (!same) {
+            ckpt_shape_error(err, path, e->name, t->ndim, t->shape, rank, shape);
+            goto done;
+        }
+        buf = ckpt_grow(buf, &cap, (size_t)e->numel);
+        st_read_f32(&f, j, buf);
+        int64_t bad = 0;
+        for (int64_t k = 0; k < e->numel; k++) bad += !isfinite(buf[k]);
+        if (bad) {
+            mx_err_set(err, "%s: '%s' holds %lld non-finite values (NaN or Inf) of %lld", path, e->name, (long long)bad,
+                       (long long)e->numel);
+            goto done;
+        }
+        param_from_torch(e, buf, param_data(ps, i));
+    }
+    for (int j = 0; j < f.n; j++)
+        if (param_find(ps, f.t[j].name) < 0) {
+            mx_err_set(err, "%s: '%s' is not a parameter of this model (%s)", path, f.t[j].name,
+                       model_arch_name(m->cfg.arch));
+            goto done;
+        }
+    rc = 0;
+done:
+    free(buf);
+    st_close(&f);
+    return rc;
+}
+
 int ckpt_load_weights(const char *path, model *m, mx_err *err) {
+    if (ckpt_is_safetensors(path)) {
+        int rc = read_model_safetensors(path, m, err);
+        if (rc == 0) param_store_upload(&m->params);
+        return rc;
+    }
     hid_t f = open_ro(path, err);
     if (f < 0) return -1;
     bool has_group = H5Lexists(f, "model", H5P_DEFAULT) > 0;
@@ -380,6 +482,76 @@ int ckpt_load(const char *path, model *m, optimizer *o, ckpt_meta *meta, mx_err 
 done:
     if (go >= 0) H5Gclose(go);
     if (g >= 0) H5Gclose(g);
+    H5Fclose(f);
+    return rc;
+}
+
+/* ---------------- export ---------------- */
+
+typedef struct name_list {
+    char **names;
+    int n;
+    int64_t cap;
+} name_list;
+
+static herr_t collect_dataset(hid_t g, const char *name, const H5L_info_t *info, void *data) {
+    (void)info;
+    name_list *l = data;
+    hid_t obj = H5Oopen(g, name, H5P_DEFAULT);
+    if (obj < 0) return 0;
+    bool is_dataset = H5Iget_type(obj) == H5I_DATASET;
+    H5Oclose(obj);
+    if (!is_dataset) return 0;
+    MX_GROW(l->names, l->cap, l->n + 1, 64);
+    l->names[l->n] = mx_malloc(strlen(name) + 1);
+    strcpy(l->names[l->n++], name);
+    return 0;
+}
+
+int ckpt_export_safetensors(const char *path, const char *out, mx_err *err) {
+    hid_t f = open_ro(path, err);
+    if (f < 0) return -1;
+    bool has_group = H5Lexists(f, "model", H5P_DEFAULT) > 0;
+    hid_t g = has_group ? H5Gopen2(f, "model", H5P_DEFAULT) : f;
+    name_list l = {0};
+    H5Literate(g, H5_INDEX_NAME, H5_ITER_NATIVE, NULL, collect_dataset, &l);
+    st_item *items = mx_calloc((size_t)(l.n ? l.n : 1), sizeof *items);
+    int64_t (*shapes)[16] = mx_calloc((size_t)(l.n ? l.n : 1), sizeof *shapes);
+    int rc = -1;
+    if (l.n == 0) {
+        mx_err_set(err, "%s: no tensors to export (group 'model' or root datasets)", path);
+        goto done;
+    }
+    for (int i = 0; i < l.n; i++) {
+        hid_t d = H5Dopen2(g, l.names[i], H5P_DEFAULT), sp = H5Dget_space(d), ty = H5Dget_type(d);
+        int r = H5Sget_simple_extent_ndims(sp);
+        hsize_t dims[16] = {0};
+        H5T_class_t cls = H5Tget_class(ty);
+        bool ok = r >= 0 && r <= ST_MAX_DIMS && (cls == H5T_FLOAT || cls == H5T_INTEGER);
+        int64_t numel = 1;
+        if (ok) {
+            H5Sget_simple_extent_dims(sp, dims, NULL);
+            for (int k = 0; k < r; k++) shapes[i][k] = (int64_t)dims[k], numel *= (int64_t)dims[k];
+        }
+        float *v = ok ? mx_malloc(sizeof(float) * (size_t)(numel ? numel : 1)) : NULL;
+        if (ok) ok = H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0;
+        H5Tclose(ty);
+        H5Sclose(sp);
+        H5Dclose(d);
+        items[i] = (st_item){l.names[i], r, shapes[i], v, cls == H5T_INTEGER};
+        if (!ok) {
+            mx_err_set(err, "%s: cannot read '%s' (truncated or corrupt file?)", path, l.names[i]);
+            goto done;
+        }
+    }
+    rc = st_write(out, items, l.n, err);
+done:
+    for (int i = 0; i < l.n; i++) free((void *)items[i].data); /* NULL past a failure */
+    for (int i = 0; i < l.n; i++) free(l.names[i]);
+    free(l.names);
+    free(items);
+    free(shapes);
+    if (has_group) H5Gclose(g);
     H5Fclose(f);
     return rc;
 }

@@ -42,5 +42,11 @@ int ckpt_load(const char *path, model *m, optimizer *o, ckpt_meta *meta, mx_err 
  * there is none; every model entry must be present with PyTorch's shape
  * (num_batches_tracked may be absent) and the file may hold no other names. */
 int ckpt_load_weights(const char *path, model *m, mx_err *err);
+/* (a path ending in .safetensors is read as safetensors: F32, F16 or BF16
+ * tensors under PyTorch names and shapes, the same checks) */
+/* The weights of a checkpoint (group `model`, or root datasets), as they lie
+ * (PyTorch names and layouts), into a .safetensors file (F32; integer
+ * buffers I64). */
+int ckpt_export_safetensors(const char *path, const char *out, mx_err *err);
 
 #endif
