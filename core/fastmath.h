@@ -23,6 +23,22 @@
 #define MX_HD
 #endif
 
+/* IEEE binary16 to float32, exactly (subnormals, Inf, NaN): float16 .npy
+ * arrays and safetensors tensors. */
+MX_HD static inline float mx_f16_to_f32(uint16_t h) {
+    uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 31u, m = h & 1023u, b;
+    float v;
+    if (e == 31) b = s | 0x7f800000u | m << 13;
+    else if (e) b = s | (e + 112) << 23 | m << 13;
+    else { /* zero or subnormal: m * 2^-24, exact in float32 */
+        v = (float)m * 5.9604644775390625e-8f;
+        memcpy(&b, &v, 4);
+        b |= s;
+    }
+    memcpy(&v, &b, 4);
+    return v;
+}
+
 MX_HD static inline float mx_expf(float x) {
     float xc = x < -87.33f ? -87.33f : (x > 88.72f ? 88.72f : x);
     float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */

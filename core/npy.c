@@ -1,5 +1,7 @@
 #include "core/npy.h"
 
+#include "core/fastmath.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +11,7 @@ static const struct {
     const char *descr;
     size_t size;
 } npy_dtype_table[] = {
-    [NPY_DTYPE_F32] = {"<f4", 4}, [NPY_DTYPE_F64] = {"<f8", 8}, [NPY_DTYPE_U8] = {"|u1", 1},
+    [NPY_DTYPE_F16] = {"<f2", 2}, [NPY_DTYPE_F32] = {"<f4", 4}, [NPY_DTYPE_F64] = {"<f8", 8}, [NPY_DTYPE_U8] = {"|u1", 1},
     [NPY_DTYPE_I32] = {"<i4", 4}, [NPY_DTYPE_I64] = {"<i8", 8},
 };
 _Static_assert(sizeof npy_dtype_table / sizeof npy_dtype_table[0] == NPY_DTYPE_COUNT, "npy dtype table size");
@@ -46,13 +48,16 @@ int npy_parse_header(const char *hdr_in, size_t len, const char *path, npy_array
     char descr[20];
     memcpy(descr, p, (size_t)(q - p));
     descr[q - p] = 0;
-    /* '<u1' and '|i1'-style spellings of the byte type are accepted too. */
+    /* byte order: '<' little, '>' big, '=' native (little here), '|' none (bytes);
+       the table spells every type little-endian ('|u1' for bytes) */
+    out->big_endian = descr[0] == '>';
+    if (descr[0] == '>' || descr[0] == '=') descr[0] = '<';
     if (strcmp(descr, "<u1") == 0) strcpy(descr, "|u1");
     int dt = -1;
     for (int i = 0; i < NPY_DTYPE_COUNT; i++)
         if (strcmp(descr, npy_dtype_table[i].descr) == 0) dt = i;
     if (dt < 0)
-        return mx_err_set(err, "%s: unsupported dtype '%s' (supported: <f4 <f8 |u1 <i4 <i8, little endian)", path,
+        return mx_err_set(err, "%s: unsupported dtype '%s' (supported: f2 f4 f8 u1 i4 i8, either byte order)", path,
                           descr);
 
     p = npy_find_key(hdr, "fortran_order");
@@ -92,7 +97,7 @@ int npy_parse_header(const char *hdr_in, size_t len, const char *path, npy_array
     return 0;
 }
 
-static int npy_read_impl(const char *path, npy_array *out, bool allow_fortran, mx_err *err) {
+static int npy_read_raw(const char *path, npy_array *out, mx_err *err) {
     memset(out, 0, sizeof *out);
     FILE *f = fopen(path, "rb");
     if (!f) return mx_err_set(err, "%s: cannot open: %s", path, strerror(errno));
@@ -119,11 +124,6 @@ static int npy_read_impl(const char *path, npy_array *out, bool allow_fortran, m
     hdr = malloc(hlen + 1);
     if (!hdr || fread(hdr, 1, hlen, f) != hlen) { mx_err_set(err, "%s: truncated header", path); goto done; }
     if (npy_parse_header(hdr, hlen, path, out, err)) goto done;
-    if (out->fortran_order && !allow_fortran) {
-        mx_err_set(err, "%s: Fortran-order arrays are not supported (save with C order, e.g. np.ascontiguousarray)",
-                   path);
-        goto done;
-    }
 
     size_t esize = npy_dtype_size(out->dtype);
     size_t want = (size_t)out->numel * esize;
@@ -174,18 +174,41 @@ static void npy_fortran_to_c(npy_array *a) {
     a->data = dst;
 }
 
-int npy_read(const char *path, npy_array *out, mx_err *err) { return npy_read_impl(path, out, false, err); }
+/* Big-endian elements to native (little-endian hosts). */
+static void npy_swap_bytes(npy_array *a) {
+    size_t es = npy_dtype_size(a->dtype);
+    uint8_t *p = a->data;
+    for (int64_t i = 0; i < a->numel; i++, p += es)
+        for (size_t k = 0; k < es / 2; k++) {
+            uint8_t t = p[k];
+            p[k] = p[es - 1 - k];
+            p[es - 1 - k] = t;
+        }
+}
 
-int npy_read_any_order(const char *path, npy_array *out, mx_err *err) {
-    if (npy_read_impl(path, out, true, err)) return -1;
+int npy_read(const char *path, npy_array *out, mx_err *err) {
+    if (npy_read_raw(path, out, err)) return -1;
+    if (out->big_endian) npy_swap_bytes(out);
     if (out->fortran_order && out->ndim > 1) npy_fortran_to_c(out);
-    out->fortran_order = false;
     return 0;
 }
 
 int npy_read_f32(const char *path, npy_array *out, mx_err *err) {
     if (npy_read(path, out, err)) return -1;
     if (out->dtype == NPY_DTYPE_F32) return 0;
+    if (out->dtype == NPY_DTYPE_F16) { /* widened into a new buffer */
+        const uint16_t *h = out->data;
+        float *fdat = aligned_alloc(64, (((size_t)out->numel * 4 + 63) & ~(size_t)63) + 64);
+        if (!fdat) {
+            npy_free(out);
+            return mx_err_set(err, "%s: out of memory", path);
+        }
+        for (int64_t i = 0; i < out->numel; i++) fdat[i] = mx_f16_to_f32(h[i]);
+        free(out->data);
+        out->data = fdat;
+        out->dtype = NPY_DTYPE_F32;
+        return 0;
+    }
     if (out->dtype == NPY_DTYPE_F64) {
         const double *d = out->data;
         float *fdat = out->data; /* in place: float i is written after double i is read */
@@ -193,7 +216,7 @@ int npy_read_f32(const char *path, npy_array *out, mx_err *err) {
         out->dtype = NPY_DTYPE_F32;
         return 0;
     }
-    mx_err_set(err, "%s: expected float32 or float64 data, got %s", path, npy_dtype_name(out->dtype));
+    mx_err_set(err, "%s: expected float16, float32 or float64 data, got %s", path, npy_dtype_name(out->dtype));
     npy_free(out);
     return -1;
 }

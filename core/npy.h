@@ -1,7 +1,10 @@
-/* NumPy .npy files (format versions 1.0, 2.0, 3.0), C order, any rank up to
- * NPY_MAX_DIMS. Reads float32, float64, uint8, int32, int64 (little endian);
- * writes float32, uint8, int32, int64. Files are untrusted: every malformed
- * case is an error naming the file, never a crash. */
+/* NumPy .npy files (format versions 1.0, 2.0, 3.0), any rank up to
+ * NPY_MAX_DIMS. Reads float16, float32, float64, uint8, int32, int64, little-
+ * or big-endian, C or Fortran order (np.save(W.T) writes Fortran order), and
+ * hands back native-endian data in C order: the same logical array NumPy
+ * sees. Writes float32, uint8, int32, int64 (little endian, C order). Files
+ * are untrusted: every malformed case is an error naming the file, never a
+ * crash. */
 #ifndef MX_CORE_NPY_H
 #define MX_CORE_NPY_H
 
@@ -14,6 +17,7 @@
 #define NPY_MAX_DIMS 16
 
 typedef enum npy_dtype {
+    NPY_DTYPE_F16,
     NPY_DTYPE_F32,
     NPY_DTYPE_F64,
     NPY_DTYPE_U8,
@@ -28,6 +32,7 @@ typedef struct npy_array {
     int64_t shape[NPY_MAX_DIMS];
     int64_t numel;
     bool fortran_order; /* as stored in the header; data is always C order after a read */
+    bool big_endian;    /* as stored in the header; data is always native after a read */
     void *data;         /* 64-byte aligned, owned */
 } npy_array;
 
@@ -35,11 +40,7 @@ const char *npy_dtype_name(npy_dtype d); /* "<f4", ... */
 size_t npy_dtype_size(npy_dtype d);
 
 int npy_read(const char *path, npy_array *out, mx_err *err);
-/* As npy_read, but a Fortran-order file is accepted and transposed to C order
- * (npy_read rejects it, so a user never gets silently reordered data where a
- * layout matters; tests read NumPy-written references with this). */
-int npy_read_any_order(const char *path, npy_array *out, mx_err *err);
-/* Reads and converts to float32 (float64 is rounded; other dtypes are an error). */
+/* Reads and converts to float32 (float16 exactly, float64 rounded; other dtypes are an error). */
 int npy_read_f32(const char *path, npy_array *out, mx_err *err);
 /* Writes to path.tmp then renames, so a failed write never leaves a torn file. */
 int npy_write(const char *path, const npy_array *a, mx_err *err);

@@ -1,5 +1,7 @@
 #include "core/safetensors.h"
 
+#include "core/fastmath.h"
+
 #include <cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -174,29 +176,13 @@ done:
     return rc;
 }
 
-/* IEEE binary16 to float32, exactly (subnormals, Inf, NaN). */
-static float st_half(uint16_t h) {
-    uint32_t s = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 31, m = h & 1023, b;
-    if (e == 31) b = s | 0x7f800000u | m << 13;
-    else if (e) b = s | (e + 112) << 23 | m << 13;
-    else if (!m) b = s;
-    else { /* subnormal: value m * 2^-24 */
-        float v = ldexpf((float)m, -24);
-        memcpy(&b, &v, 4);
-        b |= s;
-    }
-    float v;
-    memcpy(&v, &b, 4);
-    return v;
-}
-
 void st_read_f32(const st_file *f, int i, float *out) {
     const st_tensor *t = &f->t[i];
     const uint8_t *p = f->data + t->begin;
     for (int64_t k = 0; k < t->numel; k++) {
         switch (t->dtype) {
         case ST_DTYPE_F32: memcpy(&out[k], p + 4 * k, 4); break;
-        case ST_DTYPE_F16: out[k] = st_half((uint16_t)(p[2 * k] | p[2 * k + 1] << 8)); break;
+        case ST_DTYPE_F16: out[k] = mx_f16_to_f32((uint16_t)(p[2 * k] | p[2 * k + 1] << 8)); break;
         case ST_DTYPE_BF16: {
             uint32_t b = (uint32_t)(p[2 * k] | p[2 * k + 1] << 8) << 16;
             memcpy(&out[k], &b, 4);

@@ -264,12 +264,10 @@ START_TEST(test_npy_malformed_files) {
     expect_npy_error(p, "truncated header");
     test_write_file(p, "\x93NUMPY\x07\x00\x40\x00", 10);
     expect_npy_error(p, "unsupported .npy version");
-    npy_write_raw(p, "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", 8);
-    expect_npy_error(p, "unsupported dtype");
     npy_write_raw(p, "{'descr': '<c8', 'fortran_order': False, 'shape': (2,), }", 16);
     expect_npy_error(p, "unsupported dtype");
-    npy_write_raw(p, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }", 16);
-    expect_npy_error(p, "Fortran");
+    npy_write_raw(p, "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", 4); /* big-endian, truncated */
+    expect_npy_error(p, "truncated data");
     npy_write_raw(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 20);
     expect_npy_error(p, "truncated data");
     npy_write_raw(p, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 28);
@@ -285,6 +283,70 @@ START_TEST(test_npy_malformed_files) {
     expect_npy_error(p, "no 'descr'");
     npy_write_raw(p, "{'descr': '<f4', 'shape': (2,), }", 8);
     expect_npy_error(p, "no 'fortran_order'");
+}
+END_TEST
+
+/* A raw .npy file with a given header and payload. */
+static void npy_write_payload(const char *path, const char *dict, const void *payload, size_t n) {
+    size_t dl = strlen(dict);
+    size_t hlen = ((10 + dl + 1 + 63) & ~(size_t)63) - 10;
+    unsigned char *buf = calloc(1, 10 + hlen + n);
+    memcpy(buf, "\x93NUMPY\x01\x00", 8);
+    buf[8] = (unsigned char)(hlen & 0xff);
+    buf[9] = (unsigned char)(hlen >> 8);
+    memset(buf + 10, ' ', hlen);
+    memcpy(buf + 10, dict, dl);
+    buf[10 + hlen - 1] = '\n';
+    memcpy(buf + 10 + hlen, payload, n);
+    test_write_file(path, buf, 10 + hlen + n);
+    free(buf);
+}
+
+/* What NumPy writes for np.save(W.T), big-endian arrays and float16: read as
+ * the logical arrays NumPy sees (C order, native bytes, float32 values). */
+START_TEST(test_npy_fortran_big_endian_float16) {
+    const char *p = test_path("f.npy");
+    mx_err err;
+    npy_array a;
+    /* W = [[1,2,3],[4,5,6]] (2x3); W.T (3x2) saved in Fortran order is W's bytes, row-major */
+    float w[6] = {1, 2, 3, 4, 5, 6};
+    npy_write_payload(p, "{'descr': '<f4', 'fortran_order': True, 'shape': (3, 2), }", w, sizeof w);
+    ck_assert_msg(npy_read_f32(p, &a, &err) == 0, "%s", err.msg);
+    float want_t[6] = {1, 4, 2, 5, 3, 6}; /* W.T in C order */
+    ck_assert(a.ndim == 2 && a.shape[0] == 3 && a.shape[1] == 2 && memcmp(a.data, want_t, sizeof want_t) == 0);
+    npy_free(&a);
+    /* big-endian float32, float64 and int64 */
+    uint8_t be4[8] = {0x3f, 0x80, 0, 0, 0xc0, 0x40, 0, 0}; /* 1.0, -3.0 */
+    npy_write_payload(p, "{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", be4, 8);
+    ck_assert_msg(npy_read_f32(p, &a, &err) == 0, "%s", err.msg);
+    ck_assert(((float *)a.data)[0] == 1.0f && ((float *)a.data)[1] == -3.0f);
+    npy_free(&a);
+    uint8_t be8[8] = {0x40, 0x09, 0x21, 0xfb, 0x54, 0x44, 0x2d, 0x18}; /* pi */
+    npy_write_payload(p, "{'descr': '>f8', 'fortran_order': False, 'shape': (1,), }", be8, 8);
+    ck_assert_msg(npy_read_f32(p, &a, &err) == 0, "%s", err.msg);
+    ck_assert(((float *)a.data)[0] == (float)3.14159265358979323846);
+    npy_free(&a);
+    uint8_t bi8[8] = {0, 0, 0, 0, 0, 0, 1, 2}; /* 258 */
+    npy_write_payload(p, "{'descr': '>i8', 'fortran_order': False, 'shape': (1,), }", bi8, 8);
+    ck_assert_msg(npy_read(p, &a, &err) == 0, "%s", err.msg);
+    ck_assert(a.dtype == NPY_DTYPE_I64 && ((int64_t *)a.data)[0] == 258);
+    npy_free(&a);
+    /* float16, both byte orders: 1, the smallest subnormal, -Inf, 65504 */
+    uint16_t h[4] = {0x3c00, 0x0001, 0xfc00, 0x7bff};
+    npy_write_payload(p, "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 2), }", h, sizeof h);
+    ck_assert_msg(npy_read_f32(p, &a, &err) == 0, "%s", err.msg);
+    const float *v = a.data;
+    ck_assert(v[0] == 1.0f && v[1] == ldexpf(1.0f, -24) && isinf(v[2]) && v[2] < 0 && v[3] == 65504.0f);
+    npy_free(&a);
+    uint8_t hb[4] = {0x3c, 0x00, 0xc0, 0x00}; /* 1, -2 */
+    npy_write_payload(p, "{'descr': '>f2', 'fortran_order': True, 'shape': (1, 2), }", hb, 4);
+    ck_assert_msg(npy_read_f32(p, &a, &err) == 0, "%s", err.msg);
+    ck_assert(((float *)a.data)[0] == 1.0f && ((float *)a.data)[1] == -2.0f);
+    npy_free(&a);
+    /* an integer array is still not float data */
+    npy_write_payload(p, "{'descr': '<i8', 'fortran_order': False, 'shape': (1,), }", bi8, 8);
+    ck_assert_int_eq(npy_read_f32(p, &a, &err), -1);
+    ck_assert_msg(strstr(err.msg, "expected float16, float32 or float64"), "%s", err.msg);
 }
 END_TEST
 
@@ -335,7 +397,7 @@ START_TEST(test_npy_float64_converts) {
     npy_array ua = npy_wrap(NPY_DTYPE_U8, 1, s2, u);
     ck_assert_int_eq(npy_write(p, &ua, &err), 0);
     ck_assert_int_ne(npy_read_f32(p, &a, &err), 0);
-    ck_assert_ptr_nonnull(strstr(err.msg, "expected float32"));
+    ck_assert_ptr_nonnull(strstr(err.msg, "expected float16, float32 or float64"));
 }
 END_TEST
 
@@ -480,6 +542,7 @@ int main(void) {
     tcase_add_test(tc, test_npy_malformed_files);
     tcase_add_test(tc, test_npy_truncation_sweep);
     tcase_add_test(tc, test_npy_float64_converts);
+    tcase_add_test(tc, test_npy_fortran_big_endian_float16);
     tcase_add_test(tc, test_fastmath_accuracy);
     tcase_add_test(tc, test_safetensors_reader);
     tcase_set_timeout(tc, 60);
