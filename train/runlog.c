@@ -1,6 +1,7 @@
 /* metrics.csv / metrics.jsonl / stats.csv / stats.h5 (spec/interfaces.md). */
 #include "train/runlog.h"
 
+#include <cJSON.h>
 #include <hdf5.h>
 #include <math.h>
 #include <stdlib.h>
@@ -15,21 +16,34 @@ static void stats_header(FILE *f) {
     fprintf(f, "\n");
 }
 
-static void write_metric_to(FILE *csv, FILE *jsonl, const metric_rec *m) {
+/* A metrics.jsonl record (cJSON: exact numbers, null for a non-finite loss,
+ * which JSON cannot hold). */
+static void write_metric_json(FILE *jsonl, const metric_rec *m) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "step", (double)m->step);
+    cJSON_AddNumberToObject(o, "epoch", (double)m->epoch);
     if (m->is_eval) {
-        fprintf(csv, "%lld,%lld,,,,%.6g,%.6g\n", (long long)m->step, (long long)m->epoch, m->eval_loss, m->eval_acc);
-        fprintf(jsonl, "{\"step\":%lld,\"epoch\":%lld,\"eval_loss\":%.6g,\"eval_acc\":%.6g}\n", (long long)m->step,
-                (long long)m->epoch, m->eval_loss, m->eval_acc);
+        cJSON_AddNumberToObject(o, "eval_loss", m->eval_loss);
+        cJSON_AddNumberToObject(o, "eval_acc", m->eval_acc);
     } else {
+        cJSON_AddNumberToObject(o, "lr", m->lr);
+        if (isfinite(m->loss)) cJSON_AddNumberToObject(o, "loss", m->loss);
+        else cJSON_AddNullToObject(o, "loss");
+        cJSON_AddNumberToObject(o, "img_per_s", round(m->img_per_s * 10.0) / 10.0);
+    }
+    char *line = cJSON_PrintUnformatted(o);
+    fprintf(jsonl, "%s\n", line);
+    cJSON_free(line);
+    cJSON_Delete(o);
+}
+
+static void write_metric_to(FILE *csv, FILE *jsonl, const metric_rec *m) {
+    if (m->is_eval)
+        fprintf(csv, "%lld,%lld,,,,%.6g,%.6g\n", (long long)m->step, (long long)m->epoch, m->eval_loss, m->eval_acc);
+    else
         fprintf(csv, "%lld,%lld,%.6g,%.6g,%.1f,,\n", (long long)m->step, (long long)m->epoch, m->lr, m->loss,
                 m->img_per_s);
-        /* JSON has no NaN: a non-finite loss is written as null */
-        char loss[32];
-        if (isfinite(m->loss)) snprintf(loss, sizeof loss, "%.6g", m->loss);
-        else snprintf(loss, sizeof loss, "null");
-        fprintf(jsonl, "{\"step\":%lld,\"epoch\":%lld,\"lr\":%.6g,\"loss\":%s,\"img_per_s\":%.1f}\n",
-                (long long)m->step, (long long)m->epoch, m->lr, loss, m->img_per_s);
-    }
+    write_metric_json(jsonl, m);
 }
 
 static void write_metric(runlog *r, const metric_rec *m) { write_metric_to(r->csv, r->jsonl, m); }
@@ -43,31 +57,42 @@ static void write_stat(FILE *f, const stat_rec *s) {
     fprintf(f, "\n");
 }
 
-/* One metrics.jsonl line as this file writes it, whole (a line torn by a
- * kill, or anything else, is rejected). */
+/* A JSON number that is an integer in [0, 2^53]. */
+static bool json_count(const cJSON *v, int64_t *out) {
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble <= 9007199254740992.0) ||
+        v->valuedouble != floor(v->valuedouble))
+        return false;
+    *out = (int64_t)v->valuedouble;
+    return true;
+}
+
+static bool json_number(const cJSON *o, const char *key, double *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(v)) return false;
+    *out = v->valuedouble;
+    return true;
+}
+
+/* One metrics.jsonl line, whole (a line torn by a kill has no newline) and
+ * of one of the two record shapes; anything else is rejected. */
 static bool parse_metric(const char *line, metric_rec *m) {
     memset(m, 0, sizeof *m);
     size_t len = strlen(line);
-    if (len < 2 || line[len - 1] != '\n' || line[len - 2] != '}') return false;
-    long long step, epoch;
-    int n = 0;
-    if (sscanf(line, "{\"step\":%lld,\"epoch\":%lld,%n", &step, &epoch, &n) != 2 || !n || step < 0 || epoch < 0)
-        return false;
-    m->step = step, m->epoch = epoch;
-    const char *p = line + n;
-    int used = 0;
-    if (strncmp(p, "\"eval_loss\":", 12) == 0) {
+    if (len < 2 || line[len - 1] != '\n') return false;
+    cJSON *o = cJSON_ParseWithLength(line, len - 1);
+    bool ok = cJSON_IsObject(o) && json_count(cJSON_GetObjectItemCaseSensitive(o, "step"), &m->step) &&
+              json_count(cJSON_GetObjectItemCaseSensitive(o, "epoch"), &m->epoch);
+    if (ok && cJSON_GetObjectItemCaseSensitive(o, "eval_loss")) {
         m->is_eval = true;
-        if (sscanf(p, "\"eval_loss\":%lf,\"eval_acc\":%lf}%n", &m->eval_loss, &m->eval_acc, &used) != 2) return false;
-    } else {
-        char loss[40];
-        if (sscanf(p, "\"lr\":%lf,\"loss\":%39[^,],\"img_per_s\":%lf}%n", &m->lr, loss, &m->img_per_s, &used) != 3)
-            return false;
-        char *end;
-        m->loss = strcmp(loss, "null") == 0 ? NAN : strtod(loss, &end);
-        if (strcmp(loss, "null") != 0 && *end) return false;
+        ok = json_number(o, "eval_loss", &m->eval_loss) && json_number(o, "eval_acc", &m->eval_acc);
+    } else if (ok) {
+        const cJSON *loss = cJSON_GetObjectItemCaseSensitive(o, "loss");
+        ok = json_number(o, "lr", &m->lr) && json_number(o, "img_per_s", &m->img_per_s) &&
+             (cJSON_IsNull(loss) || cJSON_IsNumber(loss));
+        if (ok) m->loss = cJSON_IsNull(loss) ? NAN : loss->valuedouble;
     }
-    return used > 0 && p[used] == '\n';
+    cJSON_Delete(o);
+    return ok;
 }
 
 /* Reads back metrics.jsonl records with step <= keep. */
