@@ -15,6 +15,8 @@
 #include "train/runlog.h"
 #include "train/trainer.h"
 #include "core/safetensors.h"
+
+#include <cJSON.h>
 #include "cuda/cuda.h"
 #include "test_util.h"
 
@@ -763,18 +765,33 @@ START_TEST(test_quickstart_end_to_end) {
     const char *files[] = {"config.ini", "metrics.csv", "metrics.jsonl", "stats.csv", "stats.h5", "report.html",
                            "ckpt/last.h5", "ckpt/best.h5"};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) ck_assert_msg(exists(dir, files[i]), "%s missing", files[i]);
-    /* eval under another format (direct cast) prints a JSON line */
-    snprintf(cmd, sizeof cmd,
-             "%s eval %s/configs/quickstart.ini --checkpoint %s/ckpt/last.h5 --set quant.format=mxfp8_e4m3 "
-             "--set data.limit_eval=300 > %s/eval.json 2>/dev/null",
-             mxtrain_bin(), getenv("MX_SOURCE_DIR"), dir, test_tmpdir());
+    /* eval under another format (direct cast) prints a JSON line, valid JSON whatever the
+       checkpoint's name (here with a quote and a backslash), with every quant.* setting */
+    char weird[700];
+    snprintf(weird, sizeof weird, "%s/we\"ird\\.h5", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "cp %s/ckpt/last.h5 '%s'", dir, weird);
     ck_assert_int_eq(system(cmd), 0);
-    char p[600], line[512] = {0};
+    snprintf(cmd, sizeof cmd,
+             "%s eval %s/configs/quickstart.ini --checkpoint '%s' --set quant.format=mxfp8_e4m3 "
+             "--set data.limit_eval=300 > %s/eval.json 2>/dev/null",
+             mxtrain_bin(), getenv("MX_SOURCE_DIR"), weird, test_tmpdir());
+    ck_assert_int_eq(system(cmd), 0);
+    char p[600], line[4096] = {0};
     snprintf(p, sizeof p, "%s/eval.json", test_tmpdir());
     FILE *f = fopen(p, "r");
     ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
     fclose(f);
-    ck_assert_msg(strstr(line, "\"format\":\"mxfp8_e4m3\"") && strstr(line, "\"eval_acc\":"), "%s", line);
+    cJSON *j = cJSON_Parse(line);
+    ck_assert_msg(cJSON_IsObject(j), "not JSON: %s", line);
+    const cJSON *ck = cJSON_GetObjectItemCaseSensitive(j, "checkpoint"),
+                *fm = cJSON_GetObjectItemCaseSensitive(j, "format"),
+                *acc2 = cJSON_GetObjectItemCaseSensitive(j, "eval_acc");
+    ck_assert_msg(cJSON_IsString(ck) && strcmp(ck->valuestring, weird) == 0, "%s", line);
+    ck_assert_msg(cJSON_IsString(fm) && strcmp(fm->valuestring, "mxfp8_e4m3") == 0 && cJSON_IsNumber(acc2), "%s", line);
+    ck_assert_msg(cJSON_GetObjectItemCaseSensitive(j, "tiling") && cJSON_GetObjectItemCaseSensitive(j, "round") &&
+                      cJSON_GetObjectItemCaseSensitive(j, "keep") && cJSON_GetObjectItemCaseSensitive(j, "elementwise"),
+                  "%s", line);
+    cJSON_Delete(j);
 }
 END_TEST
 

@@ -17,6 +17,8 @@
 #include "train/config.h"
 #include "train/trainer.h"
 
+#include <cJSON.h>
+
 static double peak_rss_mb(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -61,16 +63,31 @@ static int bench_session_steps(const config *c, const float *images, const int32
     /* device memory in use after the steps: the arenas never shrink, so this is
        the run's peak plus the CUDA context and cuBLAS workspace */
     double gpu_mb = s.ctx.gpu ? (double)cu_mem_used() / 1048576.0 : 0.0;
-    printf("{\"model\":\"%s\",\"device\":\"%s\",\"gpu_mem_mb\":%.0f,\"params\":%lld,\"batch\":%d,\"img_size\":%d,\"threads\":%d,\"format\":\"%s\","
-           "\"tiling\":\"%s\",\"steps\":%d,\"median_step_s\":%.4f,\"min_step_s\":%.4f,\"img_per_s\":%.1f,"
-           "\"peak_rss_mb\":%.0f,\"gflop_per_step\":%.2f,\"gflop_per_s\":%.1f,\"quant_passes\":%lld,"
-           "\"quant_bytes\":%lld,\"bytes_held_for_backward\":%lld,\"step_arena_mb\":%.0f,\"scratch_mb\":%.0f,\"grad_pool_mb\":%.0f,"
-           "\"loss\":%.7f}\n",
-           model_arch_name(s.mc.arch), s.ctx.gpu ? "cuda" : "cpu", gpu_mb, (long long)model_num_params(&s.m), batch, side, threads_get(),
-           quant_format_get(c->v.quant.format)->name, s.has_plan ? mm_tiling_name(c->v.quant.tiling) : "-", steps, med, t[0], batch / med, peak_rss_mb(),
-           (double)flops * 1e-9, (double)flops * 1e-9 / med, (long long)passes, (long long)bytes_q, (long long)held,
-           (double)s.ctx.ar.cap / 1048576.0, (double)s.ctx.scratch.cap / 1048576.0,
-           (double)ag_grad_pool_bytes(&s.ctx) / 1048576.0, loss);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "model", model_arch_name(s.mc.arch));
+    cJSON_AddStringToObject(j, "device", s.ctx.gpu ? "cuda" : "cpu");
+    cli_json_number(j, "gpu_mem_mb", gpu_mb, 0);
+    cJSON_AddNumberToObject(j, "params", (double)model_num_params(&s.m));
+    cJSON_AddNumberToObject(j, "batch", batch);
+    cJSON_AddNumberToObject(j, "img_size", side);
+    cJSON_AddNumberToObject(j, "threads", threads_get());
+    cJSON_AddStringToObject(j, "format", quant_format_get(c->v.quant.format)->name);
+    cJSON_AddStringToObject(j, "tiling", s.has_plan ? mm_tiling_name(c->v.quant.tiling) : "-");
+    cJSON_AddNumberToObject(j, "steps", steps);
+    cli_json_number(j, "median_step_s", med, 5);
+    cli_json_number(j, "min_step_s", t[0], 5);
+    cli_json_number(j, "img_per_s", batch / med, 1);
+    cli_json_number(j, "peak_rss_mb", peak_rss_mb(), 0);
+    cli_json_number(j, "gflop_per_step", (double)flops * 1e-9, 2);
+    cli_json_number(j, "gflop_per_s", (double)flops * 1e-9 / med, 1);
+    cJSON_AddNumberToObject(j, "quant_passes", (double)passes);
+    cJSON_AddNumberToObject(j, "quant_bytes", (double)bytes_q);
+    cJSON_AddNumberToObject(j, "bytes_held_for_backward", (double)held);
+    cli_json_number(j, "step_arena_mb", (double)s.ctx.ar.cap / 1048576.0, 0);
+    cli_json_number(j, "scratch_mb", (double)s.ctx.scratch.cap / 1048576.0, 0);
+    cli_json_number(j, "grad_pool_mb", (double)ag_grad_pool_bytes(&s.ctx) / 1048576.0, 0);
+    cli_json_number(j, "loss", loss, 7);
+    cli_print_json(j);
     fflush(stdout);
     free(t);
     if (pinned) cu_host_free(pinned);
@@ -268,10 +285,19 @@ int bench_data(int argc, char **argv) {
         fprintf(stderr, "mxtrain bench data: %s\n", err.msg);
         rc = 1;
     } else {
-        printf("{\"dataset\":\"%s\",\"workers\":%d,\"batch\":%d,\"img_size\":%d,\"channels\":%d,\"augment\":%s,"
-               "\"batches\":%lld,\"images\":%lld,\"seconds\":%.3f,\"img_per_s\":%.0f,\"open_s\":%.2f}\n",
-               data_kind_name(dc.kind), dc.workers, c->v.data.batch_size, loader_out_size(l), ds.c,
-               dc.augment ? "true" : "false", (long long)nb, (long long)imgs, dt, (double)imgs / dt, t_open);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "dataset", data_kind_name(dc.kind));
+        cJSON_AddNumberToObject(j, "workers", dc.workers);
+        cJSON_AddNumberToObject(j, "batch", c->v.data.batch_size);
+        cJSON_AddNumberToObject(j, "img_size", loader_out_size(l));
+        cJSON_AddNumberToObject(j, "channels", ds.c);
+        cJSON_AddBoolToObject(j, "augment", dc.augment);
+        cJSON_AddNumberToObject(j, "batches", (double)nb);
+        cJSON_AddNumberToObject(j, "images", (double)imgs);
+        cli_json_number(j, "seconds", dt, 3);
+        cli_json_number(j, "img_per_s", (double)imgs / dt, 0);
+        cli_json_number(j, "open_s", t_open, 2);
+        cli_print_json(j);
     }
     loader_free(l);
     dataset_free(&ds);
@@ -325,8 +351,13 @@ int bench_gemm(int argc, char **argv) {
     }
     double med = timer_median(t, (int)reps);
     double gf = 2.0 * (double)n * n * n / med * 1e-9;
-    printf("{\"bench\":\"gemm\",\"n\":%lld,\"threads\":%d,\"median_s\":%.4f,\"gflop_per_s\":%.1f}\n", (long long)n,
-           threads_get(), med, gf);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "bench", "gemm");
+    cJSON_AddNumberToObject(j, "n", (double)n);
+    cJSON_AddNumberToObject(j, "threads", threads_get());
+    cli_json_number(j, "median_s", med, 5);
+    cli_json_number(j, "gflop_per_s", gf, 1);
+    cli_print_json(j);
     free(a), free(b), free(c), free(t);
     return 0;
 }

@@ -11,6 +11,8 @@
 #include "cuda/cuda.h"
 #include "train/commands.h"
 
+#include <cJSON.h>
+
 static const char quantize_usage[] =
     "usage: mxtrain quantize --format F [--round even|away|floor|stochastic] [--scale floor|rceil]\n"
     "                        [--block 1xK|RxC] [--axis N] [--seed S] [--scales-out SCALES.npy]\n"
@@ -29,13 +31,9 @@ static const char quantize_usage[] =
     "  --scales-out F    write the uint8 E8M0 scale codes in block order\n"
     "  --device D        cpu (default) or cuda: the GPU quantizer (bit-identical output)\n"
     "\n"
-    "bf16 and fp32 take no block. Errors are one line on stderr and exit status 2.\n"
+    "bf16 and fp32 take no block. Errors are one line on stderr: exit status 1 for a missing or bad\n"
+    "input file, 2 for bad options.\n"
     "\nformats: ";
-
-static void quantize_print_json_number(const char *key, double v, int last) {
-    if (isfinite(v)) printf("\"%s\":%.6g%s", key, v, last ? "" : ",");
-    else printf("\"%s\":null%s", key, last ? "" : ",");
-}
 
 int cmd_quantize(int argc, char **argv) {
     const char *fmt = NULL, *round = "even", *scale = "floor", *block = NULL, *axis_s = "-1", *seed_s = "0",
@@ -139,15 +137,23 @@ int cmd_quantize(int argc, char **argv) {
             goto done;
         }
     }
-    printf("{\"format\":\"%s\",\"round\":\"%s\",\"scale\":\"%s\",", fi->name, quant_round_name(spec.round),
-           quant_scale_name(spec.scale));
-    if (fi->is_mx) printf("\"block\":\"%dx%d\",", spec.block_rows, spec.block_cols);
-    else printf("\"block\":null,");
-    printf("\"elements\":%lld,\"nonzero\":%lld,", (long long)st.elements, (long long)st.nonzero);
-    quantize_print_json_number("underflow_ratio", quant_stats_underflow_ratio(&st), 0);
-    quantize_print_json_number("saturation_ratio", quant_stats_saturation_ratio(&st), 0);
-    quantize_print_json_number("qsnr_db", quant_stats_qsnr_db(&st), 1);
-    printf("}\n");
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "format", fi->name);
+    cJSON_AddStringToObject(j, "round", quant_round_name(spec.round));
+    cJSON_AddStringToObject(j, "scale", quant_scale_name(spec.scale));
+    if (fi->is_mx) {
+        char blk[32];
+        snprintf(blk, sizeof blk, "%dx%d", spec.block_rows, spec.block_cols);
+        cJSON_AddStringToObject(j, "block", blk);
+    } else {
+        cJSON_AddNullToObject(j, "block");
+    }
+    cJSON_AddNumberToObject(j, "elements", (double)st.elements);
+    cJSON_AddNumberToObject(j, "nonzero", (double)st.nonzero);
+    cli_json_number(j, "underflow_ratio", quant_stats_underflow_ratio(&st), 6);
+    cli_json_number(j, "saturation_ratio", quant_stats_saturation_ratio(&st), 6);
+    cli_json_number(j, "qsnr_db", quant_stats_qsnr_db(&st), 3);
+    cli_print_json(j);
     rc = 0;
 done:
     free(out);

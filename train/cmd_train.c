@@ -6,6 +6,8 @@
 #include "train/checkpoint.h"
 #include "train/cli.h"
 #include "train/commands.h"
+
+#include <cJSON.h>
 #include "train/config.h"
 #include "train/trainer.h"
 
@@ -157,9 +159,19 @@ int cmd_eval(int argc, char **argv) {
     session_adopt_loader(&s, l);
     double loss, acc;
     if (ckpt_load_weights(ckpt, &s.m, &err) || session_evaluate(&s, l, &loss, &acc, &err)) goto fail;
-    printf("{\"checkpoint\":\"%s\",\"format\":\"%s\",\"tiling\":\"%s\",\"samples\":%lld,\"eval_loss\":%.6g,"
-           "\"eval_acc\":%.6g}\n",
-           ckpt, quant_format_get(c->v.quant.format)->name, mm_tiling_name(c->v.quant.tiling), (long long)ds.n, loss, acc);
+    /* the checkpoint, every quant.* setting as the config resolved it, the result */
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "checkpoint", ckpt);
+    for (int k = 0; k < config_key_count(); k++) {
+        const char *sec;
+        const key_def *kd = config_key(k, &sec);
+        if (strcmp(sec, "quant") == 0) cJSON_AddStringToObject(o, kd->name, c->text[k]);
+    }
+    cJSON_AddStringToObject(o, "device", c->v.train.device == CLI_DEVICE_CUDA ? "cuda" : "cpu");
+    cJSON_AddNumberToObject(o, "samples", (double)ds.n);
+    cli_json_number(o, "eval_loss", loss, -1);
+    cli_json_number(o, "eval_acc", acc, -1);
+    cli_print_json(o);
     rc = 0;
 fail:
     session_close(&s);
