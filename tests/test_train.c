@@ -250,6 +250,27 @@ START_TEST(test_resume_equals_uninterrupted) {
     ck_assert_int_eq(la.n_s, lb.n_s);
     runlog_close(&la);
     runlog_close(&lb);
+    /* summary.csv: a row per evaluation (2 epochs; the resumed run also evaluated after step 5) */
+    for (int k = 0; k < 2; k++) {
+        char sp[1200], row[512];
+        snprintf(sp, sizeof sp, "%s/summary.csv", k ? db : test_path("run_a2"));
+        FILE *sf = fopen(sp, "r");
+        ck_assert_ptr_nonnull(sf);
+        ck_assert_ptr_nonnull(fgets(row, sizeof row, sf));
+        ck_assert_str_eq(row, "epoch,step,train_loss,eval_loss,eval_top1,eval_top5,lr,img_per_s,wall_s\n");
+        int rows = 0, ep = 0;
+        long long st = 0;
+        double tl, el, t1, t5, lr, ips, wall;
+        while (fgets(row, sizeof row, sf)) {
+            ck_assert_int_eq(sscanf(row, "%d,%lld,%lf,%lf,%lf,%lf,%lf,%lf,%lf", &ep, &st, &tl, &el, &t1, &t5, &lr, &ips, &wall), 9);
+            ck_assert_msg(t5 >= t1 && t1 >= 0 && t5 <= 1 && tl > 0 && wall >= 0, "%s", row);
+            rows++;
+        }
+        fclose(sf);
+        ck_assert_int_eq(rows, k ? 3 : 2);
+        ck_assert_int_eq(ep, 2);
+        ck_assert_int_eq(st, 16);
+    }
     char pa[1200], pb[1200];
     snprintf(pa, sizeof pa, "%s/ckpt/last.h5", test_path("run_a2"));
     snprintf(pb, sizeof pb, "%s/ckpt/last.h5", db);
@@ -763,7 +784,7 @@ START_TEST(test_quickstart_end_to_end) {
     fprintf(stderr, "quickstart trimmed: eval accuracy %.3f\n", acc);
     ck_assert_msg(acc > (sanitized ? 0.4 : 0.7), "accuracy %.3f", acc);
     const char *files[] = {"config.ini", "metrics.csv", "metrics.jsonl", "stats.csv", "stats.h5", "report.html",
-                           "ckpt/last.h5", "ckpt/best.h5"};
+                           "ckpt/last.h5", "ckpt/best.h5", "summary.csv"};
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) ck_assert_msg(exists(dir, files[i]), "%s missing", files[i]);
     /* eval under another format (direct cast) prints a JSON line, valid JSON whatever the
        checkpoint's name (here with a quote and a backslash), with every quant.* setting */

@@ -157,8 +157,8 @@ int cmd_eval(int argc, char **argv) {
     if (trainer_check_data(&ds, loader_out_size(l), &c->v.model, &err)) goto fail_nosession;
     if (session_open(&s, c, &err)) goto fail_nosession;
     session_adopt_loader(&s, l);
-    double loss, acc;
-    if (ckpt_load_weights(ckpt, &s.m, &err) || session_evaluate(&s, l, &loss, &acc, &err)) goto fail;
+    eval_result ev;
+    if (ckpt_load_weights(ckpt, &s.m, &err) || session_evaluate(&s, l, &ev, &err)) goto fail;
     /* the checkpoint, every quant.* setting as the config resolved it, the result */
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "checkpoint", ckpt);
@@ -168,9 +168,10 @@ int cmd_eval(int argc, char **argv) {
         if (strcmp(sec, "quant") == 0) cJSON_AddStringToObject(o, kd->name, c->text[k]);
     }
     cJSON_AddStringToObject(o, "device", c->v.train.device == CLI_DEVICE_CUDA ? "cuda" : "cpu");
-    cJSON_AddNumberToObject(o, "samples", (double)ds.n);
-    cli_json_number(o, "eval_loss", loss, -1);
-    cli_json_number(o, "eval_acc", acc, -1);
+    cJSON_AddNumberToObject(o, "samples", (double)ev.samples);
+    cli_json_number(o, "eval_loss", ev.loss, -1);
+    cli_json_number(o, "eval_acc", ev.top1, -1);
+    cli_json_number(o, "eval_top5", ev.top5, -1);
     cli_print_json(o);
     rc = 0;
 fail:

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static void csv_header(FILE *f) { fprintf(f, "step,epoch,lr,loss,img_per_s,eval_loss,eval_acc\n"); }
+static void csv_header(FILE *f) { fprintf(f, "step,epoch,lr,loss,img_per_s,eval_loss,eval_acc,eval_top5,wall_s\n"); }
 
 static void stats_header(FILE *f) {
     fprintf(f, "step,layer,role,format,elements,nonzero,underflow_ratio,saturation_ratio,qsnr_db");
@@ -25,6 +25,8 @@ static void write_metric_json(FILE *jsonl, const metric_rec *m) {
     if (m->is_eval) {
         cJSON_AddNumberToObject(o, "eval_loss", m->eval_loss);
         cJSON_AddNumberToObject(o, "eval_acc", m->eval_acc);
+        if (isfinite(m->eval_top5)) cJSON_AddNumberToObject(o, "eval_top5", m->eval_top5);
+        if (isfinite(m->wall_s)) cJSON_AddNumberToObject(o, "wall_s", round(m->wall_s * 1000.0) / 1000.0);
     } else {
         cJSON_AddNumberToObject(o, "lr", m->lr);
         if (isfinite(m->loss)) cJSON_AddNumberToObject(o, "loss", m->loss);
@@ -39,9 +41,10 @@ static void write_metric_json(FILE *jsonl, const metric_rec *m) {
 
 static void write_metric_to(FILE *csv, FILE *jsonl, const metric_rec *m) {
     if (m->is_eval)
-        fprintf(csv, "%lld,%lld,,,,%.6g,%.6g\n", (long long)m->step, (long long)m->epoch, m->eval_loss, m->eval_acc);
+        fprintf(csv, "%lld,%lld,,,,%.6g,%.6g,%.6g,%.3f\n", (long long)m->step, (long long)m->epoch, m->eval_loss,
+                m->eval_acc, m->eval_top5, m->wall_s);
     else
-        fprintf(csv, "%lld,%lld,%.6g,%.6g,%.1f,,\n", (long long)m->step, (long long)m->epoch, m->lr, m->loss,
+        fprintf(csv, "%lld,%lld,%.6g,%.6g,%.1f,,,,\n", (long long)m->step, (long long)m->epoch, m->lr, m->loss,
                 m->img_per_s);
     write_metric_json(jsonl, m);
 }
@@ -85,6 +88,8 @@ static bool parse_metric(const char *line, metric_rec *m) {
     if (ok && cJSON_GetObjectItemCaseSensitive(o, "eval_loss")) {
         m->is_eval = true;
         ok = json_number(o, "eval_loss", &m->eval_loss) && json_number(o, "eval_acc", &m->eval_acc);
+        if (!json_number(o, "eval_top5", &m->eval_top5)) m->eval_top5 = NAN; /* older logs lack these */
+        if (!json_number(o, "wall_s", &m->wall_s)) m->wall_s = NAN;
     } else if (ok) {
         const cJSON *loss = cJSON_GetObjectItemCaseSensitive(o, "loss");
         ok = json_number(o, "lr", &m->lr) && json_number(o, "img_per_s", &m->img_per_s) &&
@@ -358,11 +363,13 @@ void runlog_step(runlog *r, int64_t step, int64_t epoch, double lr, double loss,
     runlog_flush(r, &e);
 }
 
-void runlog_eval(runlog *r, int64_t step, int64_t epoch, double eval_loss, double eval_acc) {
+void runlog_eval(runlog *r, int64_t step, int64_t epoch, double eval_loss, double eval_acc, double eval_top5,
+                 double wall_s) {
     MX_GROW(r->m, r->cap_m, r->n_m + 1, 256);
     metric_rec *m = &r->m[r->n_m++];
     memset(m, 0, sizeof *m);
     m->step = step, m->epoch = epoch, m->is_eval = true, m->eval_loss = eval_loss, m->eval_acc = eval_acc;
+    m->eval_top5 = eval_top5, m->wall_s = wall_s;
     write_metric(r, m);
     mx_err e;
     runlog_flush(r, &e);
@@ -457,5 +464,35 @@ int runlog_write_stats_h5(const runlog *r, mx_err *err) {
         unlink(tmp);
         return mx_err_set(err, "%s: writing failed", path);
     }
+    return 0;
+}
+
+double runlog_last_wall(const runlog *r) {
+    for (int64_t i = r->n_m - 1; i >= 0; i--)
+        if (r->m[i].is_eval && isfinite(r->m[i].wall_s)) return r->m[i].wall_s;
+    return 0.0;
+}
+
+int runlog_write_summary(const runlog *r, mx_err *err) {
+    char path[1100], tmp[1110];
+    snprintf(path, sizeof path, "%s/summary.csv", r->dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return mx_err_set(err, "%s: cannot write", tmp);
+    fprintf(f, "epoch,step,train_loss,eval_loss,eval_top1,eval_top5,lr,img_per_s,wall_s\n");
+    int64_t from = 0; /* the step records since the previous evaluation */
+    for (int64_t i = 0; i < r->n_m; i++) {
+        const metric_rec *e = &r->m[i];
+        if (!e->is_eval) continue;
+        double sum = 0, ips = 0, lr = NAN;
+        int64_t n = 0;
+        for (int64_t k = from; k < i; k++)
+            if (!r->m[k].is_eval && isfinite(r->m[k].loss)) sum += r->m[k].loss, ips += r->m[k].img_per_s, lr = r->m[k].lr, n++;
+        from = i + 1;
+        fprintf(f, "%lld,%lld,%.6g,%.6g,%.6g,%.6g,%.6g,%.1f,%.3f\n", (long long)e->epoch + 1, (long long)e->step,
+                n ? sum / (double)n : NAN, e->eval_loss, e->eval_acc, e->eval_top5, lr, n ? ips / (double)n : NAN,
+                e->wall_s);
+    }
+    if (fclose(f) != 0 || rename(tmp, path) != 0) return mx_err_set(err, "%s: write failed (disk full?)", path);
     return 0;
 }

@@ -15,7 +15,8 @@ typedef struct metric_rec {
     int64_t step, epoch;
     bool is_eval;
     double lr, loss, img_per_s;   /* step records */
-    double eval_loss, eval_acc;   /* eval records */
+    double eval_loss, eval_acc;   /* eval records (eval_acc: top-1) */
+    double eval_top5, wall_s;     /* eval records: top-5, and the run's wall seconds so far (NAN in older logs) */
 } metric_rec;
 
 typedef struct stat_rec {
@@ -46,7 +47,14 @@ void runlog_close(runlog *r);
 /* Reads a finished run's records (no files are opened for writing). */
 void runlog_load(runlog *r, const char *dir);
 void runlog_step(runlog *r, int64_t step, int64_t epoch, double lr, double loss, double img_per_s);
-void runlog_eval(runlog *r, int64_t step, int64_t epoch, double eval_loss, double eval_acc);
+void runlog_eval(runlog *r, int64_t step, int64_t epoch, double eval_loss, double eval_acc, double eval_top5,
+                 double wall_s);
+/* summary.csv, one row per evaluation, rewritten (atomically) from the records:
+ * epoch, step, train_loss (mean over the epoch's steps), eval_loss, eval_top1,
+ * eval_top5, lr (the epoch's last), img_per_s (mean), wall_s. */
+int runlog_write_summary(const runlog *r, mx_err *err);
+/* wall_s of the last evaluation record (0 when none): a resumed run's start. */
+double runlog_last_wall(const runlog *r);
 /* Appends the policy's statistics as rows for `step`. */
 void runlog_stats(runlog *r, int64_t step, const mm_plan *p);
 /* Writes stats.h5 (atomically) from the rows in memory. */

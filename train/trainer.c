@@ -125,7 +125,7 @@ void session_adopt_loader(const session *s, loader *l) {
     if (s->ctx.gpu) loader_set_memory(l, &cu_pinned_mem);
 }
 
-int session_evaluate(session *s, loader *l, double *loss, double *acc, mx_err *err) {
+int session_evaluate(session *s, loader *l, eval_result *res, mx_err *err) {
     ag_ctx *ctx = &s->ctx;
     bool collect = s->has_plan && s->plan.collect_stats;
     if (s->has_plan) s->plan.collect_stats = false;
@@ -133,7 +133,7 @@ int session_evaluate(session *s, loader *l, double *loss, double *acc, mx_err *e
     loader_start_epoch(l, 0, 0);
     data_batch b;
     double sum = 0;
-    int64_t correct = 0, seen = 0;
+    int64_t correct = 0, correct5 = 0, seen = 0;
     int r, side = loader_out_size(l);
     int chans = s->mc.in_chans;
     while ((r = loader_next(l, &b, err)) == 1) {
@@ -160,18 +160,22 @@ int session_evaluate(session *s, loader *l, double *loss, double *acc, mx_err *e
         sum += lval * b.count;
         for (int i = 0; i < b.count; i++) {
             const float *row = lg + (int64_t)i * C;
-            int64_t best = 0;
+            int64_t best = 0, above = 0; /* above: classes scoring higher than the label */
             for (int64_t c = 1; c < C; c++)
                 if (row[c] > row[best]) best = c;
+            for (int64_t c = 0; c < C; c++) above += row[c] > row[b.labels[i]];
             correct += best == b.labels[i];
+            correct5 += above < 5;
         }
         seen += b.count;
     }
     ctx->run.training = ctx->run.grad_enabled = true;
     if (s->has_plan) s->plan.collect_stats = collect;
     if (r < 0) return -1;
-    *loss = seen ? sum / (double)seen : NAN;
-    *acc = seen ? (double)correct / (double)seen : NAN;
+    res->loss = seen ? sum / (double)seen : NAN;
+    res->top1 = seen ? (double)correct / (double)seen : NAN;
+    res->top5 = seen ? (double)correct5 / (double)seen : NAN;
+    res->samples = seen;
     return 0;
 }
 
@@ -217,11 +221,11 @@ static void progress_update(progress *p, int64_t step, int64_t total, int64_t ep
         char bar[64];
         for (int i = 0; i < width; i++) bar[i] = i < fill ? '=' : i == fill ? '>' : ' ';
         bar[width] = 0;
-        fprintf(stderr, "\r[%s] %lld/%lld ep %lld | %.0f img/s | loss %.4f | lr %.2e | ETA %s \033[K", bar,
+        fprintf(stderr, "\r[%s] %lld/%lld ep %lld | %.0f img/s | avg loss %.4f | lr %.2e | ETA %s \033[K", bar,
                 (long long)step, (long long)total, (long long)epoch, img_s, loss, lr, eta);
         fflush(stderr);
     } else if (force || step % p->print_every == 0 || step == total) {
-        fprintf(stderr, "step %lld/%lld epoch %lld lr %.3e loss %.4f img/s %.0f eta %s\n", (long long)step,
+        fprintf(stderr, "step %lld/%lld epoch %lld lr %.3e avg_loss %.4f img/s %.0f eta %s\n", (long long)step,
                 (long long)total, (long long)epoch, lr, loss, img_s, eta);
     }
 }
@@ -346,6 +350,7 @@ typedef struct run_state {
     int64_t n_times, cap_times, skipped;
     int64_t step, epoch;
     double t_start, t_prev, last_loss, ema; /* t_prev: end of the previous step (its time includes loading) */
+    double wall0;            /* wall seconds of the run before this process (resumed runs) */
     progress pg;
 } run_state;
 
@@ -470,6 +475,7 @@ static int run_open(run_state *r, mx_err *err) {
     r->step = r->meta.step;
     r->epoch = r->meta.epoch;
     r->t_start = timer_now();
+    r->wall0 = runlog_last_wall(&r->log); /* earlier processes' time, up to their last evaluation */
     r->last_loss = r->ema = NAN;
     r->pg = (progress){isatty(2) && cfg->v.log.progress, cfg->v.log.print_every, 0, timer_now(), r->meta.step};
     g_interrupted = 0;
@@ -589,11 +595,13 @@ static int run_epoch(run_state *r, mx_err *err) {
 static int run_epoch_end(run_state *r, mx_err *err) {
     bool epoch_done = r->step - r->epoch * r->nb >= r->nb;
     progress_end_line(&r->pg);
-    double el, ea;
-    if (session_evaluate(&r->s, r->eval_l, &el, &ea, err)) return -1;
-    runlog_eval(&r->log, r->step, r->epoch, el, ea);
-    fprintf(stderr, "epoch %lld: step %lld, train loss %.4f, eval loss %.4f, eval acc %.2f%%\n",
-            (long long)r->epoch + 1, (long long)r->step, r->ema, el, 100 * ea);
+    eval_result ev;
+    if (session_evaluate(&r->s, r->eval_l, &ev, err)) return -1;
+    double el = ev.loss, ea = ev.top1;
+    runlog_eval(&r->log, r->step, r->epoch, ev.loss, ev.top1, ev.top5, r->wall0 + timer_now() - r->t_start);
+    if (runlog_write_summary(&r->log, err)) return -1;
+    fprintf(stderr, "epoch %lld: step %lld, train loss (moving average) %.4f, eval loss %.4f, top-1 %.2f%%, top-5 %.2f%%\n",
+            (long long)r->epoch + 1, (long long)r->step, r->ema, el, 100 * ea, 100 * ev.top5);
     r->res->final_acc = ea;
     r->res->final_eval_loss = el;
     if (epoch_done) r->epoch++;

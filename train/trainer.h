@@ -36,8 +36,13 @@ double session_forward_backward(session *s, const float *images, const int32_t *
 /* Gives the loader pinned batch buffers when the session runs on the GPU (its
  * batches' copies are then queued without a wait); nothing on the CPU. */
 void session_adopt_loader(const session *s, loader *l);
-/* Mean loss and top-1 accuracy over a loader's epoch (no gradients). */
-int session_evaluate(session *s, loader *l, double *loss, double *acc, mx_err *err);
+/* One pass over an evaluation loader (no gradients). */
+typedef struct eval_result {
+    double loss;       /* mean cross-entropy */
+    double top1, top5; /* fractions of samples whose label is the first / among the five highest logits */
+    int64_t samples;
+} eval_result;
+int session_evaluate(session *s, loader *l, eval_result *res, mx_err *err);
 
 typedef struct train_opts {
     const char *resume_dir; /* continue the run in this directory */
