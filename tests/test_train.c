@@ -419,6 +419,79 @@ static void poke_dataset(const char *path, const char *name, float v) {
     H5Sclose(sp), H5Dclose(d), H5Fclose(f);
 }
 
+/* The optimizer's state is saved per parameter under PyTorch names and
+ * layouts (optim/state/<name>/exp_avg, exp_avg_sq; SGD: momentum_buffer),
+ * so a PyTorch user can rebuild it; the flat layout of older checkpoints
+ * still loads. */
+START_TEST(test_optimizer_state_pytorch_names) {
+    for (int kind = 0; kind < 2; kind++) {
+        config *c = small_config(test_path("ost"), kind ? "optim.name=sgd optim.momentum=0.9" : NULL);
+        session s;
+        mx_err err = {0};
+        ck_assert_msg(session_open(&s, c, &err) == 0, "%s", err.msg);
+        optim_config oc = config_optim(c);
+        optimizer o;
+        optim_init(&o, &oc, &s.m.params);
+        for (size_t i = 0; i < o.n; i++) o.m[i] = 0.001f * (float)(i % 97), o.v[i] = kind ? 0.0f : 0.002f * (float)(i % 89);
+        param_store *ps = &s.m.params;
+        for (int i = 0; i < ps->count; i++) /* padding between entries is never saved: keep it zero */
+            if (ps->entries[i].kind != PARAM_KIND_BUFFER) {
+                const param_entry *e = &ps->entries[i];
+                size_t end = e->offset + (size_t)e->numel, next = e->offset + (((size_t)e->numel + 15) & ~(size_t)15);
+                for (size_t k = end; k < next && k < o.n; k++) o.m[k] = o.v[k] = 0.0f;
+            }
+        ckpt_meta meta = {3, 0, 0, -1}, got;
+        const char *path = test_path("ost.h5");
+        ck_assert_msg(ckpt_save(path, &s.m, &o, &meta, "text", &err) == 0, "%s", err.msg);
+        /* conv1.weight's first moment, OIHW as PyTorch holds it */
+        int ci = param_find(ps, "conv1.weight");
+        const param_entry *e = &ps->entries[ci];
+        float *want = malloc(sizeof(float) * (size_t)e->numel), *have = malloc(sizeof(float) * (size_t)e->numel);
+        param_to_torch(e, o.m + e->offset, want);
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        hid_t d = H5Dopen2(f, kind ? "optim/state/conv1.weight/momentum_buffer" : "optim/state/conv1.weight/exp_avg",
+                           H5P_DEFAULT);
+        ck_assert_int_ge(d, 0);
+        hid_t sp = H5Dget_space(d);
+        hsize_t dims[4];
+        ck_assert_int_eq(H5Sget_simple_extent_dims(sp, dims, NULL), 4);
+        ck_assert(dims[0] == 8 && dims[1] == 3 && dims[2] == 3 && dims[3] == 3);
+        H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, have);
+        ck_assert(memcmp(have, want, sizeof(float) * (size_t)e->numel) == 0);
+        H5Sclose(sp), H5Dclose(d), H5Fclose(f);
+        free(want), free(have);
+        /* round trip */
+        float *m0 = malloc(sizeof(float) * o.n), *v0 = malloc(sizeof(float) * o.n);
+        memcpy(m0, o.m, sizeof(float) * o.n), memcpy(v0, o.v, sizeof(float) * o.n);
+        memset(o.m, 0, sizeof(float) * o.n), memset(o.v, 0, sizeof(float) * o.n);
+        ck_assert_msg(ckpt_load(path, &s.m, &o, &got, &err) == 0, "%s", err.msg);
+        ck_assert(memcmp(o.m, m0, sizeof(float) * o.n) == 0 && memcmp(o.v, v0, sizeof(float) * o.n) == 0);
+        if (!kind) { /* the flat layout: optim/exp_avg, optim/exp_avg_sq over the whole buffer */
+            f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+            hid_t go = H5Gopen2(f, "optim", H5P_DEFAULT);
+            H5Ldelete(go, "state", H5P_DEFAULT);
+            hsize_t n = o.n;
+            const float *src[2] = {m0, v0};
+            const char *names[2] = {"exp_avg", "exp_avg_sq"};
+            for (int k = 0; k < 2; k++) {
+                hid_t fs = H5Screate_simple(1, &n, NULL);
+                hid_t fd = H5Dcreate2(go, names[k], H5T_IEEE_F32LE, fs, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                H5Dwrite(fd, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, src[k]);
+                H5Dclose(fd), H5Sclose(fs);
+            }
+            H5Gclose(go), H5Fclose(f);
+            memset(o.m, 0, sizeof(float) * o.n), memset(o.v, 0, sizeof(float) * o.n);
+            ck_assert_msg(ckpt_load(path, &s.m, &o, &got, &err) == 0, "%s", err.msg);
+            ck_assert(memcmp(o.m, m0, sizeof(float) * o.n) == 0 && memcmp(o.v, v0, sizeof(float) * o.n) == 0);
+        }
+        free(m0), free(v0);
+        optim_free(&o);
+        session_close(&s);
+        free(c);
+    }
+}
+END_TEST
+
 /* A checkpoint is validated on load: attributes in range and of their type,
  * no non-finite weight, buffer or optimizer moment. */
 START_TEST(test_checkpoint_validated_on_load) {
@@ -445,7 +518,10 @@ START_TEST(test_checkpoint_validated_on_load) {
         case 4: set_attr(path, "optim", "optim_step", H5T_STD_I64LE, &huge), want = "attributes out of range"; break;
         case 5: poke_dataset(path, "model/fc.weight", NAN), want = "'fc.weight' holds 1 non-finite"; break;
         case 6: poke_dataset(path, "model/bn1.running_var", INFINITY), want = "'bn1.running_var' holds 1 non-finite"; break;
-        default: poke_dataset(path, "optim/exp_avg_sq", NAN), want = "'exp_avg_sq' holds 1 non-finite"; break;
+        default:
+            poke_dataset(path, "optim/state/fc.weight/exp_avg_sq", NAN);
+            want = "'exp_avg_sq' holds 1 non-finite values (NaN or Inf) of 160 (optim/state/fc.weight/exp_avg_sq)";
+            break;
         }
         ck_assert_int_eq(ckpt_load(path, &s.m, &o, &got, &err), -1);
         ck_assert_msg(strstr(err.msg, want) && strstr(err.msg, "ckv.h5"), "case %d: '%s' lacks '%s'", t, err.msg,
@@ -975,6 +1051,7 @@ int main(void) {
     tcase_add_test(tc, test_compare_cli);
     tcase_add_test(tc, test_device_cuda_without_gpu);
     tcase_add_test(tc, test_safetensors_weights);
+    tcase_add_test(tc, test_optimizer_state_pytorch_names);
     tcase_add_test(tc, test_bench_step_cli);
     tcase_add_test(tc, test_quickstart_end_to_end);
     suite_add_tcase(s, tc);

@@ -102,6 +102,14 @@ int ckpt_find_nonfinite(const model *m, const optimizer *o, char *what, size_t n
     return 0;
 }
 
+/* The optimizer's per-parameter state as PyTorch names it: AdamW's two
+ * moments, SGD's momentum buffer. */
+static int ckpt_state_count(const optimizer *o) { return o->cfg.kind == OPTIM_KIND_ADAMW ? 2 : 1; }
+static const char *ckpt_state_name(const optimizer *o, int k) {
+    return o->cfg.kind == OPTIM_KIND_ADAMW ? (k ? "exp_avg_sq" : "exp_avg") : "momentum_buffer";
+}
+static float *ckpt_state(const optimizer *o, int k) { return k ? o->v : o->m; }
+
 int ckpt_write_tmp(const char *path, model *m, optimizer *o, const ckpt_meta *meta, const char *config_text,
                    mx_err *err) {
     param_store_download(&m->params, false);
@@ -136,13 +144,29 @@ int ckpt_write_tmp(const char *path, model *m, optimizer *o, const ckpt_meta *me
         param_to_torch(e, src, buf);
         if (write_dataset(gm, e->name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, rank, shape, buf)) goto fail;
     }
-    if (o) {
+    if (o) { /* optim/state/<PyTorch name>/{exp_avg, exp_avg_sq | momentum_buffer}, PyTorch layouts */
         go = H5Gcreate2(f, "optim", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        int64_t n = (int64_t)o->n;
-        if (go < 0 || write_dataset(go, "exp_avg", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &n, o->m) ||
-            write_dataset(go, "exp_avg_sq", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &n, o->v) ||
-            attr_write_i64(go, "optim_step", o->step) || attr_write_i64(go, "optim_kind", o->cfg.kind))
+        if (go < 0 || attr_write_i64(go, "optim_step", o->step) || attr_write_i64(go, "optim_kind", o->cfg.kind))
             goto fail;
+        hid_t gs = H5Gcreate2(go, "state", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (gs < 0) goto fail;
+        bool ok = true;
+        for (int i = 0; i < ps->count && ok; i++) {
+            const param_entry *e = &ps->entries[i];
+            if (e->kind == PARAM_KIND_BUFFER) continue;
+            int64_t shape[8];
+            int rank = param_torch_shape(e, shape);
+            hid_t ge = H5Gcreate2(gs, e->name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+            ok = ge >= 0;
+            for (int k = 0; k < ckpt_state_count(o) && ok; k++) {
+                buf = ckpt_grow(buf, &cap, (size_t)e->numel);
+                param_to_torch(e, ckpt_state(o, k) + e->offset, buf);
+                ok = write_dataset(ge, ckpt_state_name(o, k), H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, rank, shape, buf) == 0;
+            }
+            if (ge >= 0) H5Gclose(ge);
+        }
+        H5Gclose(gs);
+        if (!ok) goto fail;
     }
     if (attr_write_i64(f, "step", meta->step) || attr_write_i64(f, "epoch", meta->epoch) ||
         attr_write_i64(f, "seed", (int64_t)meta->seed) || attr_write(f, "best_acc", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->best_acc))
@@ -455,9 +479,43 @@ int ckpt_load(const char *path, model *m, optimizer *o, ckpt_meta *meta, mx_err 
                    optim_kind_name(o->cfg.kind));
         goto done;
     }
-    if (read_checked(go, "exp_avg", path, 1, &n, false, o->m, err) ||
-        read_checked(go, "exp_avg_sq", path, 1, &n, false, o->v, err))
+    if (H5Lexists(go, "state", H5P_DEFAULT) > 0) { /* per parameter, PyTorch names and layouts */
+        hid_t gs = H5Gopen2(go, "state", H5P_DEFAULT);
+        const param_store *ps = &m->params;
+        float *buf = NULL;
+        size_t cap = 0;
+        int bad = 0;
+        for (int i = 0; i < ps->count && !bad; i++) {
+            const param_entry *e = &ps->entries[i];
+            if (e->kind == PARAM_KIND_BUFFER) continue;
+            if (H5Lexists(gs, e->name, H5P_DEFAULT) <= 0) {
+                bad = mx_err_set(err, "%s: no optimizer state for '%s'", path, e->name);
+                break;
+            }
+            hid_t ge = H5Gopen2(gs, e->name, H5P_DEFAULT);
+            int64_t shape[8];
+            int rank = param_torch_shape(e, shape);
+            for (int k = 0; k < ckpt_state_count(o) && !bad; k++) {
+                buf = ckpt_grow(buf, &cap, (size_t)e->numel);
+                char what[200];
+                snprintf(what, sizeof what, "optim/state/%s/%s", e->name, ckpt_state_name(o, k));
+                bad = read_checked(ge, ckpt_state_name(o, k), path, rank, shape, false, buf, err);
+                if (bad) {
+                    mx_err why = *err;
+                    mx_err_set(err, "%s (%s)", why.msg, what);
+                } else {
+                    param_from_torch(e, buf, ckpt_state(o, k) + e->offset);
+                }
+            }
+            H5Gclose(ge);
+        }
+        free(buf);
+        H5Gclose(gs);
+        if (bad) goto done;
+    } else if (read_checked(go, "exp_avg", path, 1, &n, false, o->m, err) || /* flat (checkpoints before 2026-12-02) */
+               read_checked(go, "exp_avg_sq", path, 1, &n, false, o->v, err)) {
         goto done;
+    }
     o->step = ostep;
     int64_t seed;
     if (attr_read_i64(f, "step", &meta->step) || attr_read_i64(f, "epoch", &meta->epoch) ||

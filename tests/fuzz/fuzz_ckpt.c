@@ -118,9 +118,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 hid_t go = H5Gopen2(f, "optim", H5P_DEFAULT);
                 if (go >= 0) {
                     set_attr(go, b & 1 ? "optim_step" : "optim_kind", types[t % 4], (double)(int8_t)a);
-                    if (b & 2) {
-                        H5Ldelete(go, "exp_avg", H5P_DEFAULT);
-                        write_f32(go, "exp_avg", 1, dims, H5T_IEEE_F32LE, data + k, size - k);
+                    if (b & 2) { /* a parameter's state replaced: shape, type and values from the input */
+                        char st[200];
+                        snprintf(st, sizeof st, "state/%s", ps->entries[t % ps->count].name);
+                        hid_t ge = H5Lexists(go, st, H5P_DEFAULT) > 0 ? H5Gopen2(go, st, H5P_DEFAULT) : -1;
+                        if (ge >= 0) {
+                            const char *nm = b & 4 ? "exp_avg_sq" : "exp_avg";
+                            H5Ldelete(ge, nm, H5P_DEFAULT);
+                            write_f32(ge, nm, 1 + a % 2, dims, H5T_IEEE_F32LE, data + k, size - k);
+                            H5Gclose(ge);
+                        }
+                    } else if (b & 4) { /* no per-parameter state: the reader looks for the flat layout */
+                        H5Ldelete(go, "state", H5P_DEFAULT);
                     }
                     H5Gclose(go);
                 }
