@@ -14,6 +14,7 @@
 #include "train/config.h"
 #include "train/runlog.h"
 #include "train/trainer.h"
+#include "core/npy.h"
 #include "core/safetensors.h"
 
 #include <cJSON.h>
@@ -888,7 +889,28 @@ START_TEST(test_quickstart_end_to_end) {
     ck_assert_msg(cJSON_GetObjectItemCaseSensitive(j, "tiling") && cJSON_GetObjectItemCaseSensitive(j, "round") &&
                       cJSON_GetObjectItemCaseSensitive(j, "keep") && cJSON_GetObjectItemCaseSensitive(j, "elementwise"),
                   "%s", line);
+    double acc_first = acc2->valuedouble;
     cJSON_Delete(j);
+    /* --init-from is --checkpoint's other name; --save-logits writes [samples, classes] */
+    snprintf(cmd, sizeof cmd,
+             "%s eval %s/configs/quickstart.ini --init-from '%s' --save-logits %s/logits.npy --set quant.format=mxfp8_e4m3 "
+             "--set data.limit_eval=300 > %s/eval2.json 2>/dev/null",
+             mxtrain_bin(), getenv("MX_SOURCE_DIR"), weird, test_tmpdir(), test_tmpdir());
+    ck_assert_int_eq(system(cmd), 0);
+    snprintf(p, sizeof p, "%s/eval2.json", test_tmpdir());
+    f = fopen(p, "r");
+    ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
+    fclose(f);
+    j = cJSON_Parse(line);
+    ck_assert_msg(cJSON_IsObject(j) && cJSON_GetObjectItemCaseSensitive(j, "eval_acc")->valuedouble == acc_first, "%s", line);
+    cJSON_Delete(j);
+    npy_array lg;
+    mx_err lerr;
+    snprintf(p, sizeof p, "%s/logits.npy", test_tmpdir());
+    ck_assert_msg(npy_read(p, &lg, &lerr) == 0, "%s", lerr.msg);
+    ck_assert(lg.ndim == 2 && lg.shape[0] == 300 && lg.shape[1] == 10 && lg.dtype == NPY_DTYPE_F32);
+    for (int64_t k = 0; k < lg.numel; k++) ck_assert(isfinite(((float *)lg.data)[k]));
+    npy_free(&lg);
 }
 END_TEST
 

@@ -5,6 +5,7 @@
 
 #include "train/checkpoint.h"
 #include "train/cli.h"
+#include "core/npy.h"
 #include "train/commands.h"
 
 #include <cJSON.h>
@@ -119,22 +120,34 @@ int cmd_train(int argc, char **argv) {
 
 /* ---------------- eval ---------------- */
 
+typedef struct eval_args {
+    const char *ckpt, *logits;
+} eval_args;
+
 static int eval_extra(int argc, char **argv, int *i, void *user) {
-    return cli_take_value(argc, argv, i, "--checkpoint", (const char **)user);
+    eval_args *a = user;
+    int r = cli_take_value(argc, argv, i, "--checkpoint", &a->ckpt);
+    if (r) return r;
+    r = cli_take_value(argc, argv, i, "--init-from", &a->ckpt); /* the same: weights, PyTorch names */
+    if (r) return r;
+    return cli_take_value(argc, argv, i, "--save-logits", &a->logits);
 }
 
 int cmd_eval(int argc, char **argv) {
     for (int i = 0; i < argc; i++)
         if (cli_is_help(argv[i])) {
-            printf("usage: mxtrain eval CONFIG --checkpoint FILE.h5 [--set section.key=value ...]\n"
-                   "\nEvaluates the weights in FILE.h5 (an mxtrain checkpoint, or PyTorch weights saved with h5py\n"
-                   "under state_dict names) on the config's evaluation split, under the config's quantization:\n"
-                   "direct-cast inference, e.g. --set quant.format=mxfp8_e4m3. Prints one JSON line.\n");
+            printf("usage: mxtrain eval CONFIG --checkpoint FILE [--save-logits LOGITS.npy] [--set section.key=value ...]\n"
+                   "\nEvaluates the weights in FILE (an mxtrain checkpoint, PyTorch weights saved with h5py under\n"
+                   "state_dict names, or a .safetensors file; --init-from FILE is the same) on the config's\n"
+                   "evaluation split, under the config's quantization: direct-cast inference, e.g.\n"
+                   "--set quant.format=mxfp8_e4m3. Prints one JSON line; --save-logits writes the logits\n"
+                   "[samples, classes] in the split's order as float32 .npy.\n");
             return 0;
         }
     config *c = mx_malloc(sizeof *c);
-    const char *ckpt = NULL;
-    int rc = cmd_parse_config("eval", argc, argv, c, eval_extra, &ckpt);
+    eval_args ea = {NULL, NULL};
+    int rc = cmd_parse_config("eval", argc, argv, c, eval_extra, &ea);
+    const char *ckpt = ea.ckpt;
     if (rc) {
         free(c);
         return rc;
@@ -157,8 +170,14 @@ int cmd_eval(int argc, char **argv) {
     if (trainer_check_data(&ds, loader_out_size(l), &c->v.model, &err)) goto fail_nosession;
     if (session_open(&s, c, &err)) goto fail_nosession;
     session_adopt_loader(&s, l);
-    eval_result ev;
+    eval_result ev = {0};
+    int64_t classes = c->v.model.num_classes;
+    if (ea.logits) ev.logits = mx_malloc(sizeof(float) * (size_t)(ds.n * classes));
     if (ckpt_load_weights(ckpt, &s.m, &err) || session_evaluate(&s, l, &ev, &err)) goto fail;
+    if (ea.logits) {
+        npy_array la = npy_wrap(NPY_DTYPE_F32, 2, (int64_t[]){ev.samples, classes}, ev.logits);
+        if (npy_write(ea.logits, &la, &err)) goto fail;
+    }
     /* the checkpoint, every quant.* setting as the config resolved it, the result */
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "checkpoint", ckpt);
@@ -175,6 +194,7 @@ int cmd_eval(int argc, char **argv) {
     cli_print_json(o);
     rc = 0;
 fail:
+    free(ev.logits);
     session_close(&s);
 fail_nosession:
     if (rc) fprintf(stderr, "mxtrain eval: %s\n", err.msg);

@@ -158,6 +158,7 @@ int session_evaluate(session *s, loader *l, eval_result *res, mx_err *err) {
         }
         ag_mem_download(ctx, &lval, lv->value.data, sizeof lval);
         sum += lval * b.count;
+        if (res->logits) memcpy(res->logits + seen * C, lg, sizeof(float) * (size_t)(b.count * C));
         for (int i = 0; i < b.count; i++) {
             const float *row = lg + (int64_t)i * C;
             int64_t best = 0, above = 0; /* above: classes scoring higher than the label */
@@ -595,7 +596,7 @@ static int run_epoch(run_state *r, mx_err *err) {
 static int run_epoch_end(run_state *r, mx_err *err) {
     bool epoch_done = r->step - r->epoch * r->nb >= r->nb;
     progress_end_line(&r->pg);
-    eval_result ev;
+    eval_result ev = {0};
     if (session_evaluate(&r->s, r->eval_l, &ev, err)) return -1;
     double el = ev.loss, ea = ev.top1;
     runlog_eval(&r->log, r->step, r->epoch, ev.loss, ev.top1, ev.top5, r->wall0 + timer_now() - r->t_start);
