@@ -172,37 +172,23 @@ typedef struct attn_saved {
     mm_saved *mm_qk, *mm_pv;
 } attn_saved;
 
-/* The [B, H, T, hd] <-> [B, T, H, hd] copies around the two products. */
-static void attn_heads_to_tokens(const ag_ctx *ctx, int64_t B, int64_t T, int64_t H, int64_t hd, const float *o,
-                                 float *y) {
-    if (ctx->gpu) { /* y [B, T, H, hd] reads o [B, H, T, hd] */
-        int64_t oshape[4] = {B, T, H, hd}, istride[4] = {H * T * hd, hd, T * hd, 1};
-        cu_op_strided(oshape, istride, o, y, false);
+/* The copies around the two products: tokens [B, T, H, hd] to heads
+ * [B, H, T, hd] (to_heads), or back. Output [B, a, b, hd] reads src with
+ * strides {T H hd, hd, a hd, 1} either way. */
+static void attn_relayout(const ag_ctx *ctx, int64_t B, int64_t T, int64_t H, int64_t hd, const float *src, float *dst,
+                          bool to_heads) {
+    int64_t a = to_heads ? H : T, b = to_heads ? T : H;
+    int64_t oshape[4] = {B, a, b, hd}, istride[4] = {T * H * hd, hd, a * hd, 1};
+    if (ctx->gpu) {
+        cu_op_strided(oshape, istride, src, dst, false);
         return;
     }
-    size_t per = (size_t)(B * H * T * hd);
-    int64_t D = H * hd;
-#pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
+#pragma omp parallel for collapse(2) schedule(static) if (B * T * H * hd >= AG_PAR_MIN)
     for (int64_t bi = 0; bi < B; bi++)
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t h = 0; h < H; h++)
-                memcpy(y + (bi * T + t) * D + h * hd, o + ((bi * H + h) * T + t) * hd, sizeof(float) * (size_t)hd);
-}
-
-static void attn_tokens_to_heads(const ag_ctx *ctx, int64_t B, int64_t T, int64_t H, int64_t hd, const float *y,
-                                 float *o) {
-    if (ctx->gpu) { /* o [B, H, T, hd] reads y [B, T, H, hd] */
-        int64_t oshape[4] = {B, H, T, hd}, istride[4] = {T * H * hd, hd, H * hd, 1};
-        cu_op_strided(oshape, istride, y, o, false);
-        return;
-    }
-    size_t per = (size_t)(B * H * T * hd);
-    int64_t D = H * hd;
-#pragma omp parallel for collapse(2) schedule(static) if (per >= AG_PAR_MIN)
-    for (int64_t bi = 0; bi < B; bi++)
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t h = 0; h < H; h++)
-                memcpy(o + ((bi * H + h) * T + t) * hd, y + (bi * T + t) * D + h * hd, sizeof(float) * (size_t)hd);
+        for (int64_t x = 0; x < a; x++)
+            for (int64_t y = 0; y < b; y++)
+                memcpy(dst + ((bi * a + x) * b + y) * hd, src + bi * istride[0] + x * hd + y * a * hd,
+                       sizeof(float) * (size_t)hd);
 }
 
 ag_var *ag_attention(ag_ctx *ctx, const mm_site *site_qk, const mm_site *site_pv, ag_var *qkv, int heads) {
@@ -256,7 +242,7 @@ ag_var *ag_attention(ag_ctx *ctx, const mm_site *site_qk, const mm_site *site_pv
     mm_forward(ctx, site_pv, &pv, p, v, o, sv_pv);
     int64_t shape[3] = {B, T, D};
     ag_var *y = ag_new(ctx, 3, shape);
-    attn_heads_to_tokens(ctx, B, T, H, hd, o, y->value.data);
+    attn_relayout(ctx, B, T, H, hd, o, y->value.data, false);
     ag_node *n = ag_record(ctx, AG_OP_ATTENTION, y, ins, 1);
     if (n) *(attn_saved *)ag_save(ctx, n, sizeof(attn_saved)) = (attn_saved){site_qk, site_pv, B, T, H, hd, q, k, v, p,
                                                                           sv_qk, sv_pv};
@@ -270,7 +256,7 @@ void ag_attention_backward(ag_ctx *ctx, ag_node *n) {
     float *dqkv = ag_grad(ctx, n->in[0]); /* before the mark: it outlives this call */
     arena_mark mark = arena_get_mark(&ctx->ar);
     float *d_o = arena_alloc(&ctx->ar, sizeof(float) * per);
-    attn_tokens_to_heads(ctx, B, T, H, hd, n->out->grad, d_o);
+    attn_relayout(ctx, B, T, H, hd, n->out->grad, d_o, true);
     float *dp = arena_calloc(&ctx->ar, sizeof(float) * (size_t)(B * H * T * T));
     float *dq = arena_calloc(&ctx->ar, sizeof(float) * per), *dk = arena_calloc(&ctx->ar, sizeof(float) * per),
           *dv = arena_calloc(&ctx->ar, sizeof(float) * per);

@@ -59,20 +59,6 @@ void cu_host_free(void *p);
 extern const arena_mem cu_pinned_mem;
 void cu_to_device_async(void *d_dst, const void *src, size_t bytes);
 
-/* A step arena on the device: one cudaMalloc block, bump allocation (256-byte
- * aligned), reset per step. A step that outgrows it takes extra blocks; the
- * next reset replaces everything by one block of the peak, so steady state
- * allocates nothing. */
-typedef struct cu_arena {
-    char *base;
-    size_t cap, used, peak, extra_bytes;
-    void **extra;
-    int n_extra, cap_extra;
-} cu_arena;
-void cu_arena_init(cu_arena *a, size_t bytes);
-void *cu_arena_alloc(cu_arena *a, size_t bytes);
-void cu_arena_reset(cu_arena *a);
-void cu_arena_free(cu_arena *a);
 
 /* The quantizer on device arrays, with quant.h's contract (shape, spec,
  * scales in block order, stats overwritten when not NULL). */
@@ -122,15 +108,6 @@ typedef struct cu_gemm_desc {
 /* Loads cuBLASLt; -1 with a message when it cannot be found. */
 int cu_gemm_open(mx_err *err);
 void cu_gemm(const cu_gemm_desc *d, const void *d_a, const void *d_b, float *d_c);
-/* A quantized product, as the CPU's product path forms it: A and B (stored
- * as d describes, batches contiguous) quantized with specs sa and sb (fp32:
- * as they are), then multiplied: on the tensor cores from bf16 copies of the
- * quantized values (exact) when both operands are quantized and bf16-exact,
- * otherwise in FP32 on the float values (an fp32 operand, or blocks scaled
- * near 2^-127 that bf16 cannot hold). d->type is ignored; scratch holds the
- * copies (the caller resets it). */
-void cu_mm_product(const cu_gemm_desc *d, const quant_spec *sa, const float *d_a, const quant_spec *sb,
-                   const float *d_b, float *d_c, cu_arena *scratch);
 /* `mxtrain bench gemm --device cuda`: bf16 and fp32 n x n x n, JSON lines. */
 int cu_gemm_bench(int64_t n, int reps);
 

@@ -26,10 +26,6 @@ size_t cu_mem_used(void) { cu_none(__func__); }
 void *cu_host_alloc(size_t bytes) { cu_none(__func__); }
 void cu_host_free(void *p) { cu_none(__func__); }
 void cu_to_device_async(void *d_dst, const void *src, size_t bytes) { cu_none(__func__); }
-void cu_arena_init(cu_arena *a, size_t bytes) { cu_none(__func__); }
-void *cu_arena_alloc(cu_arena *a, size_t bytes) { cu_none(__func__); }
-void cu_arena_reset(cu_arena *a) { cu_none(__func__); }
-void cu_arena_free(cu_arena *a) { cu_none(__func__); }
 void cu_quant_fake(const quant_spec *s, const float *d_x, float *d_y, int ndim, const int64_t *shape, uint8_t *d_scales, quant_stats *stats) { cu_none(__func__); }
 void cu_quant_pack(const quant_spec *s, const float *d_x, uint8_t *d_codes, int ndim, const int64_t *shape, uint8_t *d_scales, quant_stats *stats) { cu_none(__func__); }
 void cu_quant_pack_fake(const quant_spec *s, const float *d_x, uint8_t *d_codes, float *d_y, int ndim, const int64_t *shape, uint8_t *d_scales, quant_stats *stats) { cu_none(__func__); }
@@ -40,7 +36,6 @@ int64_t cu_quant_inexact_take(void) { cu_none(__func__); }
 int cu_quant_bench(const quant_format *formats, int nformats, int64_t n, int reps) { cu_none(__func__); }
 int cu_gemm_open(mx_err *err) { cu_none(__func__); }
 void cu_gemm(const cu_gemm_desc *d, const void *d_a, const void *d_b, float *d_c) { cu_none(__func__); }
-void cu_mm_product(const cu_gemm_desc *d, const quant_spec *sa, const float *d_a, const quant_spec *sb, const float *d_b, float *d_c, cu_arena *scratch) { cu_none(__func__); }
 int cu_gemm_bench(int64_t n, int reps) { cu_none(__func__); }
 void cu_op_unary(cu_unary kind, int64_t n, const float *d_x, float *d_y) { cu_none(__func__); }
 void cu_op_unary_backward(cu_unary kind, int64_t n, const float *d_xy, const float *d_dy, float *d_dx) { cu_none(__func__); }

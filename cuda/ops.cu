@@ -871,6 +871,7 @@ extern "C" double cu_sum_squares(int64_t n, const float *d_x) {
 }
 
 extern "C" int64_t cu_count_nonfinite(int k, const int64_t *n, const float *const *d_x) {
+    MX_ASSERT(k >= 1 && k <= 8);
     static double *slots;
     static int cap;
     if (k > cap) {
@@ -881,7 +882,6 @@ extern "C" int64_t cu_count_nonfinite(int k, const int64_t *n, const float *cons
     for (int i = 0; i < k; i++) reduce_into<2>(n[i], d_x[i], slots + i);
     CU_CHECK_LAUNCH();
     double h[8];
-    MX_ASSERT(k <= 8);
     cu_to_host(h, slots, sizeof(double) * (size_t)k);
     int64_t total = 0;
     for (int i = 0; i < k; i++) total += (int64_t)h[i];

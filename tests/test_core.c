@@ -228,18 +228,27 @@ START_TEST(test_npy_roundtrip_all_dtypes_and_ranks) {
 END_TEST
 
 /* Writes a v1.0 file with the given header dict and payload size. */
-static void npy_write_raw(const char *path, const char *dict, size_t payload) {
-    size_t n = strlen(dict);
-    size_t hlen = ((10 + n + 1 + 63) & ~(size_t)63) - 10;
-    unsigned char *buf = calloc(1, 10 + hlen + payload);
+/* A raw .npy file with a given header and payload. */
+static void npy_write_payload(const char *path, const char *dict, const void *payload, size_t n) {
+    size_t dl = strlen(dict);
+    size_t hlen = ((10 + dl + 1 + 63) & ~(size_t)63) - 10;
+    unsigned char *buf = calloc(1, 10 + hlen + n);
     memcpy(buf, "\x93NUMPY\x01\x00", 8);
     buf[8] = (unsigned char)(hlen & 0xff);
     buf[9] = (unsigned char)(hlen >> 8);
     memset(buf + 10, ' ', hlen);
-    memcpy(buf + 10, dict, n);
+    memcpy(buf + 10, dict, dl);
     buf[10 + hlen - 1] = '\n';
-    test_write_file(path, buf, 10 + hlen + payload);
+    memcpy(buf + 10 + hlen, payload, n);
+    test_write_file(path, buf, 10 + hlen + n);
     free(buf);
+}
+
+/* A raw .npy file with a given header and a zero payload of `payload` bytes. */
+static void npy_write_raw(const char *path, const char *dict, size_t payload) {
+    void *zeros = calloc(1, payload ? payload : 1);
+    npy_write_payload(path, dict, zeros, payload);
+    free(zeros);
 }
 
 static void expect_npy_error(const char *path, const char *needle) {
@@ -285,22 +294,6 @@ START_TEST(test_npy_malformed_files) {
     expect_npy_error(p, "no 'fortran_order'");
 }
 END_TEST
-
-/* A raw .npy file with a given header and payload. */
-static void npy_write_payload(const char *path, const char *dict, const void *payload, size_t n) {
-    size_t dl = strlen(dict);
-    size_t hlen = ((10 + dl + 1 + 63) & ~(size_t)63) - 10;
-    unsigned char *buf = calloc(1, 10 + hlen + n);
-    memcpy(buf, "\x93NUMPY\x01\x00", 8);
-    buf[8] = (unsigned char)(hlen & 0xff);
-    buf[9] = (unsigned char)(hlen >> 8);
-    memset(buf + 10, ' ', hlen);
-    memcpy(buf + 10, dict, dl);
-    buf[10 + hlen - 1] = '\n';
-    memcpy(buf + 10 + hlen, payload, n);
-    test_write_file(path, buf, 10 + hlen + n);
-    free(buf);
-}
 
 /* What NumPy writes for np.save(W.T), big-endian arrays and float16: read as
  * the logical arrays NumPy sees (C order, native bytes, float32 values). */
