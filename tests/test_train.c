@@ -1019,6 +1019,28 @@ START_TEST(test_device_cuda_without_gpu) {
 }
 END_TEST
 
+/* summary.csv's lines (header first), newlines removed. */
+static int read_summary(const char *dir, char rows[][512], int cap) {
+    char p[1200];
+    snprintf(p, sizeof p, "%s/summary.csv", dir);
+    FILE *f = fopen(p, "r");
+    ck_assert_ptr_nonnull(f);
+    int n = 0;
+    while (n < cap && fgets(rows[n], 512, f)) rows[n][strcspn(rows[n], "\n")] = 0, n++;
+    fclose(f);
+    return n;
+}
+
+/* Where field k (0-based) of a CSV line starts. */
+static const char *csv_field(const char *line, int k) {
+    for (int i = 0; i < k; i++) {
+        line = strchr(line, ',');
+        ck_assert_ptr_nonnull(line);
+        line++;
+    }
+    return line;
+}
+
 START_TEST(test_compare_cli) {
     const char *dir = test_path("cmp");
     const char *cfg = write_cfg("cmp.ini", "[model]\narch = resnet\nblocks = 1,1,1,1\nwidths = 8,8,16,16\nimg_size = 12\n"
@@ -1028,26 +1050,37 @@ START_TEST(test_compare_cli) {
     snprintf(cmd, sizeof cmd, "%s compare %s --formats bf16,mxsf --tilings 1d,2d --out %s > /dev/null 2>&1",
              mxtrain_bin(), cfg, dir);
     ck_assert_int_eq(system(cmd), 0);
-    char p[1200], line[512];
-    snprintf(p, sizeof p, "%s/summary.csv", dir);
-    FILE *f = fopen(p, "r");
-    ck_assert_ptr_nonnull(f);
-    int rows = 0;
+    char rows[8][512];
+    int nrows = read_summary(dir, rows, 8);
+    ck_assert_int_eq(nrows, 5);
+    ck_assert_msg(strstr(rows[0], ",step_s,passes_per_step,wall_s"), "header: %s", rows[0]);
     long passes_1d = -1, passes_2d = -1;
-    while (fgets(line, sizeof line, f)) {
-        rows++;
-        const char *last = strrchr(line, ',');
-        if (strncmp(line, "mxsf,1d,", 8) == 0) passes_1d = strtol(last + 1, NULL, 10);
-        if (strncmp(line, "mxsf,2d,", 8) == 0) passes_2d = strtol(last + 1, NULL, 10);
+    for (int k = 1; k < nrows; k++) {
+        if (strncmp(rows[k], "mxsf,1d,", 8) == 0) passes_1d = strtol(csv_field(rows[k], 7), NULL, 10);
+        if (strncmp(rows[k], "mxsf,2d,", 8) == 0) passes_2d = strtol(csv_field(rows[k], 7), NULL, 10);
     }
-    fclose(f);
-    ck_assert_int_eq(rows, 5);
     /* 3 passes per product with 2d, 6 with 1d, except that 1d skips the two
        operands of the first conv's dX product (the images need no gradient) */
     ck_assert_int_gt(passes_2d, 0);
     ck_assert_int_eq(passes_2d % 3, 0);
     ck_assert_int_eq(passes_1d, 2 * passes_2d - 2);
     ck_assert(exists(dir, "summary.md") && exists(dir, "report.html") && exists(dir, "mxsf_1d/metrics.jsonl"));
+    /* --resume reports finished variants from their records (same results, nothing retrained) and
+       trains the one whose directory is gone */
+    snprintf(cmd, sizeof cmd, "rm -r %s/bf16_2d", dir);
+    ck_assert_int_eq(system(cmd), 0);
+    static char log[1 << 16];
+    snprintf(cmd, sizeof cmd, "compare %s --formats bf16,mxsf --tilings 1d,2d --out %s --resume", cfg, dir);
+    ck_assert_int_eq(test_run_mxtrain(cmd, log, sizeof log), 0);
+    char again[8][512];
+    ck_assert_int_eq(read_summary(dir, again, 8), 5);
+    for (int k = 1; k < nrows; k++) { /* format..mean_grad_underflow equal */
+        size_t n = (size_t)(csv_field(rows[k], 6) - rows[k]);
+        ck_assert_msg(strncmp(rows[k], again[k], n) == 0, "%s vs %s", rows[k], again[k]);
+    }
+    int complete = 0;
+    for (const char *q = log; (q = strstr(q, "already complete")); q++) complete++;
+    ck_assert_msg(complete == 3 && !strstr(log, "bf16_2d at step"), "%s", log); /* bf16_2d trained afresh */
     /* bad variants are refused before anything trains */
     snprintf(cmd, sizeof cmd, "%s compare %s --formats bf16,nope --out %s/x > /dev/null 2>&1", mxtrain_bin(), cfg, dir);
     ck_assert_int_eq(WEXITSTATUS(system(cmd)), 2);

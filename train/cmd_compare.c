@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "train/cli.h"
 #include "train/commands.h"
@@ -14,10 +15,15 @@
 
 typedef struct compare_args {
     const char *formats, *tilings, *out;
+    bool resume;
 } compare_args;
 
 static int compare_extra(int argc, char **argv, int *i, void *user) {
     compare_args *a = user;
+    if (!strcmp(argv[*i], "--resume")) {
+        a->resume = true;
+        return 1;
+    }
     int r = cli_take_value(argc, argv, i, "--formats", &a->formats);
     if (r) return r;
     r = cli_take_value(argc, argv, i, "--tilings", &a->tilings);
@@ -34,6 +40,11 @@ static int split_list(const char *s, char items[][64], int cap) {
     return n;
 }
 
+static void num(char *b, size_t n, const char *fmt, double v) {
+    if (isfinite(v)) snprintf(b, n, fmt, v);
+    else snprintf(b, n, "-");
+}
+
 static void pct(char *b, size_t n, double v) {
     if (isfinite(v) && v >= 0) snprintf(b, n, "%.2f", 100 * v);
     else snprintf(b, n, "-");
@@ -42,10 +53,12 @@ static void pct(char *b, size_t n, double v) {
 int cmd_compare(int argc, char **argv) {
     for (int i = 0; i < argc; i++)
         if (cli_is_help(argv[i])) {
-            printf("usage: mxtrain compare CONFIG --formats F1,F2,... [--tilings 1d,2d] [--out DIR]\n"
+            printf("usage: mxtrain compare CONFIG --formats F1,F2,... [--tilings 1d,2d] [--out DIR] [--resume]\n"
                    "                      [--set section.key=value ...]\n"
                    "\nTrains CONFIG once per format x tiling (run directories DIR/<format>_<tiling>), then writes\n"
-                   "DIR/summary.md, DIR/summary.csv and DIR/report.html (default DIR: log.dir).\n");
+                   "DIR/summary.md, DIR/summary.csv and DIR/report.html (default DIR: log.dir).\n"
+                   "--resume: a variant with a checkpoint continues from it (a finished one is only\n"
+                   "reported), the others start; so an interrupted comparison goes on where it stopped.\n");
             return 0;
         }
     config *base = mx_malloc(sizeof *base), *c = mx_malloc(sizeof *c);
@@ -120,12 +133,15 @@ int cmd_compare(int argc, char **argv) {
             }
             fprintf(stderr, "== variant %d/%d: %s -> %s\n", v + 1, nv, names[v], dirs[v]);
             train_opts o = {0};
+            char last[1300];
+            snprintf(last, sizeof last, "%s/ckpt/last.h5", dirs[v]);
+            if (a.resume && access(last, R_OK) == 0) o.resume_dir = dirs[v];
             int r = trainer_run(c, &o, &res[v], &err);
             if (r < 0) {
                 /* a variant that diverges is a result, not a failure of the comparison */
                 fprintf(stderr, "mxtrain compare: %s: %s\n", names[v], err.msg);
                 res[v].final_acc = res[v].best_acc = res[v].final_loss = NAN;
-                res[v].mean_grad_underflow = NAN;
+                res[v].mean_grad_underflow = res[v].median_step_s = res[v].wall_s = NAN;
             } else if (r == TRAIN_EXIT_INTERRUPTED) {
                 rc = r;
             }
@@ -143,25 +159,28 @@ int cmd_compare(int argc, char **argv) {
         fprintf(stderr, "mxtrain compare: %s: cannot write the summary\n", out);
         rc = 1;
     } else {
-        fprintf(fc, "format,tiling,final_acc,best_acc,final_loss,mean_grad_underflow,step_s,passes_per_step\n");
+        fprintf(fc, "format,tiling,final_acc,best_acc,final_loss,mean_grad_underflow,step_s,passes_per_step,wall_s\n");
         fprintf(fm, "| format | tiling | final acc %% | best acc %% | final loss | mean grad underflow | step s | "
-                    "passes/step |\n|---|---|---|---|---|---|---|---|\n");
+                    "passes/step | wall s |\n|---|---|---|---|---|---|---|---|---|\n");
         fprintf(fh, "<table><tr><th>format</th><th>tiling</th><th>final acc %%</th><th>best acc %%</th><th>final "
-                    "loss</th><th>mean grad underflow</th><th>step s</th><th>passes/step</th></tr>\n");
+                    "loss</th><th>mean grad underflow</th><th>step s</th><th>passes/step</th><th>wall s</th></tr>\n");
         for (int i = 0; i < nf; i++)
             for (int j = 0; j < nt; j++) {
                 train_result *r = &res[i * nt + j];
-                char fa[16], ba[16];
+                char fa[16], ba[16], st[16], wall[16];
                 pct(fa, sizeof fa, r->final_acc);
                 pct(ba, sizeof ba, r->best_acc);
-                fprintf(fc, "%s,%s,%.6g,%.6g,%.6g,%.6g,%.4f,%lld\n", formats[i], tilings[j], r->final_acc, r->best_acc,
-                        r->final_loss, r->mean_grad_underflow, r->median_step_s, (long long)r->passes_per_step);
-                fprintf(fm, "| %s | %s | %s | %s | %.4f | %.3g | %.3f | %lld |\n", formats[i], tilings[j], fa, ba,
-                        r->final_loss, r->mean_grad_underflow, r->median_step_s, (long long)r->passes_per_step);
-                fprintf(fh, "<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%.4f</td><td>%.3g</td><td>%.3f</td>"
-                            "<td>%lld</td></tr>\n",
-                        formats[i], tilings[j], fa, ba, r->final_loss, r->mean_grad_underflow, r->median_step_s,
-                        (long long)r->passes_per_step);
+                num(st, sizeof st, "%.3f", r->median_step_s);
+                num(wall, sizeof wall, "%.0f", r->wall_s);
+                fprintf(fc, "%s,%s,%.6g,%.6g,%.6g,%.6g,%.4f,%lld,%.1f\n", formats[i], tilings[j], r->final_acc,
+                        r->best_acc, r->final_loss, r->mean_grad_underflow, r->median_step_s,
+                        (long long)r->passes_per_step, r->wall_s);
+                fprintf(fm, "| %s | %s | %s | %s | %.4f | %.3g | %s | %lld | %s |\n", formats[i], tilings[j], fa, ba,
+                        r->final_loss, r->mean_grad_underflow, st, (long long)r->passes_per_step, wall);
+                fprintf(fh, "<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%.4f</td><td>%.3g</td><td>%s</td>"
+                            "<td>%lld</td><td>%s</td></tr>\n",
+                        formats[i], tilings[j], fa, ba, r->final_loss, r->mean_grad_underflow, st,
+                        (long long)r->passes_per_step, wall);
             }
         fprintf(fh, "</table>\n");
     }

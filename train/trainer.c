@@ -407,6 +407,26 @@ static int run_open_dir(run_state *r, mx_err *err) {
     return write_text(cpath, r->config_text, err);
 }
 
+/* What the run's records say (a run found complete on resume has nothing else). */
+static void result_from_log(run_state *r) {
+    train_result *res = r->res;
+    res->steps = r->meta.step;
+    res->best_acc = r->meta.best_acc;
+    res->mean_grad_underflow = runlog_mean_grad_underflow(&r->log);
+    res->wall_s = runlog_last_wall(&r->log);
+    for (int64_t i = r->log.n_m - 1; i >= 0; i--)
+        if (r->log.m[i].is_eval) {
+            res->final_acc = r->log.m[i].eval_acc;
+            res->final_eval_loss = r->log.m[i].eval_loss;
+            break;
+        }
+    for (int64_t i = r->log.n_m - 1; i >= 0; i--)
+        if (!r->log.m[i].is_eval) {
+            res->final_loss = r->log.m[i].loss;
+            break;
+        }
+}
+
 /* Data, model, optimizer, resumed state and logs; returns 0, or 1 when the
  * run is already complete, or -1. */
 static int run_open(run_state *r, mx_err *err) {
@@ -469,8 +489,7 @@ static int run_open(run_state *r, mx_err *err) {
     if (r->meta.step >= r->total && log_has_eval(&r->log, r->meta.step)) {
         fprintf(stderr, "%s: already complete at step %lld of %lld (raise train.epochs or train.max_steps to go on)\n",
                 r->dir, (long long)r->meta.step, (long long)r->total);
-        r->res->steps = r->meta.step;
-        r->res->best_acc = r->meta.best_acc;
+        result_from_log(r);
         return 1;
     }
     r->step = r->meta.step;
@@ -624,11 +643,11 @@ static int run_finish(run_state *r, mx_err *err) {
     if (r->log.n_s > 0 && runlog_write_stats_h5(&r->log, err)) return -1;
     write_report(r);
     train_result *res = r->res;
-    res->steps = r->step;
+    r->meta.step = r->step;
+    result_from_log(r);
     res->seconds = timer_now() - r->t_start;
+    res->wall_s = r->wall0 + res->seconds;
     res->final_loss = r->last_loss;
-    res->best_acc = r->meta.best_acc;
-    res->mean_grad_underflow = runlog_mean_grad_underflow(&r->log);
     if (r->n_times) res->median_step_s = timer_median(r->step_times, (int)r->n_times);
     if (!res->interrupted)
         fprintf(stderr, "done: %lld steps in %.0f s, eval acc %.2f%% (best %.2f%%), eval loss %.4f%s; %s\n",
@@ -655,7 +674,7 @@ static void run_close(run_state *r) {
 
 int trainer_run(config *cfg, const train_opts *opts, train_result *res, mx_err *err) {
     memset(res, 0, sizeof *res);
-    res->mean_grad_underflow = NAN;
+    res->mean_grad_underflow = res->median_step_s = res->wall_s = NAN;
     run_state *r = mx_calloc(1, sizeof *r);
     r->cfg = cfg;
     r->opts = opts;

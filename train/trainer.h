@@ -54,9 +54,10 @@ typedef struct train_result {
     int64_t steps;
     double final_acc, best_acc, final_loss, final_eval_loss;
     double mean_grad_underflow;  /* NAN without statistics */
-    double median_step_s;
+    double median_step_s;        /* NAN when no step ran in this process */
     int64_t passes_per_step, bytes_quantized_per_step, bytes_held;
-    double seconds;
+    double seconds;              /* this process's */
+    double wall_s;               /* the whole run's, earlier processes included (resumes) */
     bool interrupted;
 } train_result;
 
