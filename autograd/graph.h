@@ -105,6 +105,8 @@ typedef struct ag_run {
                                  (train.gpu_gemm = fp32): the CPU's arithmetic up to the order
                                  of sums. Default: bf16-held pairs on the tensor cores, whose
                                  FP32 accumulation rounds unlike IEEE adds (docs/gpu.md) */
+    bool gpu_conv_gather;     /* GPU: FP32 convolutions gather + cuBLAS, as quantized ones do,
+                                 instead of cuDNN (train.gpu_conv = gather; tests compare both) */
     bool gpu_unchecked_bf16;  /* GPU: quantized operands reach the tensor cores as bf16 without a
                                  sync each to check that bf16 holds them; the caller asks
                                  cu_quant_inexact_take() after the step and, if some value was

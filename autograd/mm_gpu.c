@@ -3,11 +3,12 @@
  * with cuBLASLt (cuda/gemm.cu): bf16 tensor cores with FP32 accumulation
  * when both operands are held as bf16 (every MX value and bf16 value is
  * exact there), else FP32 GEMMs on float values (fp32 operands, or blocks
- * scaled so low that bf16 cannot hold them). Convolutions gather im2col
- * rows explicitly (cu_conv_gather) by chunks, as the CPU does, and multiply
- * them with cuBLAS: the gathered operand is exactly the CPU's column matrix
- * (for dW in 1d, quantized down M), which a cuDNN convolution would not let
- * us quantize. */
+ * scaled so low that bf16 cannot hold them). Convolutions of two float32
+ * operands run in cuDNN (cu_conv_f32: FP32 implicit GEMM, no gather); the
+ * others gather im2col rows explicitly (cu_conv_gather) by chunks, as the
+ * CPU does, and multiply them with cuBLAS: the gathered operand is exactly
+ * the CPU's column matrix (for dW in 1d, quantized down M), which cuDNN would
+ * not let us quantize, and cuDNN's bf16 convolutions write bf16 outputs. */
 #include "autograd/mm_impl.h"
 #include "autograd/ops_util.h"
 #include "core/error.h"
@@ -75,6 +76,15 @@ static int64_t gpu_chunk_rows(const ag_ctx *ctx, int64_t K, int elem, int64_t M,
 
 static const char *gpu_at(const void *p, int64_t elems, int elem) { return (const char *)p + elems * elem; }
 
+/* A float32 pair's convolution through cuDNN; false: gather instead. */
+static bool gpu_cudnn(const ag_ctx *ctx, const mm_shape *sh, const gpu_pair *p, cu_conv_dir dir, const float *x,
+                      const float *w, const float *dy, float *out) {
+    if (p->type != CU_GEMM_F32 || ctx->run.gpu_conv_gather) return false;
+    const mm_im2col *g = &sh->g;
+    cu_conv_shape cs = {(int)g->n, (int)g->h, (int)g->w, (int)g->c, sh->n, (int)g->kh, (int)g->kw, g->stride, g->pad};
+    return cu_conv_f32(dir, &cs, x, w, dy, out);
+}
+
 /* ---------------- forward ---------------- */
 
 void mm_gpu_y(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *a, const quant_tensor *b, float *y) {
@@ -83,7 +93,7 @@ void mm_gpu_y(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *a, const quan
     if (!sh->im2col) {
         gpu_gemm(sh->m, sh->n, sh->k, false, sh->b_trans, &p, p.a, p.b, y, 0.0f, sh->batch, sh->stride_a,
                  sh->stride_b, sh->stride_y);
-    } else {
+    } else if (!gpu_cudnn(ctx, sh, &p, CU_CONV_FWD, p.a, p.b, NULL, y)) {
         int64_t M = sh->m, K = sh->k, O = sh->n;
         int64_t rows = gpu_chunk_rows(ctx, K, p.elem, M, 1);
         void *cols = arena_alloc(&ctx->scratch, (size_t)(rows * K * p.elem));
@@ -134,7 +144,9 @@ static void gpu_conv_dx(ag_ctx *ctx, const mm_shape *sh, const gpu_pair *p, floa
 void mm_gpu_da(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *dy, const quant_tensor *b, float *da) {
     arena_mark mark = arena_get_mark(&ctx->scratch);
     gpu_pair p = gpu_pair_of(ctx, dy, b);
-    if (sh->im2col) gpu_conv_dx(ctx, sh, &p, da);
+    if (sh->im2col) {
+        if (!gpu_cudnn(ctx, sh, &p, CU_CONV_DX, NULL, p.b, p.a, da)) gpu_conv_dx(ctx, sh, &p, da);
+    }
     else /* dA[M,K] += dY[M,N] . B'^T */
         gpu_gemm(sh->m, sh->k, sh->n, false, !sh->b_trans, &p, p.a, p.b, da, 1.0f, sh->batch, sh->stride_y,
                  sh->stride_b, sh->stride_a);
@@ -160,6 +172,14 @@ void mm_gpu_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const quant_tensor *
         gpu_db1(sh, &p, sh->m, p.a, p.b, db, sh->batch);
         arena_release(&ctx->scratch, mark);
         return;
+    }
+    if (!q->active) { /* dW's A is x as quantized (or not) for the forward: a float32 pair goes to cuDNN */
+        gpu_pair p = gpu_pair_of(ctx, a, dy);
+        if (gpu_cudnn(ctx, sh, &p, CU_CONV_DW, p.a, NULL, p.b, db)) {
+            arena_release(&ctx->scratch, mark);
+            return;
+        }
+        arena_release(&ctx->scratch, mark);
     }
     /* dW += dY^T . cols by chunks of gathered rows (1d: each chunk quantized down M through q) */
     int64_t M = sh->m, K = sh->k;

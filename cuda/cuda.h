@@ -111,6 +111,20 @@ void cu_gemm(const cu_gemm_desc *d, const void *d_a, const void *d_b, float *d_c
 /* `mxtrain bench gemm --device cuda`: bf16 and fp32 n x n x n, JSON lines. */
 int cu_gemm_bench(int64_t n, int reps);
 
+/* FP32 convolutions through cuDNN (cuda/conv.cu): x NHWC [n,h,w,c], W OHWI
+ * [o,kh,kw,c], y / dy NHWC [n,oh,ow,o]; FWD writes y, DX adds to dx, DW adds
+ * to dW. FP32 multiply-adds only (no TF32, Winograd or FFT), deterministic
+ * algorithms. False when cuDNN cannot be loaded or offers no such algorithm
+ * for the shape: the caller then gathers and multiplies with cuBLAS. */
+typedef enum cu_conv_dir { CU_CONV_FWD, CU_CONV_DX, CU_CONV_DW } cu_conv_dir;
+typedef struct cu_conv_shape {
+    int n, h, w, c, o, kh, kw, stride, pad;
+} cu_conv_shape;
+bool cu_conv_f32(cu_conv_dir dir, const cu_conv_shape *s, const float *d_x, const float *d_w, const float *d_dy,
+                 float *d_out);
+/* "cuDNN 9.x.y", or "none: why" (mxtrain version, tests) */
+const char *cu_conv_library(void);
+
 /* The ops' kernels (cuda/ops.cu), on device arrays, with the CPU ops'
  * per-element arithmetic (autograd/ops_kernel.h). Backward calls accumulate
  * into dx (and db) like the CPU's. */

@@ -47,6 +47,7 @@ void cu_describe(FILE *f) {
         fprintf(f, "gpu %d: %s, %.1f GiB, %d SMs, compute capability %d.%d\n", i, p.name,
                 (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), p.multiProcessorCount, p.major, p.minor);
     }
+    fprintf(f, "fp32 convolutions: %s\n", cu_conv_library());
 }
 
 void *cu_malloc(size_t bytes) {

@@ -37,6 +37,8 @@ int cu_quant_bench(const quant_format *formats, int nformats, int64_t n, int rep
 int cu_gemm_open(mx_err *err) { cu_none(__func__); }
 void cu_gemm(const cu_gemm_desc *d, const void *d_a, const void *d_b, float *d_c) { cu_none(__func__); }
 int cu_gemm_bench(int64_t n, int reps) { cu_none(__func__); }
+bool cu_conv_f32(cu_conv_dir dir, const cu_conv_shape *s, const float *d_x, const float *d_w, const float *d_dy, float *d_out) { cu_none(__func__); }
+const char *cu_conv_library(void) { return "none: this mxtrain was built without CUDA"; }
 void cu_op_unary(cu_unary kind, int64_t n, const float *d_x, float *d_y) { cu_none(__func__); }
 void cu_op_unary_backward(cu_unary kind, int64_t n, const float *d_xy, const float *d_dy, float *d_dx) { cu_none(__func__); }
 void cu_op_add(int64_t na, int64_t nb, const float *d_a, const float *d_b, float *d_y) { cu_none(__func__); }

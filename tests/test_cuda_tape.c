@@ -158,6 +158,8 @@ static float *host_download(ag_ctx *ctx, const float *p, int64_t n) {
 
 /* Runs p forward and backward (from a random output gradient) on the CPU or
  * the GPU; pol: the product sites' quantization (NULL: fp32). */
+static bool g_conv_gather; /* the GPU's FP32 convolutions gather instead of calling cuDNN */
+
 static void run_prog(const prog *p, bool gpu, const mm_policy *pol, prog_out *out) {
     memset(out, 0, sizeof *out);
     ag_ctx ctx;
@@ -168,6 +170,7 @@ static void run_prog(const prog *p, bool gpu, const mm_policy *pol, prog_out *ou
     ctx.run.seed = 7;
     ctx.run.step = 3;
     ctx.run.conv_chunk_bytes = 4096; /* many chunks: their seams are where the two paths could part */
+    ctx.run.gpu_conv_gather = g_conv_gather;
     mm_sites sites = {0};
     mm_site site[2];
     mm_site_declare(&sites, &site[0], "p.a", MM_B_WEIGHT);
@@ -245,9 +248,19 @@ static void compare_prog(const prog *p, const mm_policy *pol, const char *what, 
     prog_out_free(&g);
 }
 
-/* Every op, fp32: relative 1e-5 (the bound). */
+static bool is_conv(const prog *p) {
+    return p->fn == p_conv_s1 || p->fn == p_conv_s2b || p->fn == p_conv_1x1s2 || p->fn == p_conv_1x1 ||
+           p->fn == p_conv_7x7;
+}
+
+/* Every op, fp32: relative 1e-5 (the bound); convolutions both through cuDNN and gathered. */
 START_TEST(test_every_op_matches_cpu) {
+    fprintf(stderr, "  fp32 convolutions: %s\n", cu_conv_library());
     for (int i = 0; i < N_PROGS; i++) compare_prog(&progs[i], NULL, "fp32", 1e-5);
+    g_conv_gather = true;
+    for (int i = 0; i < N_PROGS; i++)
+        if (is_conv(&progs[i])) compare_prog(&progs[i], NULL, "fp32, gathered", 1e-5);
+    g_conv_gather = false;
 }
 END_TEST
 
