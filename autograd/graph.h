@@ -99,14 +99,16 @@ typedef struct ag_run {
     uint64_t seed;          /* randomness: dropout masks use stream (step, call) */
     uint64_t step;
     struct mm_plan *mm;     /* every product site's quantization, resolved (NULL: fp32) */
-    int64_t conv_chunk_bytes; /* im2col bytes per conv chunk; 0: 1.25 MB per thread (tests
-                                 set a tiny value to cover many chunks) */
+    int64_t conv_chunk_bytes; /* im2col bytes per conv chunk; 0: 1.25 MB per thread on the CPU,
+                                 128 MB on the GPU (train.gpu_chunk_mb); tests set a tiny value
+                                 to cover many chunks */
     bool gpu_fp32_gemm;       /* GPU: every product as an FP32 GEMM on the quantized values
                                  (train.gpu_gemm = fp32): the CPU's arithmetic up to the order
                                  of sums. Default: bf16-held pairs on the tensor cores, whose
                                  FP32 accumulation rounds unlike IEEE adds (docs/gpu.md) */
-    bool gpu_conv_gather;     /* GPU: FP32 convolutions gather + cuBLAS, as quantized ones do,
-                                 instead of cuDNN (train.gpu_conv = gather; tests compare both) */
+    bool gpu_conv_cudnn;      /* GPU: convolutions of two float32 operands through cuDNN instead
+                                 of gather + cuBLAS (train.gpu_conv = cudnn: less memory, slower
+                                 on the H200 in NHWC; docs/performance.md) */
     bool gpu_unchecked_bf16;  /* GPU: quantized operands reach the tensor cores as bf16 without a
                                  sync each to check that bf16 holds them; the caller asks
                                  cu_quant_inexact_take() after the step and, if some value was

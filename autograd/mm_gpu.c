@@ -3,12 +3,12 @@
  * with cuBLASLt (cuda/gemm.cu): bf16 tensor cores with FP32 accumulation
  * when both operands are held as bf16 (every MX value and bf16 value is
  * exact there), else FP32 GEMMs on float values (fp32 operands, or blocks
- * scaled so low that bf16 cannot hold them). Convolutions of two float32
- * operands run in cuDNN (cu_conv_f32: FP32 implicit GEMM, no gather); the
- * others gather im2col rows explicitly (cu_conv_gather) by chunks, as the
- * CPU does, and multiply them with cuBLAS: the gathered operand is exactly
- * the CPU's column matrix (for dW in 1d, quantized down M), which cuDNN would
- * not let us quantize, and cuDNN's bf16 convolutions write bf16 outputs. */
+ * scaled so low that bf16 cannot hold them). Convolutions gather im2col
+ * rows explicitly (cu_conv_gather) by chunks, as the CPU does, and multiply
+ * them with cuBLAS: the gathered operand is exactly the CPU's column matrix
+ * (for dW in 1d, quantized down M), which cuDNN would not let us quantize,
+ * and cuDNN's bf16 convolutions write bf16 outputs. Two float32 operands may
+ * go to cuDNN instead (train.gpu_conv = cudnn; cu_conv_f32). */
 #include "autograd/mm_impl.h"
 #include "autograd/ops_util.h"
 #include "core/error.h"
@@ -64,11 +64,12 @@ static void gpu_gemm(int64_t m, int64_t n, int64_t k, bool ta, bool tb, const gp
     cu_gemm(&d, a, b, c);
 }
 
-/* Rows per chunk of a gathered matrix with K columns of elem bytes: 512 MB of
- * columns (the whole matrix for most layers; run.conv_chunk_bytes when a test
- * asks for many chunks), starting at multiples of align. */
+/* Rows per chunk of a gathered matrix with K columns of elem bytes:
+ * run.conv_chunk_bytes of columns (train.gpu_chunk_mb; 128 MB when unset:
+ * a few chunks for the large layers, whose GEMMs stay large), starting at
+ * multiples of align. */
 static int64_t gpu_chunk_rows(const ag_ctx *ctx, int64_t K, int elem, int64_t M, int align) {
-    int64_t bytes = ctx->run.conv_chunk_bytes ? ctx->run.conv_chunk_bytes : (int64_t)512 << 20;
+    int64_t bytes = ctx->run.conv_chunk_bytes ? ctx->run.conv_chunk_bytes : (int64_t)128 << 20;
     int64_t r = bytes / (elem * K) / align * align;
     r = r < align ? align : r;
     return r < M ? r : M;
@@ -79,7 +80,7 @@ static const char *gpu_at(const void *p, int64_t elems, int elem) { return (cons
 /* A float32 pair's convolution through cuDNN; false: gather instead. */
 static bool gpu_cudnn(const ag_ctx *ctx, const mm_shape *sh, const gpu_pair *p, cu_conv_dir dir, const float *x,
                       const float *w, const float *dy, float *out) {
-    if (p->type != CU_GEMM_F32 || ctx->run.gpu_conv_gather) return false;
+    if (p->type != CU_GEMM_F32 || !ctx->run.gpu_conv_cudnn) return false;
     const mm_im2col *g = &sh->g;
     cu_conv_shape cs = {(int)g->n, (int)g->h, (int)g->w, (int)g->c, sh->n, (int)g->kh, (int)g->kw, g->stride, g->pad};
     return cu_conv_f32(dir, &cs, x, w, dy, out);

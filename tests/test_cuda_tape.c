@@ -158,7 +158,7 @@ static float *host_download(ag_ctx *ctx, const float *p, int64_t n) {
 
 /* Runs p forward and backward (from a random output gradient) on the CPU or
  * the GPU; pol: the product sites' quantization (NULL: fp32). */
-static bool g_conv_gather; /* the GPU's FP32 convolutions gather instead of calling cuDNN */
+static bool g_conv_cudnn; /* the GPU's FP32 convolutions through cuDNN (train.gpu_conv = cudnn) */
 
 static void run_prog(const prog *p, bool gpu, const mm_policy *pol, prog_out *out) {
     memset(out, 0, sizeof *out);
@@ -170,7 +170,7 @@ static void run_prog(const prog *p, bool gpu, const mm_policy *pol, prog_out *ou
     ctx.run.seed = 7;
     ctx.run.step = 3;
     ctx.run.conv_chunk_bytes = 4096; /* many chunks: their seams are where the two paths could part */
-    ctx.run.gpu_conv_gather = g_conv_gather;
+    ctx.run.gpu_conv_cudnn = g_conv_cudnn;
     mm_sites sites = {0};
     mm_site site[2];
     mm_site_declare(&sites, &site[0], "p.a", MM_B_WEIGHT);
@@ -253,14 +253,14 @@ static bool is_conv(const prog *p) {
            p->fn == p_conv_7x7;
 }
 
-/* Every op, fp32: relative 1e-5 (the bound); convolutions both through cuDNN and gathered. */
+/* Every op, fp32: relative 1e-5 (the bound); convolutions both gathered and through cuDNN. */
 START_TEST(test_every_op_matches_cpu) {
     fprintf(stderr, "  fp32 convolutions: %s\n", cu_conv_library());
     for (int i = 0; i < N_PROGS; i++) compare_prog(&progs[i], NULL, "fp32", 1e-5);
-    g_conv_gather = true;
+    g_conv_cudnn = true;
     for (int i = 0; i < N_PROGS; i++)
-        if (is_conv(&progs[i])) compare_prog(&progs[i], NULL, "fp32, gathered", 1e-5);
-    g_conv_gather = false;
+        if (is_conv(&progs[i])) compare_prog(&progs[i], NULL, "fp32, cuDNN", 1e-5);
+    g_conv_cudnn = false;
 }
 END_TEST
 

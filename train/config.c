@@ -17,7 +17,7 @@ MX_ENUM_OF_NAMES(train_nonfinite_enum, "non-finite policy", train_nonfinite_name
 static const char *const train_gpu_gemm_names[] = {"bf16", "fp32"};
 _Static_assert(sizeof train_gpu_gemm_names / sizeof train_gpu_gemm_names[0] == TRAIN_GPU_GEMM_COUNT, "names");
 MX_ENUM_OF_NAMES(train_gpu_gemm_enum, "GPU GEMM", train_gpu_gemm_names);
-static const char *const train_gpu_conv_names[] = {"cudnn", "gather"};
+static const char *const train_gpu_conv_names[] = {"gather", "cudnn"};
 _Static_assert(sizeof train_gpu_conv_names / sizeof train_gpu_conv_names[0] == TRAIN_GPU_CONV_COUNT, "names");
 MX_ENUM_OF_NAMES(train_gpu_conv_enum, "GPU convolution", train_gpu_conv_names);
 
@@ -36,9 +36,12 @@ static const key_def train_keys[] = {
     KEY_ENUMV(train_config, "gpu_gemm", gpu_gemm, "bf16", &train_gpu_gemm_enum,
               "GPU products of quantized operands: `bf16` tensor cores (exact operands, the tensor cores' own "
               "FP32 accumulation) or `fp32` GEMMs (the CPU's arithmetic up to the order of sums; slower)"),
-    KEY_ENUMV(train_config, "gpu_conv", gpu_conv, "cudnn", &train_gpu_conv_enum,
-              "GPU convolutions over two float32 operands: `cudnn` (FP32 implicit GEMM, deterministic; gathers "
-              "when cuDNN 9 is not on the library path) or `gather` (im2col + cuBLAS, as quantized ones always do)"),
+    KEY_NUM(train_config, "gpu_chunk_mb", I64, gpu_chunk_mb, "128", 1, 1 << 20,
+            "GPU convolutions: MB of gathered im2col columns per GEMM (smaller: less device memory, more GEMMs)"),
+    KEY_ENUMV(train_config, "gpu_conv", gpu_conv, "gather", &train_gpu_conv_enum,
+              "GPU convolutions over two float32 operands: `gather` (im2col + cuBLAS, as quantized ones always do) "
+              "or `cudnn` (FP32 implicit GEMM, deterministic: less memory, slower in NHWC; gathers where cuDNN 9 "
+              "is not on the library path)"),
 };
 static const key_table train_key_table = KEY_TABLE("train", train_keys);
 

@@ -29,12 +29,13 @@
 typedef enum train_nonfinite { TRAIN_NONFINITE_STOP, TRAIN_NONFINITE_SKIP, TRAIN_NONFINITE_COUNT } train_nonfinite;
 /* How the GPU multiplies quantized operands: bf16 tensor cores, or FP32 GEMMs (docs/gpu.md). */
 typedef enum train_gpu_gemm { TRAIN_GPU_GEMM_BF16, TRAIN_GPU_GEMM_FP32, TRAIN_GPU_GEMM_COUNT } train_gpu_gemm;
-typedef enum train_gpu_conv { TRAIN_GPU_CONV_CUDNN, TRAIN_GPU_CONV_GATHER, TRAIN_GPU_CONV_COUNT } train_gpu_conv;
+typedef enum train_gpu_conv { TRAIN_GPU_CONV_GATHER, TRAIN_GPU_CONV_CUDNN, TRAIN_GPU_CONV_COUNT } train_gpu_conv;
 
 /* [train] */
 typedef struct train_config {
     int epochs;
     int64_t max_steps, seed, ckpt_every;
+    int64_t gpu_chunk_mb;
     train_nonfinite on_nonfinite;
     double label_smoothing;
     cli_device device;

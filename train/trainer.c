@@ -54,7 +54,8 @@ int session_open(session *s, const config *cfg, mx_err *err) {
         }
         ag_ctx_use_gpu(&s->ctx);
         s->ctx.run.gpu_fp32_gemm = cfg->v.train.gpu_gemm == TRAIN_GPU_GEMM_FP32;
-        s->ctx.run.gpu_conv_gather = cfg->v.train.gpu_conv == TRAIN_GPU_CONV_GATHER;
+        s->ctx.run.gpu_conv_cudnn = cfg->v.train.gpu_conv == TRAIN_GPU_CONV_CUDNN;
+        s->ctx.run.conv_chunk_bytes = cfg->v.train.gpu_chunk_mb << 20;
         param_store_to_gpu(&s->m.params);
         s->d_buffers_before = cu_malloc(sizeof(float) * (s->m.params.n_buffers + 1));
     }
