@@ -8,7 +8,6 @@
 #include "core/gemm.h"
 #include "core/rng.h"
 #include "autograd/mm_impl.h"
-#include "cuda/cuda.h"
 
 static const char *const mm_role_names[] = {"fwd_act", "fwd_weight", "bwd_grad_dx", "bwd_weight_dx", "bwd_grad_dw",
                                             "bwd_act_dw"};
@@ -244,9 +243,7 @@ static quant_tensor mm_quantize(ag_ctx *ctx, const mm_site *site, mm_role role, 
     return t;
 }
 
-/* rows of a, or with win of win's im2col matrix over a (GPU) */
-static quant_tensor rowq_apply(mm_rowq *q, const ag_window *win, const float *a, int batch, int64_t row0,
-                               int64_t rows, int64_t cols) {
+quant_tensor mm_rowq_apply(mm_rowq *q, const float *a, int batch, int64_t row0, int64_t rows, int64_t cols) {
     quant_tensor t = mm_full(a, batch, rows, cols);
     if (!q->active) return t;
     MX_ASSERT(batch == 1 || row0 == 0);
@@ -254,10 +251,7 @@ static quant_tensor rowq_apply(mm_rowq *q, const ag_window *win, const float *a,
     t.spec.offset = (uint64_t)(row0 * cols);
     int64_t n = (int64_t)batch * rows * cols;
     quant_stats st, *stp = q->ctx->run.mm->collect_stats ? &st : NULL;
-    if (win) {
-        t.values = NULL;
-        mm_gpu_quantize_window(q->ctx, &t, win, a, row0, &q->ctx->scratch, stp);
-    } else if (q->ctx->gpu) {
+    if (q->ctx->gpu) {
         mm_gpu_quantize(q->ctx, &t, a, &q->ctx->scratch, stp);
     } else {
         float *y = arena_alloc(&q->ctx->scratch, sizeof(float) * (size_t)n);
@@ -267,21 +261,6 @@ static quant_tensor rowq_apply(mm_rowq *q, const ag_window *win, const float *a,
     mm_account(q->ctx, q->site, MM_ROLE_BWD_ACT_DW, stp, n, !q->counted);
     q->counted = true;
     return t;
-}
-
-quant_tensor mm_rowq_apply(mm_rowq *q, const float *a, int batch, int64_t row0, int64_t rows, int64_t cols) {
-    return rowq_apply(q, NULL, a, batch, row0, rows, cols);
-}
-
-bool mm_rowq_window_ok(const mm_rowq *q, int64_t rows, int64_t cols) {
-    int64_t shape[3] = {1, rows, cols};
-    return q->active && q->ctx->gpu && cu_quant_window_ok(&q->spec, 3, shape);
-}
-
-quant_tensor mm_rowq_apply_window(mm_rowq *q, const ag_window *win, const float *x, int64_t row0, int64_t rows,
-                                  int64_t cols) {
-    MX_ASSERT(mm_rowq_window_ok(q, rows, cols));
-    return rowq_apply(q, win, x, 1, row0, rows, cols);
 }
 
 /* A saved operand with its values at hand (codes unpacked into scratch), or

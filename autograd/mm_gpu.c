@@ -13,9 +13,7 @@
 #include "autograd/ops_util.h"
 #include "core/error.h"
 
-/* t quantized from src, or, with win, from rows r0.. of win's im2col matrix over src. */
-static void gpu_quantize(ag_ctx *ctx, quant_tensor *t, const float *src, const ag_window *win, int64_t r0, arena *ar,
-                         quant_stats *stats) {
+void mm_gpu_quantize(ag_ctx *ctx, quant_tensor *t, const float *src, arena *ar, quant_stats *stats) {
     int64_t n = quant_tensor_numel(t);
     mx_err err;
     int64_t nb = quant_num_blocks(&t->spec, t->ndim, t->shape, &err);
@@ -25,31 +23,18 @@ static void gpu_quantize(ag_ctx *ctx, quant_tensor *t, const float *src, const a
     t->values = NULL;
     t->values16 = NULL;
     if (ctx->run.gpu_unchecked_bf16 && !stats) { /* checked once after the step (ag_run) */
-        if (win) cu_quant_window(&t->spec, win, src, r0, true, true, y16, t->ndim, t->shape, scales, NULL);
-        else cu_quant_fake_bf16_deferred(&t->spec, src, y16, t->ndim, t->shape, scales);
+        cu_quant_fake_bf16_deferred(&t->spec, src, y16, t->ndim, t->shape, scales);
         t->values16 = y16;
         return;
     }
-    int64_t inexact = win ? cu_quant_window(&t->spec, win, src, r0, true, false, y16, t->ndim, t->shape, scales, stats)
-                          : cu_quant_fake_bf16(&t->spec, src, y16, t->ndim, t->shape, scales, stats);
-    if (inexact == 0) {
+    if (cu_quant_fake_bf16(&t->spec, src, y16, t->ndim, t->shape, scales, stats) == 0) {
         t->values16 = y16;
         return;
     }
     /* some value is below bf16's range: the same quantization as float32 */
     float *y = arena_alloc(ar, sizeof(float) * (size_t)n);
-    if (win) cu_quant_window(&t->spec, win, src, r0, false, false, y, t->ndim, t->shape, scales, NULL);
-    else cu_quant_fake(&t->spec, src, y, t->ndim, t->shape, scales, NULL);
+    cu_quant_fake(&t->spec, src, y, t->ndim, t->shape, scales, NULL);
     t->values = y;
-}
-
-void mm_gpu_quantize(ag_ctx *ctx, quant_tensor *t, const float *src, arena *ar, quant_stats *stats) {
-    gpu_quantize(ctx, t, src, NULL, 0, ar, stats);
-}
-
-void mm_gpu_quantize_window(ag_ctx *ctx, quant_tensor *t, const ag_window *win, const float *src, int64_t r0,
-                            arena *ar, quant_stats *stats) {
-    gpu_quantize(ctx, t, src, win, r0, ar, stats);
 }
 
 const float *mm_values_f32(ag_ctx *ctx, quant_tensor t) {
@@ -197,25 +182,22 @@ void mm_gpu_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const quant_tensor *
         }
         arena_release(&ctx->scratch, mark);
     }
-    /* dW += dY^T . cols by chunks of gathered rows (1d: each chunk quantized down M through q,
-       gathered as it is quantized where the format allows) */
+    /* dW += dY^T . cols by chunks of gathered rows (1d: each chunk quantized down M through q) */
     int64_t M = sh->m, K = sh->k;
     bool src16 = !q->active && a->values16 && dy->values16; /* 2d: gather the quantized x as it is */
     const void *src = src16 ? (const void *)a->values16 : (const void *)mm_values_f32(ctx, *a);
     int elem = src16 ? 2 : 4;
     int64_t rows = gpu_chunk_rows(ctx, K, 4, M, q->align);
-    bool fused = mm_rowq_window_ok(q, rows, K);
-    void *cols = fused ? NULL : arena_alloc(&ctx->scratch, (size_t)(rows * K * elem));
+    void *cols = arena_alloc(&ctx->scratch, (size_t)(rows * K * elem));
     ag_window win = mm_im2col_window(&sh->g);
     for (int64_t r0 = 0; r0 < M; r0 += rows) {
         int64_t r1 = r0 + rows < M ? r0 + rows : M;
-        if (!fused) cu_conv_gather(&win, elem, src, r0, r1, cols);
+        cu_conv_gather(&win, elem, src, r0, r1, cols);
         arena_mark chunk = arena_get_mark(&ctx->scratch);
         quant_tensor ct = {.spec = {.format = QUANT_FORMAT_FP32}, .ndim = 3, .shape = {1, r1 - r0, K}};
         if (src16) ct.values16 = cols;
         else ct.values = cols;
-        if (fused) ct = mm_rowq_apply_window(q, &win, src, r0, r1 - r0, K);
-        else if (q->active) ct = mm_rowq_apply(q, cols, 1, r0, r1 - r0, K);
+        if (q->active) ct = mm_rowq_apply(q, cols, 1, r0, r1 - r0, K);
         quant_tensor dyc = *dy; /* rows [r0, r1) of dY */
         dyc.shape[1] = r1 - r0;
         if (dyc.values16) dyc.values16 += r0 * sh->n;

@@ -22,12 +22,6 @@ typedef struct mm_rowq {
 /* Rows [row0, row0 + rows) of A (cols each; batch > 1 only whole, row0 = 0),
  * quantized into the scratch arena, or a itself when inactive. */
 quant_tensor mm_rowq_apply(mm_rowq *q, const float *a, int batch, int64_t row0, int64_t rows, int64_t cols);
-/* The GPU's form for a convolution's dW: rows [row0, row0 + rows) of the
- * im2col matrix of win over x, gathered as they are quantized (the float32
- * matrix is never written); only where mm_rowq_window_ok says so. */
-bool mm_rowq_window_ok(const mm_rowq *q, int64_t rows, int64_t cols);
-quant_tensor mm_rowq_apply_window(mm_rowq *q, const ag_window *win, const float *x, int64_t row0, int64_t rows,
-                                  int64_t cols);
 
 /* The operands reach the products as quant_tensors: float32 values (the CPU,
  * fp32 operands) or bf16 values (quantized operands on the GPU). */
@@ -47,9 +41,6 @@ ag_window mm_im2col_window(const mm_im2col *g);
 /* Quantizes src with t->spec over t->shape into ar: t->values16 (bf16) when
  * every value is bf16-exact, else t->values (float32, the same bits). */
 void mm_gpu_quantize(ag_ctx *ctx, quant_tensor *t, const float *src, arena *ar, quant_stats *stats);
-/* The same of rows r0.. of win's im2col matrix over src (cu_quant_window). */
-void mm_gpu_quantize_window(ag_ctx *ctx, quant_tensor *t, const ag_window *win, const float *src, int64_t r0,
-                            arena *ar, quant_stats *stats);
 /* An operand's values as float32 (bf16 ones widened into scratch). */
 const float *mm_values_f32(ag_ctx *ctx, quant_tensor t);
 void mm_gpu_y(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *a, const quant_tensor *b, float *y);

@@ -84,16 +84,6 @@ int64_t cu_quant_fake_bf16(const quant_spec *s, const float *d_x, uint16_t *d_y,
 void cu_quant_fake_bf16_deferred(const quant_spec *s, const float *d_x, uint16_t *d_y, int ndim, const int64_t *shape,
                                  uint8_t *d_scales);
 int64_t cu_quant_inexact_take(void);
-/* The same quantizations (bf16_out: cu_quant_fake_bf16, or its deferred form;
- * else cu_quant_fake) of rows [r0, r0 + shape[ndim-2]) of the im2col matrix
- * of window g over d_src (float32), gathered as they are read, so the matrix
- * is never written in float32: the 1d dW operand. Only for blocks down the
- * rows of a [1, rows, K] chunk in a one-level format (cu_quant_window_ok). */
-struct ag_window;
-bool cu_quant_window_ok(const quant_spec *s, int ndim, const int64_t *shape);
-int64_t cu_quant_window(const quant_spec *s, const struct ag_window *g, const float *d_src, int64_t r0, bool bf16_out,
-                        bool deferred, void *d_y, int ndim, const int64_t *shape, uint8_t *d_scales,
-                        quant_stats *stats);
 
 /* Device-to-device copy bandwidth (GB/s, bytes read + written) and the
  * quantizer's throughput for `mxtrain bench quantize --device cuda`: one JSON

@@ -33,8 +33,6 @@ void cu_quant_unpack(const quant_spec *s, const uint8_t *d_codes, const uint8_t 
 int64_t cu_quant_fake_bf16(const quant_spec *s, const float *d_x, uint16_t *d_y, int ndim, const int64_t *shape, uint8_t *d_scales, quant_stats *stats) { cu_none(__func__); }
 void cu_quant_fake_bf16_deferred(const quant_spec *s, const float *d_x, uint16_t *d_y, int ndim, const int64_t *shape, uint8_t *d_scales) { cu_none(__func__); }
 int64_t cu_quant_inexact_take(void) { cu_none(__func__); }
-bool cu_quant_window_ok(const quant_spec *s, int ndim, const int64_t *shape) { cu_none(__func__); }
-int64_t cu_quant_window(const quant_spec *s, const struct ag_window *g, const float *d_src, int64_t r0, bool bf16_out, bool deferred, void *d_y, int ndim, const int64_t *shape, uint8_t *d_scales, quant_stats *stats) { cu_none(__func__); }
 int cu_quant_bench(const quant_format *formats, int nformats, int64_t n, int reps) { cu_none(__func__); }
 int cu_gemm_open(mx_err *err) { cu_none(__func__); }
 void cu_gemm(const cu_gemm_desc *d, const void *d_a, const void *d_b, float *d_c) { cu_none(__func__); }

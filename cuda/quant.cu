@@ -7,9 +7,7 @@
 //           between the amax pass and the quantize pass; float4 accesses when
 //           the tile's columns and the rows allow.
 //   COLUMNS (1D blocks along a strided axis): one thread per column of a
-//           block; neighbouring threads read neighbouring columns. Its input
-//           may also be a convolution's im2col matrix, gathered as it is read
-//           (cu_quant_window: the 1d dW operand, never written in float32).
+//           block; neighbouring threads read neighbouring columns.
 //   ELEMENTWISE (bf16, fp32): one thread per element.
 //
 // Statistics are gathered per thread, combined per thread block in shared
@@ -22,7 +20,6 @@ extern "C" {
 #include "core/rng.h"
 #include "core/timer.h"
 #include "quant/quant_kernel.h"
-#include "autograd/ops_kernel.h"
 }
 #include "cuda/cuda.h"
 #include "cuda/cuda_internal.h"
@@ -288,48 +285,9 @@ struct cols_args {
     int k;
 };
 
-/* What k_columns reads: a column of a block of its [outer, L, inner] input,
- * walked down the rows from element (row, col) at flat offset off, either
- * from an array or (outer 1) from rows r0.. of the im2col matrix of window g
- * over x, zero outside the image (the row's pixel is stepped, not divided
- * out, per element). */
-struct src_dense {
-    const float *__restrict__ x;
-    struct cursor {
-        int64_t off;
-    };
-    __device__ __forceinline__ cursor begin(int64_t off, int, int) const { return {off}; }
-    __device__ __forceinline__ float get(const cursor &c) const { return x[c.off]; }
-    __device__ __forceinline__ void next(cursor &c, int64_t inner) const { c.off += inner; }
-};
-struct src_window {
-    ag_window g;
-    const float *__restrict__ x;
-    int r0;
-    struct cursor {
-        int ni, py, px, dy, dx, ch; /* the row's output pixel; the column's kernel offsets and channel */
-    };
-    __device__ __forceinline__ cursor begin(int64_t, int row, int col) const {
-        int ij = col / (int)g.c, ch = col - ij * (int)g.c, i = ij / (int)g.kw, j = ij - i * (int)g.kw;
-        int r = r0 + row, hw = (int)(g.ph * g.pw), ni = r / hw, rem = r - ni * hw, py = rem / (int)g.pw;
-        return {ni, py, rem - py * (int)g.pw, g.off + g.sgn * i, g.off + g.sgn * j, ch};
-    }
-    __device__ __forceinline__ float get(const cursor &c) const {
-        int sy = c.py * g.stride + c.dy, sx = c.px * g.stride + c.dx;
-        if (sy < 0 || sy >= (int)g.sh || sx < 0 || sx >= (int)g.sw) return 0.0f;
-        return x[(((int64_t)c.ni * g.sh + sy) * g.sw + sx) * g.c + c.ch];
-    }
-    __device__ __forceinline__ void next(cursor &c, int64_t) const {
-        if (++c.px == (int)g.pw) {
-            c.px = 0;
-            if (++c.py == (int)g.ph) c.py = 0, c.ni++;
-        }
-    }
-};
-
-template <int MODE, int OUT, bool ST, class SRC>
-__global__ void __launch_bounds__(256) k_columns(qk k, cols_args a, SRC x, void *y, uint8_t *codes, uint8_t *scales,
-                                                 cu_stats *g) {
+template <int MODE, int OUT, bool ST>
+__global__ void __launch_bounds__(256) k_columns(qk k, cols_args a, const float *__restrict__ x, void *y,
+                                                 uint8_t *codes, uint8_t *scales, cu_stats *g) {
     __shared__ unsigned sh_gap[QUANT_GAP_BINS];
     cu_stats_begin<ST>(sh_gap);
     lstats ls = {0, 0, 0, 0, 0.0, 0.0};
@@ -339,12 +297,9 @@ __global__ void __launch_bounds__(256) k_columns(qk k, cols_args a, SRC x, void 
         int64_t o = w / (a.nb * a.inner), rem = w - o * a.nb * a.inner, b = rem / a.inner, j = rem - b * a.inner;
         int rows = (int)(a.L - b * a.k < a.k ? a.L - b * a.k : a.k);
         int64_t base = o * a.L * a.inner + b * a.k * a.inner + j;
-        /* row and column within [L, inner] (the window source has outer 1) */
-        const typename SRC::cursor c0 = x.begin(base, (int)(b * a.k), (int)j);
-        typename SRC::cursor c = c0;
         uint32_t amax = 0;
-        for (int i = 0; i < rows; i++, x.next(c, a.inner)) {
-            uint32_t ab = quant_bits(x.get(c)) & 0x7fffffffu;
+        for (int i = 0; i < rows; i++) {
+            uint32_t ab = quant_bits(x[base + i * a.inner]) & 0x7fffffffu;
             amax = ab > amax ? ab : amax;
         }
         bool nonfinite = amax >= k.nan_above;
@@ -352,12 +307,10 @@ __global__ void __launch_bounds__(256) k_columns(qk k, cols_args a, SRC x, void 
         if (scales) scales[w] = nonfinite ? 255 : (uint8_t)(se + 127);
         float s = quant_pow2f(se), inv_s = quant_pow2f(-se);
         int e_amax = amax ? qk_exponent(amax) : 0;
-        c = c0;
-        for (int i = 0; i < rows; i++, x.next(c, a.inner)) {
+        for (int i = 0; i < rows; i++) {
             int64_t off = base + i * a.inner;
-            float xv = x.get(c);
-            qout r = nonfinite ? cu_elem_nonfinite<ST>(xv, ls)
-                               : cu_elem<MODE, OUT, ST>(k, xv, inv_s, s, e_amax, (uint64_t)off, ls, sh_gap);
+            qout r = nonfinite ? cu_elem_nonfinite<ST>(x[off], ls)
+                               : cu_elem<MODE, OUT, ST>(k, x[off], inv_s, s, e_amax, (uint64_t)off, ls, sh_gap);
             cu_store<OUT, 1>(&r, y, codes, off);
         }
     }
@@ -619,9 +572,6 @@ static void tiles_shape(int nchunks, int *G, int *per) {
     *per = p < CU_MAX_PER ? p : CU_MAX_PER;
 }
 
-/* Set only during cu_quant_window's call: the columns' source is that window. */
-static const src_window *g_window;
-
 template <int MODE, int OUT, bool ST>
 static void launch_layout(const qk &k, const qlayout &l, const float *x, void *y, uint8_t *codes, uint8_t *scales) {
     const int threads = 256;
@@ -635,12 +585,7 @@ static void launch_layout(const qk &k, const qlayout &l, const float *x, void *y
         else k_tiles<MODE, OUT, ST, 1><<<grid, threads>>>(k, a, x, y, codes, scales, g_rec);
     } else {
         cols_args a = {l.outer, l.L, l.inner, l.nb, l.k};
-        if (g_window)
-            k_columns<MODE, OUT, ST><<<cu_grid(l.nblocks, threads), threads>>>(k, a, *g_window, y, codes, scales,
-                                                                               g_rec);
-        else
-            k_columns<MODE, OUT, ST><<<cu_grid(l.nblocks, threads), threads>>>(k, a, src_dense{x}, y, codes, scales,
-                                                                               g_rec);
+        k_columns<MODE, OUT, ST><<<cu_grid(l.nblocks, threads), threads>>>(k, a, x, y, codes, scales, g_rec);
     }
     CU_CHECK_LAUNCH();
 }
@@ -742,26 +687,6 @@ static int64_t cu_quant_run(const quant_spec *s, const float *x, void *y, uint8_
 }
 
 extern "C" {
-
-bool cu_quant_window_ok(const quant_spec *s, int ndim, const int64_t *shape) {
-    qlayout l;
-    mx_err err;
-    return ql_make(s, ndim, shape, &l, &err) == 0 && l.kind == QL_COLUMNS && l.outer == 1 && !qk_make(s, false).k1 &&
-           l.L < INT32_MAX && l.inner < INT32_MAX;
-}
-
-int64_t cu_quant_window(const quant_spec *s, const ag_window *g, const float *d_src, int64_t r0, bool bf16_out,
-                        bool deferred, void *d_y, int ndim, const int64_t *shape, uint8_t *d_scales,
-                        quant_stats *stats) {
-    MX_ASSERT(cu_quant_window_ok(s, ndim, shape) && shape[ndim - 1] == g->kh * g->kw * g->c);
-    MX_ASSERT(r0 + shape[ndim - 2] <= INT32_MAX && g->n * g->sh * g->sw * g->c < ((int64_t)1 << 62));
-    src_window w = {*g, d_src, (int)r0};
-    g_window = &w;
-    int64_t r = cu_quant_run(s, NULL, d_y, NULL, ndim, shape, d_scales, stats, bf16_out ? OUT_FAKE_BF16 : OUT_FAKE,
-                             deferred);
-    g_window = NULL;
-    return r;
-}
 
 void cu_quant_fake(const quant_spec *s, const float *d_x, float *d_y, int ndim, const int64_t *shape,
                    uint8_t *d_scales, quant_stats *stats) {
