@@ -100,7 +100,7 @@ typedef struct ag_run {
     uint64_t step;
     struct mm_plan *mm;     /* every product site's quantization, resolved (NULL: fp32) */
     int64_t conv_chunk_bytes; /* im2col bytes per conv chunk; 0: 1.25 MB per thread on the CPU,
-                                 128 MB on the GPU (train.gpu_chunk_mb); tests set a tiny value
+                                 512 MB on the GPU (train.gpu_chunk_mb); tests set a tiny value
                                  to cover many chunks */
     bool gpu_fp32_gemm;       /* GPU: every product as an FP32 GEMM on the quantized values
                                  (train.gpu_gemm = fp32): the CPU's arithmetic up to the order

@@ -65,11 +65,10 @@ static void gpu_gemm(int64_t m, int64_t n, int64_t k, bool ta, bool tb, const gp
 }
 
 /* Rows per chunk of a gathered matrix with K columns of elem bytes:
- * run.conv_chunk_bytes of columns (train.gpu_chunk_mb; 128 MB when unset:
- * a few chunks for the large layers, whose GEMMs stay large), starting at
- * multiples of align. */
+ * run.conv_chunk_bytes of columns (train.gpu_chunk_mb; 512 MB when unset:
+ * the whole matrix for most layers), starting at multiples of align. */
 static int64_t gpu_chunk_rows(const ag_ctx *ctx, int64_t K, int elem, int64_t M, int align) {
-    int64_t bytes = ctx->run.conv_chunk_bytes ? ctx->run.conv_chunk_bytes : (int64_t)128 << 20;
+    int64_t bytes = ctx->run.conv_chunk_bytes ? ctx->run.conv_chunk_bytes : (int64_t)512 << 20;
     int64_t r = bytes / (elem * K) / align * align;
     r = r < align ? align : r;
     return r < M ? r : M;

@@ -371,8 +371,8 @@ extern "C" void cu_optim_sgd(int64_t n, const optim_k_sgd *a, float *d_p, const 
  * bits): each block sums a fixed chunk of rows into its own slot of the work
  * buffer, then one pass adds the slots in order. Sums in double, as on the CPU. */
 
-#define BN_ROWS_PER_BLOCK 1024
-#define BN_MAX_CHUNKS 1024
+#define BN_ROWS_PER_BLOCK 256
+#define BN_MAX_CHUNKS 4096
 #define BN_THREADS 256
 
 static int64_t bn_chunks(int64_t rows) {
@@ -380,54 +380,87 @@ static int64_t bn_chunks(int64_t rows) {
     return ch < BN_MAX_CHUNKS ? (ch > 0 ? ch : 1) : BN_MAX_CHUNKS;
 }
 
-extern "C" size_t cu_bn_work_bytes(int64_t rows, int64_t c) { return sizeof(double) * 2 * (size_t)(bn_chunks(rows) + 1) * (size_t)c; }
+/* The chunks' sums (2c doubles each), their totals (2c), then the backward's
+ * per-channel coefficients (3c floats, in 2c doubles' room). */
+extern "C" size_t cu_bn_work_bytes(int64_t rows, int64_t c) {
+    return sizeof(double) * 2 * (size_t)(bn_chunks(rows) + 2) * (size_t)c;
+}
+
+/* V consecutive floats: one 16-byte access when V = 4 */
+template <int V>
+__device__ __forceinline__ void bn_load(const float *__restrict__ p, float *v) {
+    if (V == 4) {
+        float4 q = *reinterpret_cast<const float4 *>(p);
+        v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+    } else {
+        for (int e = 0; e < V; e++) v[e] = p[e];
+    }
+}
+template <int V>
+__device__ __forceinline__ void bn_store(float *__restrict__ p, const float *v) {
+    if (V == 4) *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    else
+        for (int e = 0; e < V; e++) p[e] = v[e];
+}
 
 /* Sums over a chunk of rows per block: without dy s1 = x, s2 = x^2; with dy
- * s1 = g, s2 = g xhat, g = dy masked by y > 0 (relu). With c <= 256 the
- * block's threads are sub = 256 / c row groups of c channels (coalesced
- * rows; row r goes to group (r - r0) % sub), added group by group at the
- * end; wider layers loop over channels. Fixed assignment: deterministic. */
-__global__ void k_bn_partial(int64_t rows, int64_t c, int64_t per, const float *__restrict__ x,
-                             const float *__restrict__ dy, const float *__restrict__ y, const float *__restrict__ mean,
-                             const float *__restrict__ invstd, double *__restrict__ part) {
-    __shared__ double s1[BN_THREADS], s2[BN_THREADS];
+ * s1 = g, s2 = g xhat, g = dy masked by y > 0 (relu). Each thread takes V
+ * adjacent channels (16-byte loads when V = 4); with cv = c / V <= 256 the
+ * block's threads are sub = 256 / cv row groups (coalesced rows; row r goes
+ * to group (r - r0) % sub), added group by group at the end; wider layers
+ * loop over channels. Fixed assignment: deterministic. */
+template <int V>
+__global__ void __launch_bounds__(BN_THREADS) k_bn_partial(int64_t rows, int64_t c, int64_t per,
+                                                           const float *__restrict__ x, const float *__restrict__ dy,
+                                                           const float *__restrict__ y, const float *__restrict__ mean,
+                                                           const float *__restrict__ invstd, double *__restrict__ part) {
+    __shared__ double s1[BN_THREADS * V], s2[BN_THREADS * V];
     int64_t r0 = (int64_t)blockIdx.x * per, r1 = r0 + per < rows ? r0 + per : rows;
-    int tid = threadIdx.x;
-    int sub = c <= BN_THREADS ? BN_THREADS / (int)c : 1;
-    int64_t cw = c <= BN_THREADS ? c : BN_THREADS; /* channels per pass */
-    for (int64_t j0 = 0; j0 < c; j0 += cw) {
-        int64_t j = j0 + tid % cw;
-        int g = tid / (int)cw;
-        double p1 = 0, p2 = 0;
-        if (g < sub && j < c) {
-            float m = dy ? mean[j] : 0.0f, is = dy ? invstd[j] : 0.0f;
+    int tid = threadIdx.x, cv = (int)(c / V);
+    int cw = cv <= BN_THREADS ? cv : BN_THREADS; /* vector columns per pass */
+    int sub = BN_THREADS / cw;
+    for (int j0 = 0; j0 < cv; j0 += cw) {
+        int jv = j0 + tid % cw, g = tid / cw;
+        double p1[V], p2[V];
+        for (int e = 0; e < V; e++) p1[e] = p2[e] = 0;
+        if (g < sub && jv < cv) {
+            float m[V], is[V];
+            for (int e = 0; e < V; e++) m[e] = dy ? mean[jv * V + e] : 0.0f, is[e] = dy ? invstd[jv * V + e] : 0.0f;
+#pragma unroll 4
             for (int64_t r = r0 + g; r < r1; r += sub) {
-                float xv = x[r * c + j];
+                int64_t o = r * c + (int64_t)jv * V;
+                float xv[V];
+                bn_load<V>(x + o, xv);
                 if (dy) {
-                    double d = (!y || y[r * c + j] > 0.0f) ? dy[r * c + j] : 0.0f;
-                    p1 += d;
-                    p2 += d * ((xv - m) * is);
+                    float dv[V], yv[V];
+                    bn_load<V>(dy + o, dv);
+                    if (y) bn_load<V>(y + o, yv);
+                    for (int e = 0; e < V; e++) {
+                        double d = (!y || yv[e] > 0.0f) ? dv[e] : 0.0f;
+                        p1[e] += d;
+                        p2[e] += d * ((xv[e] - m[e]) * is[e]);
+                    }
                 } else {
-                    p1 += xv;
-                    p2 += (double)xv * xv;
+                    for (int e = 0; e < V; e++) p1[e] += xv[e], p2[e] += (double)xv[e] * xv[e];
                 }
             }
         }
-        s1[tid] = p1;
-        s2[tid] = p2;
+        for (int e = 0; e < V; e++) s1[e * BN_THREADS + tid] = p1[e], s2[e * BN_THREADS + tid] = p2[e];
         __syncthreads();
-        if (tid < cw && j0 + tid < c) {
-            double t1 = 0, t2 = 0;
-            for (int k = 0; k < sub; k++) t1 += s1[k * cw + tid], t2 += s2[k * cw + tid];
-            part[(int64_t)blockIdx.x * 2 * c + j0 + tid] = t1;
-            part[(int64_t)blockIdx.x * 2 * c + c + j0 + tid] = t2;
-        }
+        if (tid < cw && j0 + tid < cv)
+            for (int e = 0; e < V; e++) {
+                double t1 = 0, t2 = 0;
+                for (int k = 0; k < sub; k++) t1 += s1[e * BN_THREADS + k * cw + tid], t2 += s2[e * BN_THREADS + k * cw + tid];
+                int64_t ch = (int64_t)(j0 + tid) * V + e;
+                part[(int64_t)blockIdx.x * 2 * c + ch] = t1;
+                part[(int64_t)blockIdx.x * 2 * c + c + ch] = t2;
+            }
         __syncthreads();
     }
 }
 
 /* The chunks' sums per channel (a block per channel: strided partial sums,
- * then a fixed tree), into the last pair of rows of the work buffer. */
+ * then a fixed tree), into the pair of rows after the chunks'. */
 __global__ void k_bn_total(int64_t c, int64_t nch, double *part) {
     __shared__ double s1[BN_THREADS], s2[BN_THREADS];
     int64_t j = blockIdx.x;
@@ -444,10 +477,19 @@ __global__ void k_bn_total(int64_t c, int64_t nch, double *part) {
     if (tid == 0) part[nch * 2 * c + j] = s1[0], part[nch * 2 * c + c + j] = s2[0];
 }
 
+/* 4 when c and every pointer allow 16-byte accesses, else 1 */
+static int bn_vec(int64_t c, const void *a, const void *b, const void *d, const void *e, const void *f) {
+    uintptr_t u = (uintptr_t)a | (uintptr_t)b | (uintptr_t)d | (uintptr_t)e | (uintptr_t)f;
+    return c % 4 == 0 && u % 16 == 0 ? 4 : 1;
+}
+
 static const double *bn_sums(int64_t rows, int64_t c, const float *x, const float *dy, const float *y,
                              const float *mean, const float *invstd, double *work) {
     int64_t nch = bn_chunks(rows), per = (rows + nch - 1) / nch;
-    k_bn_partial<<<(unsigned)nch, BN_THREADS>>>(rows, c, per, x, dy, y, mean, invstd, work);
+    if (bn_vec(c, x, dy, y, NULL, NULL) == 4)
+        k_bn_partial<4><<<(unsigned)nch, BN_THREADS>>>(rows, c, per, x, dy, y, mean, invstd, work);
+    else
+        k_bn_partial<1><<<(unsigned)nch, BN_THREADS>>>(rows, c, per, x, dy, y, mean, invstd, work);
     k_bn_total<<<(unsigned)c, BN_THREADS>>>(c, nch, work);
     CU_CHECK_LAUNCH();
     return work + nch * 2 * c;
@@ -466,19 +508,30 @@ __global__ void k_bn_stats(int64_t rows, int64_t c, bool train, float momentum, 
     }
 }
 
-__global__ void k_bn_apply(int64_t rows, int64_t c, bool relu, bool bf16, const float *__restrict__ x,
+/* The channel of flat element o (c a power of two: a mask, else a division). */
+__device__ __forceinline__ int64_t bn_channel(int64_t o, int64_t c, bool pow2) { return pow2 ? (o & (c - 1)) : o % c; }
+
+/* A thread per V adjacent elements of one row (V divides c). */
+template <int V>
+__global__ void k_bn_apply(int64_t rows, int64_t c, bool pow2, bool relu, bool bf16, const float *__restrict__ x,
                            const float *__restrict__ mean, const float *__restrict__ invstd, const float *__restrict__ g,
                            const float *__restrict__ b, const float *__restrict__ res, float *__restrict__ y) {
-    GRID_STRIDE(i, rows * c) {
-        int64_t j = i % c;
-        float v = (x[i] - mean[j]) * invstd[j] * g[j] + b[j];
-        if (bf16) {
-            v = ag_bf16_round(v);
-            if (res) v = ag_bf16_round(v + res[i]);
-        } else if (res) {
-            v = v + res[i];
+    GRID_STRIDE(iv, rows * c / V) {
+        int64_t o = iv * V, j = bn_channel(o, c, pow2);
+        float xv[V], rv[V], out[V];
+        bn_load<V>(x + o, xv);
+        if (res) bn_load<V>(res + o, rv);
+        for (int e = 0; e < V; e++) {
+            float v = (xv[e] - mean[j + e]) * invstd[j + e] * g[j + e] + b[j + e];
+            if (bf16) {
+                v = ag_bf16_round(v);
+                if (res) v = ag_bf16_round(v + rv[e]);
+            } else if (res) {
+                v = v + rv[e];
+            }
+            out[e] = relu ? (v > 0.0f ? v : 0.0f) : v;
         }
-        y[i] = relu ? (v > 0.0f ? v : 0.0f) : v;
+        bn_store<V>(y + o, out);
     }
 }
 
@@ -488,25 +541,53 @@ extern "C" void cu_op_batchnorm(const cu_bn_args *a, const float *d_x, const flo
     const double *sums = a->train ? bn_sums(a->rows, a->c, d_x, NULL, NULL, NULL, NULL, d_work) : NULL;
     k_bn_stats<<<ops_grid(a->c), 256>>>(a->rows, a->c, a->train, a->momentum, a->eps, sums, d_running_mean,
                                         d_running_var, d_mean, d_invstd);
-    k_bn_apply<<<ops_grid(a->rows * a->c), 256>>>(a->rows, a->c, a->relu, a->bf16, d_x, d_mean, d_invstd, d_gamma,
-                                                  d_beta, d_res, d_y);
+    bool pow2 = (a->c & (a->c - 1)) == 0;
+    if (bn_vec(a->c, d_x, d_res, d_y, NULL, NULL) == 4)
+        k_bn_apply<4><<<ops_grid(a->rows * a->c / 4), 256>>>(a->rows, a->c, pow2, a->relu, a->bf16, d_x, d_mean,
+                                                             d_invstd, d_gamma, d_beta, d_res, d_y);
+    else
+        k_bn_apply<1><<<ops_grid(a->rows * a->c), 256>>>(a->rows, a->c, pow2, a->relu, a->bf16, d_x, d_mean, d_invstd,
+                                                         d_gamma, d_beta, d_res, d_y);
     CU_CHECK_LAUNCH();
 }
 
-__global__ void k_bn_back_dx(int64_t rows, int64_t c, bool train, const float *__restrict__ x,
-                             const float *__restrict__ g, const float *__restrict__ mean,
-                             const float *__restrict__ invstd, const double *__restrict__ sums,
-                             const float *__restrict__ y, const float *__restrict__ dy, float *__restrict__ dx,
-                             float *__restrict__ dres) {
-    GRID_STRIDE(i, rows * c) {
-        int64_t j = i % c;
-        float d = (!y || y[i] > 0.0f) ? dy[i] : 0.0f;
-        if (dres) dres[i] += d;
+/* The backward's per-channel coefficients, once per channel instead of per element: k1 = gamma * invstd,
+ * k2 = mean of g, k3 = mean of g xhat (train; 0 in eval), each rounded to float as before. */
+__global__ void k_bn_coef(int64_t rows, int64_t c, bool train, const float *__restrict__ g,
+                          const float *__restrict__ invstd, const double *__restrict__ sums, float *__restrict__ coef) {
+    GRID_STRIDE(j, c) {
+        coef[j] = g[j] * invstd[j];
+        coef[c + j] = train ? (float)(sums[j] / (double)rows) : 0.0f;
+        coef[2 * c + j] = train ? (float)(sums[c + j] / (double)rows) : 0.0f;
+    }
+}
+
+template <int V>
+__global__ void k_bn_back_dx(int64_t rows, int64_t c, bool pow2, const float *__restrict__ x,
+                             const float *__restrict__ mean, const float *__restrict__ invstd,
+                             const float *__restrict__ coef, const float *__restrict__ y, const float *__restrict__ dy,
+                             float *__restrict__ dx, float *__restrict__ dres) {
+    GRID_STRIDE(iv, rows * c / V) {
+        int64_t o = iv * V, j = bn_channel(o, c, pow2);
+        float dv[V], yv[V], d[V];
+        bn_load<V>(dy + o, dv);
+        if (y) bn_load<V>(y + o, yv);
+        for (int e = 0; e < V; e++) d[e] = (!y || yv[e] > 0.0f) ? dv[e] : 0.0f;
+        if (dres) {
+            float rv[V];
+            bn_load<V>(dres + o, rv);
+            for (int e = 0; e < V; e++) rv[e] += d[e];
+            bn_store<V>(dres + o, rv);
+        }
         if (!dx) continue;
-        float k1 = g[j] * invstd[j];
-        float k2 = train ? (float)(sums[j] / (double)rows) : 0.0f, k3 = train ? (float)(sums[c + j] / (double)rows) : 0.0f;
-        float xhat = (x[i] - mean[j]) * invstd[j];
-        dx[i] += k1 * (d - k2 - xhat * k3);
+        float xv[V], gv[V];
+        bn_load<V>(x + o, xv);
+        bn_load<V>(dx + o, gv);
+        for (int e = 0; e < V; e++) {
+            float xhat = (xv[e] - mean[j + e]) * invstd[j + e];
+            gv[e] += coef[j + e] * (d[e] - coef[c + j + e] - xhat * coef[2 * c + j + e]);
+        }
+        bn_store<V>(dx + o, gv);
     }
 }
 
@@ -524,9 +605,17 @@ extern "C" void cu_op_batchnorm_backward(const cu_bn_args *a, const float *d_x, 
     const float *ymask = a->relu ? d_y : NULL;
     const double *sums = bn_sums(a->rows, a->c, d_x, d_dy, ymask, d_mean, d_invstd, d_work);
     if (d_dgamma || d_dbeta) k_bn_back_gb<<<ops_grid(a->c), 256>>>(a->c, sums, d_dgamma, d_dbeta);
-    if (d_dx || d_dres)
-        k_bn_back_dx<<<ops_grid(a->rows * a->c), 256>>>(a->rows, a->c, a->train, d_x, d_gamma, d_mean, d_invstd,
-                                                        sums, ymask, d_dy, d_dx, d_dres);
+    if (d_dx || d_dres) {
+        float *coef = (float *)(sums + 2 * a->c);
+        k_bn_coef<<<ops_grid(a->c), 256>>>(a->rows, a->c, a->train, d_gamma, d_invstd, sums, coef);
+        bool pow2 = (a->c & (a->c - 1)) == 0;
+        if (bn_vec(a->c, d_x, ymask, d_dy, d_dx, d_dres) == 4)
+            k_bn_back_dx<4><<<ops_grid(a->rows * a->c / 4), 256>>>(a->rows, a->c, pow2, d_x, d_mean, d_invstd, coef,
+                                                                   ymask, d_dy, d_dx, d_dres);
+        else
+            k_bn_back_dx<1><<<ops_grid(a->rows * a->c), 256>>>(a->rows, a->c, pow2, d_x, d_mean, d_invstd, coef,
+                                                               ymask, d_dy, d_dx, d_dres);
+    }
     CU_CHECK_LAUNCH();
 }
 
@@ -535,8 +624,10 @@ extern "C" void cu_op_batchnorm_backward(const cu_bn_args *a, const float *d_x, 
 /* The CPU's rule: the first maximum of the window in (i, j) order; its flat input index saved. */
 __global__ void k_maxpool(int64_t n, int64_t h, int64_t w, int64_t c, int k, int stride, int pad, int64_t oh_,
                           int64_t ow_, const float *__restrict__ x, float *__restrict__ y, int32_t *__restrict__ arg) {
-    GRID_STRIDE(o, n * oh_ * ow_ * c) {
-        int64_t ch = o % c, t = o / c, ow = t % ow_, oh = (t / ow_) % oh_, b = t / (ow_ * oh_), bi;
+    GRID_STRIDE(o, n * oh_ * ow_ * c) { /* 32-bit index math: the caller checks the sizes */
+        int t = (int)o / (int)c, ch = (int)o - t * (int)c, t2 = t / (int)ow_, ow = t - t2 * (int)ow_,
+            b = t2 / (int)oh_, oh = t2 - b * (int)oh_;
+        int64_t bi;
         y[o] = ag_k_maxpool_window(x, b, oh, ow, ch, h, w, c, k, stride, pad, &bi);
         arg[o] = (int32_t)bi;
     }
@@ -547,16 +638,17 @@ __global__ void k_maxpool(int64_t n, int64_t h, int64_t w, int64_t c, int k, int
 __global__ void k_maxpool_back(int64_t n, int64_t h, int64_t w, int64_t c, int k, int stride, int pad, int64_t oh_,
                                int64_t ow_, const int32_t *__restrict__ arg, const float *__restrict__ dy,
                                float *__restrict__ dx) {
-    GRID_STRIDE(idx, n * h * w * c) {
-        int64_t ch = idx % c, t = idx / c, iw = t % w, ih = (t / w) % h, b = t / (w * h);
+    GRID_STRIDE(idx, n * h * w * c) { /* 32-bit index math: the caller checks the sizes */
+        int ci = (int)c, t = (int)idx / ci, ch = (int)idx - t * ci, t2 = t / (int)w, iw = t - t2 * (int)w,
+            b = t2 / (int)h, ih = t2 - b * (int)h, OH = (int)oh_, OW = (int)ow_;
         /* outputs oh with oh*stride - pad <= ih <= oh*stride - pad + k - 1 */
-        int64_t oh0 = ih + pad - k + 1, ow0 = iw + pad - k + 1;
+        int oh0 = ih + pad - k + 1, ow0 = iw + pad - k + 1;
         oh0 = oh0 > 0 ? (oh0 + stride - 1) / stride : 0;
         ow0 = ow0 > 0 ? (ow0 + stride - 1) / stride : 0;
         float acc = dx[idx];
-        for (int64_t oh = oh0; oh < oh_ && oh * stride - pad <= ih; oh++)
-            for (int64_t ow = ow0; ow < ow_ && ow * stride - pad <= iw; ow++) {
-                int64_t o = ((b * oh_ + oh) * ow_ + ow) * c + ch;
+        for (int oh = oh0; oh < OH && oh * stride - pad <= ih; oh++)
+            for (int ow = ow0; ow < OW && ow * stride - pad <= iw; ow++) {
+                int o = ((b * OH + oh) * OW + ow) * ci + ch;
                 if (arg[o] == (int32_t)idx) acc += dy[o];
             }
         dx[idx] = acc;
@@ -566,7 +658,7 @@ __global__ void k_maxpool_back(int64_t n, int64_t h, int64_t w, int64_t c, int k
 extern "C" void cu_op_maxpool(int64_t n, int64_t h, int64_t w, int64_t c, int k, int stride, int pad,
                               const float *d_x, float *d_y, int32_t *d_arg) {
     int64_t oh = (h + 2 * pad - k) / stride + 1, ow = (w + 2 * pad - k) / stride + 1;
-    MX_ASSERT(n * h * w * c < INT32_MAX);
+    MX_ASSERT(n * h * w * c < INT32_MAX && n * oh * ow * c < INT32_MAX);
     k_maxpool<<<ops_grid(n * oh * ow * c), 256>>>(n, h, w, c, k, stride, pad, oh, ow, d_x, d_y, d_arg);
     CU_CHECK_LAUNCH();
 }
@@ -574,6 +666,7 @@ extern "C" void cu_op_maxpool(int64_t n, int64_t h, int64_t w, int64_t c, int k,
 extern "C" void cu_op_maxpool_backward(int64_t n, int64_t h, int64_t w, int64_t c, int k, int stride, int pad,
                                        const int32_t *d_arg, const float *d_dy, float *d_dx) {
     int64_t oh = (h + 2 * pad - k) / stride + 1, ow = (w + 2 * pad - k) / stride + 1;
+    MX_ASSERT(n * h * w * c < INT32_MAX && n * oh * ow * c < INT32_MAX);
     k_maxpool_back<<<ops_grid(n * h * w * c), 256>>>(n, h, w, c, k, stride, pad, oh, ow, d_arg, d_dy, d_dx);
     CU_CHECK_LAUNCH();
 }
@@ -926,8 +1019,17 @@ extern "C" void cu_bf16_to_f32(int64_t n, const uint16_t *d_x, float *d_y) {
  * when the channels allow, else single elements). Index math in 32 bits
  * per element (a row is under 2^31 elements). */
 template <typename V>
-__global__ void k_gather(ag_window g, int cv, int64_t r0, int64_t r1, const V *__restrict__ src, V *__restrict__ cols) {
+__global__ void k_gather(ag_window g, int cv, bool use_tab, int64_t r0, int64_t r1, const V *__restrict__ src,
+                         V *__restrict__ cols) {
     int lane = threadIdx.x & 31, kw = (int)g.kw, len = (int)(g.kh * g.kw) * cv;
+    /* each column's (i, j, ch), decoded once per block: no divisions per element */
+    extern __shared__ int tab[];
+    if (use_tab)
+        for (int e = threadIdx.x; e < len; e += blockDim.x) {
+            int ij = e / cv, ch = e - ij * cv, i = ij / kw;
+            tab[e] = (i << 24) | ((ij - i * kw) << 16) | ch;
+        }
+    __syncthreads();
     int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
     for (int64_t r = r0 + (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < r1; r += warps) {
         int64_t ni = r / (g.ph * g.pw), rem = r - ni * g.ph * g.pw;
@@ -936,7 +1038,14 @@ __global__ void k_gather(ag_window g, int cv, int64_t r0, int64_t r1, const V *_
         const V *img = src + ni * g.sh * g.sw * cv;
         V *dst = cols + (r - r0) * len;
         for (int e = lane; e < len; e += 32) {
-            int ij = e / cv, ch = e - ij * cv, i = ij / kw, j = ij - i * kw;
+            int i, j, ch;
+            if (use_tab) {
+                int t = tab[e];
+                i = t >> 24, j = (t >> 16) & 255, ch = t & 65535;
+            } else {
+                int ij = e / cv;
+                ch = e - ij * cv, i = ij / kw, j = ij - i * kw;
+            }
             int sy = by + g.sgn * i, sx = bx + g.sgn * j;
             V v;
             if (sy < 0 || sy >= g.sh || sx < 0 || sx >= g.sw) memset(&v, 0, sizeof v);
@@ -952,13 +1061,17 @@ extern "C" void cu_conv_gather(const ag_window *g, int elem_bytes, const void *d
     MX_ASSERT(elem_bytes == 2 || elem_bytes == 4);
     MX_ASSERT(g->kh * g->kw * g->c < INT32_MAX && g->sh < INT32_MAX && g->sw < INT32_MAX);
     int64_t vec = 16 / elem_bytes; /* elements per 16-byte vector */
+    int64_t cv = g->c % vec == 0 ? g->c / vec : g->c, len = g->kh * g->kw * cv;
+    /* the column table (kernel offsets in 8 bits each, the channel in 16) where it fits in 48 KB */
+    bool tab = g->kh < 128 && g->kw < 256 && cv < 65536 && len <= 12288;
     int grid = rows_grid(r1 - r0);
+    size_t shm = tab ? sizeof(int) * (size_t)len : 0;
     if (g->c % vec == 0)
-        k_gather<uint4><<<grid, 256>>>(*g, (int)(g->c / vec), r0, r1, (const uint4 *)d_src, (uint4 *)d_cols);
+        k_gather<uint4><<<grid, 256, shm>>>(*g, (int)cv, tab, r0, r1, (const uint4 *)d_src, (uint4 *)d_cols);
     else if (elem_bytes == 2)
-        k_gather<uint16_t><<<grid, 256>>>(*g, (int)g->c, r0, r1, (const uint16_t *)d_src, (uint16_t *)d_cols);
+        k_gather<uint16_t><<<grid, 256, shm>>>(*g, (int)cv, tab, r0, r1, (const uint16_t *)d_src, (uint16_t *)d_cols);
     else
-        k_gather<float><<<grid, 256>>>(*g, (int)g->c, r0, r1, (const float *)d_src, (float *)d_cols);
+        k_gather<float><<<grid, 256, shm>>>(*g, (int)cv, tab, r0, r1, (const float *)d_src, (float *)d_cols);
     CU_CHECK_LAUNCH();
 }
 
@@ -967,21 +1080,24 @@ extern "C" void cu_conv_gather(const ag_window *g, int elem_bytes, const void *d
  * order): one thread per element of dx. g is the im2col window (off = -pad,
  * sgn = +1). */
 __global__ void k_col2im(ag_window g, int64_t r0, int64_t r1, const float *__restrict__ dcols, float *__restrict__ dx) {
-    int64_t K = g.kh * g.kw * g.c;
+    /* 32-bit index math (the caller checks the sizes); the chunk's offsets in 64 bits */
+    const int C = (int)g.c, SW = (int)g.sw, SH = (int)g.sh, PH = (int)g.ph, PW = (int)g.pw, KH = (int)g.kh,
+              KW = (int)g.kw, S = g.stride, OFF = g.off;
+    const int64_t K = (int64_t)KH * KW * C;
     GRID_STRIDE(idx, g.n * g.sh * g.sw * g.c) {
-        int64_t ch = idx % g.c, t = idx / g.c, ix = t % g.sw, iy = (t / g.sw) % g.sh, b = t / (g.sw * g.sh);
+        int t = (int)idx / C, ch = (int)idx - t * C, t2 = t / SW, ix = t - t2 * SW, b = t2 / SH, iy = t2 - b * SH;
         /* oy with oy*stride + off <= iy <= oy*stride + off + kh - 1 */
-        int64_t ylo = iy - g.off - g.kh + 1, xlo = ix - g.off - g.kw + 1;
-        int64_t oy0 = ylo > 0 ? (ylo + g.stride - 1) / g.stride : 0, ox0 = xlo > 0 ? (xlo + g.stride - 1) / g.stride : 0;
-        int64_t rb = b * g.ph * g.pw;
-        if (rb + (oy0 * g.pw + ox0) >= r1 || rb + g.ph * g.pw <= r0) continue; /* no row of this chunk */
+        int ylo = iy - OFF - KH + 1, xlo = ix - OFF - KW + 1;
+        int oy0 = ylo > 0 ? (ylo + S - 1) / S : 0, ox0 = xlo > 0 ? (xlo + S - 1) / S : 0;
+        int64_t rb = (int64_t)b * PH * PW;
+        if (rb + (oy0 * PW + ox0) >= r1 || rb + PH * PW <= r0) continue; /* no row of this chunk */
         float acc = dx[idx];
-        for (int64_t oy = oy0; oy < g.ph && oy * g.stride + g.off <= iy; oy++)
-            for (int64_t ox = ox0; ox < g.pw && ox * g.stride + g.off <= ix; ox++) {
-                int64_t r = rb + oy * g.pw + ox;
+        for (int oy = oy0; oy < PH && oy * S + OFF <= iy; oy++)
+            for (int ox = ox0; ox < PW && ox * S + OFF <= ix; ox++) {
+                int64_t r = rb + oy * PW + ox;
                 if (r < r0 || r >= r1) continue;
-                int64_t i = iy - (oy * g.stride + g.off), j = ix - (ox * g.stride + g.off);
-                acc += dcols[(r - r0) * K + (i * g.kw + j) * g.c + ch];
+                int i = iy - (oy * S + OFF), j = ix - (ox * S + OFF);
+                acc += dcols[(r - r0) * K + (i * KW + j) * C + ch];
             }
         dx[idx] = acc;
     }
@@ -990,6 +1106,7 @@ __global__ void k_col2im(ag_window g, int64_t r0, int64_t r1, const float *__res
 extern "C" void cu_conv_col2im_add(const ag_window *g, int64_t r0, int64_t r1, const float *d_dcols, float *d_dx) {
     int64_t n = g->n * g->sh * g->sw * g->c;
     if (n <= 0 || r1 <= r0) return;
+    MX_ASSERT(n < INT32_MAX);
     k_col2im<<<ops_grid(n), 256>>>(*g, r0, r1, d_dcols, d_dx);
     CU_CHECK_LAUNCH();
 }

@@ -36,7 +36,7 @@ static const key_def train_keys[] = {
     KEY_ENUMV(train_config, "gpu_gemm", gpu_gemm, "bf16", &train_gpu_gemm_enum,
               "GPU products of quantized operands: `bf16` tensor cores (exact operands, the tensor cores' own "
               "FP32 accumulation) or `fp32` GEMMs (the CPU's arithmetic up to the order of sums; slower)"),
-    KEY_NUM(train_config, "gpu_chunk_mb", I64, gpu_chunk_mb, "128", 1, 1 << 20,
+    KEY_NUM(train_config, "gpu_chunk_mb", I64, gpu_chunk_mb, "512", 1, 1 << 20,
             "GPU convolutions: MB of gathered im2col columns per GEMM (smaller: less device memory, more GEMMs)"),
     KEY_ENUMV(train_config, "gpu_conv", gpu_conv, "gather", &train_gpu_conv_enum,
               "GPU convolutions over two float32 operands: `gather` (im2col + cuBLAS, as quantized ones always do) "
