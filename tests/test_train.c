@@ -1087,6 +1087,62 @@ START_TEST(test_compare_cli) {
 }
 END_TEST
 
+/* eval --formats: one evaluation per variant, a JSON line each, the table and the report. */
+START_TEST(test_eval_formats) {
+    char dir[1024], cfg[1024]; /* copies: test_path's buffers rotate */
+    snprintf(dir, sizeof dir, "%s", test_path("evf"));
+    snprintf(cfg, sizeof cfg, "%s", write_cfg("evf.ini", "[model]\narch = resnet\nblocks = 1,1,1,1\nwidths = 8,8,16,16\nimg_size = 12\n"
+                                           "[data]\ndataset = synthetic\nsynthetic_train = 32\nsynthetic_eval = 24\n"
+                                           "batch_size = 8\n[log]\nprogress = false\n"));
+    static char out[1 << 16];
+    char args[2000];
+    snprintf(args, sizeof args, "train %s --set log.dir=%s/run", cfg, dir);
+    ck_assert_int_eq(test_run_mxtrain(args, out, sizeof out), 0);
+    snprintf(args, sizeof args, "eval %s --checkpoint %s/run/ckpt/last.h5 --formats bf16,mxfp8_e4m3 --tilings 1d,2d --out %s/ev",
+             cfg, dir, dir);
+    ck_assert_int_eq(test_run_mxtrain(args, out, sizeof out), 0);
+    /* four JSON lines: bf16 first (no agreement), then agreements in [0, 1]; bf16's operands far closer than E4M3's */
+    double qsnr[4] = {0};
+    int lines = 0;
+    for (char *save = NULL, *l = strtok_r(out, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        if (l[0] != '{') continue; /* stderr's progress lines */
+        cJSON *j = cJSON_Parse(l);
+        ck_assert_msg(j && lines < 4, "%s", l);
+        cJSON *ag = cJSON_GetObjectItem(j, "agreement"), *roles = cJSON_GetObjectItem(j, "roles");
+        ck_assert(lines == 0 ? cJSON_IsNull(ag) : (cJSON_IsNumber(ag) && ag->valuedouble >= 0 && ag->valuedouble <= 1));
+        cJSON *act = cJSON_GetObjectItem(roles, "fwd_act");
+        ck_assert_msg(act && cJSON_IsNumber(cJSON_GetObjectItem(act, "mean_qsnr_db")), "%s", l);
+        qsnr[lines] = cJSON_GetObjectItem(act, "mean_qsnr_db")->valuedouble;
+        ck_assert_str_eq(cJSON_GetObjectItem(j, "format")->valuestring, lines < 2 ? "bf16" : "mxfp8_e4m3");
+        ck_assert_str_eq(cJSON_GetObjectItem(j, "tiling")->valuestring, lines % 2 ? "2d" : "1d");
+        ck_assert_int_eq(cJSON_GetObjectItem(j, "samples")->valueint, 24);
+        cJSON_Delete(j);
+        lines++;
+    }
+    ck_assert_int_eq(lines, 4);
+    ck_assert_msg(qsnr[0] > 45 && qsnr[2] > 20 && qsnr[2] < qsnr[0] - 10, "%g %g", qsnr[0], qsnr[2]);
+    char p[1200];
+    snprintf(p, sizeof p, "%s/ev", dir);
+    ck_assert(exists(p, "summary.md") && exists(p, "report.html"));
+    char rows[8][512];
+    ck_assert_int_eq(read_summary(p, rows, 8), 5);
+    ck_assert_msg(!strncmp(rows[0], "format,tiling,top1,top5,loss,agreement,fwd_act_qsnr_db", 54), "%s", rows[0]);
+    ck_assert_msg(!strncmp(rows[3], "mxfp8_e4m3,1d,", 14), "%s", rows[3]);
+    /* usage errors: exit 2 before anything runs */
+    snprintf(args, sizeof args, "eval %s --checkpoint %s/run/ckpt/last.h5 --formats bf16,nope", cfg, dir);
+    ck_assert_int_eq(test_run_mxtrain(args, out, sizeof out), 2);
+    ck_assert_msg(strstr(out, "nope"), "%s", out);
+    snprintf(args, sizeof args, "eval %s --checkpoint %s/run/ckpt/last.h5 --tilings 2d", cfg, dir);
+    ck_assert_int_eq(test_run_mxtrain(args, out, sizeof out), 2);
+    snprintf(args, sizeof args, "eval %s --checkpoint %s/run/ckpt/last.h5 --formats bf16 --save-logits x.npy", cfg, dir);
+    ck_assert_int_eq(test_run_mxtrain(args, out, sizeof out), 2);
+    /* a checkpoint that is not there: one line, exit 1 */
+    snprintf(args, sizeof args, "eval %s --checkpoint %s/none.h5 --formats bf16,mxint8", cfg, dir);
+    ck_assert_int_eq(test_run_mxtrain(args, out, sizeof out), 1);
+    ck_assert_msg(strstr(out, "none.h5"), "%s", out);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("train");
     TCase *tc = tcase_create("train");
@@ -1104,6 +1160,7 @@ int main(void) {
     tcase_add_test(tc, test_logs_torn_lines_and_disk_full);
     tcase_add_test(tc, test_nonfinite_guard);
     tcase_add_test(tc, test_compare_cli);
+    tcase_add_test(tc, test_eval_formats);
     tcase_add_test(tc, test_device_cuda_without_gpu);
     tcase_add_test(tc, test_safetensors_weights);
     tcase_add_test(tc, test_optimizer_state_pytorch_names);

@@ -31,15 +31,6 @@ static int compare_extra(int argc, char **argv, int *i, void *user) {
     return cli_take_value(argc, argv, i, "--out", &a->out);
 }
 
-static int split_list(const char *s, char items[][64], int cap) {
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", s);
-    int n = 0;
-    for (char *save = NULL, *t = strtok_r(buf, ", ", &save); t && n < cap; t = strtok_r(NULL, ", ", &save))
-        snprintf(items[n++], 64, "%s", t);
-    return n;
-}
-
 static void num(char *b, size_t n, const char *fmt, double v) {
     if (isfinite(v)) snprintf(b, n, fmt, v);
     else snprintf(b, n, "-");
@@ -69,39 +60,14 @@ int cmd_compare(int argc, char **argv) {
         rc = cli_usage_error("compare", "missing --formats (e.g. --formats bf16,mxint8,mxfp8_e4m3,boost,mxsf)");
         goto done;
     }
-    char formats[32][64], tilings[8][64];
-    int nf = split_list(a.formats, formats, 32), nt = a.tilings ? split_list(a.tilings, tilings, 8) : 0;
-    if (nt == 0) snprintf(tilings[nt++], 64, "%s", mm_tiling_name(base->v.quant.tiling));
+    config_variants vs;
+    bool usage;
     mx_err err = {0};
-    /* validate every variant before training any */
-    for (int i = 0; i < nf; i++) {
-        quant_format f;
-        if (quant_format_parse(formats[i], &f, &err)) {
-            rc = cli_usage_error("compare", "--formats: %s", err.msg);
-            goto done;
-        }
+    if (config_variants_parse(base, a.formats, a.tilings, &vs, &usage, &err)) {
+        if (usage) rc = cli_usage_error("compare", "%s", err.msg);
+        else fprintf(stderr, "mxtrain compare: %s\n", err.msg), rc = 1;
+        goto done;
     }
-    for (int j = 0; j < nt; j++) {
-        mm_tiling t;
-        if (mm_tiling_parse(tilings[j], &t, &err)) {
-            rc = cli_usage_error("compare", "--tilings: %s", err.msg);
-            goto done;
-        }
-    }
-    for (int i = 0; i < nf; i++) /* each variant's policy (a block a BDR format cannot take ...) */
-        for (int j = 0; j < nt; j++) {
-            char set[160];
-            *c = *base;
-            snprintf(set, sizeof set, "quant.format=%s", formats[i]);
-            int bad = config_set(c, set, &err);
-            snprintf(set, sizeof set, "quant.tiling=%s", tilings[j]);
-            if (!bad) bad = config_set(c, set, &err);
-            if (bad || config_check(c, &err)) {
-                fprintf(stderr, "mxtrain compare: %s %s: %s\n", formats[i], tilings[j], err.msg);
-                rc = 1;
-                goto done;
-            }
-        }
     char out[1024];
     snprintf(out, sizeof out, "%s", a.out ? a.out : base->v.log.dir);
     if (make_dirs(out, &err)) {
@@ -109,43 +75,35 @@ int cmd_compare(int argc, char **argv) {
         rc = 1;
         goto done;
     }
-    int nv = nf * nt;
+    int nv = config_variant_count(&vs);
     train_result *res = mx_calloc((size_t)nv, sizeof *res);
     char (*names)[160] = mx_calloc((size_t)nv, 160);
     char (*dirs)[1200] = mx_calloc((size_t)nv, 1200);
     rc = 0;
-    for (int i = 0; i < nf && !rc; i++)
-        for (int j = 0; j < nt && !rc; j++) {
-            int v = i * nt + j;
-            *c = *base;
-            snprintf(names[v], 160, "%s %s", formats[i], tilings[j]);
-            snprintf(dirs[v], 1200, "%s/%s_%s", out, formats[i], tilings[j]);
-            char set[1300];
-            snprintf(set, sizeof set, "quant.format=%s", formats[i]);
-            config_set(c, set, &err);
-            snprintf(set, sizeof set, "quant.tiling=%s", tilings[j]);
-            config_set(c, set, &err);
-            snprintf(set, sizeof set, "log.dir=%s", dirs[v]);
-            if (config_set(c, set, &err)) {
-                fprintf(stderr, "mxtrain compare: %s\n", err.msg);
-                rc = 1;
-                break;
-            }
-            fprintf(stderr, "== variant %d/%d: %s -> %s\n", v + 1, nv, names[v], dirs[v]);
-            train_opts o = {0};
-            char last[1300];
-            snprintf(last, sizeof last, "%s/ckpt/last.h5", dirs[v]);
-            if (a.resume && access(last, R_OK) == 0) o.resume_dir = dirs[v];
-            int r = trainer_run(c, &o, &res[v], &err);
-            if (r < 0) {
-                /* a variant that diverges is a result, not a failure of the comparison */
-                fprintf(stderr, "mxtrain compare: %s: %s\n", names[v], err.msg);
-                res[v].final_acc = res[v].best_acc = res[v].final_loss = NAN;
-                res[v].mean_grad_underflow = res[v].median_step_s = res[v].wall_s = NAN;
-            } else if (r == TRAIN_EXIT_INTERRUPTED) {
-                rc = r;
-            }
+    for (int v = 0; v < nv && !rc; v++) {
+        snprintf(dirs[v], 1200, "%s/%s_%s", out, vs.format[v / vs.nt], vs.tiling[v % vs.nt]);
+        char set[1300];
+        snprintf(set, sizeof set, "log.dir=%s", dirs[v]);
+        if (config_variant(base, &vs, v, c, names[v], 160, &err) || config_set(c, set, &err)) {
+            fprintf(stderr, "mxtrain compare: %s\n", err.msg);
+            rc = 1;
+            break;
         }
+        fprintf(stderr, "== variant %d/%d: %s -> %s\n", v + 1, nv, names[v], dirs[v]);
+        train_opts o = {0};
+        char last[1300];
+        snprintf(last, sizeof last, "%s/ckpt/last.h5", dirs[v]);
+        if (a.resume && access(last, R_OK) == 0) o.resume_dir = dirs[v];
+        int r = trainer_run(c, &o, &res[v], &err);
+        if (r < 0) {
+            /* a variant that diverges is a result, not a failure of the comparison */
+            fprintf(stderr, "mxtrain compare: %s: %s\n", names[v], err.msg);
+            res[v].final_acc = res[v].best_acc = res[v].final_loss = NAN;
+            res[v].mean_grad_underflow = res[v].median_step_s = res[v].wall_s = NAN;
+        } else if (r == TRAIN_EXIT_INTERRUPTED) {
+            rc = r;
+        }
+    }
     /* summary.csv / summary.md */
     char p[1200];
     snprintf(p, sizeof p, "%s/summary.csv", out);
@@ -164,24 +122,24 @@ int cmd_compare(int argc, char **argv) {
                     "passes/step | wall s |\n|---|---|---|---|---|---|---|---|---|\n");
         fprintf(fh, "<table><tr><th>format</th><th>tiling</th><th>final acc %%</th><th>best acc %%</th><th>final "
                     "loss</th><th>mean grad underflow</th><th>step s</th><th>passes/step</th><th>wall s</th></tr>\n");
-        for (int i = 0; i < nf; i++)
-            for (int j = 0; j < nt; j++) {
-                train_result *r = &res[i * nt + j];
+        for (int v = 0; v < nv; v++) {
+            train_result *r = &res[v];
+                const char *fmt = vs.format[v / vs.nt], *til = vs.tiling[v % vs.nt];
                 char fa[16], ba[16], st[16], wall[16];
                 pct(fa, sizeof fa, r->final_acc);
                 pct(ba, sizeof ba, r->best_acc);
                 num(st, sizeof st, "%.3f", r->median_step_s);
                 num(wall, sizeof wall, "%.0f", r->wall_s);
-                fprintf(fc, "%s,%s,%.6g,%.6g,%.6g,%.6g,%.4f,%lld,%.1f\n", formats[i], tilings[j], r->final_acc,
+                fprintf(fc, "%s,%s,%.6g,%.6g,%.6g,%.6g,%.4f,%lld,%.1f\n", fmt, til, r->final_acc,
                         r->best_acc, r->final_loss, r->mean_grad_underflow, r->median_step_s,
                         (long long)r->passes_per_step, r->wall_s);
-                fprintf(fm, "| %s | %s | %s | %s | %.4f | %.3g | %s | %lld | %s |\n", formats[i], tilings[j], fa, ba,
+                fprintf(fm, "| %s | %s | %s | %s | %.4f | %.3g | %s | %lld | %s |\n", fmt, til, fa, ba,
                         r->final_loss, r->mean_grad_underflow, st, (long long)r->passes_per_step, wall);
                 fprintf(fh, "<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%.4f</td><td>%.3g</td><td>%s</td>"
                             "<td>%lld</td><td>%s</td></tr>\n",
-                        formats[i], tilings[j], fa, ba, r->final_loss, r->mean_grad_underflow, st,
+                        fmt, til, fa, ba, r->final_loss, r->mean_grad_underflow, st,
                         (long long)r->passes_per_step, wall);
-            }
+        }
         fprintf(fh, "</table>\n");
     }
     if (fc) fclose(fc);

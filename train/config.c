@@ -344,3 +344,63 @@ int config_check(const config *c, mx_err *err) {
 bool config_policy(const config *c, mm_policy *p) { return mm_config_policy(&c->v.quant, (uint64_t)c->v.train.seed, p); }
 
 bool config_elementwise_bf16(const config *c) { return c->v.quant.elementwise == MM_ELEMENTWISE_BF16; }
+
+/* ---------------- a study's variants ---------------- */
+
+static int variants_split(const char *s, char items[][64], int cap) {
+    char buf[2048];
+    snprintf(buf, sizeof buf, "%s", s);
+    int n = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ", ", &save); t && n < cap; t = strtok_r(NULL, ", ", &save))
+        snprintf(items[n++], 64, "%s", t);
+    return n;
+}
+
+/* err's message after a prefix */
+static int variants_err(mx_err *err, const char *a, const char *b) {
+    mx_err e = *err;
+    return mx_err_set(err, "%s%s%s", a, b, e.msg);
+}
+
+int config_variant(const config *base, const config_variants *v, int k, config *c, char *name, size_t name_n,
+                   mx_err *err) {
+    const char *f = v->format[k / v->nt], *t = v->tiling[k % v->nt];
+    *c = *base;
+    if (name) snprintf(name, name_n, "%s %s", f, t);
+    char set[160];
+    snprintf(set, sizeof set, "quant.format=%s", f);
+    if (config_set(c, set, err)) return -1;
+    snprintf(set, sizeof set, "quant.tiling=%s", t);
+    return config_set(c, set, err);
+}
+
+int config_variants_parse(const config *base, const char *formats, const char *tilings, config_variants *v,
+                          bool *usage, mx_err *err) {
+    memset(v, 0, sizeof *v);
+    *usage = true;
+    v->nf = variants_split(formats, v->format, CONFIG_MAX_FORMATS);
+    v->nt = tilings ? variants_split(tilings, v->tiling, CONFIG_MAX_TILINGS) : 0;
+    if (v->nt == 0) snprintf(v->tiling[v->nt++], 64, "%s", mm_tiling_name(base->v.quant.tiling));
+    if (v->nf == 0) return mx_err_set(err, "--formats: no format named");
+    for (int i = 0; i < v->nf; i++) {
+        quant_format f;
+        if (quant_format_parse(v->format[i], &f, err)) return variants_err(err, "--formats: ", "");
+    }
+    for (int j = 0; j < v->nt; j++) {
+        mm_tiling t;
+        if (mm_tiling_parse(v->tiling[j], &t, err)) return variants_err(err, "--tilings: ", "");
+    }
+    *usage = false;
+    config *c = malloc(sizeof *c);
+    if (!c) return mx_err_set(err, "out of memory");
+    int rc = 0;
+    for (int k = 0; k < config_variant_count(v) && !rc; k++) { /* each variant's policy (a block a BDR format cannot take ...) */
+        char name[160];
+        if (config_variant(base, v, k, c, name, sizeof name, err) || config_check(c, err)) {
+            strcat(name, ": ");
+            rc = variants_err(err, name, "");
+        }
+    }
+    free(c);
+    return rc;
+}

@@ -94,4 +94,22 @@ bool config_policy(const config *c, mm_policy *p);
 int config_check(const config *c, mx_err *err);
 bool config_elementwise_bf16(const config *c);
 
+/* A study's variants (compare, eval --formats): each format x tiling of one
+ * base config, in that order (variant k: format k / nt, tiling k % nt). */
+#define CONFIG_MAX_FORMATS 32
+#define CONFIG_MAX_TILINGS 8
+typedef struct config_variants {
+    char format[CONFIG_MAX_FORMATS][64], tiling[CONFIG_MAX_TILINGS][64];
+    int nf, nt;
+} config_variants;
+/* Comma lists (tilings NULL: the base's); every variant's config is checked
+ * before any runs. 0; -1 with err and *usage set for an unknown name (exit 2)
+ * or a variant that cannot be (exit 1). */
+int config_variants_parse(const config *base, const char *formats, const char *tilings, config_variants *v,
+                          bool *usage, mx_err *err);
+static inline int config_variant_count(const config_variants *v) { return v->nf * v->nt; }
+/* Variant k into c (base with quant.format and quant.tiling set), named "format tiling". */
+int config_variant(const config *base, const config_variants *v, int k, config *c, char *name, size_t name_n,
+                   mx_err *err);
+
 #endif

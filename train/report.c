@@ -1,5 +1,6 @@
 /* report.html (see report.h). */
 #include "train/report.h"
+#include "train/commands.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -105,12 +106,11 @@ static void gap_histogram(FILE *f, const report_run *run) {
     svg_bar_chart(f, title, "exponent gap (block max exponent - element exponent)", labels, h, QUANT_GAP_BINS);
 }
 
-int report_write(const char *path, const char *title, const report_run *runs, int n, const char *summary_html,
-                 mx_err *err) {
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return mx_err_set(err, "%s: cannot write", tmp);
+int report_open(report_file *r, const char *path, const char *title, mx_err *err) {
+    snprintf(r->path, sizeof r->path, "%s", path);
+    snprintf(r->tmp, sizeof r->tmp, "%s.tmp", path);
+    FILE *f = r->f = fopen(r->tmp, "w");
+    if (!f) return mx_err_set(err, "%s: cannot write", r->tmp);
     time_t now = time(NULL);
     char when[64];
     strftime(when, sizeof when, "%Y-%m-%d %H:%M", localtime(&now));
@@ -121,7 +121,27 @@ int report_write(const char *path, const char *title, const report_run *runs, in
           "th{background:#f3f3f3}.row{display:flex;flex-wrap:wrap;gap:12px}svg{margin:6px 0}</style>\n</head><body>\n<h1>",
           f);
     svg_text_escaped(f, title);
-    fprintf(f, "</h1>\n<p>mxtrain report, written %s.</p>\n", when);
+    fprintf(f, "</h1>\n<p>mxtrain %s report, written %s.</p>\n", MXTRAIN_VERSION, when);
+    return 0;
+}
+
+int report_close(report_file *r, mx_err *err) {
+    FILE *f = r->f;
+    fputs("</body></html>\n", f);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        unlink(r->tmp);
+        return mx_err_set(err, "%s: write failed", r->tmp);
+    }
+    if (rename(r->tmp, r->path) != 0) return mx_err_set(err, "%s: cannot rename into place", r->path);
+    return 0;
+}
+
+int report_write(const char *path, const char *title, const report_run *runs, int n, const char *summary_html,
+                 mx_err *err) {
+    report_file rf;
+    if (report_open(&rf, path, title, err)) return -1;
+    FILE *f = rf.f;
     if (summary_html) fputs(summary_html, f);
     loss_and_accuracy(f, runs, n);
     bool any_stats = false;
@@ -139,12 +159,5 @@ int report_write(const char *path, const char *title, const report_run *runs, in
               "<code>quant.format</code>).</p>\n",
               f);
     }
-    fputs("</body></html>\n", f);
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad) {
-        unlink(tmp);
-        return mx_err_set(err, "%s: write failed", tmp);
-    }
-    if (rename(tmp, path) != 0) return mx_err_set(err, "%s: cannot rename into place", path);
-    return 0;
+    return report_close(&rf, err);
 }

@@ -4,6 +4,8 @@
 #ifndef MX_TRAIN_REPORT_H
 #define MX_TRAIN_REPORT_H
 
+#include <stdio.h>
+
 #include "core/error.h"
 #include "train/runlog.h"
 
@@ -11,6 +13,16 @@ typedef struct report_run {
     const char *name;    /* legend label (format/tiling in a comparison) */
     const runlog *log;
 } report_run;
+
+/* A report page of one's own: report_open writes the head (title, date,
+ * mxtrain version) to PATH.tmp, the caller the body to r->f, report_close
+ * the tail, and renames it into place (atomic). */
+typedef struct report_file {
+    FILE *f;
+    char path[1100], tmp[1100];
+} report_file;
+int report_open(report_file *r, const char *path, const char *title, mx_err *err);
+int report_close(report_file *r, mx_err *err);
 
 /* summary_html: optional HTML (a table) placed under the title. Atomic write. */
 int report_write(const char *path, const char *title, const report_run *runs, int n, const char *summary_html,

@@ -130,7 +130,7 @@ void session_adopt_loader(const session *s, loader *l) {
 int session_evaluate(session *s, loader *l, eval_result *res, mx_err *err) {
     ag_ctx *ctx = &s->ctx;
     bool collect = s->has_plan && s->plan.collect_stats;
-    if (s->has_plan) s->plan.collect_stats = false;
+    if (s->has_plan) s->plan.collect_stats = res->stats;
     ctx->run.training = ctx->run.grad_enabled = false;
     loader_start_epoch(l, 0, 0);
     data_batch b;

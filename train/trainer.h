@@ -42,6 +42,7 @@ typedef struct eval_result {
     double top1, top5; /* fractions of samples whose label is the first / among the five highest logits */
     int64_t samples;
     float *logits;     /* optional (caller's, samples x classes): every sample's logits in loader order */
+    bool stats;        /* in: collect the quantization plan's per-site statistics over the pass */
 } eval_result;
 int session_evaluate(session *s, loader *l, eval_result *res, mx_err *err);
 
