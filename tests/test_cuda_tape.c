@@ -98,6 +98,9 @@ static const prog progs[] = {
     {"conv1x1_s1", p_conv_1x1, 2, {4, 4}, {{2, 6, 6, 16}, {8, 1, 1, 16}}, false, false},
     {"conv7x7_s2_c3", p_conv_7x7, 2, {4, 4}, {{2, 15, 15, 3}, {8, 7, 7, 3}}, false, false},
     {"batchnorm", p_bn, 3, {4, 1, 1}, {{4, 5, 5, 12}, {12}, {12}}, false, false},
+    /* channels not a multiple of 4 (scalar kernels), and a power of two (masked channel index) */
+    {"batchnorm_c6", p_bn, 3, {4, 1, 1}, {{3, 5, 5, 6}, {6}, {6}}, false, false},
+    {"batchnorm_res_relu_c16", p_bn_res_relu, 4, {4, 1, 1, 4}, {{2, 7, 7, 16}, {16}, {16}, {2, 7, 7, 16}}, false, false},
     {"batchnorm_eval", p_bn, 3, {4, 1, 1}, {{4, 5, 5, 12}, {12}, {12}}, true, false},
     {"batchnorm_res_relu", p_bn_res_relu, 4, {4, 1, 1, 4}, {{4, 5, 5, 12}, {12}, {12}, {4, 5, 5, 12}}, false, false},
     {"batchnorm_res_relu_bf16", p_bn_res_relu, 4, {4, 1, 1, 4}, {{4, 5, 5, 12}, {12}, {12}, {4, 5, 5, 12}}, false,
