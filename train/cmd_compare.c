@@ -113,6 +113,9 @@ int cmd_compare(int argc, char **argv) {
     char *html = NULL;
     size_t hl = 0;
     FILE *fh = open_memstream(&html, &hl);
+    char *what = report_describe(base, true);
+    fputs(what, fh);
+    free(what);
     if (!fc || !fm) {
         fprintf(stderr, "mxtrain compare: %s: cannot write the summary\n", out);
         rc = 1;

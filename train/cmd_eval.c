@@ -222,18 +222,12 @@ static int eval_study_write(const char *dir, const config *base, const char *ckp
     /* what was evaluated: the checkpoint, the data and every quantization setting the variants share */
     fputs("<p>Checkpoint <code>", f);
     svg_text_escaped(f, ckpt);
-    fprintf(f, "</code>; model <code>%s</code>; data <code>%s</code> (%lld evaluation samples); device %s.</p>\n<p>",
-            model_arch_name(base->v.model.arch), data_kind_name(base->v.data.kind),
-            (long long)o[0].ev.samples, base->v.train.device == CLI_DEVICE_CUDA ? "cuda" : "cpu");
-    for (int k = 0; k < config_key_count(); k++) {
-        const char *sec;
-        const key_def *kd = config_key(k, &sec);
-        if (strcmp(sec, "quant") || !strcmp(kd->name, "format") || !strcmp(kd->name, "tiling")) continue;
-        fprintf(f, "quant.%s = <code>", kd->name);
-        svg_text_escaped(f, base->text[k][0] ? base->text[k] : "(none)");
-        fputs("</code>; ", f);
-    }
-    fputs("format and tiling per row.</p>\n", f);
+    fprintf(f, "</code>, evaluated on %lld samples of the evaluation split (no training: the epochs and seed below "
+               "are the config's).</p>\n",
+            (long long)o[0].ev.samples);
+    char *what = report_describe(base, true);
+    fputs(what, f);
+    free(what);
     fputs(table, f);
     free(table);
     /* bars: accuracy, and each forward operand's mean QSNR */

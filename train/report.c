@@ -1,6 +1,7 @@
 /* report.html (see report.h). */
 #include "train/report.h"
 #include "train/commands.h"
+#include "train/config.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -104,6 +105,36 @@ static void gap_histogram(FILE *f, const report_run *run) {
     char title[200];
     snprintf(title, sizeof title, "%s: exponent gap to the block maximum, gradients (fraction of nonzero)", run->name);
     svg_bar_chart(f, title, "exponent gap (block max exponent - element exponent)", labels, h, QUANT_GAP_BINS);
+}
+
+char *report_describe(const config *c, bool per_variant) {
+    char *html = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&html, &n);
+    const model_config *m = &c->v.model;
+    fprintf(f, "<p>Model <code>%s</code> (%d classes, %d input channels); data <code>%s</code>", model_arch_name(m->arch),
+            m->num_classes, m->in_chans, data_kind_name(c->v.data.kind));
+    if (c->v.data.path[0]) {
+        fputs(" from <code>", f);
+        svg_text_escaped(f, c->v.data.path);
+        fputs("</code>", f);
+    }
+    fprintf(f, ", batch %d; %d epochs", c->v.data.batch_size, c->v.train.epochs);
+    if (c->v.train.max_steps > 0) fprintf(f, " (at most %lld steps)", (long long)c->v.train.max_steps);
+    fprintf(f, ", seed %lld; device %s.</p>\n<p>", (long long)c->v.train.seed,
+            c->v.train.device == CLI_DEVICE_CUDA ? "cuda" : "cpu");
+    for (int k = 0; k < config_key_count(); k++) {
+        const char *sec;
+        const key_def *kd = config_key(k, &sec);
+        if (strcmp(sec, "quant") != 0) continue;
+        if (per_variant && (!strcmp(kd->name, "format") || !strcmp(kd->name, "tiling"))) continue;
+        fprintf(f, "quant.%s = <code>", kd->name);
+        svg_text_escaped(f, c->text[k][0] ? c->text[k] : "(none)");
+        fputs("</code>; ", f);
+    }
+    fputs(per_variant ? "format and tiling per row.</p>\n" : "</p>\n", f);
+    fclose(f);
+    return html;
 }
 
 int report_open(report_file *r, const char *path, const char *title, mx_err *err) {

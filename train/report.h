@@ -4,6 +4,7 @@
 #ifndef MX_TRAIN_REPORT_H
 #define MX_TRAIN_REPORT_H
 
+#include <stdbool.h>
 #include <stdio.h>
 
 #include "core/error.h"
@@ -23,6 +24,12 @@ typedef struct report_file {
 } report_file;
 int report_open(report_file *r, const char *path, const char *title, mx_err *err);
 int report_close(report_file *r, mx_err *err);
+
+/* HTML naming what a run was: model, data, optimizer steps, device and every
+ * quant.* setting (format and tiling too unless per_variant: a table's rows
+ * give those). Caller frees. */
+struct config;
+char *report_describe(const struct config *c, bool per_variant);
 
 /* summary_html: optional HTML (a table) placed under the title. Atomic write. */
 int report_write(const char *path, const char *title, const report_run *runs, int n, const char *summary_html,

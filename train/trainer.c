@@ -379,7 +379,15 @@ static void write_report(run_state *r) {
     char title[1200];
     snprintf(title, sizeof title, "mxtrain run %s", r->dir);
     mx_err e;
-    if (report_write(r->report, title, &rr, 1, NULL, &e)) fprintf(stderr, "mxtrain train: %s\n", e.msg);
+    char *what = report_describe(r->cfg, false), *html = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&html, &n);
+    fputs(what, f);
+    fprintf(f, "<p>%lld of %lld steps done.</p>\n", (long long)r->step, (long long)r->total);
+    fclose(f);
+    if (report_write(r->report, title, &rr, 1, html, &e)) fprintf(stderr, "mxtrain train: %s\n", e.msg);
+    free(what);
+    free(html);
 }
 
 /* The run directory and its config.ini. */
