@@ -12,6 +12,7 @@
 #include <string.h>
 
 extern "C" {
+#include "core/json.h"
 #include "core/timer.h"
 }
 #include "cuda/cuda.h"
@@ -192,10 +193,15 @@ extern "C" int cu_gemm_bench(int64_t n, int reps) {
         double *s = (double *)malloc(sizeof(double) * (size_t)reps);
         for (int r = 0; r < reps; r++) s[r] = ms[r] * 1e-3;
         double med = timer_median(s, reps);
-        printf("{\"bench\":\"gemm\",\"device\":\"cuda\",\"type\":\"%s\",\"n\":%lld,\"reps\":%d,\"median_ms\":%.3f,"
-               "\"tflop_per_s\":%.1f}\n",
-               names[t], (long long)n, reps, med * 1e3, 2.0 * (double)n * n * n / med / 1e12);
-        fflush(stdout);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "bench", "gemm");
+        cJSON_AddStringToObject(j, "device", "cuda");
+        cJSON_AddStringToObject(j, "type", names[t]);
+        cJSON_AddNumberToObject(j, "n", (double)n);
+        cJSON_AddNumberToObject(j, "reps", reps);
+        mx_json_number(j, "median_ms", med * 1e3, 3);
+        mx_json_number(j, "tflop_per_s", 2.0 * (double)n * n * n / med / 1e12, 1);
+        mx_json_print(j);
         free(ms);
         free(s);
     }

@@ -20,6 +20,7 @@ extern "C" {
 #include "core/rng.h"
 #include "core/timer.h"
 #include "quant/quant_kernel.h"
+#include "core/json.h"
 }
 #include "cuda/cuda.h"
 #include "cuda/cuda_internal.h"
@@ -808,12 +809,21 @@ int cu_quant_bench(const quant_format *formats, int nformats, int64_t n, int rep
         double fake = 8.0 * (double)n / (cu_median_ms(tf, reps) * 1e-3) / 1e9;
         double pack = mx ? (5.0 + 1.0 / 32) * (double)n / (cu_median_ms(tp, reps) * 1e-3) / 1e9 : 0.0;
         double bf = 6.0 * (double)n / (cu_median_ms(tb, reps) * 1e-3) / 1e9;
-        printf("{\"bench\":\"quantize\",\"device\":\"cuda\",\"gpu\":\"%s\",\"format\":\"%s\",\"n\":%lld,\"reps\":%d,"
-               "\"fake_gbps\":%.1f,\"pack_gbps\":%.1f,\"fake_bf16_gbps\":%.1f,\"copy_gbps\":%.1f,"
-               "\"fake_vs_copy\":%.3f,\"pack_vs_copy\":%.3f,\"fake_bf16_vs_copy\":%.3f}\n",
-               prop.name, quant_format_get(formats[f])->name, (long long)n, reps, fake, pack, bf, copy, fake / copy,
-               mx ? pack / copy : 0.0, bf / copy);
-        fflush(stdout);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "bench", "quantize");
+        cJSON_AddStringToObject(j, "device", "cuda");
+        cJSON_AddStringToObject(j, "gpu", prop.name);
+        cJSON_AddStringToObject(j, "format", quant_format_get(formats[f])->name);
+        cJSON_AddNumberToObject(j, "n", (double)n);
+        cJSON_AddNumberToObject(j, "reps", reps);
+        mx_json_number(j, "fake_gbps", fake, 1);
+        mx_json_number(j, "pack_gbps", pack, 1);
+        mx_json_number(j, "fake_bf16_gbps", bf, 1);
+        mx_json_number(j, "copy_gbps", copy, 1);
+        mx_json_number(j, "fake_vs_copy", fake / copy, 3);
+        mx_json_number(j, "pack_vs_copy", mx ? pack / copy : 0.0, 3);
+        mx_json_number(j, "fake_bf16_vs_copy", bf / copy, 3);
+        mx_json_print(j);
     }
     for (int i = 0; i < 5; i++) CU_CHECK(cudaEventDestroy(ev[i]));
     free(tc);

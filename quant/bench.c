@@ -9,6 +9,7 @@
 #include "core/rng.h"
 #include "core/timer.h"
 #include "quant/quant.h"
+#include "core/json.h"
 
 /* memcpy split over the same threads as the quantizer: the real ceiling. */
 static void bench_memcpy(float *dst, const float *src, int64_t n) {
@@ -59,12 +60,18 @@ int quant_bench(const quant_format *formats, int nformats, int64_t n, int reps) 
         double fake_gbps = 8.0 * (double)n / timer_median(t_fake, reps) / 1e9;
         /* pack reads 4 bytes and writes 1 code byte (+ scales) per element */
         double pack_gbps = mx ? (5.0 + 1.0 / 32) * (double)n / timer_median(t_pack, reps) / 1e9 : 0.0;
-        printf("{\"bench\":\"quantize\",\"format\":\"%s\",\"n\":%lld,\"threads\":%d,\"reps\":%d,"
-               "\"fake_gbps\":%.2f,\"pack_gbps\":%.2f,\"memcpy_gbps\":%.2f,\"fake_vs_memcpy\":%.3f,"
-               "\"pack_vs_memcpy\":%.3f}\n",
-               quant_format_get(formats[f])->name, (long long)n, omp_get_max_threads(), reps, fake_gbps, pack_gbps,
-               copy_gbps, fake_gbps / copy_gbps, mx ? pack_gbps / copy_gbps : 0.0);
-        fflush(stdout);
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "bench", "quantize");
+        cJSON_AddStringToObject(j, "format", quant_format_get(formats[f])->name);
+        cJSON_AddNumberToObject(j, "n", (double)n);
+        cJSON_AddNumberToObject(j, "threads", omp_get_max_threads());
+        cJSON_AddNumberToObject(j, "reps", reps);
+        mx_json_number(j, "fake_gbps", fake_gbps, 2);
+        mx_json_number(j, "pack_gbps", pack_gbps, 2);
+        mx_json_number(j, "memcpy_gbps", copy_gbps, 2);
+        mx_json_number(j, "fake_vs_memcpy", fake_gbps / copy_gbps, 3);
+        mx_json_number(j, "pack_vs_memcpy", mx ? pack_gbps / copy_gbps : 0.0, 3);
+        mx_json_print(j);
     }
     free(t_fake); free(t_pack); free(t_copy);
     free(x); free(y); free(codes); free(scales);

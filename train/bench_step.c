@@ -11,6 +11,7 @@
 #include "core/rng.h"
 #include "core/timer.h"
 #include "core/threads.h"
+#include "core/json.h"
 #include "train/cli.h"
 #include "cuda/cuda.h"
 #include "train/commands.h"
@@ -66,7 +67,7 @@ static int bench_session_steps(const config *c, const float *images, const int32
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "model", model_arch_name(s.mc.arch));
     cJSON_AddStringToObject(j, "device", s.ctx.gpu ? "cuda" : "cpu");
-    cli_json_number(j, "gpu_mem_mb", gpu_mb, 0);
+    mx_json_number(j, "gpu_mem_mb", gpu_mb, 0);
     cJSON_AddNumberToObject(j, "params", (double)model_num_params(&s.m));
     cJSON_AddNumberToObject(j, "batch", batch);
     cJSON_AddNumberToObject(j, "img_size", side);
@@ -74,20 +75,20 @@ static int bench_session_steps(const config *c, const float *images, const int32
     cJSON_AddStringToObject(j, "format", quant_format_get(c->v.quant.format)->name);
     cJSON_AddStringToObject(j, "tiling", s.has_plan ? mm_tiling_name(c->v.quant.tiling) : "-");
     cJSON_AddNumberToObject(j, "steps", steps);
-    cli_json_number(j, "median_step_s", med, 5);
-    cli_json_number(j, "min_step_s", t[0], 5);
-    cli_json_number(j, "img_per_s", batch / med, 1);
-    cli_json_number(j, "peak_rss_mb", peak_rss_mb(), 0);
-    cli_json_number(j, "gflop_per_step", (double)flops * 1e-9, 2);
-    cli_json_number(j, "gflop_per_s", (double)flops * 1e-9 / med, 1);
+    mx_json_number(j, "median_step_s", med, 5);
+    mx_json_number(j, "min_step_s", t[0], 5);
+    mx_json_number(j, "img_per_s", batch / med, 1);
+    mx_json_number(j, "peak_rss_mb", peak_rss_mb(), 0);
+    mx_json_number(j, "gflop_per_step", (double)flops * 1e-9, 2);
+    mx_json_number(j, "gflop_per_s", (double)flops * 1e-9 / med, 1);
     cJSON_AddNumberToObject(j, "quant_passes", (double)passes);
     cJSON_AddNumberToObject(j, "quant_bytes", (double)bytes_q);
     cJSON_AddNumberToObject(j, "bytes_held_for_backward", (double)held);
-    cli_json_number(j, "step_arena_mb", (double)s.ctx.ar.cap / 1048576.0, 0);
-    cli_json_number(j, "scratch_mb", (double)s.ctx.scratch.cap / 1048576.0, 0);
-    cli_json_number(j, "grad_pool_mb", (double)ag_grad_pool_bytes(&s.ctx) / 1048576.0, 0);
-    cli_json_number(j, "loss", loss, 7);
-    cli_print_json(j);
+    mx_json_number(j, "step_arena_mb", (double)s.ctx.ar.cap / 1048576.0, 0);
+    mx_json_number(j, "scratch_mb", (double)s.ctx.scratch.cap / 1048576.0, 0);
+    mx_json_number(j, "grad_pool_mb", (double)ag_grad_pool_bytes(&s.ctx) / 1048576.0, 0);
+    mx_json_number(j, "loss", loss, 7);
+    mx_json_print(j);
     fflush(stdout);
     free(t);
     if (pinned) cu_host_free(pinned);
@@ -294,10 +295,10 @@ int bench_data(int argc, char **argv) {
         cJSON_AddBoolToObject(j, "augment", dc.augment);
         cJSON_AddNumberToObject(j, "batches", (double)nb);
         cJSON_AddNumberToObject(j, "images", (double)imgs);
-        cli_json_number(j, "seconds", dt, 3);
-        cli_json_number(j, "img_per_s", (double)imgs / dt, 0);
-        cli_json_number(j, "open_s", t_open, 2);
-        cli_print_json(j);
+        mx_json_number(j, "seconds", dt, 3);
+        mx_json_number(j, "img_per_s", (double)imgs / dt, 0);
+        mx_json_number(j, "open_s", t_open, 2);
+        mx_json_print(j);
     }
     loader_free(l);
     dataset_free(&ds);
@@ -355,9 +356,9 @@ int bench_gemm(int argc, char **argv) {
     cJSON_AddStringToObject(j, "bench", "gemm");
     cJSON_AddNumberToObject(j, "n", (double)n);
     cJSON_AddNumberToObject(j, "threads", threads_get());
-    cli_json_number(j, "median_s", med, 5);
-    cli_json_number(j, "gflop_per_s", gf, 1);
-    cli_print_json(j);
+    mx_json_number(j, "median_s", med, 5);
+    mx_json_number(j, "gflop_per_s", gf, 1);
+    mx_json_print(j);
     free(a), free(b), free(c), free(t);
     return 0;
 }

@@ -48,26 +48,6 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) {
     return CLI_EXIT_USAGE;
 }
 
-void cli_print_json(cJSON *o) {
-    char *line = cJSON_PrintUnformatted(o);
-    printf("%s\n", line);
-    fflush(stdout);
-    cJSON_free(line);
-    cJSON_Delete(o);
-}
-
-void cli_json_number(cJSON *o, const char *key, double v, int decimals) {
-    if (!isfinite(v)) {
-        cJSON_AddNullToObject(o, key);
-        return;
-    }
-    if (decimals >= 0) {
-        double s = pow(10.0, decimals);
-        v = round(v * s) / s;
-    }
-    cJSON_AddNumberToObject(o, key, v);
-}
-
 bool cli_is_help(const char *arg) { return strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0; }
 
 static const char *const cli_device_names[] = {"cpu", "cuda"};

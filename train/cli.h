@@ -20,13 +20,6 @@ bool cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool cli_is_help(const char *arg);
 
-/* One JSON object as a line on stdout (cJSON: strings escaped), flushed,
- * then freed; and a number that JSON can hold (null when not finite),
- * rounded to `decimals` places (-1: exact). */
-struct cJSON;
-void cli_print_json(struct cJSON *o);
-void cli_json_number(struct cJSON *o, const char *key, double v, int decimals);
-
 /* Where a command computes. */
 typedef enum cli_device { CLI_DEVICE_CPU, CLI_DEVICE_CUDA, CLI_DEVICE_COUNT } cli_device;
 extern const mx_enum cli_device_enum;

@@ -12,6 +12,7 @@
 
 #include "core/npy.h"
 #include "train/checkpoint.h"
+#include "core/json.h"
 #include "train/cli.h"
 #include "train/commands.h"
 #include "train/config.h"
@@ -135,21 +136,21 @@ static void eval_print_json(const config *c, const char *ckpt, const eval_out *o
     }
     cJSON_AddStringToObject(j, "device", c->v.train.device == CLI_DEVICE_CUDA ? "cuda" : "cpu");
     cJSON_AddNumberToObject(j, "samples", (double)o->ev.samples);
-    cli_json_number(j, "eval_loss", o->ev.loss, -1);
-    cli_json_number(j, "eval_acc", o->ev.top1, -1);
-    cli_json_number(j, "eval_top5", o->ev.top5, -1);
+    mx_json_number(j, "eval_loss", o->ev.loss, -1);
+    mx_json_number(j, "eval_acc", o->ev.top1, -1);
+    mx_json_number(j, "eval_top5", o->ev.top5, -1);
     if (study) {
-        cli_json_number(j, "agreement", o->agreement, -1);
+        mx_json_number(j, "agreement", o->agreement, -1);
         cJSON *roles = cJSON_AddObjectToObject(j, "roles");
         for (int r = 0; r < MM_ROLE_COUNT; r++) {
             if (!isfinite(o->underflow[r])) continue;
             cJSON *x = cJSON_AddObjectToObject(roles, mm_role_name((mm_role)r));
-            cli_json_number(x, "mean_qsnr_db", o->qsnr[r], 3);
-            cli_json_number(x, "mean_underflow", o->underflow[r], -1);
-            cli_json_number(x, "mean_saturation", o->saturation[r], -1);
+            mx_json_number(x, "mean_qsnr_db", o->qsnr[r], 3);
+            mx_json_number(x, "mean_underflow", o->underflow[r], -1);
+            mx_json_number(x, "mean_saturation", o->saturation[r], -1);
         }
     }
-    cli_print_json(j);
+    mx_json_print(j);
 }
 
 static void fmt_num(char *b, size_t n, const char *fmt, double v, double scale) {

@@ -7,6 +7,7 @@
 
 #include "core/npy.h"
 #include "quant/quant.h"
+#include "core/json.h"
 #include "train/cli.h"
 #include "cuda/cuda.h"
 #include "train/commands.h"
@@ -150,10 +151,10 @@ int cmd_quantize(int argc, char **argv) {
     }
     cJSON_AddNumberToObject(j, "elements", (double)st.elements);
     cJSON_AddNumberToObject(j, "nonzero", (double)st.nonzero);
-    cli_json_number(j, "underflow_ratio", quant_stats_underflow_ratio(&st), 6);
-    cli_json_number(j, "saturation_ratio", quant_stats_saturation_ratio(&st), 6);
-    cli_json_number(j, "qsnr_db", quant_stats_qsnr_db(&st), 3);
-    cli_print_json(j);
+    mx_json_number(j, "underflow_ratio", quant_stats_underflow_ratio(&st), 6);
+    mx_json_number(j, "saturation_ratio", quant_stats_saturation_ratio(&st), 6);
+    mx_json_number(j, "qsnr_db", quant_stats_qsnr_db(&st), 3);
+    mx_json_print(j);
     rc = 0;
 done:
     free(out);
