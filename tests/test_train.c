@@ -1140,6 +1140,38 @@ START_TEST(test_eval_formats) {
     snprintf(args, sizeof args, "eval %s --checkpoint %s/none.h5 --formats bf16,mxint8", cfg, dir);
     ck_assert_int_eq(test_run_mxtrain(args, out, sizeof out), 1);
     ck_assert_msg(strstr(out, "none.h5"), "%s", out);
+
+    /* probe: every role of every layer per variant (1d: six; 2d would reuse the forward's tiles), bf16's error far
+       below E4M3's */
+    snprintf(args, sizeof args, "probe %s --checkpoint %s/run/ckpt/last.h5 --formats bf16,mxfp8_e4m3 --tilings 1d --batches 2 "
+             "--out %s/pr",
+             cfg, dir, dir);
+    ck_assert_int_eq(test_run_mxtrain(args, out, sizeof out), 0);
+    snprintf(p, sizeof p, "%s/pr", dir);
+    ck_assert(exists(p, "probe.h5") && exists(p, "report.html"));
+    snprintf(args, sizeof args, "%s/pr/probe.csv", dir);
+    FILE *f = fopen(args, "r");
+    ck_assert_ptr_nonnull(f);
+    char line[4096];
+    int roles[2][MM_ROLE_COUNT] = {{0}};
+    double q[2] = {0};
+    int nq[2] = {0};
+    ck_assert(fgets(line, sizeof line, f) && !strncmp(line, "variant,tiling,layer,role,format,elements,nonzero,qsnr_db", 57));
+    while (fgets(line, sizeof line, f)) {
+        int v = !strncmp(line, "bf16,", 5) ? 0 : 1;
+        char role[64];
+        ck_assert(sscanf(csv_field(line, 3), "%63[^,]", role) == 1);
+        for (int r = 0; r < MM_ROLE_COUNT; r++) roles[v][r] += !strcmp(role, mm_role_name((mm_role)r));
+        q[v] += strtod(csv_field(line, 7), NULL), nq[v]++;
+    }
+    fclose(f);
+    for (int v = 0; v < 2; v++)
+        for (int r = 0; r < MM_ROLE_COUNT; r++) ck_assert_msg(roles[v][r] > 0, "variant %d role %d missing", v, r);
+    ck_assert_msg(q[0] / nq[0] > q[1] / nq[1] + 10, "bf16 %g, e4m3 %g", q[0] / nq[0], q[1] / nq[1]);
+    snprintf(args, sizeof args, "probe %s --checkpoint %s/run/ckpt/last.h5 --batches 0 --formats bf16", cfg, dir);
+    ck_assert_int_eq(test_run_mxtrain(args, out, sizeof out), 2);
+    snprintf(args, sizeof args, "probe %s --checkpoint %s/run/ckpt/last.h5", cfg, dir);
+    ck_assert_int_eq(test_run_mxtrain(args, out, sizeof out), 2);
 }
 END_TEST
 

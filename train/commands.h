@@ -13,6 +13,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
+int cmd_probe(int argc, char **argv);
 
 /* Shared by train/eval/compare (cmd_train.c): loads CONFIG and applies --set
  * options; other options go to `extra` (returns 1 taken, 0 not, -1 error).

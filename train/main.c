@@ -18,6 +18,7 @@ static const command commands[] = {
     {"train", cmd_train, "train a model from a config file (run directory, checkpoints, report)"},
     {"eval", cmd_eval, "evaluate a checkpoint under any format (direct-cast inference)"},
     {"compare", cmd_compare, "train one config under several formats/tilings; summary and report"},
+    {"probe", cmd_probe, "quantization error of every GEMM operand per layer, role and format (no training)"},
     {"export", cmd_export, "a checkpoint's weights as .safetensors (PyTorch names; timm, Hugging Face)"},
     {"quantize", cmd_quantize, "quantize a .npy tensor to an MX format (fake-quant), with statistics"},
     {"qsnr", cmd_qsnr, "the QSNR study: formats x distributions (or an .npy), table, CSV and chart"},
