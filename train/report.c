@@ -50,8 +50,18 @@ static int find_step(const double *steps, int n, double s) {
     return -1;
 }
 
-/* Heatmaps of one run: one per role present. */
-static void heatmaps(FILE *f, const report_run *run) {
+/* The largest underflow ratio of each role over all runs: one colour scale per role for every run. */
+static void role_vmax(const report_run *runs, int n, double *vmax) {
+    for (int role = 0; role < MM_ROLE_COUNT; role++) vmax[role] = 0;
+    for (int k = 0; k < n; k++)
+        for (int64_t i = 0; i < runs[k].log->n_s; i++) {
+            double u = quant_stats_underflow_ratio(&runs[k].log->s[i].st);
+            if (isfinite(u)) vmax[runs[k].log->s[i].role] = fmax(vmax[runs[k].log->s[i].role], u);
+        }
+}
+
+/* Heatmaps of one run: one per role present, on the scales of vmax. */
+static void heatmaps(FILE *f, const report_run *run, const double *vmax) {
     const runlog *r = run->log;
     if (r->n_s == 0) return;
     int cap = 1024;
@@ -68,19 +78,16 @@ static void heatmaps(FILE *f, const report_run *run) {
     for (int role = 0; role < MM_ROLE_COUNT; role++) {
         bool any = false;
         for (size_t i = 0; i < (size_t)nl * (size_t)ns; i++) v[i] = NAN;
-        double vmax = 0;
         for (int64_t i = 0; i < r->n_s; i++) {
             if ((int)r->s[i].role != role) continue;
             int li = find_str(layers, nl, r->s[i].layer), si = find_step(steps, ns, (double)r->s[i].step);
-            double u = quant_stats_underflow_ratio(&r->s[i].st);
-            v[(size_t)li * ns + si] = u;
-            if (isfinite(u)) vmax = fmax(vmax, u);
+            v[(size_t)li * ns + si] = quant_stats_underflow_ratio(&r->s[i].st);
             any = true;
         }
         if (!any) continue;
         char title[200];
         snprintf(title, sizeof title, "%s: underflow ratio, %s", run->name, mm_role_name((mm_role)role));
-        svg_heatmap(f, title, names, nl, steps, ns, v, 0, vmax > 0 ? vmax : 1, "underflow");
+        svg_heatmap(f, title, names, nl, steps, ns, v, 0, vmax[role] > 0 ? vmax[role] : 1, "underflow");
     }
     free(v);
     free(names);
@@ -179,9 +186,12 @@ int report_write(const char *path, const char *title, const report_run *runs, in
     for (int k = 0; k < n; k++) any_stats |= runs[k].log->n_s > 0;
     if (any_stats) {
         fputs("<h2>Per-layer underflow ratio over steps</h2>\n<p>Fraction of nonzero operand values that quantize "
-              "to zero, per layer (rows) and statistics step (columns), for each operand role.</p>\n",
+              "to zero, per layer (rows) and statistics step (columns), for each operand role; one colour scale per "
+              "role, shared by every run on this page.</p>\n",
               f);
-        for (int k = 0; k < n; k++) heatmaps(f, &runs[k]);
+        double vmax[MM_ROLE_COUNT];
+        role_vmax(runs, n, vmax);
+        for (int k = 0; k < n; k++) heatmaps(f, &runs[k], vmax);
         fputs("<h2>Exponent-gap histogram of gradients</h2>\n<div class=\"row\">\n", f);
         for (int k = 0; k < n; k++) gap_histogram(f, &runs[k]);
         fputs("</div>\n", f);
