@@ -1035,3 +1035,18 @@ double quant_stats_qsnr_db(const quant_stats *st) {
     if (st->sum_err2 == 0.0) return INFINITY;
     return 10.0 * log10(st->sum_x2 / st->sum_err2);
 }
+
+int quant_underflow_gap(quant_format f) {
+    quant_spec s = quant_spec_default(f);
+    int64_t shape[1] = {32};
+    float x[32], y[32];
+    uint8_t scales[8];
+    for (int g = 1; g < QUANT_GAP_BINS; g++) {
+        for (int i = 0; i < 32; i++) x[i] = 0.0f;
+        x[0] = 1.0f;
+        x[1] = ldexpf(1.99f, -g); /* the largest value of exponent -g */
+        quant_fake(&s, x, y, 1, shape, quant_format_get(f)->is_mx ? scales : NULL, NULL);
+        if (y[1] == 0.0f) return g;
+    }
+    return QUANT_GAP_BINS;
+}

@@ -192,6 +192,12 @@ void quant_stats_add(quant_stats *acc, const quant_stats *st);
 double quant_stats_underflow_ratio(const quant_stats *st);
 double quant_stats_saturation_ratio(const quant_stats *st);
 double quant_stats_qsnr_db(const quant_stats *st);
+/* The smallest exponent gap (block maximum's exponent minus the element's, as
+ * gap_hist counts it) at which even the largest value of that exponent
+ * quantizes to zero under the format's default spec: where its underflow
+ * begins. QUANT_GAP_BINS when no gap up to the histogram's last underflows
+ * (bf16, fp32). Measured with the quantizer itself. */
+int quant_underflow_gap(quant_format f);
 
 /* In-process benchmark: fake-quant, pack and memcpy GB/s on n elements; one
  * JSON line per format on stdout. Returns 0. */

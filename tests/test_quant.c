@@ -718,6 +718,26 @@ START_TEST(test_cli_golden_and_errors) {
 }
 END_TEST
 
+/* Where underflow begins, per format: an MXINT8 element keeps 7 binades below its block's
+ * maximum (1.99 * 2^-8 is under half an LSB of 2^-6), E4M3 down to its subnormals (2^-9 below a
+ * scale of 2^-8), bf16 none; and the gap before each threshold still keeps its largest value. */
+START_TEST(test_underflow_gap) {
+    ck_assert_int_eq(quant_underflow_gap(QUANT_FORMAT_MXINT8), 8);
+    ck_assert_int_eq(quant_underflow_gap(QUANT_FORMAT_MXFP8_E4M3), 19);
+    ck_assert_int_eq(quant_underflow_gap(QUANT_FORMAT_BF16), QUANT_GAP_BINS);
+    for (int f = 0; f < QUANT_FORMAT_COUNT; f++) {
+        int g = quant_underflow_gap((quant_format)f);
+        ck_assert(g >= 2 && g <= QUANT_GAP_BINS);
+        if (g == QUANT_GAP_BINS) continue;
+        quant_spec s = quant_spec_default((quant_format)f);
+        float x[32] = {1.0f, ldexpf(1.99f, -(g - 1))}, y[32];
+        uint8_t sc[8];
+        quant_fake(&s, x, y, 1, (int64_t[]){32}, quant_format_get((quant_format)f)->is_mx ? sc : NULL, NULL);
+        ck_assert_msg(y[1] != 0.0f, "%s: gap %d already underflows", quant_format_get((quant_format)f)->name, g - 1);
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("quant");
     TCase *tc = tcase_create("golden");
@@ -733,6 +753,7 @@ int main(void) {
     tcase_add_test(tc, test_pack_fake_one_pass);
     tcase_add_test(tc, test_tiles_transpose_invariant);
     tcase_add_test(tc, test_bf16_edges);
+    tcase_add_test(tc, test_underflow_gap);
     tcase_add_test(tc, test_cli_golden_and_errors);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);

@@ -1065,6 +1065,18 @@ START_TEST(test_compare_cli) {
     ck_assert_int_eq(passes_2d % 3, 0);
     ck_assert_int_eq(passes_1d, 2 * passes_2d - 2);
     ck_assert(exists(dir, "summary.md") && exists(dir, "report.html") && exists(dir, "mxsf_1d/metrics.jsonl"));
+    /* the report names the run and draws what the statistics hold: the baseline across the accuracy bars, QSNR and
+       saturation per layer, each format's underflow threshold on the gap histograms */
+    static char html[1 << 22];
+    char rp[1200];
+    snprintf(rp, sizeof rp, "%s/report.html", dir);
+    FILE *rf = fopen(rp, "r");
+    ck_assert_ptr_nonnull(rf);
+    html[fread(html, 1, sizeof html - 1, rf)] = 0;
+    fclose(rf);
+    ck_assert(strstr(html, "Model <code>resnet</code>") && strstr(html, "quant.block = ") && strstr(html, "mxtrain 0."));
+    ck_assert(strstr(html, "bf16 1d baseline") && strstr(html, "Per-layer QSNR dB") && strstr(html, "saturation ratio"));
+    ck_assert_msg(strstr(html, "mxsf underflows from gap 13"), "no threshold mark");
     /* --resume reports finished variants from their records (same results, nothing retrained) and
        trains the one whose directory is gone */
     snprintf(cmd, sizeof cmd, "rm -r %s/bf16_2d", dir);

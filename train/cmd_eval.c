@@ -245,7 +245,10 @@ static int eval_study_write(const char *dir, const config *base, const char *ckp
             bars[v] = k == 0 ? 100 * o[v].ev.top1 : o[v].qsnr[k == 1 ? MM_ROLE_FWD_ACT : MM_ROLE_FWD_WEIGHT];
         static const char *const titles[] = {"top-1 accuracy %", "activations: mean QSNR dB over layers",
                                              "weights: mean QSNR dB over layers"};
-        svg_bar_chart(f, titles[k], "variant", labels, bars, nv);
+        char mark[200]; /* the first variant (put the baseline first) across the accuracy bars */
+        snprintf(mark, sizeof mark, "%s (first variant)", labels[0]);
+        svg_marks m = {k == 0 ? bars[0] : NAN, mark, -1, NULL};
+        svg_bar_chart_marked(f, titles[k], "variant", labels, bars, nv, &m);
     }
     fputs("</div>\n", f);
     /* per-layer QSNR, variants side by side on one colour scale */
@@ -268,7 +271,7 @@ static int eval_study_write(const char *dir, const config *base, const char *ckp
             }
         if (!isfinite(lo)) continue;
         svg_heatmap(f, k == 0 ? "activations (fwd_act)" : "weights (fwd_weight)", rows, ns, cx, nv, hv, lo,
-                    hi > lo ? hi : lo + 1, "QSNR dB");
+                    hi > lo ? hi : lo + 1, "QSNR dB", "variant");
     }
     fputs("</div>\n", f);
     free(hv), free(cx), free(rows), free(labels), free(lab), free(bars);

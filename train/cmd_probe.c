@@ -175,7 +175,7 @@ static int probe_write_report(const char *dir, const config *base, const char *c
             bool any = false;
             for (int k = 0; k < nl * nv; k++) any |= isfinite(g[k]);
             if (any) svg_heatmap(f, mm_role_name((mm_role)role), names, nl, cx, nv, g, lo, hi > lo ? hi : lo + 1,
-                                 metric_names[metric]);
+                                 metric_names[metric], "variant");
             free(names);
             free(g);
         }

@@ -38,6 +38,34 @@ static void loss_and_accuracy(FILE *f, const report_run *runs, int n) {
     free(as);
 }
 
+/* Each run's last evaluation accuracy as a bar, the first fp32 (else bf16) run's drawn across as the baseline. */
+static void final_accuracy_bars(FILE *f, const report_run *runs, int n) {
+    double *v = mx_malloc(sizeof(double) * (size_t)n), base = NAN;
+    const char **labels = mx_malloc(sizeof(char *) * (size_t)n);
+    const char *base_name = NULL;
+    for (int pass = 0; pass < 2 && !base_name; pass++)
+        for (int k = 0; k < n && !base_name; k++)
+            if (!strncmp(runs[k].name, pass ? "bf16" : "fp32", 4)) base_name = runs[k].name;
+    for (int k = 0; k < n; k++) {
+        v[k] = NAN;
+        for (int64_t i = runs[k].log->n_m - 1; i >= 0; i--)
+            if (runs[k].log->m[i].is_eval) {
+                v[k] = 100.0 * runs[k].log->m[i].eval_acc;
+                break;
+            }
+        labels[k] = runs[k].name;
+        if (runs[k].name == base_name) base = v[k];
+    }
+    char mark[200];
+    snprintf(mark, sizeof mark, "%s baseline", base_name ? base_name : "");
+    svg_marks m = {base_name ? base : NAN, mark, -1, NULL};
+    fputs("<div class=\"row\">\n", f);
+    svg_bar_chart_marked(f, "final evaluation top-1 accuracy %", "variant", labels, v, n, &m);
+    fputs("</div>\n", f);
+    free(v);
+    free(labels);
+}
+
 static int find_str(char (*names)[96], int n, const char *s) {
     for (int i = 0; i < n; i++)
         if (strcmp(names[i], s) == 0) return i;
@@ -50,18 +78,31 @@ static int find_step(const double *steps, int n, double s) {
     return -1;
 }
 
-/* The largest underflow ratio of each role over all runs: one colour scale per role for every run. */
-static void role_vmax(const report_run *runs, int n, double *vmax) {
-    for (int role = 0; role < MM_ROLE_COUNT; role++) vmax[role] = 0;
-    for (int k = 0; k < n; k++)
-        for (int64_t i = 0; i < runs[k].log->n_s; i++) {
-            double u = quant_stats_underflow_ratio(&runs[k].log->s[i].st);
-            if (isfinite(u)) vmax[runs[k].log->s[i].role] = fmax(vmax[runs[k].log->s[i].role], u);
-        }
+/* What a heatmap shows: one statistic of a stats row. */
+typedef enum { HM_UNDERFLOW, HM_SATURATION, HM_QSNR, HM_COUNT } hm_metric;
+static const char *const hm_names[HM_COUNT] = {"underflow ratio", "saturation ratio", "QSNR dB"};
+static double hm_value(const stat_rec *s, hm_metric m) {
+    return m == HM_UNDERFLOW ? quant_stats_underflow_ratio(&s->st)
+           : m == HM_SATURATION ? quant_stats_saturation_ratio(&s->st)
+                                : s->qsnr_db;
 }
 
-/* Heatmaps of one run: one per role present, on the scales of vmax. */
-static void heatmaps(FILE *f, const report_run *run, const double *vmax) {
+/* Each role's range of metric m over all runs: one colour scale per (metric, role) for every run
+ * (ratios from 0). */
+static void role_range(const report_run *runs, int n, hm_metric m, double *lo, double *hi) {
+    for (int role = 0; role < MM_ROLE_COUNT; role++) lo[role] = m == HM_QSNR ? INFINITY : 0, hi[role] = -INFINITY;
+    for (int k = 0; k < n; k++)
+        for (int64_t i = 0; i < runs[k].log->n_s; i++) {
+            const stat_rec *s = &runs[k].log->s[i];
+            double u = hm_value(s, m);
+            if (isfinite(u)) lo[s->role] = fmin(lo[s->role], u), hi[s->role] = fmax(hi[s->role], u);
+        }
+    for (int role = 0; role < MM_ROLE_COUNT; role++)
+        if (!(hi[role] > lo[role])) hi[role] = lo[role] + (m == HM_QSNR ? 1 : isfinite(lo[role]) && lo[role] > 0 ? lo[role] : 1);
+}
+
+/* Heatmaps of one run: one per role present, on the scales [lo, hi]. */
+static void heatmaps(FILE *f, const report_run *run, hm_metric metric, const double *lo, const double *hi) {
     const runlog *r = run->log;
     if (r->n_s == 0) return;
     int cap = 1024;
@@ -81,13 +122,13 @@ static void heatmaps(FILE *f, const report_run *run, const double *vmax) {
         for (int64_t i = 0; i < r->n_s; i++) {
             if ((int)r->s[i].role != role) continue;
             int li = find_str(layers, nl, r->s[i].layer), si = find_step(steps, ns, (double)r->s[i].step);
-            v[(size_t)li * ns + si] = quant_stats_underflow_ratio(&r->s[i].st);
+            v[(size_t)li * ns + si] = hm_value(&r->s[i], metric);
             any = true;
         }
         if (!any) continue;
         char title[200];
-        snprintf(title, sizeof title, "%s: underflow ratio, %s", run->name, mm_role_name((mm_role)role));
-        svg_heatmap(f, title, names, nl, steps, ns, v, 0, vmax[role] > 0 ? vmax[role] : 1, "underflow");
+        snprintf(title, sizeof title, "%s: %s, %s", run->name, hm_names[metric], mm_role_name((mm_role)role));
+        svg_heatmap(f, title, names, nl, steps, ns, v, lo[role], hi[role], hm_names[metric], "step");
     }
     free(v);
     free(names);
@@ -109,9 +150,19 @@ static void gap_histogram(FILE *f, const report_run *run) {
         snprintf(lab[g], sizeof lab[g], g == QUANT_GAP_BINS - 1 ? "%d+" : "%d", g);
         labels[g] = lab[g];
     }
-    char title[200];
-    snprintf(title, sizeof title, "%s: exponent gap to the block maximum, gradients (fraction of nonzero)", run->name);
-    svg_bar_chart(f, title, "exponent gap (block max exponent - element exponent)", labels, h, QUANT_GAP_BINS);
+    /* the gradients' format (the most frequent among their rows: keep rules leave a few layers in another) */
+    int count[QUANT_FORMAT_COUNT] = {0}, fmt = 0;
+    for (int64_t i = 0; i < r->n_s; i++)
+        if (r->s[i].role == MM_ROLE_BWD_GRAD_DX || r->s[i].role == MM_ROLE_BWD_GRAD_DW) count[r->s[i].format]++;
+    for (int k = 1; k < QUANT_FORMAT_COUNT; k++)
+        if (count[k] > count[fmt]) fmt = k;
+    int gap = quant_underflow_gap((quant_format)fmt);
+    char title[200], mark[120];
+    snprintf(title, sizeof title, "%s: gradients, fraction per exponent gap", run->name);
+    snprintf(mark, sizeof mark, "%s underflows from gap %d", quant_format_get((quant_format)fmt)->name, gap);
+    svg_marks m = {NAN, NULL, gap < QUANT_GAP_BINS ? gap : -1, mark};
+    svg_bar_chart_marked(f, title, "exponent gap (block max exponent - element exponent)", labels, h, QUANT_GAP_BINS,
+                         &m);
 }
 
 char *report_describe(const config *c, bool per_variant) {
@@ -182,16 +233,22 @@ int report_write(const char *path, const char *title, const report_run *runs, in
     FILE *f = rf.f;
     if (summary_html) fputs(summary_html, f);
     loss_and_accuracy(f, runs, n);
+    if (n > 1) final_accuracy_bars(f, runs, n);
     bool any_stats = false;
     for (int k = 0; k < n; k++) any_stats |= runs[k].log->n_s > 0;
     if (any_stats) {
-        fputs("<h2>Per-layer underflow ratio over steps</h2>\n<p>Fraction of nonzero operand values that quantize "
-              "to zero, per layer (rows) and statistics step (columns), for each operand role; one colour scale per "
-              "role, shared by every run on this page.</p>\n",
-              f);
-        double vmax[MM_ROLE_COUNT];
-        role_vmax(runs, n, vmax);
-        for (int k = 0; k < n; k++) heatmaps(f, &runs[k], vmax);
+        static const char *const what[HM_COUNT] = {
+            "fraction of nonzero operand values that quantize to zero",
+            "fraction of operand values clamped to the format's largest magnitude",
+            "signal-to-quantization-noise ratio of each operand, 10 log10(sum x^2 / sum (x - q)^2)"};
+        for (int m = 0; m < HM_COUNT; m++) {
+            fprintf(f, "<h2>Per-layer %s over steps</h2>\n<p>The %s, per layer (rows) and statistics step (columns), "
+                       "for each operand role; one colour scale per role, shared by every run on this page.</p>\n",
+                    hm_names[m], what[m]);
+            double lo[MM_ROLE_COUNT], hi[MM_ROLE_COUNT];
+            role_range(runs, n, (hm_metric)m, lo, hi);
+            for (int k = 0; k < n; k++) heatmaps(f, &runs[k], (hm_metric)m, lo, hi);
+        }
         fputs("<h2>Exponent-gap histogram of gradients</h2>\n<div class=\"row\">\n", f);
         for (int k = 0; k < n; k++) gap_histogram(f, &runs[k]);
         fputs("</div>\n", f);

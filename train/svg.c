@@ -201,7 +201,7 @@ static void heat_color(double t, char *out) {
 }
 
 void svg_heatmap(FILE *f, const char *title, const char *const *row_names, int rows, const double *col_x, int cols,
-                 const double *v, double vmin, double vmax, const char *value_label) {
+                 const double *v, double vmin, double vmax, const char *value_label, const char *xlabel) {
     const int L = 190, T = 30, B = 40, R = 110;
     int cw = cols > 0 ? (600 / cols > 24 ? 24 : 600 / cols > 2 ? 600 / cols : 2) : 10;
     int ch = rows > 60 ? 8 : 12;
@@ -231,8 +231,9 @@ void svg_heatmap(FILE *f, const char *title, const char *const *row_names, int r
         fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-size=\"11\">%g</text>\n",
                 L + cw * picks[i] + cw / 2, T + ch * rows + 14, col_x[picks[i]]);
     }
-    fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-size=\"12\">step</text>\n", L + cw * cols / 2,
-            T + ch * rows + 32);
+    fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-size=\"12\">", L + cw * cols / 2, T + ch * rows + 32);
+    svg_text_escaped(f, xlabel);
+    fputs("</text>\n", f);
     /* colour scale */
     int sx = L + cw * cols + 20;
     for (int i = 0; i < 50; i++) {
@@ -247,10 +248,16 @@ void svg_heatmap(FILE *f, const char *title, const char *const *row_names, int r
 }
 
 void svg_bar_chart(FILE *f, const char *title, const char *xlabel, const char *const *labels, const double *v, int n) {
+    svg_bar_chart_marked(f, title, xlabel, labels, v, n, NULL);
+}
+
+void svg_bar_chart_marked(FILE *f, const char *title, const char *xlabel, const char *const *labels, const double *v,
+                          int n, const svg_marks *m) {
     const int W = 640, H = 300, L = 56, R = 20, T = 30, B = 46;
     double mx = 0;
     for (int i = 0; i < n; i++)
         if (isfinite(v[i])) mx = fmax(mx, v[i]);
+    if (m && isfinite(m->hline)) mx = fmax(mx, m->hline);
     if (mx <= 0) mx = 1;
     int pw = W - L - R, ph = H - T - B;
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\">\n", W,
@@ -279,6 +286,26 @@ void svg_bar_chart(FILE *f, const char *title, const char *xlabel, const char *c
             svg_text_escaped(f, labels[i]);
             fputs("</text>\n", f);
         }
+    }
+    if (m && isfinite(m->hline)) {
+        double y = T + ph - m->hline / mx * ph;
+        fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#d62728\" stroke-dasharray=\"5,3\"/>", L, y,
+                L + pw, y);
+        fprintf(f, "<text x=\"%d\" y=\"%.1f\" font-size=\"11\" fill=\"#d62728\" stroke=\"white\" stroke-width=\"3\" "
+                   "paint-order=\"stroke\">",
+                L + 4, y - 4);
+        svg_text_escaped(f, m->hline_label ? m->hline_label : "");
+        fputs("</text>\n", f);
+    }
+    if (m && m->vbar >= 0 && m->vbar <= n) {
+        double x = L + bw * m->vbar;
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#d62728\" stroke-dasharray=\"5,3\"/>", x, T, x,
+                T + ph);
+        fprintf(f, "<text x=\"%.1f\" y=\"%d\" font-size=\"11\" fill=\"#d62728\" stroke=\"white\" stroke-width=\"3\" "
+                   "paint-order=\"stroke\">",
+                x + 3, T + 14);
+        svg_text_escaped(f, m->vbar_label ? m->vbar_label : "");
+        fputs("</text>\n", f);
     }
     fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-size=\"12\">", L + pw / 2, H - 8);
     svg_text_escaped(f, xlabel);
