@@ -102,6 +102,8 @@ typedef struct ag_run {
     int64_t conv_chunk_bytes; /* im2col bytes per conv chunk; 0: 1.25 MB per thread on the CPU,
                                  512 MB on the GPU (train.gpu_chunk_mb); tests set a tiny value
                                  to cover many chunks */
+    bool cpu_bf16;            /* CPU: products of two quantized operands on the BF16 units
+                                 (core/gemm.h's gemm_bf16_f32; train.cpu_gemm = auto) */
     bool gpu_fp32_gemm;       /* GPU: every product as an FP32 GEMM on the quantized values
                                  (train.gpu_gemm = fp32): the CPU's arithmetic up to the order
                                  of sums. Default: bf16-held pairs on the tensor cores, whose

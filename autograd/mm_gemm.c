@@ -20,26 +20,35 @@
 #include "core/error.h"
 #include "core/gemm.h"
 
+/* The GEMM of one product: gemm_f32, or gemm_bf16_f32 when both operands are
+ * quantized (their values are bf16) and the run allows the BF16 units. */
+typedef void (*mm_gemm_fn)(bool, bool, int, int, int, float, const float *, int, const float *, int, float, float *,
+                           int);
+
+static mm_gemm_fn mm_cpu_gemm(const ag_ctx *ctx, quant_format fa, quant_format fb) {
+    return ctx->run.cpu_bf16 && fa != QUANT_FORMAT_FP32 && fb != QUANT_FORMAT_FP32 ? gemm_bf16_f32 : gemm_f32;
+}
+
 /* ---------------- dense ---------------- */
 
-static void dense_y(const mm_shape *sh, const float *a, const float *b, float *y) {
+static void dense_y(mm_gemm_fn gemm, const mm_shape *sh, const float *a, const float *b, float *y) {
     for (int i = 0; i < sh->batch; i++)
-        gemm_f32(false, sh->b_trans, sh->m, sh->n, sh->k, 1.0f, a + i * sh->stride_a, sh->k, b + i * sh->stride_b,
+        gemm(false, sh->b_trans, sh->m, sh->n, sh->k, 1.0f, a + i * sh->stride_a, sh->k, b + i * sh->stride_b,
                  sh->b_trans ? sh->k : sh->n, 0.0f, y + i * sh->stride_y, sh->n);
 }
 
-static void dense_da(const mm_shape *sh, const float *dy, const float *b, float *da) {
+static void dense_da(mm_gemm_fn gemm, const mm_shape *sh, const float *dy, const float *b, float *da) {
     for (int i = 0; i < sh->batch; i++) /* dA[M,K] += dY[M,N] . B'^T */
-        gemm_f32(false, !sh->b_trans, sh->m, sh->k, sh->n, 1.0f, dy + i * sh->stride_y, sh->n, b + i * sh->stride_b,
+        gemm(false, !sh->b_trans, sh->m, sh->k, sh->n, 1.0f, dy + i * sh->stride_y, sh->n, b + i * sh->stride_b,
                  sh->b_trans ? sh->k : sh->n, 1.0f, da + i * sh->stride_a, sh->k);
 }
 
 /* rows m of A and dY, lda/ldy their row strides */
-static void dense_db1(const mm_shape *sh, int m, const float *a, const float *dy, float *db) {
+static void dense_db1(mm_gemm_fn gemm, const mm_shape *sh, int m, const float *a, const float *dy, float *db) {
     if (sh->b_trans) /* dB[N,K] += dY^T[N,M] . A[M,K] */
-        gemm_f32(true, false, sh->n, sh->k, m, 1.0f, dy, sh->n, a, sh->k, 1.0f, db, sh->k);
+        gemm(true, false, sh->n, sh->k, m, 1.0f, dy, sh->n, a, sh->k, 1.0f, db, sh->k);
     else /* dB[K,N] += A^T[K,M] . dY[M,N] */
-        gemm_f32(true, false, sh->k, sh->n, m, 1.0f, a, sh->k, dy, sh->n, 1.0f, db, sh->n);
+        gemm(true, false, sh->k, sh->n, m, 1.0f, a, sh->k, dy, sh->n, 1.0f, db, sh->n);
 }
 
 /* ---------------- im2col by chunks ---------------- */
@@ -103,7 +112,7 @@ static void conv_col2im_add_rows(const mm_im2col *g, const float *dcols, int64_t
     }
 }
 
-static void conv_y(ag_ctx *ctx, const mm_shape *sh, const float *x, const float *w, float *y) {
+static void conv_y(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, const float *x, const float *w, float *y) {
     const mm_im2col *g = &sh->g;
     int64_t M = sh->m, K = sh->k, O = sh->n;
     arena_mark mark = arena_get_mark(&ctx->scratch);
@@ -113,7 +122,7 @@ static void conv_y(ag_ctx *ctx, const mm_shape *sh, const float *x, const float 
     for (int64_t r0 = 0; r0 < M; r0 += rows) {
         int64_t r1 = r0 + rows < M ? r0 + rows : M;
         conv_gather_rows(&win, x, r0, r1, cols);
-        gemm_f32(false, true, (int)(r1 - r0), (int)O, (int)K, 1.0f, cols, (int)K, w, (int)K, 0.0f, y + r0 * O, (int)O);
+        gemm(false, true, (int)(r1 - r0), (int)O, (int)K, 1.0f, cols, (int)K, w, (int)K, 0.0f, y + r0 * O, (int)O);
     }
     arena_release(&ctx->scratch, mark);
 }
@@ -123,7 +132,7 @@ static void conv_y(ag_ctx *ctx, const mm_shape *sh, const float *x, const float 
  * a gather of dY and one GEMM reducing over KH*KW*O per chunk, where
  * dcols = dY . W followed by col2im would zero, accumulate and scatter 9x the
  * input with a GEMM reducing over O alone. */
-static void conv_dx(ag_ctx *ctx, const mm_shape *sh, const float *dy, const float *w, float *dx) {
+static void conv_dx(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, const float *dy, const float *w, float *dx) {
     const mm_im2col *g = &sh->g;
     int64_t M = sh->m, K = sh->k, O = sh->n;
     arena_mark mark = arena_get_mark(&ctx->scratch);
@@ -139,7 +148,7 @@ static void conv_dx(ag_ctx *ctx, const mm_shape *sh, const float *dy, const floa
         for (int64_t r0 = 0; r0 < P; r0 += rows) {
             int64_t r1 = r0 + rows < P ? r0 + rows : P;
             conv_gather_rows(&win, dy, r0, r1, cols);
-            gemm_f32(false, false, (int)(r1 - r0), (int)g->c, (int)KO, 1.0f, cols, (int)KO, wt, (int)g->c, 1.0f,
+            gemm(false, false, (int)(r1 - r0), (int)g->c, (int)KO, 1.0f, cols, (int)KO, wt, (int)g->c, 1.0f,
                      dx + r0 * g->c, (int)g->c);
         }
     } else {
@@ -147,7 +156,7 @@ static void conv_dx(ag_ctx *ctx, const mm_shape *sh, const float *dy, const floa
         float *dcols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
         for (int64_t r0 = 0; r0 < M; r0 += rows) {
             int64_t r1 = r0 + rows < M ? r0 + rows : M;
-            gemm_f32(false, false, (int)(r1 - r0), (int)K, (int)O, 1.0f, dy + r0 * O, (int)O, w, (int)K, 0.0f, dcols,
+            gemm(false, false, (int)(r1 - r0), (int)K, (int)O, 1.0f, dy + r0 * O, (int)O, w, (int)K, 0.0f, dcols,
                      (int)K);
             conv_col2im_add_rows(g, dcols, r0, r1, dx);
         }
@@ -156,7 +165,8 @@ static void conv_dx(ag_ctx *ctx, const mm_shape *sh, const float *dy, const floa
 }
 
 /* dW += dY^T . cols, by chunks of rows (each quantized through q). */
-static void conv_dw(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const float *x, const float *dy, float *dw) {
+static void conv_dw(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, mm_rowq *q, const float *x, const float *dy,
+                    float *dw) {
     int64_t M = sh->m, K = sh->k;
     arena_mark mark = arena_get_mark(&ctx->scratch);
     int64_t rows = conv_chunk_rows(ctx, K, sh->n, M, q->align);
@@ -166,7 +176,7 @@ static void conv_dw(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const float *x,
         int64_t r1 = r0 + rows < M ? r0 + rows : M;
         conv_gather_rows(&win, x, r0, r1, cols);
         arena_mark chunk = arena_get_mark(&ctx->scratch);
-        dense_db1(sh, (int)(r1 - r0), mm_rowq_apply(q, cols, 1, r0, r1 - r0, K).values, dy + r0 * sh->n, dw);
+        dense_db1(gemm, sh, (int)(r1 - r0), mm_rowq_apply(q, cols, 1, r0, r1 - r0, K).values, dy + r0 * sh->n, dw);
         arena_release(&ctx->scratch, chunk);
     }
     arena_release(&ctx->scratch, mark);
@@ -181,15 +191,17 @@ static const float *mm_cpu_values(const quant_tensor *t) {
 }
 
 void mm_gemm_y(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *a, const quant_tensor *b, float *y) {
+    mm_gemm_fn gemm = mm_cpu_gemm(ctx, a->spec.format, b->spec.format);
     if (ctx->gpu) mm_gpu_y(ctx, sh, a, b, y);
-    else if (sh->im2col) conv_y(ctx, sh, mm_cpu_values(a), mm_cpu_values(b), y);
-    else dense_y(sh, mm_cpu_values(a), mm_cpu_values(b), y);
+    else if (sh->im2col) conv_y(ctx, gemm, sh, mm_cpu_values(a), mm_cpu_values(b), y);
+    else dense_y(gemm, sh, mm_cpu_values(a), mm_cpu_values(b), y);
 }
 
 void mm_gemm_da(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *dy, const quant_tensor *b, float *da) {
+    mm_gemm_fn gemm = mm_cpu_gemm(ctx, dy->spec.format, b->spec.format);
     if (ctx->gpu) mm_gpu_da(ctx, sh, dy, b, da);
-    else if (sh->im2col) conv_dx(ctx, sh, mm_cpu_values(dy), mm_cpu_values(b), da);
-    else dense_da(sh, mm_cpu_values(dy), mm_cpu_values(b), da);
+    else if (sh->im2col) conv_dx(ctx, gemm, sh, mm_cpu_values(dy), mm_cpu_values(b), da);
+    else dense_da(gemm, sh, mm_cpu_values(dy), mm_cpu_values(b), da);
 }
 
 void mm_gemm_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const quant_tensor *a, const quant_tensor *dy,
@@ -198,13 +210,15 @@ void mm_gemm_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const quant_tensor 
         mm_gpu_db(ctx, sh, q, a, dy, db);
         return;
     }
+    /* A as the product sees it: through q when q quantizes its rows */
+    mm_gemm_fn gemm = mm_cpu_gemm(ctx, q->active ? q->spec.format : a->spec.format, dy->spec.format);
     if (sh->im2col) {
-        conv_dw(ctx, sh, q, mm_cpu_values(a), mm_cpu_values(dy), db);
+        conv_dw(ctx, gemm, sh, q, mm_cpu_values(a), mm_cpu_values(dy), db);
         return;
     }
     arena_mark mark = arena_get_mark(&ctx->scratch);
     quant_tensor aq = mm_rowq_apply(q, mm_cpu_values(a), sh->batch, 0, sh->m, sh->k);
     for (int i = 0; i < sh->batch; i++)
-        dense_db1(sh, sh->m, aq.values + i * sh->stride_a, mm_cpu_values(dy) + i * sh->stride_y, db + i * sh->stride_b);
+        dense_db1(gemm, sh, sh->m, aq.values + i * sh->stride_a, mm_cpu_values(dy) + i * sh->stride_y, db + i * sh->stride_b);
     arena_release(&ctx->scratch, mark);
 }

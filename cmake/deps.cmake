@@ -53,6 +53,15 @@ add_library(mx_cjson INTERFACE)
 target_include_directories(mx_cjson INTERFACE ${MX_CJSON_INCLUDE_DIRS})
 target_link_libraries(mx_cjson INTERFACE ${MX_CJSON_LIBRARIES})
 
+# oneDNN: only its header at build time; core/gemm_bf16.c opens libdnnl.so.2
+# with dlopen at the first bf16 product (a CPU run without one never loads it).
+find_path(MX_DNNL_INC oneapi/dnnl/dnnl.h)
+if(NOT MX_DNNL_INC)
+  mx_missing("oneDNN (bf16 GEMMs on the CPU)" "libdnnl-dev")
+endif()
+add_library(mx_dnnl INTERFACE)
+target_include_directories(mx_dnnl INTERFACE ${MX_DNNL_INC})
+
 pkg_check_modules(MX_INIH inih)
 if(NOT MX_INIH_FOUND)
   mx_missing("inih (INI parser)" "libinih-dev")

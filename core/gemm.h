@@ -12,6 +12,19 @@
 void gemm_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
               const float *b, int ldb, float beta, float *c, int ldc);
 
+/* The same product for operands that hold bf16 values (every MX- or
+ * bf16-quantized operand), on the CPU's BF16 units with FP32 accumulation
+ * through oneDNN where this CPU has them (core/gemm_bf16.c), else gemm_f32.
+ * A call whose operands hold a value bf16 cannot (or a bf16 subnormal, which
+ * the units read as zero) runs gemm_f32. */
+void gemm_bf16_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                   const float *b, int ldb, float beta, float *c, int ldc);
+/* Whether gemm_bf16_f32 runs on BF16 units here, and what on ("oneDNN brg:avx512_core_bf16", or "none (why)"). */
+bool gemm_bf16_available(void);
+const char *gemm_bf16_engine(void);
+/* Tests: false sends every gemm_bf16_f32 call to gemm_f32. */
+void gemm_bf16_set_enabled(bool on);
+
 void gemm_ref_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                   const float *b, int ldb, float beta, float *c, int ldc);
 

@@ -168,6 +168,49 @@ END_TEST
 
 /* ---- GEMM ---- */
 
+/* gemm_bf16_f32 on bf16 values equals gemm_f32 up to the order of FP32 sums (the BF16 units, where this CPU has
+ * them); a value bf16 cannot hold, or a bf16 subnormal, sends the call to gemm_f32: the same bits. */
+static float bf16_of(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u &= 0xffff0000u;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+START_TEST(test_gemm_bf16_engine) {
+    fprintf(stderr, "  cpu bf16 engine: %s\n", gemm_bf16_engine());
+    rng r;
+    rng_init(&r, 5, 0);
+    const int sizes[][3] = {{7, 5, 3}, {64, 48, 129}, {130, 64, 576}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (int t = 0; t < 4; t++)
+            for (int beta = 0; beta < 2; beta++)
+                for (int spoil = 0; spoil < 3; spoil++) { /* 0: exact; 1: a value bf16 cannot hold; 2: a subnormal */
+                    int m = sizes[s][0], n = sizes[s][1], k = sizes[s][2], ta = t & 1, tb = t >> 1;
+                    int lda = (ta ? m : k) + 1, ldb = (tb ? k : n) + 2;
+                    size_t na = (size_t)lda * (ta ? k : m), nb = (size_t)ldb * (tb ? n : k);
+                    float *a = malloc(sizeof(float) * na), *b = malloc(sizeof(float) * nb);
+                    float *c1 = malloc(sizeof(float) * (size_t)(m * n)), *c2 = malloc(sizeof(float) * (size_t)(m * n));
+                    for (size_t i = 0; i < na; i++) a[i] = bf16_of(rng_normal(&r));
+                    for (size_t i = 0; i < nb; i++) b[i] = bf16_of(rng_normal(&r));
+                    if (spoil == 1) a[0] = 1.0f + 1.0f / 4096;
+                    if (spoil == 2) b[0] = 1e-39f;
+                    for (int i = 0; i < m * n; i++) c1[i] = c2[i] = beta ? rng_normal(&r) : 0.0f;
+                    gemm_bf16_f32(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, (float)beta, c1, n);
+                    gemm_f32(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, (float)beta, c2, n);
+                    double big = 0;
+                    for (int i = 0; i < m * n; i++) big = fmax(big, fabs(c2[i]));
+                    for (int i = 0; i < m * n; i++) {
+                        if (spoil) ck_assert_msg(c1[i] == c2[i], "fallback m%d n%d k%d: %g vs %g", m, n, k, c1[i], c2[i]);
+                        else ck_assert_msg(fabs(c1[i] - c2[i]) <= 1e-5 * big, "m%d n%d k%d ta%d tb%d beta%d: %g vs %g", m,
+                                           n, k, ta, tb, beta, c1[i], c2[i]);
+                    }
+                    free(a), free(b), free(c1), free(c2);
+                }
+}
+END_TEST
+
 START_TEST(test_gemm_matches_reference) {
     rng r;
     rng_init(&r, 3, 0);
@@ -531,6 +574,7 @@ int main(void) {
     tcase_add_test(tc, test_rng_uniform_moments);
     tcase_add_test(tc, test_threads_knob);
     tcase_add_test(tc, test_gemm_matches_reference);
+    tcase_add_test(tc, test_gemm_bf16_engine);
     tcase_add_test(tc, test_npy_roundtrip_all_dtypes_and_ranks);
     tcase_add_test(tc, test_npy_malformed_files);
     tcase_add_test(tc, test_npy_truncation_sweep);

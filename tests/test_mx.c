@@ -339,6 +339,8 @@ END_TEST
  * M, chunk starts on block boundaries) and 2d; stride 1 (transposed-conv dX)
  * and stride 2 (col2im dX). A chunk cut through a block would change the
  * quantized values by far more than the tolerance. */
+static bool g_cpu_bf16; /* conv_run's quantized products on the BF16 engine (train.cpu_gemm = auto) */
+
 static void conv_run(const mm_policy *p, int64_t chunk_bytes, int stride, const float *x, const float *w, const float *dy,
                      float *y, float *dx, float *dw) {
     const int Nb = 2, H = 6, W = 6, C = 8, O = 8, OH = (H - 1) / stride + 1;
@@ -347,6 +349,7 @@ static void conv_run(const mm_policy *p, int64_t chunk_bytes, int stride, const 
     one_site os;
     one_site_open(&os, &ctx, p, "conv", MM_B_WEIGHT);
     ctx.run.conv_chunk_bytes = chunk_bytes;
+    ctx.run.cpu_bf16 = g_cpu_bf16;
     memset(dx, 0, sizeof(float) * Nb * H * W * C);
     memset(dw, 0, sizeof(float) * O * 9 * C);
     ag_var vx = ag_leaf((float *)x, dx, 4, (int64_t[]){Nb, H, W, C}), vw = ag_leaf((float *)w, dw, 4, (int64_t[]){O, 3, 3, C});
@@ -378,6 +381,31 @@ START_TEST(test_conv_chunks_match_whole) {
             if (variant == 3) p.round = p.grad_round = QUANT_ROUND_STOCHASTIC;
             for (int chunked = 0; chunked < 2; chunked++) /* 1 byte: the smallest chunks */
                 conv_run(variant ? &p : NULL, chunked ? 1 : 0, stride, x, w, dy, y[chunked], dx[chunked], dw[chunked]);
+            int ny = 2 * (stride == 1 ? 36 : 9) * 8;
+            expect_close(y[1], y[0], ny, "y");
+            expect_close(dx[1], dx[0], NX, "dx");
+            expect_close(dw[1], dw[0], NW, "dw");
+        }
+    free(x); free(w); free(dy);
+}
+END_TEST
+
+/* The BF16 engine and FP32 GEMMs form the same convolution products (forward, dX at both strides, dW in 1d and
+ * 2d) up to the order of FP32 sums; without BF16 units both are gemm_f32. */
+START_TEST(test_bf16_engine_matches_fp32) {
+    enum { NX = 2 * 6 * 6 * 8, NW = 8 * 9 * 8 };
+    float *x = randn(NX, 51, 1.0f), *w = randn(NW, 52, 0.1f), *dy = randn(NX, 53, 1e-3f);
+    float y[2][NX], dx[2][NX], dw[2][NW];
+    for (int variant = 0; variant < 3; variant++)
+        for (int stride = 1; stride <= 2; stride++) {
+            mm_policy p;
+            mm_policy_init(&p, variant == 2 ? QUANT_FORMAT_BF16 : variant ? QUANT_FORMAT_MXSF : QUANT_FORMAT_MXFP8_E4M3);
+            p.tiling = variant == 1 ? MM_TILING_2D : MM_TILING_1D;
+            for (int e = 0; e < 2; e++) {
+                g_cpu_bf16 = e == 1;
+                conv_run(&p, 0, stride, x, w, dy, y[e], dx[e], dw[e]);
+            }
+            g_cpu_bf16 = false;
             int ny = 2 * (stride == 1 ? 36 : 9) * 8;
             expect_close(y[1], y[0], ny, "y");
             expect_close(dx[1], dx[0], NX, "dx");
@@ -570,6 +598,7 @@ int main(void) {
     tcase_add_test(tc, test_conv_quantizes_nhwc_input);
     tcase_add_test(tc, test_conv_eval_matches_training_forward);
     tcase_add_test(tc, test_conv_chunks_match_whole);
+    tcase_add_test(tc, test_bf16_engine_matches_fp32);
     tcase_add_test(tc, test_stochastic_streams_do_not_depend_on_order);
     tcase_add_test(tc, test_elementwise_bf16);
     tcase_add_test(tc, test_tiny_models_train_under_every_format_and_tiling);

@@ -5,6 +5,7 @@
 #include "core/threads.h"
 #include "cuda/cuda.h"
 #include "train/cli.h"
+#include "core/gemm.h"
 #include "train/commands.h"
 
 extern char *openblas_get_config(void);
@@ -26,6 +27,10 @@ int cmd_version(int argc, char **argv) {
     printf("compiler: gcc %s, C%ld\n", __VERSION__, (long)(__STDC_VERSION__ / 100 % 100));
     printf("openblas: %s\n", openblas_get_config());
     printf("openblas kernels: %s (%s)\n", openblas_get_corename(), cpu_blas_kernel_choice());
+    /* which engine multiplies what on the CPU (train.cpu_gemm) */
+    printf("cpu gemm: fp32 operands OpenBLAS sgemm; quantized pairs %s\n",
+           gemm_bf16_available() ? gemm_bf16_engine() : "OpenBLAS sgemm");
+    if (!gemm_bf16_available()) printf("cpu bf16 engine: %s\n", gemm_bf16_engine());
     printf("threads: %d (OpenMP and OpenBLAS; %d cores available)\n", threads_get(), threads_available());
     printf("openmp: %d\n", _OPENMP);
     printf("cpu: %s\n", f.brand[0] ? f.brand : "unknown");

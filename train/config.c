@@ -17,6 +17,9 @@ MX_ENUM_OF_NAMES(train_nonfinite_enum, "non-finite policy", train_nonfinite_name
 static const char *const train_gpu_gemm_names[] = {"bf16", "fp32"};
 _Static_assert(sizeof train_gpu_gemm_names / sizeof train_gpu_gemm_names[0] == TRAIN_GPU_GEMM_COUNT, "names");
 MX_ENUM_OF_NAMES(train_gpu_gemm_enum, "GPU GEMM", train_gpu_gemm_names);
+static const char *const train_cpu_gemm_names[] = {"auto", "fp32"};
+_Static_assert(sizeof train_cpu_gemm_names / sizeof train_cpu_gemm_names[0] == TRAIN_CPU_GEMM_COUNT, "names");
+MX_ENUM_OF_NAMES(train_cpu_gemm_enum, "CPU GEMM", train_cpu_gemm_names);
 static const char *const train_gpu_conv_names[] = {"gather", "cudnn"};
 _Static_assert(sizeof train_gpu_conv_names / sizeof train_gpu_conv_names[0] == TRAIN_GPU_CONV_COUNT, "names");
 MX_ENUM_OF_NAMES(train_gpu_conv_enum, "GPU convolution", train_gpu_conv_names);
@@ -36,6 +39,9 @@ static const key_def train_keys[] = {
     KEY_ENUMV(train_config, "gpu_gemm", gpu_gemm, "bf16", &train_gpu_gemm_enum,
               "GPU products of quantized operands: `bf16` tensor cores (exact operands, the tensor cores' own "
               "FP32 accumulation) or `fp32` GEMMs (the CPU's arithmetic up to the order of sums; slower)"),
+    KEY_ENUMV(train_config, "cpu_gemm", cpu_gemm, "auto", &train_cpu_gemm_enum,
+              "CPU products of two quantized operands: `auto` runs them on the CPU's BF16 units through oneDNN where "
+              "it has them (exact operands, FP32 accumulation), else FP32 GEMMs; `fp32` always FP32 GEMMs"),
     KEY_NUM(train_config, "gpu_chunk_mb", I64, gpu_chunk_mb, "512", 1, 1 << 20,
             "GPU convolutions: MB of gathered im2col columns per GEMM (smaller: less device memory, more GEMMs)"),
     KEY_ENUMV(train_config, "gpu_conv", gpu_conv, "gather", &train_gpu_conv_enum,

@@ -29,6 +29,7 @@
 typedef enum train_nonfinite { TRAIN_NONFINITE_STOP, TRAIN_NONFINITE_SKIP, TRAIN_NONFINITE_COUNT } train_nonfinite;
 /* How the GPU multiplies quantized operands: bf16 tensor cores, or FP32 GEMMs (docs/gpu.md). */
 typedef enum train_gpu_gemm { TRAIN_GPU_GEMM_BF16, TRAIN_GPU_GEMM_FP32, TRAIN_GPU_GEMM_COUNT } train_gpu_gemm;
+typedef enum train_cpu_gemm { TRAIN_CPU_GEMM_AUTO, TRAIN_CPU_GEMM_FP32, TRAIN_CPU_GEMM_COUNT } train_cpu_gemm;
 typedef enum train_gpu_conv { TRAIN_GPU_CONV_GATHER, TRAIN_GPU_CONV_CUDNN, TRAIN_GPU_CONV_COUNT } train_gpu_conv;
 
 /* [train] */
@@ -41,6 +42,7 @@ typedef struct train_config {
     cli_device device;
     train_gpu_gemm gpu_gemm;
     train_gpu_conv gpu_conv;
+    train_cpu_gemm cpu_gemm;
 } train_config;
 
 /* [log] */

@@ -1,0 +1,208 @@
+/* Products of bf16-exact operands on the CPU's BF16 units (issue #18):
+ * every MX value and every bf16 value is exact in bf16, so such a product can
+ * multiply bf16 copies with FP32 accumulation and change nothing but the order
+ * of the FP32 sums. oneDNN's matmul primitive does it (opened with dlopen at
+ * the first such product, like cuBLASLt on the GPU: a CPU run that never
+ * needs it does not load it); it is used only where its implementation runs
+ * on real BF16 instructions, else gemm_f32 runs everything.
+ *
+ * The BF16 units treat subnormal inputs as zero: an operand holding a bf16
+ * subnormal, or a value bf16 cannot hold, sends that call to gemm_f32. Plans
+ * (descriptors and the primitive) are cached per shape; callers are the
+ * product path, one thread at a time (oneDNN parallelizes inside). */
+#include "core/gemm.h"
+
+#include <dlfcn.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+
+#define DNNL_FUNCS(X)                                                                                           \
+    X(dnnl_engine_create, (dnnl_engine_t *, dnnl_engine_kind_t, size_t))                                       \
+    X(dnnl_stream_create, (dnnl_stream_t *, dnnl_engine_t, unsigned))                                          \
+    X(dnnl_memory_desc_init_by_strides,                                                                        \
+      (dnnl_memory_desc_t *, int, const dnnl_dims_t, dnnl_data_type_t, const dnnl_dims_t))                     \
+    X(dnnl_matmul_desc_init, (dnnl_matmul_desc_t *, const dnnl_memory_desc_t *, const dnnl_memory_desc_t *,   \
+                              const dnnl_memory_desc_t *, const dnnl_memory_desc_t *))                         \
+    X(dnnl_primitive_attr_create, (dnnl_primitive_attr_t *))                                                   \
+    X(dnnl_primitive_attr_destroy, (dnnl_primitive_attr_t))                                                    \
+    X(dnnl_post_ops_create, (dnnl_post_ops_t *))                                                               \
+    X(dnnl_post_ops_destroy, (dnnl_post_ops_t))                                                                \
+    X(dnnl_post_ops_append_sum, (dnnl_post_ops_t, float))                                                      \
+    X(dnnl_primitive_attr_set_post_ops, (dnnl_primitive_attr_t, const_dnnl_post_ops_t))                        \
+    X(dnnl_primitive_desc_create, (dnnl_primitive_desc_t *, const_dnnl_op_desc_t, const_dnnl_primitive_attr_t, \
+                                   dnnl_engine_t, const_dnnl_primitive_desc_t))                                \
+    X(dnnl_primitive_desc_query, (const_dnnl_primitive_desc_t, dnnl_query_t, int, void *))                     \
+    X(dnnl_primitive_desc_destroy, (dnnl_primitive_desc_t))                                                    \
+    X(dnnl_primitive_create, (dnnl_primitive_t *, const_dnnl_primitive_desc_t))                                \
+    X(dnnl_memory_create, (dnnl_memory_t *, const dnnl_memory_desc_t *, dnnl_engine_t, void *))                \
+    X(dnnl_memory_set_data_handle, (dnnl_memory_t, void *))                                                    \
+    X(dnnl_primitive_execute, (const_dnnl_primitive_t, dnnl_stream_t, int, const dnnl_exec_arg_t *))           \
+    X(dnnl_stream_wait, (dnnl_stream_t))
+
+#define DNNL_PTR(name, args) static dnnl_status_t(*p_##name) args;
+DNNL_FUNCS(DNNL_PTR)
+#undef DNNL_PTR
+
+static enum { BF_UNTRIED, BF_ON, BF_OFF } g_state;
+static char g_engine[200] = "not probed yet";
+static dnnl_engine_t g_eng;
+static dnnl_stream_t g_stream;
+static bool g_disabled; /* gemm_bf16_set_enabled(false): tests force the FP32 engine */
+
+typedef struct bf_plan {
+    bool ta, tb, accumulate;
+    int m, n, k;
+    dnnl_primitive_t prim;
+    dnnl_memory_t a, b, c;
+} bf_plan;
+static bf_plan *g_plans;
+static int g_nplans, g_capplans;
+
+#define DN_OK(call) ((call) == dnnl_success)
+
+/* A plan for C[m,n] (ldc = n... any: strides given) = op(A) op(B) over compact bf16 copies. */
+static bf_plan *bf_plan_get(bool ta, bool tb, int m, int n, int k, int ldc, bool accumulate, const char **impl) {
+    for (int i = 0; i < g_nplans; i++) {
+        bf_plan *p = &g_plans[i];
+        if (p->ta == ta && p->tb == tb && p->m == m && p->n == n && p->k == k && p->accumulate == accumulate &&
+            ldc == n)
+            return p;
+    }
+    dnnl_memory_desc_t ad, bd, cd;
+    /* compact copies: A [m,k] (or stored [k,m] when ta), B [k,n] (or [n,k] when tb) */
+    dnnl_dims_t adims = {m, k}, astr = {ta ? 1 : k, ta ? m : 1};
+    dnnl_dims_t bdims = {k, n}, bstr = {tb ? 1 : n, tb ? k : 1};
+    dnnl_dims_t cdims = {m, n}, cstr = {ldc, 1};
+    dnnl_matmul_desc_t md;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    bf_plan p = {ta, tb, accumulate, m, n, k, NULL, NULL, NULL, NULL};
+    bool ok = DN_OK(p_dnnl_memory_desc_init_by_strides(&ad, 2, adims, dnnl_bf16, astr)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_strides(&bd, 2, bdims, dnnl_bf16, bstr)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_strides(&cd, 2, cdims, dnnl_f32, cstr)) &&
+              DN_OK(p_dnnl_matmul_desc_init(&md, &ad, &bd, NULL, &cd)) && DN_OK(p_dnnl_primitive_attr_create(&attr));
+    if (ok && accumulate)
+        ok = DN_OK(p_dnnl_post_ops_create(&po)) && DN_OK(p_dnnl_post_ops_append_sum(po, 1.0f)) &&
+             DN_OK(p_dnnl_primitive_attr_set_post_ops(attr, po));
+    ok = ok && DN_OK(p_dnnl_primitive_desc_create(&pd, &md, attr, g_eng, NULL));
+    if (ok && impl) ok = DN_OK(p_dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, (void *)impl));
+    ok = ok && DN_OK(p_dnnl_primitive_create(&p.prim, pd)) && DN_OK(p_dnnl_memory_create(&p.a, &ad, g_eng, NULL)) &&
+         DN_OK(p_dnnl_memory_create(&p.b, &bd, g_eng, NULL)) && DN_OK(p_dnnl_memory_create(&p.c, &cd, g_eng, NULL));
+    if (po) p_dnnl_post_ops_destroy(po);
+    if (attr) p_dnnl_primitive_attr_destroy(attr);
+    if (pd) p_dnnl_primitive_desc_destroy(pd);
+    MX_ASSERTF(ok, "oneDNN: cannot build a %dx%dx%d bf16 matmul", m, n, k);
+    if (g_nplans == g_capplans) {
+        g_capplans = g_capplans ? 2 * g_capplans : 64;
+        g_plans = realloc(g_plans, sizeof *g_plans * (size_t)g_capplans);
+        MX_ASSERT(g_plans);
+    }
+    g_plans[g_nplans] = p;
+    return &g_plans[g_nplans++];
+}
+
+/* Loads oneDNN and keeps it only if its bf16 matmul runs on BF16 instructions here. */
+static bool bf_open(void) {
+    if (g_state != BF_UNTRIED) return g_state == BF_ON;
+    g_state = BF_OFF;
+#ifdef MXTRAIN_SANITIZED
+    snprintf(g_engine, sizeof g_engine, "none (sanitizer build: LeakSanitizer cannot trace oneDNN's threads)");
+    return false;
+#endif
+    void *lib = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+        snprintf(g_engine, sizeof g_engine, "none (oneDNN not found: %s)", dlerror());
+        return false;
+    }
+#define DNNL_LOAD(name, args)                                                                                  \
+    p_##name = (dnnl_status_t(*) args)dlsym(lib, #name);                                                       \
+    if (!p_##name) {                                                                                           \
+        snprintf(g_engine, sizeof g_engine, "none (oneDNN lacks %s)", #name);                                   \
+        return false;                                                                                          \
+    }
+    DNNL_FUNCS(DNNL_LOAD)
+#undef DNNL_LOAD
+    if (!DN_OK(p_dnnl_engine_create(&g_eng, dnnl_cpu, 0)) ||
+        !DN_OK(p_dnnl_stream_create(&g_stream, g_eng, dnnl_stream_default_flags))) {
+        snprintf(g_engine, sizeof g_engine, "none (oneDNN has no CPU engine)");
+        return false;
+    }
+    const char *impl = NULL;
+    bf_plan_get(false, true, 64, 64, 64, 64, false, &impl);
+    if (!impl || !strstr(impl, "bf16") || strstr(impl, "ref")) { /* emulated: slower than FP32 */
+        snprintf(g_engine, sizeof g_engine, "none (oneDNN's bf16 matmul here is '%s', not BF16 units)",
+                 impl ? impl : "?");
+        return false;
+    }
+    snprintf(g_engine, sizeof g_engine, "oneDNN %s", impl);
+    g_state = BF_ON;
+    return true;
+}
+
+const char *gemm_bf16_engine(void) {
+    bf_open();
+    return g_engine;
+}
+
+bool gemm_bf16_available(void) { return bf_open(); }
+
+void gemm_bf16_set_enabled(bool on) { g_disabled = !on; }
+
+/* rows x cols of src (row stride ld) into a compact bf16 copy; false if some value is not a normal bf16 or zero. */
+static bool to_bf16(const float *src, int rows, int cols, int ld, uint16_t *dst) {
+    int bad = 0;
+#pragma omp parallel for schedule(static) reduction(| : bad) if ((int64_t)rows * cols >= 65536)
+    for (int r = 0; r < rows; r++) {
+        const uint32_t *s = (const uint32_t *)(src + (int64_t)r * ld);
+        uint16_t *d = dst + (int64_t)r * cols;
+        uint32_t acc = 0;
+        for (int c = 0; c < cols; c++) {
+            uint32_t u = s[c];
+            uint32_t e = u & 0x7f800000u;
+            /* low half set: not bf16; exponent 0 with a mantissa: a subnormal the BF16 units read as zero */
+            acc |= (u & 0xffffu) | ((e == 0 && (u & 0x007f0000u)) ? 1u : 0u);
+            d[c] = (uint16_t)(u >> 16);
+        }
+        bad |= acc != 0;
+    }
+    return !bad;
+}
+
+static uint16_t *bf_buffer(int which, size_t n) {
+    static uint16_t *buf[2];
+    static size_t cap[2];
+    if (n > cap[which]) {
+        free(buf[which]);
+        buf[which] = mx_malloc(sizeof(uint16_t) * n);
+        cap[which] = n;
+    }
+    return buf[which];
+}
+
+void gemm_bf16_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                   const float *b, int ldb, float beta, float *c, int ldc) {
+    if (m == 0 || n == 0) return;
+    if (g_disabled || alpha != 1.0f || (beta != 0.0f && beta != 1.0f) || k == 0 || ldc != n || !bf_open()) {
+        gemm_f32(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    uint16_t *a16 = bf_buffer(0, (size_t)m * k), *b16 = bf_buffer(1, (size_t)k * n);
+    bool exact = trans_a ? to_bf16(a, k, m, lda, a16) : to_bf16(a, m, k, lda, a16);
+    exact = exact && (trans_b ? to_bf16(b, n, k, ldb, b16) : to_bf16(b, k, n, ldb, b16));
+    if (!exact) {
+        gemm_f32(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    bf_plan *p = bf_plan_get(trans_a, trans_b, m, n, k, ldc, beta != 0.0f, NULL);
+    bool ok = DN_OK(p_dnnl_memory_set_data_handle(p->a, a16)) && DN_OK(p_dnnl_memory_set_data_handle(p->b, b16)) &&
+              DN_OK(p_dnnl_memory_set_data_handle(p->c, c));
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, p->a}, {DNNL_ARG_WEIGHTS, p->b}, {DNNL_ARG_DST, p->c}};
+    ok = ok && DN_OK(p_dnnl_primitive_execute(p->prim, g_stream, 3, args)) && DN_OK(p_dnnl_stream_wait(g_stream));
+    MX_ASSERTF(ok, "oneDNN: a %dx%dx%d bf16 matmul failed", m, n, k);
+}
