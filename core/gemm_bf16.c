@@ -42,11 +42,15 @@
     X(dnnl_memory_create, (dnnl_memory_t *, const dnnl_memory_desc_t *, dnnl_engine_t, void *))                \
     X(dnnl_memory_set_data_handle, (dnnl_memory_t, void *))                                                    \
     X(dnnl_primitive_execute, (const_dnnl_primitive_t, dnnl_stream_t, int, const dnnl_exec_arg_t *))           \
-    X(dnnl_stream_wait, (dnnl_stream_t))
+    X(dnnl_stream_wait, (dnnl_stream_t))                                                                       \
+    X(dnnl_primitive_attr_set_scratchpad_mode, (dnnl_primitive_attr_t, dnnl_scratchpad_mode_t))
 
 #define DNNL_PTR(name, args) static dnnl_status_t(*p_##name) args;
 DNNL_FUNCS(DNNL_PTR)
 #undef DNNL_PTR
+/* the two entry points that return something else */
+static const dnnl_memory_desc_t *(*p_dnnl_primitive_desc_query_md)(const_dnnl_primitive_desc_t, dnnl_query_t, int);
+static size_t (*p_dnnl_memory_desc_get_size)(const dnnl_memory_desc_t *);
 
 static enum { BF_UNTRIED, BF_ON, BF_OFF } g_state;
 static char g_engine[200] = "not probed yet";
@@ -58,7 +62,8 @@ typedef struct bf_plan {
     bool ta, tb, accumulate;
     int m, n, k;
     dnnl_primitive_t prim;
-    dnnl_memory_t a, b, c;
+    dnnl_memory_t a, b, c, scratch; /* scratch: our buffer, not one oneDNN maps (and faults in) per call */
+    size_t scratch_bytes;
 } bf_plan;
 static bf_plan *g_plans;
 static int g_nplans, g_capplans;
@@ -82,11 +87,12 @@ static bf_plan *bf_plan_get(bool ta, bool tb, int m, int n, int k, int ldc, bool
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    bf_plan p = {ta, tb, accumulate, m, n, k, NULL, NULL, NULL, NULL};
+    bf_plan p = {ta, tb, accumulate, m, n, k, NULL, NULL, NULL, NULL, NULL, 0};
     bool ok = DN_OK(p_dnnl_memory_desc_init_by_strides(&ad, 2, adims, dnnl_bf16, astr)) &&
               DN_OK(p_dnnl_memory_desc_init_by_strides(&bd, 2, bdims, dnnl_bf16, bstr)) &&
               DN_OK(p_dnnl_memory_desc_init_by_strides(&cd, 2, cdims, dnnl_f32, cstr)) &&
-              DN_OK(p_dnnl_matmul_desc_init(&md, &ad, &bd, NULL, &cd)) && DN_OK(p_dnnl_primitive_attr_create(&attr));
+              DN_OK(p_dnnl_matmul_desc_init(&md, &ad, &bd, NULL, &cd)) && DN_OK(p_dnnl_primitive_attr_create(&attr)) &&
+              DN_OK(p_dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
     if (ok && accumulate)
         ok = DN_OK(p_dnnl_post_ops_create(&po)) && DN_OK(p_dnnl_post_ops_append_sum(po, 1.0f)) &&
              DN_OK(p_dnnl_primitive_attr_set_post_ops(attr, po));
@@ -94,6 +100,9 @@ static bf_plan *bf_plan_get(bool ta, bool tb, int m, int n, int k, int ldc, bool
     if (ok && impl) ok = DN_OK(p_dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, (void *)impl));
     ok = ok && DN_OK(p_dnnl_primitive_create(&p.prim, pd)) && DN_OK(p_dnnl_memory_create(&p.a, &ad, g_eng, NULL)) &&
          DN_OK(p_dnnl_memory_create(&p.b, &bd, g_eng, NULL)) && DN_OK(p_dnnl_memory_create(&p.c, &cd, g_eng, NULL));
+    const dnnl_memory_desc_t *sd = ok ? p_dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0) : NULL;
+    p.scratch_bytes = sd ? p_dnnl_memory_desc_get_size(sd) : 0;
+    if (ok && p.scratch_bytes) ok = DN_OK(p_dnnl_memory_create(&p.scratch, sd, g_eng, NULL));
     if (po) p_dnnl_post_ops_destroy(po);
     if (attr) p_dnnl_primitive_attr_destroy(attr);
     if (pd) p_dnnl_primitive_desc_destroy(pd);
@@ -128,6 +137,13 @@ static bool bf_open(void) {
     }
     DNNL_FUNCS(DNNL_LOAD)
 #undef DNNL_LOAD
+    p_dnnl_primitive_desc_query_md =
+        (const dnnl_memory_desc_t *(*)(const_dnnl_primitive_desc_t, dnnl_query_t, int))dlsym(lib, "dnnl_primitive_desc_query_md");
+    p_dnnl_memory_desc_get_size = (size_t(*)(const dnnl_memory_desc_t *))dlsym(lib, "dnnl_memory_desc_get_size");
+    if (!p_dnnl_primitive_desc_query_md || !p_dnnl_memory_desc_get_size) {
+        snprintf(g_engine, sizeof g_engine, "none (oneDNN lacks the scratchpad queries)");
+        return false;
+    }
     if (!DN_OK(p_dnnl_engine_create(&g_eng, dnnl_cpu, 0)) ||
         !DN_OK(p_dnnl_stream_create(&g_stream, g_eng, dnnl_stream_default_flags))) {
         snprintf(g_engine, sizeof g_engine, "none (oneDNN has no CPU engine)");
@@ -202,7 +218,19 @@ void gemm_bf16_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
     bf_plan *p = bf_plan_get(trans_a, trans_b, m, n, k, ldc, beta != 0.0f, NULL);
     bool ok = DN_OK(p_dnnl_memory_set_data_handle(p->a, a16)) && DN_OK(p_dnnl_memory_set_data_handle(p->b, b16)) &&
               DN_OK(p_dnnl_memory_set_data_handle(p->c, c));
-    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, p->a}, {DNNL_ARG_WEIGHTS, p->b}, {DNNL_ARG_DST, p->c}};
-    ok = ok && DN_OK(p_dnnl_primitive_execute(p->prim, g_stream, 3, args)) && DN_OK(p_dnnl_stream_wait(g_stream));
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, p->a}, {DNNL_ARG_WEIGHTS, p->b}, {DNNL_ARG_DST, p->c}, {0, NULL}};
+    int nargs = 3;
+    if (p->scratch) {
+        static void *buf;
+        static size_t cap;
+        if (p->scratch_bytes > cap) { /* grows to the largest plan's need, once */
+            free(buf);
+            buf = mx_aligned_alloc(p->scratch_bytes);
+            cap = p->scratch_bytes;
+        }
+        ok = ok && DN_OK(p_dnnl_memory_set_data_handle(p->scratch, buf));
+        args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, p->scratch};
+    }
+    ok = ok && DN_OK(p_dnnl_primitive_execute(p->prim, g_stream, nargs, args)) && DN_OK(p_dnnl_stream_wait(g_stream));
     MX_ASSERTF(ok, "oneDNN: a %dx%dx%d bf16 matmul failed", m, n, k);
 }
