@@ -367,6 +367,13 @@ static void expect_close(const float *a, const float *b, int n, const char *what
         ck_assert_msg(fabs(a[i] - b[i]) <= 1e-5 * big, "%s[%d]: %g vs %g", what, i, (double)a[i], (double)b[i]);
 }
 
+/* conv_run's two results ([0] and [1]: y, dx, dw) within expect_close. */
+static void expect_conv_close(int stride, float (*y)[2 * 6 * 6 * 8], float (*dx)[2 * 6 * 6 * 8], float (*dw)[8 * 9 * 8]) {
+    expect_close(y[1], y[0], 2 * (stride == 1 ? 36 : 9) * 8, "y");
+    expect_close(dx[1], dx[0], 2 * 6 * 6 * 8, "dx");
+    expect_close(dw[1], dw[0], 8 * 9 * 8, "dw");
+}
+
 START_TEST(test_conv_chunks_match_whole) {
     enum { NX = 2 * 6 * 6 * 8, NW = 8 * 9 * 8 };
     float *x = randn(NX, 41, 1.0f), *w = randn(NW, 42, 0.1f), *dy = randn(NX, 43, 1e-3f);
@@ -381,10 +388,7 @@ START_TEST(test_conv_chunks_match_whole) {
             if (variant == 3) p.round = p.grad_round = QUANT_ROUND_STOCHASTIC;
             for (int chunked = 0; chunked < 2; chunked++) /* 1 byte: the smallest chunks */
                 conv_run(variant ? &p : NULL, chunked ? 1 : 0, stride, x, w, dy, y[chunked], dx[chunked], dw[chunked]);
-            int ny = 2 * (stride == 1 ? 36 : 9) * 8;
-            expect_close(y[1], y[0], ny, "y");
-            expect_close(dx[1], dx[0], NX, "dx");
-            expect_close(dw[1], dw[0], NW, "dw");
+            expect_conv_close(stride, y, dx, dw);
         }
     free(x); free(w); free(dy);
 }
@@ -406,10 +410,7 @@ START_TEST(test_bf16_engine_matches_fp32) {
                 conv_run(&p, 0, stride, x, w, dy, y[e], dx[e], dw[e]);
             }
             g_cpu_bf16 = false;
-            int ny = 2 * (stride == 1 ? 36 : 9) * 8;
-            expect_close(y[1], y[0], ny, "y");
-            expect_close(dx[1], dx[0], NX, "dx");
-            expect_close(dw[1], dw[0], NW, "dw");
+            expect_conv_close(stride, y, dx, dw);
         }
     free(x); free(w); free(dy);
 }

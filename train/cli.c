@@ -28,6 +28,14 @@ int cli_take_value(int argc, char **argv, int *i, const char *name, const char *
     return 1;
 }
 
+int cli_take_values(int argc, char **argv, int *i, const char *const *names, const char **const *dst, int n) {
+    for (int k = 0; k < n; k++) {
+        int r = cli_take_value(argc, argv, i, names[k], dst[k]);
+        if (r) return r;
+    }
+    return 0;
+}
+
 bool cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
     if (!s || !*s) return false;
     errno = 0;

@@ -14,6 +14,8 @@
  * returns 1; returns 0 if argv[*i] is another option; -1 (after printing an
  * error) if the value is missing. */
 int cli_take_value(int argc, char **argv, int *i, const char *name, const char **value);
+/* cli_take_value for each of n options (names[k] into *dst[k]): the first that matches. */
+int cli_take_values(int argc, char **argv, int *i, const char *const *names, const char **const *dst, int n);
 /* Strict integer parsing: the whole string must be a number in [lo, hi]. */
 bool cli_parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out);
 /* Prints "mxtrain CMD: MESSAGE" on stderr plus a hint, returns CLI_EXIT_USAGE. */

@@ -24,11 +24,9 @@ static int compare_extra(int argc, char **argv, int *i, void *user) {
         a->resume = true;
         return 1;
     }
-    int r = cli_take_value(argc, argv, i, "--formats", &a->formats);
-    if (r) return r;
-    r = cli_take_value(argc, argv, i, "--tilings", &a->tilings);
-    if (r) return r;
-    return cli_take_value(argc, argv, i, "--out", &a->out);
+    const char *const names[] = {"--formats", "--tilings", "--out"};
+    const char **const dst[] = {&a->formats, &a->tilings, &a->out};
+    return cli_take_values(argc, argv, i, names, dst, 3);
 }
 
 static void num(char *b, size_t n, const char *fmt, double v) {

@@ -28,12 +28,8 @@ static int eval_extra(int argc, char **argv, int *i, void *user) {
     eval_args *a = user;
     const char *const names[] = {"--checkpoint", "--init-from", "--save-logits", "--formats", "--tilings", "--out"};
     /* --init-from is --checkpoint's other name (weights under PyTorch names) */
-    const char **dst[] = {&a->ckpt, &a->ckpt, &a->logits, &a->formats, &a->tilings, &a->out};
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
-        int r = cli_take_value(argc, argv, i, names[k], dst[k]);
-        if (r) return r;
-    }
-    return 0;
+    const char **const dst[] = {&a->ckpt, &a->ckpt, &a->logits, &a->formats, &a->tilings, &a->out};
+    return cli_take_values(argc, argv, i, names, dst, (int)(sizeof names / sizeof names[0]));
 }
 
 /* One evaluation: the result, and with statistics each role's mean over the
@@ -47,6 +43,8 @@ typedef struct eval_out {
     char (*site)[96];
     double *site_qsnr[2]; /* [nsites] each: fwd_act, fwd_weight (NAN: not quantized there) */
 } eval_out;
+
+_Static_assert(MM_ROLE_FWD_ACT == 0 && MM_ROLE_FWD_WEIGHT == 1, "site_qsnr is indexed by the forward roles");
 
 static void eval_out_free(eval_out *o) {
     free(o->ev.logits);
@@ -89,22 +87,14 @@ static void eval_collect(const session *s, eval_out *o) {
 static int eval_run(const config *c, const char *ckpt, bool stats, bool logits, eval_out *o, mx_err *err) {
     memset(o, 0, sizeof *o);
     o->agreement = NAN;
-    session s;
-    dataset ds;
-    loader *l = NULL;
-    memset(&ds, 0, sizeof ds);
-    data_config dc = config_data(c);
-    int rc = -1;
-    if (dataset_open(&ds, &dc, DATA_SPLIT_EVAL, err)) goto out_nosession;
     int ebs = c->v.data.eval_batch_size ? c->v.data.eval_batch_size : c->v.data.batch_size;
-    if (loader_create(&l, &ds, &dc, ebs, false, false, err)) goto out_nosession;
-    if (trainer_check_data(&ds, loader_out_size(l), &c->v.model, err)) goto out_nosession;
-    if (session_open(&s, c, err)) goto out_nosession;
-    session_adopt_loader(&s, l);
+    ckpt_session cs;
+    int rc = -1;
+    if (ckpt_session_open(&cs, c, ckpt, ebs, err)) goto out;
     int64_t classes = c->v.model.num_classes;
-    if (logits) o->ev.logits = mx_malloc(sizeof(float) * (size_t)(ds.n * classes + 1));
+    if (logits) o->ev.logits = mx_malloc(sizeof(float) * (size_t)(cs.ds.n * classes + 1));
     o->ev.stats = stats;
-    if (ckpt_load_weights(ckpt, &s.m, err) || session_evaluate(&s, l, &o->ev, err)) goto out;
+    if (session_evaluate(&cs.s, cs.l, &o->ev, err)) goto out;
     if (logits) { /* the first maximum, as the accuracy counts it */
         o->pred = mx_malloc(sizeof(int32_t) * (size_t)(o->ev.samples + 1));
         for (int64_t i = 0; i < o->ev.samples; i++) {
@@ -115,13 +105,10 @@ static int eval_run(const config *c, const char *ckpt, bool stats, bool logits, 
             o->pred[i] = best;
         }
     }
-    if (stats) eval_collect(&s, o);
+    if (stats) eval_collect(&cs.s, o);
     rc = 0;
 out:
-    session_close(&s);
-out_nosession:
-    loader_free(l);
-    dataset_free(&ds);
+    ckpt_session_close(&cs);
     return rc;
 }
 

@@ -24,64 +24,34 @@ typedef struct probe_args {
 static int probe_extra(int argc, char **argv, int *i, void *user) {
     probe_args *a = user;
     const char *const names[] = {"--checkpoint", "--init-from", "--formats", "--tilings", "--batches", "--out"};
-    const char **dst[] = {&a->ckpt, &a->ckpt, &a->formats, &a->tilings, &a->batches, &a->out};
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
-        int r = cli_take_value(argc, argv, i, names[k], dst[k]);
-        if (r) return r;
-    }
-    return 0;
+    /* --init-from is --checkpoint's other name */
+    const char **const dst[] = {&a->ckpt, &a->ckpt, &a->formats, &a->tilings, &a->batches, &a->out};
+    return cli_take_values(argc, argv, i, names, dst, (int)(sizeof names / sizeof names[0]));
 }
 
 /* One variant's statistics over `batches` forward and backward passes of the evaluation split, appended to log
  * (step = the variant's index). */
 static int probe_run(const config *c, const char *ckpt, int64_t batches, int variant, runlog *log, mx_err *err) {
-    session s;
-    dataset ds;
-    loader *l = NULL;
-    memset(&ds, 0, sizeof ds);
-    data_config dc = config_data(c);
+    ckpt_session cs;
     int rc = -1;
-    if (dataset_open(&ds, &dc, DATA_SPLIT_EVAL, err)) goto out_nosession;
-    if (loader_create(&l, &ds, &dc, c->v.data.batch_size, false, false, err)) goto out_nosession;
-    if (trainer_check_data(&ds, loader_out_size(l), &c->v.model, err)) goto out_nosession;
-    if (session_open(&s, c, err)) goto out_nosession;
-    session_adopt_loader(&s, l);
-    if (ckpt_load_weights(ckpt, &s.m, err)) goto out;
-    if (s.has_plan) s.plan.collect_stats = true;
-    loader_start_epoch(l, 0, 0);
+    if (ckpt_session_open(&cs, c, ckpt, c->v.data.batch_size, err)) goto out;
+    session *s = &cs.s;
+    if (s->has_plan) s->plan.collect_stats = true;
+    loader_start_epoch(cs.l, 0, 0);
     data_batch b;
-    int r = 1, side = loader_out_size(l);
-    for (int64_t k = 0; k < batches && (r = loader_next(l, &b, err)) == 1; k++) {
-        double loss = session_forward_backward(&s, b.images, b.labels, b.count, side, s.mc.in_chans, (uint64_t)k);
+    int r = 1, side = loader_out_size(cs.l);
+    for (int64_t k = 0; k < batches && (r = loader_next(cs.l, &b, err)) == 1; k++) {
+        double loss = session_forward_backward(s, b.images, b.labels, b.count, side, s->mc.in_chans, (uint64_t)k);
         if (!isfinite(loss)) {
             mx_err_set(err, "%s: non-finite loss at batch %lld", ckpt, (long long)k);
             goto out;
         }
     }
     if (r < 0) goto out;
-    if (s.has_plan) {
-        const mm_plan *p = &s.plan;
-        for (int i = 0; i < p->sites->n; i++)
-            for (int role = 0; role < MM_ROLE_COUNT; role++) {
-                if (p->stats[i][role].elements == 0) continue;
-                log->s = realloc(log->s, sizeof *log->s * (size_t)(log->n_s + 1));
-                MX_ASSERT(log->s);
-                stat_rec *st = &log->s[log->n_s++];
-                memset(st, 0, sizeof *st);
-                st->step = variant;
-                snprintf(st->layer, sizeof st->layer, "%s", p->sites->at[i]->name);
-                st->role = (mm_role)role;
-                st->format = p->format[i][role];
-                st->st = p->stats[i][role];
-                st->qsnr_db = quant_stats_qsnr_db(&st->st);
-            }
-    }
+    if (s->has_plan) runlog_stats(log, variant, &s->plan);
     rc = 0;
 out:
-    session_close(&s);
-out_nosession:
-    loader_free(l);
-    dataset_free(&ds);
+    ckpt_session_close(&cs);
     return rc;
 }
 

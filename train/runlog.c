@@ -387,7 +387,7 @@ void runlog_stats(runlog *r, int64_t step, const mm_plan *p) {
             s->format = p->format[i][role];
             s->st = p->stats[i][role];
             s->qsnr_db = quant_stats_qsnr_db(&s->st);
-            write_stat(r->stats_csv, s);
+            if (r->stats_csv) write_stat(r->stats_csv, s);
         }
     mx_err e;
     runlog_flush(r, &e);

@@ -55,7 +55,8 @@ void runlog_eval(runlog *r, int64_t step, int64_t epoch, double eval_loss, doubl
 int runlog_write_summary(const runlog *r, mx_err *err);
 /* wall_s of the last evaluation record (0 when none): a resumed run's start. */
 double runlog_last_wall(const runlog *r);
-/* Appends the policy's statistics as rows for `step`. */
+/* Appends the policy's statistics as rows for `step` (and to stats.csv when
+ * the log has its files open; a zeroed runlog just collects them). */
 void runlog_stats(runlog *r, int64_t step, const mm_plan *p);
 /* Writes stats.h5 (atomically) from the rows in memory. */
 int runlog_write_stats_h5(const runlog *r, mx_err *err);

@@ -184,6 +184,24 @@ int session_evaluate(session *s, loader *l, eval_result *res, mx_err *err) {
     return 0;
 }
 
+int ckpt_session_open(ckpt_session *cs, const config *c, const char *ckpt, int batch, mx_err *err) {
+    memset(cs, 0, sizeof *cs);
+    data_config dc = config_data(c);
+    if (dataset_open(&cs->ds, &dc, DATA_SPLIT_EVAL, err) ||
+        loader_create(&cs->l, &cs->ds, &dc, batch, false, false, err) ||
+        trainer_check_data(&cs->ds, loader_out_size(cs->l), &c->v.model, err) || session_open(&cs->s, c, err))
+        return -1;
+    cs->s_open = true;
+    session_adopt_loader(&cs->s, cs->l);
+    return ckpt_load_weights(ckpt, &cs->s.m, err);
+}
+
+void ckpt_session_close(ckpt_session *cs) {
+    if (cs->s_open) session_close(&cs->s);
+    loader_free(cs->l);
+    dataset_free(&cs->ds);
+}
+
 /* ---------------- SIGINT, SIGTERM, SIGHUP ---------------- */
 
 /* Each of these saves the run and exits like Ctrl-C (a scheduler's SIGTERM,

@@ -46,6 +46,18 @@ typedef struct eval_result {
 } eval_result;
 int session_evaluate(session *s, loader *l, eval_result *res, mx_err *err);
 
+/* A checkpoint's weights in a session over the config's evaluation split,
+ * in batches of `batch` (eval, eval --formats, probe). Closed by
+ * ckpt_session_close, also after a failed open. */
+typedef struct ckpt_session {
+    session s;
+    dataset ds;
+    loader *l;
+    bool s_open;
+} ckpt_session;
+int ckpt_session_open(ckpt_session *cs, const config *c, const char *ckpt, int batch, mx_err *err);
+void ckpt_session_close(ckpt_session *cs);
+
 typedef struct train_opts {
     const char *resume_dir; /* continue the run in this directory */
     const char *init_from;  /* load weights only */
