@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/timer.h"
 #include "cuda/cuda.h"
 
 void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes) {
@@ -59,7 +60,28 @@ void ag_ctx_free(ag_ctx *ctx) {
     memset(ctx, 0, sizeof *ctx);
 }
 
+/* Seconds since the profile's last mark, then a new mark (the GPU's queue drained first). */
+static double ag_prof_lap(const ag_ctx *ctx) {
+    if (ctx->gpu) cu_sync();
+    double t = timer_now(), dt = t - ctx->prof->mark;
+    ctx->prof->mark = t;
+    return dt;
+}
+
+double ag_prof_start(const ag_ctx *ctx) {
+    if (!ctx->prof) return 0;
+    if (ctx->gpu) cu_sync();
+    return timer_now();
+}
+
+void ag_prof_stop(const ag_ctx *ctx, ag_prof_part part, double t0) {
+    if (!ctx->prof) return;
+    if (ctx->gpu) cu_sync();
+    ctx->prof->part_s[part] += timer_now() - t0;
+}
+
 void ag_ctx_reset(ag_ctx *ctx) {
+    if (ctx->prof) ag_prof_lap(ctx);
     for (int i = 0; i < ctx->n_bufs; i++) ctx->bufs[i].used = false;
     arena_reset(&ctx->ar);
     arena_reset(&ctx->scratch);
@@ -133,6 +155,7 @@ bool ag_will_record(const ag_ctx *ctx, ag_var *const *in, int n_in) {
 ag_node *ag_record(ag_ctx *ctx, ag_op op, ag_var *out, ag_var *const *in, int n_in) {
     MX_ASSERT(n_in <= AG_MAX_INPUTS);
     if (ag_op_table[op].bf16_out) ag_round_elementwise(ctx, out->value.data, ag_numel(out));
+    if (ctx->prof) ctx->prof->fwd_s[op] += ag_prof_lap(ctx), ctx->prof->calls[op]++;
     out->requires_grad = ag_will_record(ctx, in, n_in);
     if (!out->requires_grad) return NULL;
     MX_GROW(ctx->nodes, ctx->cap_nodes, ctx->n_nodes + 1, 256);
@@ -162,10 +185,12 @@ void ag_backward_from(ag_ctx *ctx, ag_var *y, const float *dy) {
      * once consumed, so a second backward over the same tape adds exactly the
      * same to the leaves. */
     ag_mem_upload(ctx, ag_grad(ctx, y), dy, (size_t)ag_numel(y) * sizeof(float));
+    if (ctx->prof) ag_prof_lap(ctx);
     for (int i = ctx->n_nodes - 1; i >= 0; i--) {
         ag_node *n = &ctx->nodes[i];
         if (!n->out->grad) continue; /* nothing flowed here */
         ag_op_table[n->op].backward(ctx, n);
+        if (ctx->prof) ctx->prof->bwd_s[n->op] += ag_prof_lap(ctx);
         if (!n->out->is_leaf) { /* consumed: every user of out ran its backward before */
             ag_pool_give(ctx, n->out->grad);
             n->out->grad = NULL;

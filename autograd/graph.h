@@ -104,6 +104,8 @@ typedef struct ag_run {
                                  to cover many chunks */
     bool cpu_bf16;            /* CPU: products of two quantized operands on the BF16 units
                                  (core/gemm.h's gemm_bf16_f32; train.cpu_gemm = auto) */
+    bool cpu_f32_dnnl;        /* CPU: the other products through oneDNN's f32 matmul, not OpenBLAS
+                                 (gemm_dnnl_f32; train.cpu_gemm = onednn) */
     bool gpu_fp32_gemm;       /* GPU: every product as an FP32 GEMM on the quantized values
                                  (train.gpu_gemm = fp32): the CPU's arithmetic up to the order
                                  of sums. Default: bf16-held pairs on the tensor cores, whose
@@ -118,6 +120,25 @@ typedef struct ag_run {
                                  path then multiplies those operands in FP32). Ignored while
                                  statistics are collected (those calls sync anyway). */
 } ag_run;
+
+/* Where a step's time goes, per op (bench step --profile). An op's forward
+ * time is the time from the previous op's ag_record to its own (its work and
+ * the model code just before it), its backward time that of its backward
+ * function; on the GPU each is synchronized first, which serializes the step. */
+typedef enum ag_prof_part { /* time inside the products (autograd/mm*.c), across ops */
+    AG_PROF_PRODUCT,    /* mm_gemm_*: GEMMs with their gathers (and, for 1d dW, row quantization) */
+    AG_PROF_GATHER,     /* CPU im2col gathers and col2im scatters, inside PRODUCT */
+    AG_PROF_QUANT,      /* operand quantization before the products */
+    AG_PROF_QUANT_ROWS, /* the 1d dW operand's quantization down M, inside PRODUCT */
+    AG_PROF_PART_COUNT
+} ag_prof_part;
+
+typedef struct ag_prof {
+    double fwd_s[AG_OP_COUNT], bwd_s[AG_OP_COUNT];
+    double part_s[AG_PROF_PART_COUNT];
+    int64_t calls[AG_OP_COUNT];
+    double mark; /* when the last op recorded (or the step began) */
+} ag_prof;
 
 /* The tape and the step's memory, plus the settings it runs under. */
 typedef struct ag_ctx {
@@ -137,6 +158,7 @@ typedef struct ag_ctx {
     int64_t cap_nodes;
     uint64_t rng_calls;     /* per-step counter of dropout streams drawn */
     int64_t flops;          /* GEMM floating-point operations since the caller last zeroed it */
+    ag_prof *prof;          /* NULL: no per-op timing (the caller owns it; it accumulates) */
 } ag_ctx;
 
 void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes);
@@ -173,6 +195,11 @@ ag_node *ag_record(ag_ctx *ctx, ag_op op, ag_var *out, ag_var *const *in, int n_
 /* Whether ag_record will record (decides before the forward what to save). */
 bool ag_will_record(const ag_ctx *ctx, ag_var *const *in, int n_in);
 void *ag_save(ag_ctx *ctx, ag_node *node, size_t bytes);
+
+/* Times a part of an op into ctx->prof (no-ops without one):
+ *   double t0 = ag_prof_start(ctx); ...; ag_prof_stop(ctx, AG_PROF_GATHER, t0); */
+double ag_prof_start(const ag_ctx *ctx);
+void ag_prof_stop(const ag_ctx *ctx, ag_prof_part part, double t0);
 
 /* Reverse pass from a scalar loss: d loss / d loss = 1. */
 void ag_backward(ag_ctx *ctx, ag_var *loss);

@@ -222,9 +222,11 @@ static quant_tensor mm_quantize(ag_ctx *ctx, const mm_site *site, mm_role role, 
     if (t.spec.format == QUANT_FORMAT_FP32) return t;
     int64_t n = (int64_t)batch * rows * cols;
     quant_stats st, *stp = ctx->run.mm->collect_stats ? &st : NULL;
+    double t0 = ag_prof_start(ctx);
     if (ctx->gpu) {
         mm_gpu_quantize(ctx, &t, src, store == MM_STORE_SCRATCH ? &ctx->scratch : &ctx->ar, stp);
         mm_account(ctx, site, role, stp, n, true);
+        ag_prof_stop(ctx, AG_PROF_QUANT, t0);
         return t;
     }
     bool packed = store == MM_STORE_PACKED && quant_format_get(t.spec.format)->is_mx;
@@ -240,6 +242,7 @@ static quant_tensor mm_quantize(ag_ctx *ctx, const mm_site *site, mm_role role, 
     }
     t.values = y;
     mm_account(ctx, site, role, stp, n, true);
+    ag_prof_stop(ctx, AG_PROF_QUANT, t0);
     return t;
 }
 
@@ -251,6 +254,7 @@ quant_tensor mm_rowq_apply(mm_rowq *q, const float *a, int batch, int64_t row0, 
     t.spec.offset = (uint64_t)(row0 * cols);
     int64_t n = (int64_t)batch * rows * cols;
     quant_stats st, *stp = q->ctx->run.mm->collect_stats ? &st : NULL;
+    double t0 = ag_prof_start(q->ctx);
     if (q->ctx->gpu) {
         mm_gpu_quantize(q->ctx, &t, a, &q->ctx->scratch, stp);
     } else {
@@ -260,6 +264,7 @@ quant_tensor mm_rowq_apply(mm_rowq *q, const float *a, int batch, int64_t row0, 
     }
     mm_account(q->ctx, q->site, MM_ROLE_BWD_ACT_DW, stp, n, !q->counted);
     q->counted = true;
+    ag_prof_stop(q->ctx, AG_PROF_QUANT_ROWS, t0);
     return t;
 }
 

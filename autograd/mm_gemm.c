@@ -26,7 +26,8 @@ typedef void (*mm_gemm_fn)(bool, bool, int, int, int, float, const float *, int,
                            int);
 
 static mm_gemm_fn mm_cpu_gemm(const ag_ctx *ctx, quant_format fa, quant_format fb) {
-    return ctx->run.cpu_bf16 && fa != QUANT_FORMAT_FP32 && fb != QUANT_FORMAT_FP32 ? gemm_bf16_f32 : gemm_f32;
+    if (ctx->run.cpu_bf16 && fa != QUANT_FORMAT_FP32 && fb != QUANT_FORMAT_FP32) return gemm_bf16_f32;
+    return ctx->run.cpu_f32_dnnl ? gemm_dnnl_f32 : gemm_f32;
 }
 
 /* ---------------- dense ---------------- */
@@ -121,7 +122,9 @@ static void conv_y(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, const float
     ag_window win = mm_im2col_window(g);
     for (int64_t r0 = 0; r0 < M; r0 += rows) {
         int64_t r1 = r0 + rows < M ? r0 + rows : M;
+        double t0 = ag_prof_start(ctx);
         conv_gather_rows(&win, x, r0, r1, cols);
+        ag_prof_stop(ctx, AG_PROF_GATHER, t0);
         gemm(false, true, (int)(r1 - r0), (int)O, (int)K, 1.0f, cols, (int)K, w, (int)K, 0.0f, y + r0 * O, (int)O);
     }
     arena_release(&ctx->scratch, mark);
@@ -147,7 +150,9 @@ static void conv_dx(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, const floa
         ag_window win = {g->n, g->oh, g->ow, O, g->h, g->w, g->kh, g->kw, 1, g->pad, -1};
         for (int64_t r0 = 0; r0 < P; r0 += rows) {
             int64_t r1 = r0 + rows < P ? r0 + rows : P;
+            double t0 = ag_prof_start(ctx);
             conv_gather_rows(&win, dy, r0, r1, cols);
+            ag_prof_stop(ctx, AG_PROF_GATHER, t0);
             gemm(false, false, (int)(r1 - r0), (int)g->c, (int)KO, 1.0f, cols, (int)KO, wt, (int)g->c, 1.0f,
                      dx + r0 * g->c, (int)g->c);
         }
@@ -158,7 +163,9 @@ static void conv_dx(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, const floa
             int64_t r1 = r0 + rows < M ? r0 + rows : M;
             gemm(false, false, (int)(r1 - r0), (int)K, (int)O, 1.0f, dy + r0 * O, (int)O, w, (int)K, 0.0f, dcols,
                      (int)K);
+            double t0 = ag_prof_start(ctx);
             conv_col2im_add_rows(g, dcols, r0, r1, dx);
+            ag_prof_stop(ctx, AG_PROF_GATHER, t0);
         }
     }
     arena_release(&ctx->scratch, mark);
@@ -174,7 +181,9 @@ static void conv_dw(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, mm_rowq *q
     ag_window win = mm_im2col_window(&sh->g);
     for (int64_t r0 = 0; r0 < M; r0 += rows) {
         int64_t r1 = r0 + rows < M ? r0 + rows : M;
+        double t0 = ag_prof_start(ctx);
         conv_gather_rows(&win, x, r0, r1, cols);
+        ag_prof_stop(ctx, AG_PROF_GATHER, t0);
         arena_mark chunk = arena_get_mark(&ctx->scratch);
         dense_db1(gemm, sh, (int)(r1 - r0), mm_rowq_apply(q, cols, 1, r0, r1 - r0, K).values, dy + r0 * sh->n, dw);
         arena_release(&ctx->scratch, chunk);
@@ -192,20 +201,24 @@ static const float *mm_cpu_values(const quant_tensor *t) {
 
 void mm_gemm_y(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *a, const quant_tensor *b, float *y) {
     mm_gemm_fn gemm = mm_cpu_gemm(ctx, a->spec.format, b->spec.format);
+    double t0 = ag_prof_start(ctx);
     if (ctx->gpu) mm_gpu_y(ctx, sh, a, b, y);
     else if (sh->im2col) conv_y(ctx, gemm, sh, mm_cpu_values(a), mm_cpu_values(b), y);
     else dense_y(gemm, sh, mm_cpu_values(a), mm_cpu_values(b), y);
+    ag_prof_stop(ctx, AG_PROF_PRODUCT, t0);
 }
 
 void mm_gemm_da(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *dy, const quant_tensor *b, float *da) {
     mm_gemm_fn gemm = mm_cpu_gemm(ctx, dy->spec.format, b->spec.format);
+    double t0 = ag_prof_start(ctx);
     if (ctx->gpu) mm_gpu_da(ctx, sh, dy, b, da);
     else if (sh->im2col) conv_dx(ctx, gemm, sh, mm_cpu_values(dy), mm_cpu_values(b), da);
     else dense_da(gemm, sh, mm_cpu_values(dy), mm_cpu_values(b), da);
+    ag_prof_stop(ctx, AG_PROF_PRODUCT, t0);
 }
 
-void mm_gemm_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const quant_tensor *a, const quant_tensor *dy,
-                float *db) {
+static void mm_gemm_db_run(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const quant_tensor *a, const quant_tensor *dy,
+                           float *db) {
     if (ctx->gpu) {
         mm_gpu_db(ctx, sh, q, a, dy, db);
         return;
@@ -221,4 +234,11 @@ void mm_gemm_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const quant_tensor 
     for (int i = 0; i < sh->batch; i++)
         dense_db1(gemm, sh, sh->m, aq.values + i * sh->stride_a, mm_cpu_values(dy) + i * sh->stride_y, db + i * sh->stride_b);
     arena_release(&ctx->scratch, mark);
+}
+
+void mm_gemm_db(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const quant_tensor *a, const quant_tensor *dy,
+                float *db) {
+    double t0 = ag_prof_start(ctx);
+    mm_gemm_db_run(ctx, sh, q, a, dy, db);
+    ag_prof_stop(ctx, AG_PROF_PRODUCT, t0);
 }

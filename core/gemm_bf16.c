@@ -59,8 +59,9 @@ static dnnl_stream_t g_stream;
 static bool g_disabled; /* gemm_bf16_set_enabled(false): tests force the FP32 engine */
 
 typedef struct bf_plan {
+    dnnl_data_type_t dt; /* of A and B: bf16 (compact copies) or f32 (the caller's matrices, strided) */
     bool ta, tb, accumulate;
-    int m, n, k;
+    int m, n, k, lda, ldb;
     dnnl_primitive_t prim;
     dnnl_memory_t a, b, c, scratch; /* scratch: our buffer, not one oneDNN maps (and faults in) per call */
     size_t scratch_bytes;
@@ -70,26 +71,27 @@ static int g_nplans, g_capplans;
 
 #define DN_OK(call) ((call) == dnnl_success)
 
-/* A plan for C[m,n] (ldc = n... any: strides given) = op(A) op(B) over compact bf16 copies. */
-static bf_plan *bf_plan_get(bool ta, bool tb, int m, int n, int k, int ldc, bool accumulate, const char **impl) {
+/* A plan for C[m,n] (row stride ldc = n) = op(A) op(B), A and B of type dt
+ * with row strides lda, ldb (A stored [m,k], or [k,m] when ta; B [k,n], or [n,k] when tb). */
+static bf_plan *bf_plan_get(dnnl_data_type_t dt, bool ta, bool tb, int m, int n, int k, int lda, int ldb, int ldc,
+                            bool accumulate, const char **impl) {
     for (int i = 0; i < g_nplans; i++) {
         bf_plan *p = &g_plans[i];
-        if (p->ta == ta && p->tb == tb && p->m == m && p->n == n && p->k == k && p->accumulate == accumulate &&
-            ldc == n)
+        if (p->dt == dt && p->ta == ta && p->tb == tb && p->m == m && p->n == n && p->k == k && p->lda == lda &&
+            p->ldb == ldb && p->accumulate == accumulate && ldc == n)
             return p;
     }
     dnnl_memory_desc_t ad, bd, cd;
-    /* compact copies: A [m,k] (or stored [k,m] when ta), B [k,n] (or [n,k] when tb) */
-    dnnl_dims_t adims = {m, k}, astr = {ta ? 1 : k, ta ? m : 1};
-    dnnl_dims_t bdims = {k, n}, bstr = {tb ? 1 : n, tb ? k : 1};
+    dnnl_dims_t adims = {m, k}, astr = {ta ? 1 : lda, ta ? lda : 1};
+    dnnl_dims_t bdims = {k, n}, bstr = {tb ? 1 : ldb, tb ? ldb : 1};
     dnnl_dims_t cdims = {m, n}, cstr = {ldc, 1};
     dnnl_matmul_desc_t md;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    bf_plan p = {ta, tb, accumulate, m, n, k, NULL, NULL, NULL, NULL, NULL, 0};
-    bool ok = DN_OK(p_dnnl_memory_desc_init_by_strides(&ad, 2, adims, dnnl_bf16, astr)) &&
-              DN_OK(p_dnnl_memory_desc_init_by_strides(&bd, 2, bdims, dnnl_bf16, bstr)) &&
+    bf_plan p = {dt, ta, tb, accumulate, m, n, k, lda, ldb, NULL, NULL, NULL, NULL, NULL, 0};
+    bool ok = DN_OK(p_dnnl_memory_desc_init_by_strides(&ad, 2, adims, dt, astr)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_strides(&bd, 2, bdims, dt, bstr)) &&
               DN_OK(p_dnnl_memory_desc_init_by_strides(&cd, 2, cdims, dnnl_f32, cstr)) &&
               DN_OK(p_dnnl_matmul_desc_init(&md, &ad, &bd, NULL, &cd)) && DN_OK(p_dnnl_primitive_attr_create(&attr)) &&
               DN_OK(p_dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
@@ -106,7 +108,7 @@ static bf_plan *bf_plan_get(bool ta, bool tb, int m, int n, int k, int ldc, bool
     if (po) p_dnnl_post_ops_destroy(po);
     if (attr) p_dnnl_primitive_attr_destroy(attr);
     if (pd) p_dnnl_primitive_desc_destroy(pd);
-    MX_ASSERTF(ok, "oneDNN: cannot build a %dx%dx%d bf16 matmul", m, n, k);
+    MX_ASSERTF(ok, "oneDNN: cannot build a %dx%dx%d %s matmul", m, n, k, dt == dnnl_bf16 ? "bf16" : "f32");
     if (g_nplans == g_capplans) {
         g_capplans = g_capplans ? 2 * g_capplans : 64;
         g_plans = realloc(g_plans, sizeof *g_plans * (size_t)g_capplans);
@@ -116,10 +118,11 @@ static bf_plan *bf_plan_get(bool ta, bool tb, int m, int n, int k, int ldc, bool
     return &g_plans[g_nplans++];
 }
 
-/* Loads oneDNN and keeps it only if its bf16 matmul runs on BF16 instructions here. */
-static bool bf_open(void) {
-    if (g_state != BF_UNTRIED) return g_state == BF_ON;
-    g_state = BF_OFF;
+/* Loads oneDNN and makes its CPU engine, once; false (g_engine says why) if it cannot. */
+static bool dn_load(void) {
+    static int state; /* 0 untried, 1 loaded, -1 failed */
+    if (state) return state > 0;
+    state = -1;
 #ifdef MXTRAIN_SANITIZED
     snprintf(g_engine, sizeof g_engine, "none (sanitizer build: LeakSanitizer cannot trace oneDNN's threads)");
     return false;
@@ -149,8 +152,17 @@ static bool bf_open(void) {
         snprintf(g_engine, sizeof g_engine, "none (oneDNN has no CPU engine)");
         return false;
     }
+    state = 1;
+    return true;
+}
+
+/* oneDNN, kept for bf16 products only if its bf16 matmul runs on BF16 instructions here. */
+static bool bf_open(void) {
+    if (g_state != BF_UNTRIED) return g_state == BF_ON;
+    g_state = BF_OFF;
+    if (!dn_load()) return false;
     const char *impl = NULL;
-    bf_plan_get(false, true, 64, 64, 64, 64, false, &impl);
+    bf_plan_get(dnnl_bf16, false, true, 64, 64, 64, 64, 64, 64, false, &impl);
     if (!impl || !strstr(impl, "bf16") || strstr(impl, "ref")) { /* emulated: slower than FP32 */
         snprintf(g_engine, sizeof g_engine, "none (oneDNN's bf16 matmul here is '%s', not BF16 units)",
                  impl ? impl : "?");
@@ -201,6 +213,8 @@ static uint16_t *bf_buffer(int which, size_t n) {
     return buf[which];
 }
 
+static void dn_execute(bf_plan *p, const void *a, const void *b, float *c, int m, int n, int k);
+
 void gemm_bf16_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                    const float *b, int ldb, float beta, float *c, int ldc) {
     if (m == 0 || n == 0) return;
@@ -215,8 +229,15 @@ void gemm_bf16_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
         gemm_f32(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }
-    bf_plan *p = bf_plan_get(trans_a, trans_b, m, n, k, ldc, beta != 0.0f, NULL);
-    bool ok = DN_OK(p_dnnl_memory_set_data_handle(p->a, a16)) && DN_OK(p_dnnl_memory_set_data_handle(p->b, b16)) &&
+    bf_plan *p = bf_plan_get(dnnl_bf16, trans_a, trans_b, m, n, k, trans_a ? m : k, trans_b ? k : n, ldc, beta != 0.0f,
+                             NULL);
+    dn_execute(p, a16, b16, c, m, n, k);
+}
+
+/* Runs plan p on A, B, C (its scratchpad in one buffer of ours, grown once to the largest need). */
+static void dn_execute(bf_plan *p, const void *a, const void *b, float *c, int m, int n, int k) {
+    bool ok = DN_OK(p_dnnl_memory_set_data_handle(p->a, (void *)a)) &&
+              DN_OK(p_dnnl_memory_set_data_handle(p->b, (void *)b)) &&
               DN_OK(p_dnnl_memory_set_data_handle(p->c, c));
     dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, p->a}, {DNNL_ARG_WEIGHTS, p->b}, {DNNL_ARG_DST, p->c}, {0, NULL}};
     int nargs = 3;
@@ -232,5 +253,26 @@ void gemm_bf16_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
         args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, p->scratch};
     }
     ok = ok && DN_OK(p_dnnl_primitive_execute(p->prim, g_stream, nargs, args)) && DN_OK(p_dnnl_stream_wait(g_stream));
-    MX_ASSERTF(ok, "oneDNN: a %dx%dx%d bf16 matmul failed", m, n, k);
+    MX_ASSERTF(ok, "oneDNN: a %dx%dx%d matmul failed", m, n, k);
+}
+
+const char *gemm_dnnl_f32_engine(void) {
+    static char desc[200];
+    if (!dn_load()) return g_engine;
+    const char *impl = NULL;
+    bf_plan_get(dnnl_f32, false, true, 64, 64, 64, 64, 64, 64, false, &impl);
+    snprintf(desc, sizeof desc, "oneDNN %s", impl ? impl : "?");
+    return desc;
+}
+
+bool gemm_dnnl_f32_available(void) { return dn_load(); }
+
+void gemm_dnnl_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                   const float *b, int ldb, float beta, float *c, int ldc) {
+    if (m == 0 || n == 0) return;
+    if (alpha != 1.0f || (beta != 0.0f && beta != 1.0f) || k == 0 || ldc != n || !dn_load()) {
+        gemm_f32(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    dn_execute(bf_plan_get(dnnl_f32, trans_a, trans_b, m, n, k, lda, ldb, ldc, beta != 0.0f, NULL), a, b, c, m, n, k);
 }

@@ -45,6 +45,9 @@ void cu_memset(void *d, int value, size_t bytes);
 void cu_sync(void);
 /* Device memory in use on the current GPU (total - free: ours, the context's, libraries'). */
 size_t cu_mem_used(void);
+/* What was in use once cu_init had made the context (the context itself, and
+ * any other process's memory): cu_mem_used() - cu_mem_context() is this run's. */
+size_t cu_mem_context(void);
 
 /* Device memory for core/arena.h (arena_init_mem): the autograd context's
  * step and scratch arenas on the GPU (256-byte aligned blocks). */

@@ -16,6 +16,8 @@ bool cu_available(void) {
     return n > 0;
 }
 
+static size_t g_mem_context; /* device memory in use once the context was up (cu_init) */
+
 int cu_init(mx_err *err) {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
@@ -25,8 +27,12 @@ int cu_init(mx_err *err) {
                           e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device");
     }
     CU_CHECK(cudaSetDevice(0));
+    CU_CHECK(cudaFree(0)); /* creates the context now, so what it takes can be told apart */
+    g_mem_context = cu_mem_used();
     return 0;
 }
+
+size_t cu_mem_context(void) { return g_mem_context; }
 
 void cu_describe(FILE *f) {
     int rt = 0, drv = 0;

@@ -23,6 +23,7 @@ void cu_copy(void *d_dst, const void *d_src, size_t bytes) { cu_none(__func__); 
 void cu_memset(void *d, int value, size_t bytes) { cu_none(__func__); }
 void cu_sync(void) { cu_none(__func__); }
 size_t cu_mem_used(void) { cu_none(__func__); }
+size_t cu_mem_context(void) { cu_none(__func__); }
 void *cu_host_alloc(size_t bytes) { cu_none(__func__); }
 void cu_host_free(void *p) { cu_none(__func__); }
 void cu_to_device_async(void *d_dst, const void *src, size_t bytes) { cu_none(__func__); }

@@ -211,6 +211,41 @@ START_TEST(test_gemm_bf16_engine) {
 }
 END_TEST
 
+/* train.cpu_gemm = onednn: oneDNN's f32 matmul on strided operands equals
+ * sgemm up to the order of sums, for every transpose and both betas; calls it
+ * is not given (alpha != 1, ldc != n) run sgemm itself. */
+START_TEST(test_gemm_dnnl_f32_engine) {
+    fprintf(stderr, "  cpu f32 engine (onednn): %s\n", gemm_dnnl_f32_engine());
+    rng r;
+    rng_init(&r, 6, 0);
+    const int sizes[][3] = {{7, 5, 3}, {64, 48, 129}, {130, 64, 576}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (int t = 0; t < 4; t++)
+            for (int beta = 0; beta < 2; beta++)
+                for (int alpha2 = 0; alpha2 < 2; alpha2++) {
+                    int m = sizes[s][0], n = sizes[s][1], k = sizes[s][2], ta = t & 1, tb = t >> 1;
+                    int lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 1;
+                    size_t na = (size_t)lda * (ta ? k : m), nb = (size_t)ldb * (tb ? n : k);
+                    float *a = malloc(sizeof(float) * na), *b = malloc(sizeof(float) * nb);
+                    float *c1 = malloc(sizeof(float) * (size_t)(m * n)), *c2 = malloc(sizeof(float) * (size_t)(m * n));
+                    for (size_t i = 0; i < na; i++) a[i] = rng_normal(&r);
+                    for (size_t i = 0; i < nb; i++) b[i] = rng_normal(&r);
+                    for (int i = 0; i < m * n; i++) c1[i] = c2[i] = beta ? rng_normal(&r) : 0.0f;
+                    float alpha = alpha2 ? 2.0f : 1.0f;
+                    gemm_dnnl_f32(ta, tb, m, n, k, alpha, a, lda, b, ldb, (float)beta, c1, n);
+                    gemm_f32(ta, tb, m, n, k, alpha, a, lda, b, ldb, (float)beta, c2, n);
+                    double big = 0;
+                    for (int i = 0; i < m * n; i++) big = fmax(big, fabs(c2[i]));
+                    for (int i = 0; i < m * n; i++) {
+                        if (alpha2) ck_assert_msg(c1[i] == c2[i], "sgemm fallback m%d n%d k%d", m, n, k);
+                        else ck_assert_msg(fabs(c1[i] - c2[i]) <= 1e-5 * big, "m%d n%d k%d ta%d tb%d beta%d: %g vs %g",
+                                           m, n, k, ta, tb, beta, c1[i], c2[i]);
+                    }
+                    free(a), free(b), free(c1), free(c2);
+                }
+}
+END_TEST
+
 START_TEST(test_gemm_matches_reference) {
     rng r;
     rng_init(&r, 3, 0);
@@ -575,6 +610,7 @@ int main(void) {
     tcase_add_test(tc, test_threads_knob);
     tcase_add_test(tc, test_gemm_matches_reference);
     tcase_add_test(tc, test_gemm_bf16_engine);
+    tcase_add_test(tc, test_gemm_dnnl_f32_engine);
     tcase_add_test(tc, test_npy_roundtrip_all_dtypes_and_ranks);
     tcase_add_test(tc, test_npy_malformed_files);
     tcase_add_test(tc, test_npy_truncation_sweep);

@@ -26,9 +26,57 @@ static double peak_rss_mb(void) {
     return (double)ru.ru_maxrss / 1024.0; /* Linux: kilobytes */
 }
 
+/* The per-op profile of the timed steps, per step: a "profile" array in the
+ * JSON line, and a table on stderr, largest first. */
+static void bench_profile_report(cJSON *j, const ag_prof *p, double optim_s, double step_s, int steps) {
+    int order[AG_OP_COUNT], n = 0;
+    for (int op = 0; op < AG_OP_COUNT; op++)
+        if (p->calls[op] || p->bwd_s[op] > 0) order[n++] = op;
+    for (int a = 1; a < n; a++) /* insertion sort by total time, descending */
+        for (int b = a; b > 0; b--) {
+            int x = order[b], y = order[b - 1];
+            if (p->fwd_s[x] + p->bwd_s[x] <= p->fwd_s[y] + p->bwd_s[y]) break;
+            order[b] = y, order[b - 1] = x;
+        }
+    cJSON *arr = cJSON_AddArrayToObject(j, "profile");
+    fprintf(stderr, "%-16s %8s %10s %10s %7s\n", "op", "calls", "fwd ms", "bwd ms", "share");
+    double total = 0;
+    for (int k = 0; k < n; k++) {
+        int op = order[k];
+        double f = p->fwd_s[op] / steps * 1e3, b = p->bwd_s[op] / steps * 1e3;
+        total += f + b;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "op", ag_op_table[op].name);
+        cJSON_AddNumberToObject(o, "calls", (double)(p->calls[op] / steps));
+        mx_json_number(o, "fwd_ms", f, 3);
+        mx_json_number(o, "bwd_ms", b, 3);
+        cJSON_AddItemToArray(arr, o);
+        fprintf(stderr, "%-16s %8lld %10.3f %10.3f %6.1f%%\n", ag_op_table[op].name,
+                (long long)(p->calls[op] / steps), f, b, 100 * (f + b) / (step_s * 1e3));
+    }
+    /* inside the ops: where the products' time goes (on the GPU the gathers
+       are the product's own kernels and count as GEMM time) */
+    double ms[AG_PROF_PART_COUNT];
+    for (int k = 0; k < AG_PROF_PART_COUNT; k++) ms[k] = p->part_s[k] / steps * 1e3;
+    double gemm = ms[AG_PROF_PRODUCT] - ms[AG_PROF_GATHER] - ms[AG_PROF_QUANT_ROWS];
+    double quant = ms[AG_PROF_QUANT] + ms[AG_PROF_QUANT_ROWS];
+    cJSON *parts = cJSON_AddObjectToObject(j, "profile_products");
+    mx_json_number(parts, "gemm_ms", gemm, 3);
+    mx_json_number(parts, "gather_ms", ms[AG_PROF_GATHER], 3);
+    mx_json_number(parts, "quantize_ms", quant, 3);
+    double o = optim_s / steps * 1e3;
+    mx_json_number(j, "optimizer_ms", o, 3);
+    fprintf(stderr, "%-16s %8s %10.3f %10s %6.1f%%\n", "optimizer", "", o, "", 100 * o / (step_s * 1e3));
+    fprintf(stderr, "%-16s %8s %10.3f %10s %6.1f%% (mean step, ops and optimizer)\n", "total", "", total + o, "",
+            100 * (total + o) / (step_s * 1e3));
+    fprintf(stderr, "inside the ops: GEMMs %.3f ms (%.1f%%), gathers %.3f ms (%.1f%%), quantization %.3f ms (%.1f%%)\n",
+            gemm, 100 * gemm / (step_s * 1e3), ms[AG_PROF_GATHER], 100 * ms[AG_PROF_GATHER] / (step_s * 1e3), quant,
+            100 * quant / (step_s * 1e3));
+}
+
 /* Times `steps` training steps on one batch; prints the JSON line. */
 static int bench_session_steps(const config *c, const float *images, const int32_t *labels, int batch, int side,
-                               int chans, int warmup, int steps) {
+                               int chans, int warmup, int steps, bool profile) {
     session s;
     mx_err err = {0};
     if (session_open(&s, c, &err)) {
@@ -47,15 +95,20 @@ static int bench_session_steps(const config *c, const float *images, const int32
     }
     double *t = mx_malloc(sizeof(double) * (size_t)steps);
     int64_t flops = 0, passes = 0, bytes_q = 0, held = 0;
-    double loss = 0;
+    double loss = 0, optim_s = 0, steps_s = 0;
+    ag_prof prof;
     for (int i = 0; i < warmup + steps; i++) {
         if (s.has_plan) mm_plan_reset_counters(&s.plan);
         s.ctx.flops = 0;
+        if (profile && i == warmup) memset(&prof, 0, sizeof prof), s.ctx.prof = &prof;
         double t0 = timer_now();
         loss = session_forward_backward(&s, images, labels, batch, side, chans, (uint64_t)i);
+        double t1 = timer_now();
+        if (s.ctx.prof && s.ctx.gpu) cu_sync(), t1 = timer_now();
         optim_step(&o, oc.lr);
         if (s.ctx.gpu) cu_sync(); /* the update is part of the step */
         double dt = timer_now() - t0;
+        if (i >= warmup) steps_s += dt, optim_s += timer_now() - t1;
         if (i >= warmup) t[i - warmup] = dt;
         flops = s.ctx.flops;
         if (s.has_plan) passes = s.plan.passes, bytes_q = s.plan.bytes_quantized, held = s.plan.bytes_held;
@@ -64,10 +117,13 @@ static int bench_session_steps(const config *c, const float *images, const int32
     /* device memory in use after the steps: the arenas never shrink, so this is
        the run's peak plus the CUDA context and cuBLAS workspace */
     double gpu_mb = s.ctx.gpu ? (double)cu_mem_used() / 1048576.0 : 0.0;
+    /* the same without the context: comparable to PyTorch's peak allocation */
+    double run_mb = s.ctx.gpu ? gpu_mb - (double)cu_mem_context() / 1048576.0 : 0.0;
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "model", model_arch_name(s.mc.arch));
     cJSON_AddStringToObject(j, "device", s.ctx.gpu ? "cuda" : "cpu");
     mx_json_number(j, "gpu_mem_mb", gpu_mb, 0);
+    mx_json_number(j, "gpu_run_mb", run_mb, 0);
     cJSON_AddNumberToObject(j, "params", (double)model_num_params(&s.m));
     cJSON_AddNumberToObject(j, "batch", batch);
     cJSON_AddNumberToObject(j, "img_size", side);
@@ -88,6 +144,8 @@ static int bench_session_steps(const config *c, const float *images, const int32
     mx_json_number(j, "scratch_mb", (double)s.ctx.scratch.cap / 1048576.0, 0);
     mx_json_number(j, "grad_pool_mb", (double)ag_grad_pool_bytes(&s.ctx) / 1048576.0, 0);
     mx_json_number(j, "loss", loss, 7);
+    if (s.ctx.prof) bench_profile_report(j, &prof, optim_s, steps_s / steps, steps);
+    s.ctx.prof = NULL;
     mx_json_print(j);
     fflush(stdout);
     free(t);
@@ -100,18 +158,20 @@ static int bench_session_steps(const config *c, const float *images, const int32
 static const char step_usage[] =
     "usage: mxtrain bench step [--model resnet18|resnet|deit_tiny|vit] [--stem cifar|imagenet] [--img-size 32]\n"
     "                          [--patch 4] [--batch 64] [--classes 10] [--format F] [--tiling 1d|1d_requant|2d]\n"
-    "                          [--steps 10] [--warmup 2] [--device cpu|cuda] [--set section.key=value ...]\n"
-    "       mxtrain bench CONFIG [--steps 10] [--warmup 2] [--device cpu|cuda] [--set ...]\n"
+    "                          [--steps 10] [--warmup 2] [--device cpu|cuda] [--profile] [--set section.key=value ...]\n"
+    "       mxtrain bench CONFIG [--steps 10] [--warmup 2] [--device cpu|cuda] [--profile] [--set ...]\n"
     "\nTimes training steps (forward, backward, AdamW) on synthetic data (CONFIG: the first batch of its\n"
     "training data) after a warm-up, and prints one JSON line: median step seconds, images/s, peak RSS MB,\n"
     "GEMM GFLOP per step and achieved GFLOP/s, quantization passes and bytes per step, bytes held for\n"
-    "backward. Threads: the global --threads.\n";
+    "backward. Threads: the global --threads. --profile adds each op's forward and backward milliseconds\n"
+    "per step (a table on stderr, \"profile\" in the JSON; on the GPU every op is synchronized).\n";
 
 int bench_step(int argc, char **argv) {
     config *c = mx_malloc(sizeof *c);
     config_init(c);
     mx_err err = {0};
     int64_t steps = 10, warmup = 2;
+    bool profile = false;
     const char *sets[64];
     int n_sets = 0;
     /* bench defaults: cifar-style ResNet-18, batch 64, fp32, constant lr */
@@ -148,7 +208,9 @@ int bench_step(int argc, char **argv) {
             }
         }
         if (taken) continue;
-        if ((r = cli_take_value(argc, argv, &i, "--steps", &v)) != 0) {
+        if (!strcmp(argv[i], "--profile")) {
+            profile = true;
+        } else if ((r = cli_take_value(argc, argv, &i, "--steps", &v)) != 0) {
             if (r < 0 || !cli_parse_i64(v, 1, 100000, &steps)) goto usage;
         } else if ((r = cli_take_value(argc, argv, &i, "--warmup", &v)) != 0) {
             if (r < 0 || !cli_parse_i64(v, 0, 100000, &warmup)) goto usage;
@@ -176,7 +238,7 @@ int bench_step(int argc, char **argv) {
     rng_init(&r, 1, 0);
     for (size_t i = 0; i < n; i++) x[i] = rng_normal(&r);
     for (int i = 0; i < batch; i++) y[i] = i % c->v.model.num_classes;
-    rc = bench_session_steps(c, x, y, batch, side, chans, (int)warmup, (int)steps);
+    rc = bench_session_steps(c, x, y, batch, side, chans, (int)warmup, (int)steps, profile);
     free(x);
     free(y);
     free(c);
@@ -188,10 +250,15 @@ usage:
 
 typedef struct bench_cfg_args {
     const char *steps, *warmup, *batches;
+    bool profile;
 } bench_cfg_args;
 
 static int bench_cfg_extra(int argc, char **argv, int *i, void *user) {
     bench_cfg_args *a = user;
+    if (!strcmp(argv[*i], "--profile")) {
+        a->profile = true;
+        return 1;
+    }
     int r = cli_take_value(argc, argv, i, "--steps", &a->steps);
     if (r) return r;
     r = cli_take_value(argc, argv, i, "--batches", &a->batches);
@@ -221,7 +288,7 @@ static int open_train_loader(const config *c, data_config *dc, dataset *ds, load
 /* bench CONFIG: steps on the first batch of the config's training data. */
 int bench_config(int argc, char **argv) {
     config *c = mx_malloc(sizeof *c);
-    bench_cfg_args a = {"10", "2", NULL};
+    bench_cfg_args a = {"10", "2", NULL, false};
     int rc = cmd_parse_config("bench", argc, argv, c, bench_cfg_extra, &a);
     int64_t steps, warmup;
     if (rc) goto out;
@@ -244,7 +311,8 @@ int bench_config(int argc, char **argv) {
         fprintf(stderr, "mxtrain bench: %s\n", err.msg[0] ? err.msg : "no batch");
         rc = 1;
     } else {
-        rc = bench_session_steps(c, b.images, b.labels, b.count, loader_out_size(l), ds.c, (int)warmup, (int)steps);
+        rc = bench_session_steps(c, b.images, b.labels, b.count, loader_out_size(l), ds.c, (int)warmup, (int)steps,
+                                 a.profile);
     }
     loader_free(l);
     dataset_free(&ds);
@@ -256,7 +324,7 @@ out:
 /* bench data CONFIG: loader throughput over --batches training batches (one epoch at most). */
 int bench_data(int argc, char **argv) {
     config *c = mx_malloc(sizeof *c);
-    bench_cfg_args a = {"10", "2", "200"};
+    bench_cfg_args a = {"10", "2", "200", false};
     int rc = cmd_parse_config("bench data", argc, argv, c, bench_cfg_extra, &a);
     int64_t batches;
     if (rc) goto out;

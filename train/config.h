@@ -29,7 +29,12 @@
 typedef enum train_nonfinite { TRAIN_NONFINITE_STOP, TRAIN_NONFINITE_SKIP, TRAIN_NONFINITE_COUNT } train_nonfinite;
 /* How the GPU multiplies quantized operands: bf16 tensor cores, or FP32 GEMMs (docs/gpu.md). */
 typedef enum train_gpu_gemm { TRAIN_GPU_GEMM_BF16, TRAIN_GPU_GEMM_FP32, TRAIN_GPU_GEMM_COUNT } train_gpu_gemm;
-typedef enum train_cpu_gemm { TRAIN_CPU_GEMM_AUTO, TRAIN_CPU_GEMM_FP32, TRAIN_CPU_GEMM_COUNT } train_cpu_gemm;
+typedef enum train_cpu_gemm {
+    TRAIN_CPU_GEMM_AUTO,
+    TRAIN_CPU_GEMM_FP32,
+    TRAIN_CPU_GEMM_ONEDNN,
+    TRAIN_CPU_GEMM_COUNT
+} train_cpu_gemm;
 typedef enum train_gpu_conv { TRAIN_GPU_CONV_GATHER, TRAIN_GPU_CONV_CUDNN, TRAIN_GPU_CONV_COUNT } train_gpu_conv;
 
 /* [train] */

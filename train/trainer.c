@@ -61,7 +61,8 @@ int session_open(session *s, const config *cfg, mx_err *err) {
         s->d_buffers_before = cu_malloc(sizeof(float) * (s->m.params.n_buffers + 1));
     }
     s->ctx.run.mm = s->has_plan ? &s->plan : NULL;
-    s->ctx.run.cpu_bf16 = !s->ctx.gpu && cfg->v.train.cpu_gemm == TRAIN_CPU_GEMM_AUTO && gemm_bf16_available();
+    s->ctx.run.cpu_bf16 = !s->ctx.gpu && cfg->v.train.cpu_gemm != TRAIN_CPU_GEMM_FP32 && gemm_bf16_available();
+    s->ctx.run.cpu_f32_dnnl = !s->ctx.gpu && cfg->v.train.cpu_gemm == TRAIN_CPU_GEMM_ONEDNN && gemm_dnnl_f32_available();
     s->ctx.run.elementwise_bf16 = config_elementwise_bf16(cfg);
     s->ctx.run.seed = (uint64_t)cfg->v.train.seed;
     s->label_smoothing = (float)cfg->v.train.label_smoothing;
