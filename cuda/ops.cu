@@ -31,48 +31,101 @@ static void *ops_work(size_t bytes) {
 #define GRID_STRIDE(i, n) \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
-__global__ void k_unary(int kind, int64_t n, const float *__restrict__ x, float *__restrict__ y) {
-    GRID_STRIDE(i, n) {
-        float v = x[i];
-        y[i] = kind == CU_UNARY_RELU ? ag_k_relu(v) : kind == CU_UNARY_GELU ? ag_k_gelu(v) : ag_k_gelu_tanh(v);
-    }
+template <int KIND>
+__device__ __forceinline__ float unary_f(float v) {
+    return KIND == CU_UNARY_RELU ? ag_k_relu(v) : KIND == CU_UNARY_GELU ? ag_k_gelu(v) : ag_k_gelu_tanh(v);
 }
 
 /* relu takes its output (xy = y), the GELUs their input (xy = x) */
-__global__ void k_unary_back(int kind, int64_t n, const float *__restrict__ xy, const float *__restrict__ dy,
-                             float *__restrict__ dx) {
-    GRID_STRIDE(i, n) {
-        float v = xy[i];
-        dx[i] += kind == CU_UNARY_RELU ? ag_k_relu_back(v, dy[i])
-                                       : dy[i] * (kind == CU_UNARY_GELU ? ag_k_gelu_grad(v) : ag_k_gelu_tanh_grad(v));
+template <int KIND>
+__device__ __forceinline__ float unary_back_f(float v, float g) {
+    return KIND == CU_UNARY_RELU ? ag_k_relu_back(v, g)
+                                 : g * (KIND == CU_UNARY_GELU ? ag_k_gelu_grad(v) : ag_k_gelu_tanh_grad(v));
+}
+
+/* y = f(x) (BACK: dx += f'(xy) dy), four elements per thread where aligned */
+template <int KIND, bool BACK>
+__global__ void k_unary(int64_t n, const float *__restrict__ xy, const float *__restrict__ dy, float *__restrict__ y) {
+    int64_t n4 = ((uintptr_t)xy | (uintptr_t)dy | (uintptr_t)y) % 16 == 0 ? n / 4 : 0;
+    GRID_STRIDE(i, n4) {
+        float4 v = ((const float4 *)xy)[i], o;
+        if (BACK) {
+            float4 g = ((const float4 *)dy)[i], a = ((float4 *)y)[i];
+            o = make_float4(a.x + unary_back_f<KIND>(v.x, g.x), a.y + unary_back_f<KIND>(v.y, g.y),
+                            a.z + unary_back_f<KIND>(v.z, g.z), a.w + unary_back_f<KIND>(v.w, g.w));
+        } else {
+            o = make_float4(unary_f<KIND>(v.x), unary_f<KIND>(v.y), unary_f<KIND>(v.z), unary_f<KIND>(v.w));
+        }
+        ((float4 *)y)[i] = o;
+    }
+    GRID_STRIDE(i, n - 4 * n4) {
+        int64_t e = 4 * n4 + i;
+        y[e] = BACK ? y[e] + unary_back_f<KIND>(xy[e], dy[e]) : unary_f<KIND>(xy[e]);
     }
 }
 
-extern "C" void cu_op_unary(cu_unary kind, int64_t n, const float *d_x, float *d_y) {
+template <bool BACK>
+static void ops_unary(cu_unary kind, int64_t n, const float *d_xy, const float *d_dy, float *d_y) {
     if (n <= 0) return;
-    k_unary<<<ops_grid(n), 256>>>((int)kind, n, d_x, d_y);
+    int g = ops_grid((n + 3) / 4);
+    if (kind == CU_UNARY_RELU) k_unary<CU_UNARY_RELU, BACK><<<g, 256>>>(n, d_xy, d_dy, d_y);
+    else if (kind == CU_UNARY_GELU) k_unary<CU_UNARY_GELU, BACK><<<g, 256>>>(n, d_xy, d_dy, d_y);
+    else k_unary<CU_UNARY_GELU_TANH, BACK><<<g, 256>>>(n, d_xy, d_dy, d_y);
     CU_CHECK_LAUNCH();
+}
+
+extern "C" void cu_op_unary(cu_unary kind, int64_t n, const float *d_x, float *d_y) {
+    ops_unary<false>(kind, n, d_x, NULL, d_y);
 }
 
 extern "C" void cu_op_unary_backward(cu_unary kind, int64_t n, const float *d_xy, const float *d_dy, float *d_dx) {
-    if (n <= 0) return;
-    k_unary_back<<<ops_grid(n), 256>>>((int)kind, n, d_xy, d_dy, d_dx);
-    CU_CHECK_LAUNCH();
+    ops_unary<true>(kind, n, d_xy, d_dy, d_dx);
 }
 
-__global__ void k_add(int64_t na, int64_t nb, const float *__restrict__ a, const float *__restrict__ b,
-                      float *__restrict__ y) {
-    GRID_STRIDE(i, na) y[i] = a[i] + b[i % nb];
+/* 16-byte aligned, a multiple of 4 long: the float4 paths */
+static bool ops_vec4(int64_t n, const void *a, const void *b, const void *c) {
+    return n % 4 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) % 16 == 0;
+}
+
+__global__ void k_add_same4(int64_t n4, const float4 *__restrict__ a, const float4 *__restrict__ b,
+                            float4 *__restrict__ y) {
+    GRID_STRIDE(i, n4) {
+        float4 u = a[i], v = b[i];
+        y[i] = make_float4(u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w);
+    }
+}
+
+/* y [rows, nb] = a + b broadcast over the rows: blockIdx.y walks rows, so no
+ * element needs a division */
+__global__ void k_add_rows(int64_t rows, int64_t nb, const float *__restrict__ a, const float *__restrict__ b,
+                           float *__restrict__ y) {
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < nb; j += (int64_t)gridDim.x * blockDim.x)
+            y[r * nb + j] = a[r * nb + j] + b[j];
 }
 
 __global__ void k_accumulate(int64_t n, const float *__restrict__ src, float *__restrict__ dst) {
     GRID_STRIDE(i, n) dst[i] += src[i];
 }
 
-/* db[j] += sum over the rows of dy[row, j]: one thread per column, rows in order */
+__global__ void k_accumulate4(int64_t n4, const float4 *__restrict__ src, float4 *__restrict__ dst) {
+    GRID_STRIDE(i, n4) {
+        float4 u = src[i], v = dst[i];
+        dst[i] = make_float4(v.x + u.x, v.y + u.y, v.z + u.z, v.w + u.w);
+    }
+}
+
+static void ops_accumulate(int64_t n, const float *d_src, float *d_dst) {
+    if (ops_vec4(n, d_src, d_dst, d_dst)) k_accumulate4<<<ops_grid(n / 4), 256>>>(n / 4, (const float4 *)d_src, (float4 *)d_dst);
+    else k_accumulate<<<ops_grid(n), 256>>>(n, d_src, d_dst);
+}
+
+/* db[j] += sum over the rows of dy[row, j]: one thread per column, rows in
+ * order (unrolled so that the loads are in flight together) */
 __global__ void k_colsum(int64_t rows, int64_t cols, const float *__restrict__ dy, float *__restrict__ db) {
     GRID_STRIDE(j, cols) {
         float s = 0.0f;
+#pragma unroll 8
         for (int64_t r = 0; r < rows; r++) s += dy[r * cols + j];
         db[j] += s;
     }
@@ -80,14 +133,21 @@ __global__ void k_colsum(int64_t rows, int64_t cols, const float *__restrict__ d
 
 extern "C" void cu_op_add(int64_t na, int64_t nb, const float *d_a, const float *d_b, float *d_y) {
     MX_ASSERT(nb > 0 && na % nb == 0);
-    k_add<<<ops_grid(na), 256>>>(na, nb, d_a, d_b, d_y);
+    if (na == nb && ops_vec4(na, d_a, d_b, d_y)) {
+        k_add_same4<<<ops_grid(na / 4), 256>>>(na / 4, (const float4 *)d_a, (const float4 *)d_b, (float4 *)d_y);
+    } else {
+        int64_t rows = na / nb;
+        dim3 grid((unsigned)((nb + 255) / 256 < 65535 ? (nb + 255) / 256 : 65535),
+                  (unsigned)(rows < 65535 ? rows : 65535));
+        k_add_rows<<<grid, 256>>>(rows, nb, d_a, d_b, d_y);
+    }
     CU_CHECK_LAUNCH();
 }
 
 extern "C" void cu_op_add_backward(int64_t na, int64_t nb, const float *d_dy, float *d_da, float *d_db) {
     MX_ASSERT(nb > 0 && na % nb == 0);
-    if (d_da) k_accumulate<<<ops_grid(na), 256>>>(na, d_dy, d_da);
-    if (d_db && na == nb) k_accumulate<<<ops_grid(nb), 256>>>(nb, d_dy, d_db);
+    if (d_da) ops_accumulate(na, d_dy, d_da);
+    if (d_db && na == nb) ops_accumulate(nb, d_dy, d_db);
     else if (d_db) k_colsum<<<ops_grid(nb), 256>>>(na / nb, nb, d_dy, d_db);
     CU_CHECK_LAUNCH();
 }
@@ -230,31 +290,47 @@ __global__ void k_layernorm_back_dx(int64_t rows, int64_t d, const float *__rest
     }
 }
 
-/* dgamma[j] += sum dy xhat, dbeta[j] += sum dy: partial sums over fixed
- * chunks of rows (blockIdx.y; threads over columns), then the chunks added
- * in order (k_chunks_total): deterministic, and parallel over rows. */
-__global__ void k_layernorm_back_part(int64_t rows, int64_t d, int64_t per, const float *__restrict__ x,
-                                      const float *__restrict__ mean, const float *__restrict__ rstd,
-                                      const float *__restrict__ dy, float *__restrict__ part) {
-    int64_t r0 = (int64_t)blockIdx.y * per, r1 = r0 + per < rows ? r0 + per : rows;
-    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < d; j += (int64_t)gridDim.x * blockDim.x) {
-        float sg = 0, sb = 0;
-        for (int64_t r = r0; r < r1; r++) {
-            float xhat = (x[r * d + j] - mean[r]) * rstd[r];
-            sg += dy[r * d + j] * xhat;
-            sb += dy[r * d + j];
+/* dgamma[j] += sum dy xhat, dbeta[j] += sum dy, deterministically: each
+ * block sums a chunk of LN_PER rows for 32 columns, 8 row lanes each taking
+ * every 8th row (loads in flight together), the lanes added in order through
+ * shared memory; k_chunks_total then adds the chunks, a warp per column. */
+#define LN_PER 256
+__global__ void __launch_bounds__(256) k_layernorm_back_part(int64_t rows, int64_t d, const float *__restrict__ x,
+                                                             const float *__restrict__ mean,
+                                                             const float *__restrict__ rstd,
+                                                             const float *__restrict__ dy, float *__restrict__ part) {
+    __shared__ float sg[8][33], sb[8][33];
+    int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+    int64_t j = (int64_t)blockIdx.x * 32 + tx, r0 = (int64_t)blockIdx.y * LN_PER;
+    int64_t r1 = r0 + LN_PER < rows ? r0 + LN_PER : rows;
+    float ag = 0, ab = 0;
+    if (j < d) {
+#pragma unroll 4
+        for (int64_t r = r0 + ty; r < r1; r += 8) {
+            float g = dy[r * d + j];
+            ag += g * ((x[r * d + j] - mean[r]) * rstd[r]);
+            ab += g;
         }
-        part[(int64_t)blockIdx.y * 2 * d + j] = sg;
-        part[(int64_t)blockIdx.y * 2 * d + d + j] = sb;
+    }
+    sg[ty][tx] = ag, sb[ty][tx] = ab;
+    __syncthreads();
+    if (ty == 0 && j < d) {
+        float tg = 0, tb = 0;
+        for (int k = 0; k < 8; k++) tg += sg[k][tx], tb += sb[k][tx];
+        part[(int64_t)blockIdx.y * 2 * d + j] = tg;
+        part[(int64_t)blockIdx.y * 2 * d + d + j] = tb;
     }
 }
 
-/* out[j] += sum of the chunks' partials (stride between chunks: ld) */
+/* out[j] += the sum of nch chunks' partials (stride between chunks: ld): a
+ * warp per column, lanes over chunks, then the warp's fixed shuffle order */
 __global__ void k_chunks_total(int64_t cols, int64_t nch, int64_t ld, const float *__restrict__ part, float *out) {
-    GRID_STRIDE(j, cols) {
-        float s = out[j];
-        for (int64_t k = 0; k < nch; k++) s += part[k * ld + j];
-        out[j] = s;
+    int lane = threadIdx.x & 31;
+    WARP_ROWS(j, cols) {
+        float s = 0;
+        for (int64_t k = lane; k < nch; k += 32) s += part[k * ld + j];
+        for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) out[j] += s;
     }
 }
 
@@ -271,14 +347,13 @@ extern "C" void cu_op_layernorm_backward(int64_t rows, int64_t d, const float *d
     if (rows <= 0) return;
     if (d_dx) k_layernorm_back_dx<<<rows_grid(rows), 256>>>(rows, d, d_x, d_gamma, d_mean, d_rstd, d_dy, d_dx);
     if (d_dgamma || d_dbeta) {
-        int64_t nch = (rows + 127) / 128;
-        nch = nch < 512 ? nch : 512;
-        int64_t per = (rows + nch - 1) / nch;
+        int64_t nch = (rows + LN_PER - 1) / LN_PER;
+        MX_ASSERT(nch < 65536);
         float *part = (float *)ops_work(sizeof(float) * (size_t)(2 * nch * d));
-        dim3 grid((unsigned)((d + 127) / 128), (unsigned)nch);
-        k_layernorm_back_part<<<grid, 128>>>(rows, d, per, d_x, d_mean, d_rstd, d_dy, part);
-        if (d_dgamma) k_chunks_total<<<ops_grid(d), 256>>>(d, nch, 2 * d, part, d_dgamma);
-        if (d_dbeta) k_chunks_total<<<ops_grid(d), 256>>>(d, nch, 2 * d, part + d, d_dbeta);
+        dim3 grid((unsigned)((d + 31) / 32), (unsigned)nch);
+        k_layernorm_back_part<<<grid, 256>>>(rows, d, d_x, d_mean, d_rstd, d_dy, part);
+        if (d_dgamma) k_chunks_total<<<rows_grid(d), 256>>>(d, nch, 2 * d, part, d_dgamma);
+        if (d_dbeta) k_chunks_total<<<rows_grid(d), 256>>>(d, nch, 2 * d, part + d, d_dbeta);
     }
     CU_CHECK_LAUNCH();
 }
@@ -700,23 +775,37 @@ extern "C" void cu_op_avgpool_global_backward(int64_t n, int64_t hw, int64_t c, 
 
 /* ---------------- shape ops ---------------- */
 
-/* dst (contiguous, oshape) = or += src walked with istride (ag_permute_plan) */
-__global__ void k_strided(int64_t o0, int64_t o1, int64_t o2, int64_t o3, int64_t s0, int64_t s1, int64_t s2,
-                          int64_t s3, const float *__restrict__ src, float *__restrict__ dst, bool add) {
-    GRID_STRIDE(i, o0 * o1 * o2 * o3) {
-        int64_t e = i % o3, t = i / o3, c = t % o2, b = (t / o2) % o1, a = t / (o2 * o1);
-        float v = src[a * s0 + b * s1 + c * s2 + e * s3];
-        dst[i] = add ? dst[i] + v : v;
+/* dst (contiguous, oshape) = or += src walked with istride (ag_permute_plan);
+ * index type I: 32-bit where every offset fits (the divisions per element
+ * are then a few instructions, not a 64-bit routine) */
+template <typename T, typename I>
+__global__ void k_strided(I n, I o1, I o2, I o3, I s0, I s1, I s2, I s3, const T *__restrict__ src,
+                          T *__restrict__ dst, bool add) {
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (I)gridDim.x * blockDim.x) {
+        I e = i % o3, t = i / o3, c = t % o2, t2 = t / o2, b = t2 % o1, a = t2 / o1;
+        T v = src[a * s0 + b * s1 + c * s2 + e * s3];
+        if constexpr (sizeof(T) == sizeof(float)) dst[i] = add ? dst[i] + v : v;
+        else dst[i] = v;
     }
+}
+
+template <typename T>
+static void ops_strided(const int64_t *o, const int64_t *st, const T *d_src, T *d_dst, bool add) {
+    int64_t n = o[0] * o[1] * o[2] * o[3], last = 0;
+    if (n <= 0) return;
+    for (int k = 0; k < 4; k++) last += (o[k] - 1) * st[k];
+    if (n < (1ll << 30) && last < (1ll << 30))
+        k_strided<T, int32_t><<<ops_grid(n), 256>>>((int32_t)n, (int32_t)o[1], (int32_t)o[2], (int32_t)o[3],
+                                                    (int32_t)st[0], (int32_t)st[1], (int32_t)st[2], (int32_t)st[3],
+                                                    d_src, d_dst, add);
+    else
+        k_strided<T, int64_t><<<ops_grid(n), 256>>>(n, o[1], o[2], o[3], st[0], st[1], st[2], st[3], d_src, d_dst, add);
+    CU_CHECK_LAUNCH();
 }
 
 extern "C" void cu_op_strided(const int64_t *oshape, const int64_t *istride, const float *d_src, float *d_dst,
                               bool add) {
-    int64_t n = oshape[0] * oshape[1] * oshape[2] * oshape[3];
-    if (n <= 0) return;
-    k_strided<<<ops_grid(n), 256>>>(oshape[0], oshape[1], oshape[2], oshape[3], istride[0], istride[1], istride[2],
-                                    istride[3], d_src, d_dst, add);
-    CU_CHECK_LAUNCH();
+    ops_strided(oshape, istride, d_src, d_dst, add);
 }
 
 /* concat viewed as [outer, len, inner]: y rows take a's then b's; a may repeat every a_outer rows */
@@ -785,39 +874,50 @@ extern "C" void cu_op_slice_backward(int64_t outer, int64_t len_in, int64_t star
 
 /* ---------------- attention's layouts ---------------- */
 
-/* one thread per element of q, k and v [B, H, T, hd] */
-__global__ void k_qkv_split(int64_t b, int64_t t, int64_t h, int64_t hd, const float *__restrict__ qkv,
+/* A block per token row (b, t) of qkv [B, T, 3, H, hd], threads over its 3D
+ * columns, to or from q, k, v [B, H, T, hd]: reads (or writes) of the row
+ * coalesced, each head's hd values contiguous on the other side. */
+__global__ void k_qkv_split(int64_t b, int64_t t, int h, int hd, const float *__restrict__ qkv,
                             float *__restrict__ q, float *__restrict__ k, float *__restrict__ v) {
-    int64_t D = h * hd;
-    GRID_STRIDE(o, b * h * t * hd) {
-        int64_t i = o % hd, r = o / hd, ti = r % t, hi = (r / t) % h, bi = r / (t * h);
-        const float *row = qkv + (bi * t + ti) * 3 * D + hi * hd + i;
-        q[o] = row[0];
-        k[o] = row[D];
-        v[o] = row[2 * D];
+    int D = h * hd;
+    for (int64_t row = blockIdx.x; row < b * t; row += gridDim.x) {
+        int64_t bi = row / t, ti = row - bi * t;
+        const float *src = qkv + row * 3 * D;
+        for (int e = threadIdx.x; e < 3 * D; e += blockDim.x) {
+            int part = e / D, rem = e - part * D, hi = rem / hd, i = rem - hi * hd;
+            float *dst = part == 0 ? q : part == 1 ? k : v;
+            dst[((bi * h + hi) * t + ti) * hd + i] = src[e];
+        }
     }
 }
 
-/* one thread per element of dqkv [B, T, 3, H, hd] */
-__global__ void k_qkv_back(int64_t b, int64_t t, int64_t h, int64_t hd, const float *__restrict__ dq,
+__global__ void k_qkv_back(int64_t b, int64_t t, int h, int hd, const float *__restrict__ dq,
                            const float *__restrict__ dk, const float *__restrict__ dv, float *__restrict__ dqkv) {
-    int64_t D = h * hd;
-    GRID_STRIDE(e, b * t * 3 * D) {
-        int64_t i = e % hd, hi = (e / hd) % h, part = (e / D) % 3, r = e / (3 * D), ti = r % t, bi = r / t;
-        int64_t o = ((bi * h + hi) * t + ti) * hd + i;
-        dqkv[e] += part == 0 ? dq[o] : part == 1 ? dk[o] : dv[o];
+    int D = h * hd;
+    for (int64_t row = blockIdx.x; row < b * t; row += gridDim.x) {
+        int64_t bi = row / t, ti = row - bi * t;
+        float *dst = dqkv + row * 3 * D;
+        for (int e = threadIdx.x; e < 3 * D; e += blockDim.x) {
+            int part = e / D, rem = e - part * D, hi = rem / hd, i = rem - hi * hd;
+            const float *src = part == 0 ? dq : part == 1 ? dk : dv;
+            dst[e] += src[((bi * h + hi) * t + ti) * hd + i];
+        }
     }
 }
+
+static int qkv_grid(int64_t rows) { return (int)(rows < 1048576 ? (rows > 0 ? rows : 1) : 1048576); }
 
 extern "C" void cu_op_qkv_split(int64_t b, int64_t t, int64_t h, int64_t hd, const float *d_qkv, float *d_q,
                                 float *d_k, float *d_v) {
-    k_qkv_split<<<ops_grid(b * h * t * hd), 256>>>(b, t, h, hd, d_qkv, d_q, d_k, d_v);
+    MX_ASSERT(3 * h * hd < (1 << 30));
+    k_qkv_split<<<qkv_grid(b * t), 192>>>(b, t, (int)h, (int)hd, d_qkv, d_q, d_k, d_v);
     CU_CHECK_LAUNCH();
 }
 
 extern "C" void cu_op_qkv_backward(int64_t b, int64_t t, int64_t h, int64_t hd, const float *d_dq, const float *d_dk,
                                    const float *d_dv, float *d_dqkv) {
-    k_qkv_back<<<ops_grid(b * t * 3 * h * hd), 256>>>(b, t, h, hd, d_dq, d_dk, d_dv, d_dqkv);
+    MX_ASSERT(3 * h * hd < (1 << 30));
+    k_qkv_back<<<qkv_grid(b * t), 192>>>(b, t, (int)h, (int)hd, d_dq, d_dk, d_dv, d_dqkv);
     CU_CHECK_LAUNCH();
 }
 
@@ -861,6 +961,7 @@ __global__ void k_colsum_part(int64_t rows, int64_t cols, int64_t per, const flo
     int64_t r0 = (int64_t)blockIdx.y * per, r1 = r0 + per < rows ? r0 + per : rows;
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += (int64_t)gridDim.x * blockDim.x) {
         float s = 0.0f;
+#pragma unroll 8
         for (int64_t r = r0; r < r1; r++) s += x[r * cols + j];
         part[(int64_t)blockIdx.y * cols + j] = s;
     }
@@ -876,7 +977,7 @@ extern "C" void cu_op_colsum_add(int64_t rows, int64_t cols, const float *d_x, f
     float *work = (float *)ops_work(sizeof(float) * (size_t)(nch * cols));
     dim3 grid((unsigned)((cols + 127) / 128), (unsigned)nch);
     k_colsum_part<<<grid, 128>>>(rows, cols, per, d_x, work);
-    k_chunks_total<<<ops_grid(cols), 256>>>(cols, nch, cols, work, d_out);
+    k_chunks_total<<<rows_grid(cols), 256>>>(cols, nch, cols, work, d_out);
     CU_CHECK_LAUNCH();
 }
 
@@ -1111,20 +1212,8 @@ extern "C" void cu_conv_col2im_add(const ag_window *g, int64_t r0, int64_t r1, c
     CU_CHECK_LAUNCH();
 }
 
-/* 2-byte elements (bf16) walked like k_strided, copied */
-__global__ void k_strided16(int64_t o0, int64_t o1, int64_t o2, int64_t o3, int64_t s0, int64_t s1, int64_t s2,
-                            int64_t s3, const uint16_t *__restrict__ src, uint16_t *__restrict__ dst) {
-    GRID_STRIDE(i, o0 * o1 * o2 * o3) {
-        int64_t e = i % o3, t = i / o3, c = t % o2, b = (t / o2) % o1, a = t / (o2 * o1);
-        dst[i] = src[a * s0 + b * s1 + c * s2 + e * s3];
-    }
-}
-
+/* 2-byte elements (bf16) walked like cu_op_strided, copied */
 extern "C" void cu_op_strided16(const int64_t *oshape, const int64_t *istride, const uint16_t *d_src,
                                 uint16_t *d_dst) {
-    int64_t n = oshape[0] * oshape[1] * oshape[2] * oshape[3];
-    if (n <= 0) return;
-    k_strided16<<<ops_grid(n), 256>>>(oshape[0], oshape[1], oshape[2], oshape[3], istride[0], istride[1], istride[2],
-                                      istride[3], d_src, d_dst);
-    CU_CHECK_LAUNCH();
+    ops_strided(oshape, istride, d_src, d_dst, false);
 }
