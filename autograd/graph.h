@@ -105,7 +105,7 @@ typedef struct ag_run {
     bool cpu_bf16;            /* CPU: products of two quantized operands on the BF16 units
                                  (core/gemm.h's gemm_bf16_f32; train.cpu_gemm = auto) */
     bool cpu_f32_dnnl;        /* CPU: the other products through oneDNN's f32 matmul, not OpenBLAS
-                                 (gemm_dnnl_f32; train.cpu_gemm = onednn) */
+                                 (gemm_dnnl_f32; train.cpu_gemm = auto where it is preferred) */
     bool gpu_fp32_gemm;       /* GPU: every product as an FP32 GEMM on the quantized values
                                  (train.gpu_gemm = fp32): the CPU's arithmetic up to the order
                                  of sums. Default: bf16-held pairs on the tensor cores, whose

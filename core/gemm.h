@@ -22,13 +22,15 @@ void gemm_bf16_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
 /* Whether gemm_bf16_f32 runs on BF16 units here, and what on ("oneDNN brg:avx512_core_bf16", or "none (why)"). */
 bool gemm_bf16_available(void);
 const char *gemm_bf16_engine(void);
-/* gemm_f32's product through oneDNN's f32 matmul (train.cpu_gemm = onednn:
- * it may scale further than OpenBLAS on many cores); gemm_f32 where oneDNN is
+/* gemm_f32's product through oneDNN's f32 matmul; gemm_f32 where oneDNN is
  * missing or the call is one it is not given (alpha != 1, beta other than 0
- * or 1, ldc != n). The same arithmetic up to the order of FP32 sums. */
+ * or 1, ldc != n). The same arithmetic up to the order of FP32 sums.
+ * Preferred (train.cpu_gemm = auto) where its kernels are AVX-512 ones:
+ * there it beat OpenBLAS on every model measured, by 2.5x on 16 cores
+ * (docs/performance.md); elsewhere OpenBLAS stays. */
 void gemm_dnnl_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                    const float *b, int ldb, float beta, float *c, int ldc);
-bool gemm_dnnl_f32_available(void);
+bool gemm_dnnl_f32_preferred(void);
 const char *gemm_dnnl_f32_engine(void);
 /* Tests: false sends every gemm_bf16_f32 call to gemm_f32. */
 void gemm_bf16_set_enabled(bool on);

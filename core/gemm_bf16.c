@@ -259,13 +259,19 @@ static void dn_execute(bf_plan *p, const void *a, const void *b, float *c, int m
 const char *gemm_dnnl_f32_engine(void) {
     static char desc[200];
     if (!dn_load()) return g_engine;
-    const char *impl = NULL;
-    bf_plan_get(dnnl_f32, false, true, 64, 64, 64, 64, 64, 64, false, &impl);
-    snprintf(desc, sizeof desc, "oneDNN %s", impl ? impl : "?");
+    if (!desc[0]) { /* probed once: a cached plan does not report its implementation again */
+        const char *impl = NULL;
+        bf_plan_get(dnnl_f32, false, true, 64, 64, 64, 64, 64, 64, false, &impl);
+        snprintf(desc, sizeof desc, "oneDNN %s", impl ? impl : "?");
+    }
     return desc;
 }
 
-bool gemm_dnnl_f32_available(void) { return dn_load(); }
+bool gemm_dnnl_f32_preferred(void) {
+    static int pref = -1;
+    if (pref < 0) pref = dn_load() && strstr(gemm_dnnl_f32_engine(), "avx512") != NULL;
+    return pref;
+}
 
 void gemm_dnnl_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                    const float *b, int ldb, float beta, float *c, int ldc) {

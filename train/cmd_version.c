@@ -28,8 +28,9 @@ int cmd_version(int argc, char **argv) {
     printf("openblas: %s\n", openblas_get_config());
     printf("openblas kernels: %s (%s)\n", openblas_get_corename(), cpu_blas_kernel_choice());
     /* which engine multiplies what on the CPU (train.cpu_gemm) */
-    printf("cpu gemm: fp32 operands OpenBLAS sgemm (train.cpu_gemm = onednn: %s); quantized pairs %s\n",
-           gemm_dnnl_f32_engine(), gemm_bf16_available() ? gemm_bf16_engine() : "OpenBLAS sgemm");
+    printf("cpu gemm: fp32 operands %s; quantized pairs %s\n",
+           gemm_dnnl_f32_preferred() ? gemm_dnnl_f32_engine() : "OpenBLAS sgemm",
+           gemm_bf16_available() ? gemm_bf16_engine() : "OpenBLAS sgemm");
     if (!gemm_bf16_available()) printf("cpu bf16 engine: %s\n", gemm_bf16_engine());
     printf("threads: %d (OpenMP and OpenBLAS; %d cores available)\n", threads_get(), threads_available());
     printf("openmp: %d\n", _OPENMP);

@@ -17,7 +17,7 @@ MX_ENUM_OF_NAMES(train_nonfinite_enum, "non-finite policy", train_nonfinite_name
 static const char *const train_gpu_gemm_names[] = {"bf16", "fp32"};
 _Static_assert(sizeof train_gpu_gemm_names / sizeof train_gpu_gemm_names[0] == TRAIN_GPU_GEMM_COUNT, "names");
 MX_ENUM_OF_NAMES(train_gpu_gemm_enum, "GPU GEMM", train_gpu_gemm_names);
-static const char *const train_cpu_gemm_names[] = {"auto", "fp32", "onednn"};
+static const char *const train_cpu_gemm_names[] = {"auto", "fp32", "openblas"};
 _Static_assert(sizeof train_cpu_gemm_names / sizeof train_cpu_gemm_names[0] == TRAIN_CPU_GEMM_COUNT, "names");
 MX_ENUM_OF_NAMES(train_cpu_gemm_enum, "CPU GEMM", train_cpu_gemm_names);
 static const char *const train_gpu_conv_names[] = {"gather", "cudnn"};
@@ -40,9 +40,10 @@ static const key_def train_keys[] = {
               "GPU products of quantized operands: `bf16` tensor cores (exact operands, the tensor cores' own "
               "FP32 accumulation) or `fp32` GEMMs (the CPU's arithmetic up to the order of sums; slower)"),
     KEY_ENUMV(train_config, "cpu_gemm", cpu_gemm, "auto", &train_cpu_gemm_enum,
-              "CPU products of two quantized operands: `auto` runs them on the CPU's BF16 units through oneDNN where "
-              "it has them (exact operands, FP32 accumulation), else FP32 GEMMs; `fp32` always FP32 GEMMs (OpenBLAS); "
-              "`onednn` as `auto`, with the FP32 products through oneDNN's f32 matmul instead of OpenBLAS"),
+              "CPU GEMM engines: `auto` runs products of two quantized operands on the CPU's BF16 units through oneDNN "
+              "where it has them (exact operands, FP32 accumulation) and FP32 products through oneDNN's f32 matmul "
+              "where its kernels are AVX-512 ones, OpenBLAS otherwise; `fp32` runs everything as OpenBLAS sgemm; "
+              "`openblas` is `auto` with OpenBLAS for the FP32 products"),
     KEY_NUM(train_config, "gpu_chunk_mb", I64, gpu_chunk_mb, "512", 1, 1 << 20,
             "GPU convolutions: MB of gathered im2col columns per GEMM (smaller: less device memory, more GEMMs)"),
     KEY_ENUMV(train_config, "gpu_conv", gpu_conv, "gather", &train_gpu_conv_enum,

@@ -32,7 +32,7 @@ typedef enum train_gpu_gemm { TRAIN_GPU_GEMM_BF16, TRAIN_GPU_GEMM_FP32, TRAIN_GP
 typedef enum train_cpu_gemm {
     TRAIN_CPU_GEMM_AUTO,
     TRAIN_CPU_GEMM_FP32,
-    TRAIN_CPU_GEMM_ONEDNN,
+    TRAIN_CPU_GEMM_OPENBLAS,
     TRAIN_CPU_GEMM_COUNT
 } train_cpu_gemm;
 typedef enum train_gpu_conv { TRAIN_GPU_CONV_GATHER, TRAIN_GPU_CONV_CUDNN, TRAIN_GPU_CONV_COUNT } train_gpu_conv;

@@ -62,7 +62,7 @@ int session_open(session *s, const config *cfg, mx_err *err) {
     }
     s->ctx.run.mm = s->has_plan ? &s->plan : NULL;
     s->ctx.run.cpu_bf16 = !s->ctx.gpu && cfg->v.train.cpu_gemm != TRAIN_CPU_GEMM_FP32 && gemm_bf16_available();
-    s->ctx.run.cpu_f32_dnnl = !s->ctx.gpu && cfg->v.train.cpu_gemm == TRAIN_CPU_GEMM_ONEDNN && gemm_dnnl_f32_available();
+    s->ctx.run.cpu_f32_dnnl = !s->ctx.gpu && cfg->v.train.cpu_gemm == TRAIN_CPU_GEMM_AUTO && gemm_dnnl_f32_preferred();
     s->ctx.run.elementwise_bf16 = config_elementwise_bf16(cfg);
     s->ctx.run.seed = (uint64_t)cfg->v.train.seed;
     s->label_smoothing = (float)cfg->v.train.label_smoothing;
