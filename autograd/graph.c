@@ -191,6 +191,7 @@ void ag_backward_from(ag_ctx *ctx, ag_var *y, const float *dy) {
         if (!n->out->grad) continue; /* nothing flowed here */
         ag_op_table[n->op].backward(ctx, n);
         if (ctx->prof) ctx->prof->bwd_s[n->op] += ag_prof_lap(ctx);
+        if (ctx->after_node) ctx->after_node(ctx->after_user, ctx, i);
         if (!n->out->is_leaf) { /* consumed: every user of out ran its backward before */
             ag_pool_give(ctx, n->out->grad);
             n->out->grad = NULL;

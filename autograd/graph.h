@@ -104,6 +104,7 @@ typedef struct ag_run {
                                  to cover many chunks */
     bool cpu_bf16;            /* CPU: products of two quantized operands on the BF16 units
                                  (core/gemm.h's gemm_bf16_f32; train.cpu_gemm = auto) */
+    bool sync_bn;             /* several ranks: BatchNorm's batch statistics over all of them (train.sync_bn) */
     bool cpu_f32_dnnl;        /* CPU: the other products through oneDNN's f32 matmul, not OpenBLAS
                                  (gemm_dnnl_f32; train.cpu_gemm = auto where it is preferred) */
     bool gpu_fp32_gemm;       /* GPU: every product as an FP32 GEMM on the quantized values
@@ -159,6 +160,10 @@ typedef struct ag_ctx {
     uint64_t rng_calls;     /* per-step counter of dropout streams drawn */
     int64_t flops;          /* GEMM floating-point operations since the caller last zeroed it */
     ag_prof *prof;          /* NULL: no per-op timing (the caller owns it; it accumulates) */
+    /* called after node i's backward has run (data-parallel gradient buckets
+       start their sums as soon as every node that feeds them has run) */
+    void (*after_node)(void *user, const struct ag_ctx *ctx, int i);
+    void *after_user;
 } ag_ctx;
 
 void ag_ctx_init(ag_ctx *ctx, size_t arena_bytes);

@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <string.h>
 
+#include "dist/dist.h"
 #include "autograd/ops.h"
 #include "autograd/ops_util.h"
 #include "core/error.h"
@@ -12,8 +13,13 @@
 typedef struct bn_saved {
     float *mean, *invstd; /* per channel: batch statistics (train) or running ones (eval) */
     int64_t rows, c;
+    double rows_all;      /* rows over every rank (sync_bn), else rows */
     bool train, relu;     /* relu: the output went through ReLU (its mask gates dy) */
 } bn_saved;
+
+/* train.sync_bn over several ranks: the per-channel sums (s1, s2 of c each,
+ * then the row count, contiguous) summed over the ranks. */
+static bool bn_synced(const ag_ctx *ctx) { return ctx->run.sync_bn && dist_size() > 1; }
 
 /* Per-channel sums over rows, in double, deterministic for a fixed thread
  * count. Without dy: s1 = sum x, s2 = sum x^2 (forward statistics). With dy:
@@ -95,6 +101,8 @@ ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, 
     ag_var *y = ag_new(ctx, x->value.ndim, x->value.shape);
     float *mean = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c), *invstd = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c);
     bool bf16 = ctx->run.elementwise_bf16;
+    double rows_all = (double)rows;
+    MX_ASSERTF(!(ctx->gpu && bn_synced(ctx)), "train.sync_bn on the GPU needs NCCL ranks, which are not built yet");
     if (ctx->gpu) {
         cu_bn_args a = {rows, c, momentum, eps, ctx->run.training, relu, bf16};
         arena_mark m = arena_get_mark(&ctx->scratch);
@@ -103,10 +111,13 @@ ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, 
                         running_mean, running_var, y->value.data, mean, invstd, work);
         arena_release(&ctx->scratch, m);
     } else if (ctx->run.training) {
-        double *s1 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c), *s2 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c);
+        double *s1 = arena_alloc(&ctx->ar, sizeof(double) * (size_t)(2 * c + 1)), *s2 = s1 + c;
         bn_channel_sums(ctx, x->value.data, NULL, NULL, NULL, NULL, rows, c, s1, s2);
+        s2[c] = (double)rows;
+        if (bn_synced(ctx)) dist_sum_f64(s1, 2 * c + 1); /* the global batch's statistics */
+        rows_all = s2[c];
         for (int64_t j = 0; j < c; j++)
-            ag_k_bn_stats(s1[j], s2[j], rows, momentum, eps, &mean[j], &invstd[j],
+            ag_k_bn_stats(s1[j], s2[j], (int64_t)rows_all, momentum, eps, &mean[j], &invstd[j],
                           running_mean ? &running_mean[j] : NULL, running_mean ? &running_var[j] : NULL);
     } else {
         for (int64_t j = 0; j < c; j++) {
@@ -120,7 +131,7 @@ ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, 
     ag_node *n = ag_record(ctx, AG_OP_BATCHNORM2D, y, ins, residual ? 4 : 3);
     if (n) {
         bn_saved *s = ag_save(ctx, n, sizeof *s);
-        *s = (bn_saved){mean, invstd, rows, c, ctx->run.training, relu};
+        *s = (bn_saved){mean, invstd, rows, c, rows_all, ctx->run.training, relu};
     }
     return y;
 }
@@ -149,7 +160,7 @@ void ag_batchnorm2d_backward(ag_ctx *ctx, ag_node *n) {
 #pragma omp parallel for schedule(static) if (cnt >= AG_PAR_MIN)
         for (int64_t i = 0; i < cnt; i++) dr[i] += (!ys || ys[i] > 0.0f) ? dy[i] : 0.0f;
     }
-    double *sdy = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c), *sdyx = arena_alloc(&ctx->ar, sizeof(double) * (size_t)c);
+    double *sdy = arena_alloc(&ctx->ar, sizeof(double) * (size_t)(2 * c + 1)), *sdyx = sdy + c;
     bn_channel_sums(ctx, xs, dy, ys, s->mean, s->invstd, rows, c, sdy, sdyx);
     if (gamma->requires_grad) {
         float *dg = ag_grad(ctx, gamma);
@@ -160,14 +171,17 @@ void ag_batchnorm2d_backward(ag_ctx *ctx, ag_node *n) {
         for (int64_t j = 0; j < c; j++) db[j] += (float)sdy[j];
     }
     if (!x->requires_grad) return;
+    /* dgamma and dbeta above are this rank's (the gradient sum adds the ranks');
+       dx needs the global batch's sums, each rank's dy being its own loss's */
+    if (s->train && bn_synced(ctx)) sdyx[c] = 0, dist_sum_f64(sdy, 2 * c + 1);
     float *dx = ag_grad(ctx, x);
     float *k1 = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c), *k2 = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c),
           *k3 = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c);
     for (int64_t j = 0; j < c; j++) {
         k1[j] = g[j] * s->invstd[j];
         /* train: dx = g*invstd * (dy - mean(dy) - xhat * mean(dy*xhat)); eval: g*invstd*dy */
-        k2[j] = s->train ? (float)(sdy[j] / (double)rows) : 0.0f;
-        k3[j] = s->train ? (float)(sdyx[j] / (double)rows) : 0.0f;
+        k2[j] = s->train ? (float)(sdy[j] / s->rows_all) : 0.0f;
+        k3[j] = s->train ? (float)(sdyx[j] / s->rows_all) : 0.0f;
     }
 #pragma omp parallel for schedule(static) if (rows * c >= AG_PAR_MIN)
     for (int64_t r = 0; r < rows; r++)

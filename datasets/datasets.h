@@ -102,6 +102,12 @@ void loader_free(loader *l);
  * without waiting, and the workers decode the next batches meanwhile). Before
  * the first loader_start_epoch. */
 void loader_set_memory(loader *l, const arena_mem *mem);
+/* Data-parallel shard (before the first loader_start_epoch): batches become
+ * this rank's part of global batches of n_ranks x batch_size samples, in the
+ * order one rank with the global batch would see them (rank r takes samples
+ * r*batch_size .. of each); batch counts and positions are the global ones.
+ * A shard of a last partial global batch may be short or empty (count 0). */
+int loader_set_shard(loader *l, int rank, int n_ranks, mx_err *err);
 int loader_out_size(const loader *l);   /* output side (square) */
 int64_t loader_num_batches(const loader *l);
 /* Starts an epoch (abandons an unfinished one) at batch first_batch (> 0 when

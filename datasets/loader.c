@@ -30,6 +30,7 @@ typedef struct slot {
 struct loader {
     const dataset *ds;
     int batch, out, c;            /* batch size, output side, channels */
+    int rank, n_ranks;            /* data-parallel shard (loader_set_shard): 0, 1 alone */
     bool train, shuffle, augment, drop_last;
     float mean[DATA_MAX_CHANNELS], inv_std[DATA_MAX_CHANNELS];
     float lut[DATA_MAX_CHANNELS][256]; /* (v / 255 - mean) / std per channel and byte value */
@@ -194,8 +195,8 @@ static void *loader_worker(void *arg) {
         l->active_fills++;
         pthread_mutex_unlock(&l->mu);
 
-        int64_t first = b * l->batch, n = l->ds->n - first;
-        int count = n < l->batch ? (int)n : l->batch;
+        int64_t first = b * l->batch * l->n_ranks + (int64_t)l->rank * l->batch, n = l->ds->n - first;
+        int count = n < l->batch ? (n > 0 ? (int)n : 0) : l->batch;
         size_t per = (size_t)l->out * l->out * l->c;
         bool bad = false;
         char msg[512] = {0};
@@ -230,6 +231,7 @@ int loader_create(loader **out, const dataset *ds, const data_config *cfg, int b
     loader *l = mx_calloc(1, sizeof *l);
     l->ds = ds;
     l->batch = batch_size;
+    l->n_ranks = 1;
     l->out = cfg->img_size > 0 ? cfg->img_size : ds->w;
     l->c = c;
     l->train = train;
@@ -307,6 +309,20 @@ void loader_set_memory(loader *l, const arena_mem *mem) {
     pthread_mutex_unlock(&l->mu);
 }
 
+int loader_set_shard(loader *l, int rank, int n_ranks, mx_err *err) {
+    MX_ASSERT(n_ranks >= 1 && rank >= 0 && rank < n_ranks && l->produce_next == l->num_batches && l->next == 0);
+    int64_t g = (int64_t)l->batch * n_ranks;
+    int64_t nb = l->drop_last ? l->ds->n / g : (l->ds->n + g - 1) / g;
+    if (nb == 0)
+        return mx_err_set(err, "%s: %lld samples is less than one global batch of %d ranks x %d", l->ds->source,
+                          (long long)l->ds->n, n_ranks, l->batch);
+    pthread_mutex_lock(&l->mu);
+    l->rank = rank, l->n_ranks = n_ranks;
+    l->num_batches = l->produce_next = nb;
+    pthread_mutex_unlock(&l->mu);
+    return 0;
+}
+
 void loader_start_epoch(loader *l, int64_t epoch, int64_t first_batch) {
     pthread_mutex_lock(&l->mu);
     l->generation++;
@@ -357,7 +373,7 @@ int loader_next(loader *l, data_batch *b, mx_err *err) {
     b->images = s->images;
     b->labels = s->labels;
     b->count = s->count;
-    b->first = l->next * l->batch;
+    b->first = l->next * l->batch * l->n_ranks + (int64_t)l->rank * l->batch;
     l->next++;
     l->have_out = true;
     pthread_mutex_unlock(&l->mu);

@@ -3,7 +3,7 @@ set -euo pipefail
 
 MX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MX_PACKAGES=(gcc make cmake pkg-config libopenblas-openmp-dev libhdf5-dev libstb-dev check
-             libinih-dev zlib1g-dev libcjson-dev libdnnl-dev dataset-fashion-mnist)
+             libinih-dev zlib1g-dev libcjson-dev libdnnl-dev libopenmpi-dev openmpi-bin dataset-fashion-mnist)
 
 # mx_install_deps [extra packages...]
 mx_install_deps() {

@@ -1,6 +1,7 @@
 #include <omp.h>
 #include <stdio.h>
 
+#include "dist/dist.h"
 #include "core/cpu.h"
 #include "core/threads.h"
 #include "cuda/cuda.h"
@@ -34,6 +35,7 @@ int cmd_version(int argc, char **argv) {
     if (!gemm_bf16_available()) printf("cpu bf16 engine: %s\n", gemm_bf16_engine());
     printf("threads: %d (OpenMP and OpenBLAS; %d cores available)\n", threads_get(), threads_available());
     printf("openmp: %d\n", _OPENMP);
+    printf("ranks: %s\n", dist_describe());
     printf("cpu: %s\n", f.brand[0] ? f.brand : "unknown");
     printf("cpu features:%s%s%s%s%s%s%s%s%s%s\n", f.avx2 ? " avx2" : "", f.fma ? " fma" : "", f.f16c ? " f16c" : "",
            f.avx512f ? " avx512f" : "", f.avx512bw ? " avx512bw" : "", f.avx512vl ? " avx512vl" : "",

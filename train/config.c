@@ -50,6 +50,12 @@ static const key_def train_keys[] = {
               "GPU convolutions over two float32 operands: `gather` (im2col + cuBLAS, as quantized ones always do) "
               "or `cudnn` (FP32 implicit GEMM, deterministic: less memory, slower in NHWC; gathers where cuDNN 9 "
               "is not on the library path)"),
+    KEY_BOOLV(train_config, "sync_bn", sync_bn, "false",
+              "several ranks (mpirun): BatchNorm's batch statistics over the global batch, summed over the ranks; "
+              "false keeps each rank's own, as PyTorch DDP does"),
+    KEY_NUM(train_config, "dist_timeout_s", DOUBLE, dist_timeout_s, "300", 1, 1e7,
+            "several ranks: seconds a rank waits for the others in a collective before it ends every rank "
+            "(one died or hangs)"),
 };
 static const key_table train_key_table = KEY_TABLE("train", train_keys);
 

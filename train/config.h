@@ -48,6 +48,8 @@ typedef struct train_config {
     train_gpu_gemm gpu_gemm;
     train_gpu_conv gpu_conv;
     train_cpu_gemm cpu_gemm;
+    bool sync_bn;          /* data-parallel ranks: BatchNorm statistics over the global batch */
+    double dist_timeout_s; /* data-parallel ranks: longest wait for the others in a collective */
 } train_config;
 
 /* [log] */

@@ -5,6 +5,7 @@
 
 #include "core/cpu.h"
 #include "core/threads.h"
+#include "dist/dist.h"
 #include "train/cli.h"
 #include "train/commands.h"
 
@@ -40,6 +41,8 @@ static void main_usage(FILE *out) {
             "  --help       this text; 'mxtrain <command> --help' for a command\n");
 }
 
+static int main_run(int argc, char **argv);
+
 int main(int argc, char **argv) {
     cpu_select_blas_kernels(argv);
 
@@ -61,7 +64,26 @@ int main(int argc, char **argv) {
         argv[n++] = argv[i];
     }
     argc = n;
+    /* under mpirun, before any thread starts; the default threads share the cores among this machine's ranks */
+    mx_err derr = {0};
+    if (dist_init(&argc, &argv, &derr)) {
+        fprintf(stderr, "mxtrain: %s\n", derr.msg);
+        return 1;
+    }
+    if (!threads && dist_local_size() > 1) {
+        threads = threads_available() / dist_local_size();
+        threads = threads > 0 ? threads : 1;
+    }
     threads_set(threads);
+    int rc = main_run(argc, argv);
+    /* an error (1) may be this rank's alone: the others must not wait for it; an
+       interruption (agreed at a step) and usage errors end every rank by themselves */
+    if (rc == 1 && dist_size() > 1) dist_abort(rc);
+    dist_finalize();
+    return rc;
+}
+
+static int main_run(int argc, char **argv) {
 
     if (argc < 2) {
         main_usage(stderr);
@@ -74,6 +96,10 @@ int main(int argc, char **argv) {
     if (cli_is_help(argv[1]) || strcmp(argv[1], "help") == 0) {
         main_usage(stdout);
         return 0;
+    }
+    if (dist_size() > 1 && strcmp(argv[1], "train") != 0) {
+        fprintf(stderr, "mxtrain: only 'train' runs on several ranks (launched as %d by mpirun)\n", dist_size());
+        return CLI_EXIT_USAGE;
     }
     for (int i = 0; i < N_COMMANDS; i++)
         if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);

@@ -49,7 +49,10 @@ static void write_metric_to(FILE *csv, FILE *jsonl, const metric_rec *m) {
     write_metric_json(jsonl, m);
 }
 
-static void write_metric(runlog *r, const metric_rec *m) { write_metric_to(r->csv, r->jsonl, m); }
+/* a log without files (zeroed: probe, data-parallel ranks other than 0) only collects */
+static void write_metric(runlog *r, const metric_rec *m) {
+    if (r->csv && r->jsonl) write_metric_to(r->csv, r->jsonl, m);
+}
 
 static void write_stat(FILE *f, const stat_rec *s) {
     const quant_stats *st = &s->st;

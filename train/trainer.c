@@ -1,5 +1,7 @@
 /* The training loop (see trainer.h). */
 #include "train/trainer.h"
+#include "dist/dist.h"
+#include "train/ddp.h"
 #include "core/gemm.h"
 
 #include <errno.h>
@@ -46,6 +48,13 @@ int session_open(session *s, const config *cfg, mx_err *err) {
     }
     if (s->has_plan) mm_plan_init(&s->plan, &pol, &s->m.params.sites);
     ag_ctx_init(&s->ctx, 0);
+    if (dist_size() > 1 && cfg->v.train.device == CLI_DEVICE_CUDA) {
+        if (s->has_plan) mm_plan_free(&s->plan);
+        ag_ctx_free(&s->ctx);
+        model_free(&s->m);
+        return mx_err_set(err, "train.device = cuda on %d ranks needs NCCL gradient sums, which this build does not "
+                          "have yet (several ranks train on the CPU)", dist_size());
+    }
     if (cfg->v.train.device == CLI_DEVICE_CUDA) {
         mx_err e;
         if (cu_init(&e) || cu_gemm_open(&e)) {
@@ -64,12 +73,15 @@ int session_open(session *s, const config *cfg, mx_err *err) {
     s->ctx.run.cpu_bf16 = !s->ctx.gpu && cfg->v.train.cpu_gemm != TRAIN_CPU_GEMM_FP32 && gemm_bf16_available();
     s->ctx.run.cpu_f32_dnnl = !s->ctx.gpu && cfg->v.train.cpu_gemm == TRAIN_CPU_GEMM_AUTO && gemm_dnnl_f32_preferred();
     s->ctx.run.elementwise_bf16 = config_elementwise_bf16(cfg);
+    s->ctx.run.sync_bn = cfg->v.train.sync_bn;
+    s->ddp = ddp_open(&s->m.params, (int64_t)25 << 20); /* PyTorch DDP's bucket size */
     s->ctx.run.seed = (uint64_t)cfg->v.train.seed;
     s->label_smoothing = (float)cfg->v.train.label_smoothing;
     return 0;
 }
 
 void session_close(session *s) {
+    ddp_close(s->ddp);
     if (s->d_buffers_before) cu_free(s->d_buffers_before);
     ag_ctx_free(&s->ctx);
     if (s->has_plan) mm_plan_free(&s->plan);
@@ -94,7 +106,9 @@ static float session_forward_backward_once(session *s, const float *images, cons
     ag_var x = ag_leaf(session_input(s, images, (int64_t)count * side * side * chans), NULL, 4,
                        (int64_t[]){count, side, side, chans});
     ag_var *loss = ag_cross_entropy(ctx, model_forward(ctx, &s->m, &x), labels, s->label_smoothing);
+    ddp_begin(s->ddp, ctx);
     ag_backward(ctx, loss);
+    ddp_end(s->ddp, ctx); /* several ranks: the mean gradient over them */
     float l; /* read after the backward is queued: on the GPU the step's one wait */
     ag_mem_download(ctx, &l, loss->value.data, sizeof l);
     return l;
@@ -142,6 +156,7 @@ int session_evaluate(session *s, loader *l, eval_result *res, mx_err *err) {
     int r, side = loader_out_size(l);
     int chans = s->mc.in_chans;
     while ((r = loader_next(l, &b, err)) == 1) {
+        if (b.count == 0) continue; /* a rank's empty shard of the last batch */
         ag_var *logits, *lv;
         for (int pass = 0; pass < 2; pass++) { /* GPU: unchecked bf16 operands, checked if need be */
             ctx->run.gpu_unchecked_bf16 = pass == 0 && session_unchecked(s);
@@ -178,6 +193,12 @@ int session_evaluate(session *s, loader *l, eval_result *res, mx_err *err) {
     ctx->run.training = ctx->run.grad_enabled = true;
     if (s->has_plan) s->plan.collect_stats = collect;
     if (r < 0) return -1;
+    if (dist_size() > 1) { /* each rank evaluated its shard (loader_set_shard) */
+        MX_ASSERT(!res->logits);
+        double t[4] = {sum, (double)correct, (double)correct5, (double)seen};
+        dist_sum_f64(t, 4);
+        sum = t[0], correct = (int64_t)t[1], correct5 = (int64_t)t[2], seen = (int64_t)t[3];
+    }
     res->loss = seen ? sum / (double)seen : NAN;
     res->top1 = seen ? (double)correct / (double)seen : NAN;
     res->top5 = seen ? (double)correct5 / (double)seen : NAN;
@@ -376,12 +397,14 @@ typedef struct run_state {
     double t_start, t_prev, last_loss, ema; /* t_prev: end of the previous step (its time includes loading) */
     double wall0;            /* wall seconds of the run before this process (resumed runs) */
     progress pg;
+    bool writes;             /* rank 0 (or alone): the one that writes files and prints progress */
 } run_state;
 
 /* The logs up to this step reach the disk before the checkpoint does, and
  * stats.h5 (exact, what a resume reads) is rewritten first: a checkpoint
  * never points past the records a resume needs. */
 static int save_last(run_state *r, mx_err *err) {
+    if (!r->writes) return 0;
     if (runlog_flush(&r->log, err)) return -1;
     if (r->log.n_s > 0 && runlog_write_stats_h5(&r->log, err)) return -1;
     return ckpt_save(r->last, &r->s.m, &r->opt, &r->meta, r->config_text, err);
@@ -396,6 +419,7 @@ static bool log_has_eval(const runlog *l, int64_t step) {
 }
 
 static void write_report(run_state *r) {
+    if (!r->writes) return;
     report_run rr = {"run", &r->log};
     char title[1200];
     snprintf(title, sizeof title, "mxtrain run %s", r->dir);
@@ -428,11 +452,14 @@ static int run_open_dir(run_state *r, mx_err *err) {
     snprintf(r->report, sizeof r->report, "%s/report.html", r->dir);
     if (r->opts->resume_dir && access(r->last, R_OK) != 0)
         return mx_err_set(err, "%s: no checkpoint to resume from", r->last);
-    if (make_dirs(ckdir, err)) return -1;
     size_t tl = 0;
     FILE *mem = open_memstream(&r->config_text, &tl);
     config_write(cfg, mem);
     fclose(mem);
+    /* several ranks: one config for all (a mismatch ends every rank before anything is written) */
+    if (dist_check_same("the config (with its --set values)", r->config_text, err)) return -1;
+    if (!r->writes) return 0;
+    if (make_dirs(ckdir, err)) return -1;
     char cpath[1100];
     snprintf(cpath, sizeof cpath, "%s/config.ini", r->dir);
     return write_text(cpath, r->config_text, err);
@@ -465,15 +492,22 @@ static int run_open(run_state *r, mx_err *err) {
     mx_err e;
     if (cfg->v.train.device == CLI_DEVICE_CUDA && cu_init(&e)) /* before anything is written */
         return mx_err_set(err, "train.device = cuda: %s", e.msg);
+    r->writes = dist_rank() == 0;
+    dist_set_timeout(cfg->v.train.dist_timeout_s);
     if (run_open_dir(r, err)) return -1;
 
     data_config dc = config_data(cfg);
     if (dataset_open(&r->train_ds, &dc, DATA_SPLIT_TRAIN, err)) return -1;
     if (dataset_open(&r->eval_ds, &dc, DATA_SPLIT_EVAL, err)) return -1;
     int bs = cfg->v.data.batch_size, ebs = cfg->v.data.eval_batch_size ? cfg->v.data.eval_batch_size : bs;
-    bool drop_last = r->train_ds.n >= bs;
+    int ranks = dist_size();
+    bool drop_last = r->train_ds.n >= (int64_t)bs * ranks;
     if (loader_create(&r->train_l, &r->train_ds, &dc, bs, true, drop_last, err)) return -1;
     if (loader_create(&r->eval_l, &r->eval_ds, &dc, ebs, false, false, err)) return -1;
+    /* several ranks: each its shard of every global batch, in one rank's order for that batch */
+    if (ranks > 1 && (loader_set_shard(r->train_l, dist_rank(), ranks, err) ||
+                      loader_set_shard(r->eval_l, dist_rank(), ranks, err)))
+        return -1;
     r->side = loader_out_size(r->train_l);
     r->chans = r->train_ds.c;
     /* both splits against the model, and the eval split against the train split */
@@ -504,21 +538,32 @@ static int run_open(run_state *r, mx_err *err) {
         if (r->meta.seed != (uint64_t)cfg->v.train.seed)
             return mx_err_set(err, "%s: saved with train.seed = %llu, the config has %lld", r->last,
                               (unsigned long long)r->meta.seed, (long long)cfg->v.train.seed);
-        fprintf(stderr, "resuming %s at step %lld (epoch %lld)\n", r->dir, (long long)r->meta.step,
+        if (r->writes) fprintf(stderr, "resuming %s at step %lld (epoch %lld)\n", r->dir, (long long)r->meta.step,
                 (long long)r->meta.epoch);
     } else if (r->opts->init_from) {
         if (ckpt_load_weights(r->opts->init_from, &r->s.m, err)) return -1;
-        fprintf(stderr, "initialised weights from %s\n", r->opts->init_from);
+        if (r->writes) fprintf(stderr, "initialised weights from %s\n", r->opts->init_from);
     }
-    if (runlog_open(&r->log, r->dir, r->opts->resume_dir != NULL, r->meta.step, err)) return -1;
+    /* the other ranks keep the records in memory only, read (on resume) after rank 0 rewrote them */
+    if (r->writes && runlog_open(&r->log, r->dir, r->opts->resume_dir != NULL, r->meta.step, err)) return -1;
+    if (ranks > 1) {
+        int64_t ok = 0;
+        dist_max_i64(&ok, 1); /* a barrier */
+        if (!r->writes && r->opts->resume_dir) runlog_load(&r->log, r->dir);
+    }
     r->log_open = true;
 
+    if (ranks > 1 && r->writes)
+        fprintf(stderr, "mxtrain train: %d ranks x batch %d = global batch %lld (%s)\n", ranks, bs,
+                (long long)bs * ranks, cfg->v.train.sync_bn ? "BatchNorm statistics over the global batch"
+                                                            : "BatchNorm statistics per rank");
+    if (r->writes)
     fprintf(stderr, "mxtrain train: %s (%lld parameters), %s %lld train / %lld eval images, %s, quant %s/%s, %lld steps\n",
             model_arch_name(r->s.mc.arch), (long long)model_num_params(&r->s.m), data_kind_name(dc.kind),
             (long long)r->train_ds.n, (long long)r->eval_ds.n, optim_kind_name(r->oc.kind),
             quant_format_get(cfg->v.quant.format)->name, mm_tiling_name(cfg->v.quant.tiling), (long long)r->total);
     if (r->meta.step >= r->total && log_has_eval(&r->log, r->meta.step)) {
-        fprintf(stderr, "%s: already complete at step %lld of %lld (raise train.epochs or train.max_steps to go on)\n",
+        if (r->writes) fprintf(stderr, "%s: already complete at step %lld of %lld (raise train.epochs or train.max_steps to go on)\n",
                 r->dir, (long long)r->meta.step, (long long)r->total);
         result_from_log(r);
         return 1;
@@ -556,6 +601,13 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
     }
     double lr = optim_lr_at(&r->oc, step);
     double loss = session_forward_backward(&r->s, b->images, b->labels, b->count, r->side, r->chans, (uint64_t)step);
+    double count = b->count;
+    if (dist_size() > 1) { /* the global batch's loss, and a stop any rank was asked for */
+        double t[3] = {loss * b->count, (double)b->count, g_interrupted ? (double)g_interrupted : 0.0};
+        dist_sum_f64(t, 3);
+        loss = t[0] / t[1], count = t[1];
+        if (t[2] != 0 && !g_interrupted) g_interrupted = SIGTERM;
+    }
     double gnorm = optim_grad_norm(&r->s.m.params);
     if (!isfinite(loss) || !isfinite(gnorm)) {
         char why[1024];
@@ -565,7 +617,7 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
             if (ps->gpu) cu_to_device(ps->d_buffers, r->buf_before, sizeof(float) * ps->n_buffers);
             else memcpy(ps->buffers, r->buf_before, sizeof(float) * ps->n_buffers);
             r->skipped++;
-            fprintf(stderr, "%sstep %lld: non-finite loss %g / gradient norm %g; step skipped; %s\n",
+            if (r->writes) fprintf(stderr, "%sstep %lld: non-finite loss %g / gradient norm %g; step skipped; %s\n",
                     r->pg.tty ? "\n" : "", (long long)step, loss, gnorm, why);
             r->step++;
             return 0;
@@ -597,7 +649,7 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
     r->step_times[r->n_times++] = dt;
     r->last_loss = loss;
     r->ema = isfinite(r->ema) ? 0.98 * r->ema + 0.02 * loss : loss;
-    runlog_step(&r->log, step, r->epoch, lr, loss, b->count / dt);
+    runlog_step(&r->log, step, r->epoch, lr, loss, count / dt);
     if (stats_now) runlog_stats(&r->log, step, &r->s.plan);
     if (r->log.write_failed) return runlog_flush(&r->log, err); /* the disk is full: stop, saying so */
     if (r->s.has_plan) {
@@ -605,7 +657,7 @@ static int run_step(run_state *r, const data_batch *b, mx_err *err) {
         r->res->bytes_quantized_per_step = r->s.plan.bytes_quantized;
         r->res->bytes_held = r->s.plan.bytes_held;
     }
-    progress_update(&r->pg, step, r->total, r->epoch, lr, r->ema, b->count / dt, false);
+    if (r->writes) progress_update(&r->pg, step, r->total, r->epoch, lr, r->ema, count / dt, false);
     r->meta.step = step;
     r->meta.epoch = r->epoch;
     if (cfg->v.train.ckpt_every > 0 && step % cfg->v.train.ckpt_every == 0 && save_last(r, err)) return -1;
@@ -632,7 +684,7 @@ static int run_epoch(run_state *r, mx_err *err) {
     if (g_interrupted) {
         progress_end_line(&r->pg);
         if (save_last(r, err)) return -1;
-        fprintf(stderr, "interrupted (%s) at step %lld: saved %s; continue with --resume %s\n",
+        if (r->writes) fprintf(stderr, "interrupted (%s) at step %lld: saved %s; continue with --resume %s\n",
                 g_interrupted == SIGINT ? "SIGINT" : g_interrupted == SIGTERM ? "SIGTERM" : "SIGHUP", (long long)r->step,
                 r->last, r->dir);
         r->res->interrupted = true;
@@ -650,8 +702,8 @@ static int run_epoch_end(run_state *r, mx_err *err) {
     if (session_evaluate(&r->s, r->eval_l, &ev, err)) return -1;
     double el = ev.loss, ea = ev.top1;
     runlog_eval(&r->log, r->step, r->epoch, ev.loss, ev.top1, ev.top5, r->wall0 + timer_now() - r->t_start);
-    if (runlog_write_summary(&r->log, err)) return -1;
-    fprintf(stderr, "epoch %lld: step %lld, train loss (moving average) %.4f, eval loss %.4f, top-1 %.2f%%, top-5 %.2f%%\n",
+    if (r->writes && runlog_write_summary(&r->log, err)) return -1;
+    if (r->writes) fprintf(stderr, "epoch %lld: step %lld, train loss (moving average) %.4f, eval loss %.4f, top-1 %.2f%%, top-5 %.2f%%\n",
             (long long)r->epoch + 1, (long long)r->step, r->ema, el, 100 * ea, 100 * ev.top5);
     r->res->final_acc = ea;
     r->res->final_eval_loss = el;
@@ -660,7 +712,7 @@ static int run_epoch_end(run_state *r, mx_err *err) {
     r->meta.epoch = r->epoch;
     if (ea > r->meta.best_acc) {
         r->meta.best_acc = ea;
-        if (ckpt_save(r->best, &r->s.m, &r->opt, &r->meta, r->config_text, err)) return -1;
+        if (r->writes && ckpt_save(r->best, &r->s.m, &r->opt, &r->meta, r->config_text, err)) return -1;
     }
     if (save_last(r, err)) return -1;
     write_report(r);
@@ -671,7 +723,7 @@ static int run_epoch_end(run_state *r, mx_err *err) {
 
 /* stats.h5, the report and the result of a run that ended well. */
 static int run_finish(run_state *r, mx_err *err) {
-    if (r->log.n_s > 0 && runlog_write_stats_h5(&r->log, err)) return -1;
+    if (r->writes && r->log.n_s > 0 && runlog_write_stats_h5(&r->log, err)) return -1;
     write_report(r);
     train_result *res = r->res;
     r->meta.step = r->step;
@@ -680,7 +732,7 @@ static int run_finish(run_state *r, mx_err *err) {
     res->wall_s = r->wall0 + res->seconds;
     res->final_loss = r->last_loss;
     if (r->n_times) res->median_step_s = timer_median(r->step_times, (int)r->n_times);
-    if (!res->interrupted)
+    if (!res->interrupted && r->writes)
         fprintf(stderr, "done: %lld steps in %.0f s, eval acc %.2f%% (best %.2f%%), eval loss %.4f%s; %s\n",
                 (long long)r->step, res->seconds, 100 * res->final_acc, 100 * res->best_acc, res->final_eval_loss,
                 r->skipped ? " (non-finite steps skipped)" : "", r->report);

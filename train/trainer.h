@@ -25,6 +25,7 @@ typedef struct session {
     float label_smoothing;
     float *d_buffers_before;  /* GPU: the buffers before a step, for its checked rerun */
     int64_t rechecked_steps;  /* GPU: steps run again because an operand was not bf16-exact */
+    struct ddp *ddp;          /* several ranks: the gradient sums (train/ddp.h); NULL alone */
 } session;
 
 int session_open(session *s, const config *cfg, mx_err *err);
