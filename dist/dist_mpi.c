@@ -90,18 +90,35 @@ struct dist_req {
     void *buf;                 /* the caller's */
     int64_t n, chunk;          /* elements; per-rank chunk (n padded to size * chunk) */
     void *pad, *part;          /* padded copy of buf; this rank's summed chunk */
+    size_t cap;                /* bytes pad can hold (requests are reused: see sum_pool) */
     int stage;                 /* 0 reduce-scatter in flight, 1 all-gather in flight */
     MPI_Request q;
 };
 
+/* Finished requests kept with their buffers: every step sums the same buckets,
+ * so their staging memory is allocated (and faulted in) once, not per step. */
+#define SUM_POOL 32
+static dist_req *sum_pool[SUM_POOL];
+static int sum_pooled;
+
 static dist_req *sum_start(void *buf, int64_t n, MPI_Datatype type, size_t esize) {
-    dist_req *r = mx_calloc(1, sizeof *r);
-    r->type = type, r->esize = esize, r->buf = buf, r->n = n;
-    r->chunk = (n + g_size - 1) / g_size;
-    MX_ASSERTF(r->chunk < (1ll << 31), "dist: a sum of %lld elements is too large", (long long)n);
-    r->pad = mx_calloc((size_t)(r->chunk * g_size), esize);
-    r->part = mx_malloc((size_t)r->chunk * esize);
+    int64_t chunk = (n + g_size - 1) / g_size;
+    MX_ASSERTF(chunk < (1ll << 31), "dist: a sum of %lld elements is too large", (long long)n);
+    size_t need = (size_t)(chunk * g_size) * esize;
+    int best = -1; /* the smallest that fits, so small sums leave the buckets' buffers alone */
+    for (int i = 0; i < sum_pooled; i++)
+        if (sum_pool[i]->cap >= need && (best < 0 || sum_pool[i]->cap < sum_pool[best]->cap)) best = i;
+    dist_req *r = best >= 0 ? sum_pool[best] : NULL;
+    if (r) sum_pool[best] = sum_pool[--sum_pooled];
+    else {
+        r = mx_calloc(1, sizeof *r);
+        r->cap = need;
+        r->pad = mx_malloc(need);
+        r->part = mx_malloc(need / (size_t)g_size);
+    }
+    r->type = type, r->esize = esize, r->buf = buf, r->n = n, r->chunk = chunk, r->stage = 0;
     memcpy(r->pad, buf, (size_t)n * esize);
+    memset((char *)r->pad + (size_t)n * esize, 0, need - (size_t)n * esize);
     /* each chunk summed by its owner over the ranks in one order: the same bits for everyone */
     if (MPI_Ireduce_scatter_block(r->pad, r->part, (int)r->chunk, type, MPI_SUM, MPI_COMM_WORLD, &r->q) !=
         MPI_SUCCESS) {
@@ -112,6 +129,10 @@ static dist_req *sum_start(void *buf, int64_t n, MPI_Datatype type, size_t esize
 }
 
 static void sum_free(dist_req *r) {
+    if (sum_pooled < SUM_POOL) {
+        sum_pool[sum_pooled++] = r;
+        return;
+    }
     free(r->pad);
     free(r->part);
     free(r);
