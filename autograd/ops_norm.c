@@ -14,12 +14,14 @@ typedef struct bn_saved {
     float *mean, *invstd; /* per channel: batch statistics (train) or running ones (eval) */
     int64_t rows, c;
     double rows_all;      /* rows over every rank (sync_bn), else rows */
+    double *d_rows_all;   /* the same on the GPU (a device double the forward writes) */
     bool train, relu;     /* relu: the output went through ReLU (its mask gates dy) */
 } bn_saved;
 
 /* train.sync_bn over several ranks: the per-channel sums (s1, s2 of c each,
- * then the row count, contiguous) summed over the ranks. */
-static bool bn_synced(const ag_ctx *ctx) { return ctx->run.sync_bn && dist_size() > 1; }
+ * then the row count, contiguous) summed over the ranks (dist.h on the CPU,
+ * NCCL on GPU ranks). */
+static bool bn_synced(const ag_ctx *ctx) { return ctx->run.sync_bn; }
 
 /* Per-channel sums over rows, in double, deterministic for a fixed thread
  * count. Without dy: s1 = sum x, s2 = sum x^2 (forward statistics). With dy:
@@ -102,9 +104,11 @@ ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, 
     float *mean = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c), *invstd = arena_alloc(&ctx->ar, sizeof(float) * (size_t)c);
     bool bf16 = ctx->run.elementwise_bf16;
     double rows_all = (double)rows;
-    MX_ASSERTF(!(ctx->gpu && bn_synced(ctx)), "train.sync_bn on the GPU needs NCCL ranks, which are not built yet");
+    double *d_rows_all = NULL;
     if (ctx->gpu) {
-        cu_bn_args a = {rows, c, momentum, eps, ctx->run.training, relu, bf16};
+        bool synced = ctx->run.training && bn_synced(ctx);
+        if (synced) d_rows_all = arena_alloc(&ctx->ar, sizeof(double));
+        cu_bn_args a = {rows, c, momentum, eps, ctx->run.training, relu, bf16, synced, d_rows_all};
         arena_mark m = arena_get_mark(&ctx->scratch);
         double *work = arena_alloc(&ctx->scratch, cu_bn_work_bytes(rows, c));
         cu_op_batchnorm(&a, x->value.data, gamma->value.data, beta->value.data, residual ? residual->value.data : NULL,
@@ -131,7 +135,7 @@ ag_var *ag_batchnorm2d_act(ag_ctx *ctx, ag_var *x, ag_var *gamma, ag_var *beta, 
     ag_node *n = ag_record(ctx, AG_OP_BATCHNORM2D, y, ins, residual ? 4 : 3);
     if (n) {
         bn_saved *s = ag_save(ctx, n, sizeof *s);
-        *s = (bn_saved){mean, invstd, rows, c, rows_all, ctx->run.training, relu};
+        *s = (bn_saved){mean, invstd, rows, c, rows_all, d_rows_all, ctx->run.training, relu};
     }
     return y;
 }
@@ -144,7 +148,7 @@ void ag_batchnorm2d_backward(ag_ctx *ctx, ag_node *n) {
     const float *ys = s->relu ? n->out->value.data : NULL; /* ReLU mask: output > 0 */
     ag_var *res = n->n_in > 3 ? n->in[3] : NULL;
     if (ctx->gpu) {
-        cu_bn_args a = {rows, c, 0.0f, 0.0f, s->train, s->relu, false};
+        cu_bn_args a = {rows, c, 0.0f, 0.0f, s->train, s->relu, false, s->d_rows_all != NULL, s->d_rows_all};
         float *dr = res && res->requires_grad ? ag_grad(ctx, res) : NULL;
         float *dg = gamma->requires_grad ? ag_grad(ctx, gamma) : NULL, *db = beta->requires_grad ? ag_grad(ctx, beta) : NULL;
         float *dx = x->requires_grad ? ag_grad(ctx, x) : NULL;

@@ -27,10 +27,15 @@ extern "C" {
 #include "core/error.h"
 #include "quant/quant.h"
 
-/* Whether a GPU is usable (driver present, at least one device). */
+/* Whether a GPU is usable (driver present, at least one device); how many. */
 bool cu_available(void);
-/* Selects GPU 0; -1 with "no GPU is visible (...)" when there is none. */
+int cu_device_count(void);
+/* Selects the GPU (0, or cu_select_device's); -1 with "no GPU is visible
+ * (...)" when there is none. */
 int cu_init(mx_err *err);
+/* The GPU cu_init selects: `index` modulo the GPUs visible (a rank's index
+ * on its machine, so the ranks of one machine take one GPU each). */
+void cu_select_device(int index);
 /* Runtime and driver versions and each GPU's name, memory and SM count (or
  * that none is visible), for `mxtrain version`. */
 void cu_describe(FILE *f);
@@ -128,6 +133,32 @@ bool cu_conv_f32(cu_conv_dir dir, const cu_conv_shape *s, const float *d_x, cons
 /* "cuDNN 9.x.y", or "none: why" (mxtrain version, tests) */
 const char *cu_conv_library(void);
 
+/* Sums over GPU ranks (cuda/nccl.cu, issue #19): NCCL, opened with dlopen
+ * when a run on several GPU ranks starts; one GPU per rank. Rank 0 makes the
+ * id (cu_nccl_unique_id), every rank receives it (dist_bcast) and opens.
+ * Gradient sums run on a stream of their own, each after what the compute
+ * stream has queued when it starts, so they overlap the rest of the
+ * backward; cu_nccl_sum_join makes the compute stream wait for them all.
+ * A sum gives every rank the same bits (a reduce-scatter, each chunk summed
+ * by one rank, then an all-gather), like dist.h's. NCCL's failures in a
+ * call are fatal; a rank that died or hangs is found by cu_nccl_wait. */
+#define CU_NCCL_ID_BYTES 256 /* two NCCL unique ids: the gradients' and the statistics' communicators */
+int cu_nccl_unique_id(unsigned char *id, mx_err *err);
+int cu_nccl_open(const unsigned char *id, int rank, int nranks, double timeout_s, mx_err *err);
+bool cu_nccl_is_open(void);
+void cu_nccl_close(void);
+/* "NCCL 2.28.9", or "none: why" */
+const char *cu_nccl_library(void);
+/* The sum of d_buf over the ranks, in place, queued (returns at once). */
+void cu_nccl_sum_start(float *d_buf, int64_t n);
+void cu_nccl_sum_join(void);
+/* A sum on the compute stream (BatchNorm's statistics under train.sync_bn). */
+void cu_nccl_sum_f64(double *d_buf, int64_t n);
+/* Waits until the compute stream has run everything queued, for at most
+ * the timeout given to cu_nccl_open; -1 with err (the communicators
+ * aborted) on a timeout or when NCCL reports another rank's failure. */
+int cu_nccl_wait(mx_err *err);
+
 /* The ops' kernels (cuda/ops.cu), on device arrays, with the CPU ops'
  * per-element arithmetic (autograd/ops_kernel.h). Backward calls accumulate
  * into dx (and db) like the CPU's. */
@@ -203,11 +234,15 @@ void cu_op_strided16(const int64_t *oshape, const int64_t *istride, const uint16
  * updated; eval: running ones), with an optional residual added before the
  * optional ReLU; bf16: quant.elementwise = bf16's rounding. mean/invstd (c
  * each) are saved for the backward; work: cu_bn_work_bytes. The backward
- * needs y only with relu; any gradient pointer may be NULL. */
+ * needs y only with relu; any gradient pointer may be NULL. synced
+ * (train.sync_bn on GPU ranks): the statistics and the backward's sums over
+ * every rank's rows (cu_nccl_sum_f64); d_rows_all (one device double) gets
+ * the forward's global row count, which its backward reads. */
 typedef struct cu_bn_args {
     int64_t rows, c;
     float momentum, eps;
-    bool train, relu, bf16;
+    bool train, relu, bf16, synced;
+    double *d_rows_all;
 } cu_bn_args;
 size_t cu_bn_work_bytes(int64_t rows, int64_t c);
 void cu_op_batchnorm(const cu_bn_args *a, const float *d_x, const float *d_gamma, const float *d_beta,

@@ -16,7 +16,16 @@ bool cu_available(void) {
     return n > 0;
 }
 
+int cu_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) cudaGetLastError(), n = 0;
+    return n;
+}
+
 static size_t g_mem_context; /* device memory in use once the context was up (cu_init) */
+static int g_device_index;
+
+void cu_select_device(int index) { g_device_index = index > 0 ? index : 0; }
 
 int cu_init(mx_err *err) {
     int n = 0;
@@ -26,7 +35,7 @@ int cu_init(mx_err *err) {
         return mx_err_set(err, "no GPU is visible (%s); use --device cpu",
                           e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device");
     }
-    CU_CHECK(cudaSetDevice(0));
+    CU_CHECK(cudaSetDevice(g_device_index % n));
     CU_CHECK(cudaFree(0)); /* creates the context now, so what it takes can be told apart */
     g_mem_context = cu_mem_used();
     return 0;
@@ -54,6 +63,7 @@ void cu_describe(FILE *f) {
                 (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), p.multiProcessorCount, p.major, p.minor);
     }
     fprintf(f, "fp32 convolutions: %s\n", cu_conv_library());
+    fprintf(f, "gpu ranks' sums: %s\n", cu_nccl_library());
 }
 
 void *cu_malloc(size_t bytes) {

@@ -13,7 +13,18 @@ static MX_NORETURN void cu_none(const char *fn) {
 const arena_mem cu_arena_mem = {0, 0, 0}, cu_pinned_mem = {0, 0, 0};
 
 bool cu_available(void) { return false; }
+int cu_device_count(void) { return 0; }
 int cu_init(mx_err *err) { return mx_err_set(err, "this mxtrain was built without CUDA (no nvcc at build time); use --device cpu"); }
+void cu_select_device(int index) { (void)index; }
+int cu_nccl_unique_id(unsigned char *id, mx_err *err) { (void)id; return mx_err_set(err, "this mxtrain was built without CUDA"); }
+int cu_nccl_open(const unsigned char *id, int rank, int nranks, double timeout_s, mx_err *err) { (void)id, (void)rank, (void)nranks, (void)timeout_s; return mx_err_set(err, "this mxtrain was built without CUDA"); }
+bool cu_nccl_is_open(void) { return false; }
+void cu_nccl_close(void) {}
+const char *cu_nccl_library(void) { return "none: this mxtrain was built without CUDA"; }
+void cu_nccl_sum_start(float *d_buf, int64_t n) { cu_none(__func__); }
+void cu_nccl_sum_join(void) {}
+void cu_nccl_sum_f64(double *d_buf, int64_t n) { cu_none(__func__); }
+int cu_nccl_wait(mx_err *err) { (void)err; return 0; }
 void cu_describe(FILE *f) { fprintf(f, "cuda: not built (no nvcc at build time)\n"); }
 void *cu_malloc(size_t bytes) { cu_none(__func__); }
 void cu_free(void *d) { cu_none(__func__); }

@@ -458,7 +458,7 @@ static int64_t bn_chunks(int64_t rows) {
 /* The chunks' sums (2c doubles each), their totals (2c), then the backward's
  * per-channel coefficients (3c floats, in 2c doubles' room). */
 extern "C" size_t cu_bn_work_bytes(int64_t rows, int64_t c) {
-    return sizeof(double) * 2 * (size_t)(bn_chunks(rows) + 2) * (size_t)c;
+    return sizeof(double) * (2 * (size_t)(bn_chunks(rows) + 2) * (size_t)c + 2);
 }
 
 /* V consecutive floats: one 16-byte access when V = 4 */
@@ -558,7 +558,7 @@ static int bn_vec(int64_t c, const void *a, const void *b, const void *d, const 
     return c % 4 == 0 && u % 16 == 0 ? 4 : 1;
 }
 
-static const double *bn_sums(int64_t rows, int64_t c, const float *x, const float *dy, const float *y,
+static double *bn_sums(int64_t rows, int64_t c, const float *x, const float *dy, const float *y,
                              const float *mean, const float *invstd, double *work) {
     int64_t nch = bn_chunks(rows), per = (rows + nch - 1) / nch;
     if (bn_vec(c, x, dy, y, NULL, NULL) == 4)
@@ -570,8 +570,12 @@ static const double *bn_sums(int64_t rows, int64_t c, const float *x, const floa
     return work + nch * 2 * c;
 }
 
-__global__ void k_bn_stats(int64_t rows, int64_t c, bool train, float momentum, float eps, const double *sums,
-                           float *running_mean, float *running_var, float *mean, float *invstd) {
+/* synced: the row count summed over the ranks follows the sums (saved in rows_all for the backward) */
+__global__ void k_bn_stats(int64_t rows, int64_t c, bool train, bool synced, float momentum, float eps,
+                           const double *sums, float *running_mean, float *running_var, float *mean, float *invstd,
+                           double *rows_all) {
+    if (train && synced) rows = (int64_t)sums[2 * c];
+    if (synced && blockIdx.x == 0 && threadIdx.x == 0) *rows_all = (double)rows;
     GRID_STRIDE(j, c) {
         if (train) {
             ag_k_bn_stats(sums[j], sums[c + j], rows, momentum, eps, &mean[j], &invstd[j],
@@ -613,9 +617,14 @@ __global__ void k_bn_apply(int64_t rows, int64_t c, bool pow2, bool relu, bool b
 extern "C" void cu_op_batchnorm(const cu_bn_args *a, const float *d_x, const float *d_gamma, const float *d_beta,
                                 const float *d_res, float *d_running_mean, float *d_running_var, float *d_y,
                                 float *d_mean, float *d_invstd, double *d_work) {
-    const double *sums = a->train ? bn_sums(a->rows, a->c, d_x, NULL, NULL, NULL, NULL, d_work) : NULL;
-    k_bn_stats<<<ops_grid(a->c), 256>>>(a->rows, a->c, a->train, a->momentum, a->eps, sums, d_running_mean,
-                                        d_running_var, d_mean, d_invstd);
+    double *sums = a->train ? bn_sums(a->rows, a->c, d_x, NULL, NULL, NULL, NULL, d_work) : NULL;
+    if (a->train && a->synced) { /* the global batch's statistics: sums and row count over the ranks */
+        double rows = (double)a->rows;
+        CU_CHECK(cudaMemcpyAsync(sums + 2 * a->c, &rows, sizeof rows, cudaMemcpyHostToDevice, 0));
+        cu_nccl_sum_f64(sums, 2 * a->c + 1);
+    }
+    k_bn_stats<<<ops_grid(a->c), 256>>>(a->rows, a->c, a->train, a->synced, a->momentum, a->eps, sums,
+                                        d_running_mean, d_running_var, d_mean, d_invstd, a->d_rows_all);
     bool pow2 = (a->c & (a->c - 1)) == 0;
     if (bn_vec(a->c, d_x, d_res, d_y, NULL, NULL) == 4)
         k_bn_apply<4><<<ops_grid(a->rows * a->c / 4), 256>>>(a->rows, a->c, pow2, a->relu, a->bf16, d_x, d_mean,
@@ -629,7 +638,9 @@ extern "C" void cu_op_batchnorm(const cu_bn_args *a, const float *d_x, const flo
 /* The backward's per-channel coefficients, once per channel instead of per element: k1 = gamma * invstd,
  * k2 = mean of g, k3 = mean of g xhat (train; 0 in eval), each rounded to float as before. */
 __global__ void k_bn_coef(int64_t rows, int64_t c, bool train, const float *__restrict__ g,
-                          const float *__restrict__ invstd, const double *__restrict__ sums, float *__restrict__ coef) {
+                          const float *__restrict__ invstd, const double *__restrict__ sums,
+                          const double *__restrict__ rows_all, float *__restrict__ coef) {
+    if (rows_all) rows = (int64_t)*rows_all;
     GRID_STRIDE(j, c) {
         coef[j] = g[j] * invstd[j];
         coef[c + j] = train ? (float)(sums[j] / (double)rows) : 0.0f;
@@ -678,11 +689,15 @@ extern "C" void cu_op_batchnorm_backward(const cu_bn_args *a, const float *d_x, 
                                          const float *d_dy, float *d_dx, float *d_dgamma, float *d_dbeta,
                                          float *d_dres, double *d_work) {
     const float *ymask = a->relu ? d_y : NULL;
-    const double *sums = bn_sums(a->rows, a->c, d_x, d_dy, ymask, d_mean, d_invstd, d_work);
+    double *sums = bn_sums(a->rows, a->c, d_x, d_dy, ymask, d_mean, d_invstd, d_work);
+    /* dgamma and dbeta: this rank's (the gradient sums add the ranks'); dx: the global batch's sums */
     if (d_dgamma || d_dbeta) k_bn_back_gb<<<ops_grid(a->c), 256>>>(a->c, sums, d_dgamma, d_dbeta);
     if (d_dx || d_dres) {
-        float *coef = (float *)(sums + 2 * a->c);
-        k_bn_coef<<<ops_grid(a->c), 256>>>(a->rows, a->c, a->train, d_gamma, d_invstd, sums, coef);
+        bool global = a->train && a->synced;
+        if (global && d_dx) cu_nccl_sum_f64(sums, 2 * a->c);
+        float *coef = (float *)(sums + 2 * a->c + 1);
+        k_bn_coef<<<ops_grid(a->c), 256>>>(a->rows, a->c, a->train, d_gamma, d_invstd, sums,
+                                           global ? a->d_rows_all : NULL, coef);
         bool pow2 = (a->c & (a->c - 1)) == 0;
         if (bn_vec(a->c, d_x, ymask, d_dy, d_dx, d_dres) == 4)
             k_bn_back_dx<4><<<ops_grid(a->rows * a->c / 4), 256>>>(a->rows, a->c, pow2, d_x, d_mean, d_invstd, coef,

@@ -30,8 +30,10 @@ void dist_finalize(void);
 /* This process's rank and the number of ranks (0 and 1 without mpirun). */
 int dist_rank(void);
 int dist_size(void);
-/* Ranks on this machine (threads default to the cores divided among them). */
+/* Ranks on this machine (threads default to the cores divided among them),
+ * and this rank's index among them (its GPU, when ranks train on GPUs). */
 int dist_local_size(void);
+int dist_local_rank(void);
 /* Whether this build can run several ranks ("Open MPI 4.1.4", or why not). */
 const char *dist_describe(void);
 /* Seconds a collective waits for the other ranks (train.dist_timeout_s). */
@@ -44,6 +46,8 @@ void dist_sum_f64(double *buf, int64_t n);
 void dist_sum_f32(float *buf, int64_t n);
 /* The maximum over the ranks. */
 void dist_max_i64(int64_t *buf, int64_t n);
+/* Rank 0's `bytes` at buf, copied to every rank's (NCCL's unique id). */
+void dist_bcast(void *buf, size_t bytes);
 
 /* A non-blocking in-place float sum (gradient buckets overlapped with the
  * backward): start it, advance it with dist_sum_test (true once done; the

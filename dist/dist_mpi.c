@@ -11,7 +11,7 @@
 #include "core/timer.h"
 
 static bool g_on;            /* MPI initialised */
-static int g_rank, g_size = 1, g_local = 1;
+static int g_rank, g_size = 1, g_local = 1, g_local_rank;
 static double g_timeout = 300;
 
 static bool launched_by_mpirun(void) { return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK"); }
@@ -26,6 +26,8 @@ int dist_init(int *argc, char ***argv, mx_err *err) {
     MPI_Comm_size(MPI_COMM_WORLD, &g_size);
     const char *ls = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
     g_local = ls && atoi(ls) > 0 ? atoi(ls) : g_size;
+    const char *lr = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+    g_local_rank = lr && atoi(lr) >= 0 ? atoi(lr) : g_rank;
     g_on = true;
     return 0;
 }
@@ -38,6 +40,7 @@ void dist_finalize(void) {
 int dist_rank(void) { return g_rank; }
 int dist_size(void) { return g_size; }
 int dist_local_size(void) { return g_local; }
+int dist_local_rank(void) { return g_local_rank; }
 
 const char *dist_describe(void) {
     static char d[200];
@@ -191,6 +194,16 @@ void dist_max_i64(int64_t *buf, int64_t n) {
         dist_abort(1);
     }
     dist_wait_req(&q, "an all-reduce");
+}
+
+void dist_bcast(void *buf, size_t bytes) {
+    if (g_size <= 1 || bytes == 0) return;
+    MPI_Request q;
+    if (MPI_Ibcast(buf, (int)bytes, MPI_BYTE, 0, MPI_COMM_WORLD, &q) != MPI_SUCCESS) {
+        fprintf(stderr, "mxtrain: rank %d of %d: broadcast failed; stopping every rank\n", g_rank, g_size);
+        dist_abort(1);
+    }
+    dist_wait_req(&q, "a broadcast");
 }
 
 /* FNV-1a: a mismatch check, not a security measure */

@@ -18,12 +18,14 @@ void dist_finalize(void) {}
 int dist_rank(void) { return 0; }
 int dist_size(void) { return 1; }
 int dist_local_size(void) { return 1; }
+int dist_local_rank(void) { return 0; }
 const char *dist_describe(void) { return "none (built without MPI: one rank)"; }
 void dist_set_timeout(double seconds) { (void)seconds; }
 void dist_abort(int code) { exit(code); }
 void dist_sum_f64(double *buf, int64_t n) { (void)buf, (void)n; }
 void dist_sum_f32(float *buf, int64_t n) { (void)buf, (void)n; }
 void dist_max_i64(int64_t *buf, int64_t n) { (void)buf, (void)n; }
+void dist_bcast(void *buf, size_t bytes) { (void)buf, (void)bytes; }
 dist_req *dist_sum_start(float *buf, int64_t n) { (void)buf, (void)n; return NULL; }
 bool dist_sum_test(dist_req *r) { (void)r; return true; }
 void dist_sum_wait(dist_req *r) { (void)r; }

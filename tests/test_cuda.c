@@ -713,7 +713,7 @@ START_TEST(test_batchnorm_matches_cpu) {
                 memset(hc + 4 * C, 0, sizeof(float) * 4 * C);
                 cu_to_device(dc, hc, sizeof hc);
                 cu_memset(dgx, 0, sizeof(float) * 2 * N);
-                cu_bn_args a = {ROWS, C, 0.1f, 1e-5f, (bool)train, (bool)fused, (bool)bf};
+                cu_bn_args a = {ROWS, C, 0.1f, 1e-5f, (bool)train, (bool)fused, (bool)bf, false, NULL};
                 cu_op_batchnorm(&a, dxd, dc, dc + C, fused ? dres : NULL, dc + 2 * C, dc + 3 * C, dy_out, dc + 4 * C,
                                 dc + 5 * C, work);
                 cu_op_batchnorm_backward(&a, dxd, dc, dy_out, dc + 4 * C, dc + 5 * C, ddy, dgx, dc + 6 * C, dc + 7 * C,
@@ -993,6 +993,77 @@ START_TEST(test_gemm_matches_cpu) {
 }
 END_TEST
 
+
+/* NCCL's code path on one GPU (one rank: the sums are copies, so every result
+ * must keep its bits): a float sum whose length the rank count would not
+ * divide on several ranks, in place, on the sums' own stream, then joined and
+ * awaited; and BatchNorm with synced statistics (train.sync_bn: the sums and
+ * the row count go through NCCL between the kernels) against the unsynced
+ * kernels. Where NCCL cannot be loaded the test fails: the device has it. */
+START_TEST(test_nccl_one_rank) {
+    mx_err err = {0};
+    unsigned char id[CU_NCCL_ID_BYTES];
+    ck_assert_msg(cu_nccl_unique_id(id, &err) == 0, "%s", err.msg);
+    ck_assert_msg(cu_nccl_open(id, 0, 1, 60, &err) == 0, "%s", err.msg);
+    fprintf(stderr, "nccl: %s\n", cu_nccl_library());
+    enum { N = 1000003 };
+    float *x = random_tensor(N, 9), *h = malloc(sizeof(float) * N);
+    float *dx = dev_buf(0, sizeof(float) * N);
+    cu_to_device(dx, x, sizeof(float) * N);
+    cu_nccl_sum_start(dx, N);
+    cu_nccl_sum_start(dx + 17, 5); /* a second, overlapping one, queued after the first */
+    cu_nccl_sum_join();
+    ck_assert_msg(cu_nccl_wait(&err) == 0, "%s", err.msg);
+    cu_to_host(h, dx, sizeof(float) * N);
+    expect_same(h, x, N, "a sum over one rank");
+    double d[7] = {1, -2.5, 3e300, 4, 5, 6, 7}, dh[7];
+    double *dd = dev_buf(1, sizeof d);
+    cu_to_device(dd, d, sizeof d);
+    cu_nccl_sum_f64(dd, 7);
+    cu_to_host(dh, dd, sizeof d);
+    ck_assert_msg(memcmp(d, dh, sizeof d) == 0, "a double sum over one rank changed its values");
+
+    enum { ROWS = 3 * 7 * 5, C = 24, NB = ROWS * C };
+    float *bx = random_tensor(NB, 10), *bdy = random_tensor(NB, 11), *bres = random_tensor(NB, 12);
+    float params[4 * C];
+    for (int j = 0; j < C; j++) params[j] = 1.0f + 0.01f * (float)j, params[C + j] = 0.1f * (float)j,
+                                params[2 * C + j] = 0.0f, params[3 * C + j] = 1.0f;
+    float *out[2][6];
+    for (int synced = 0; synced < 2; synced++) {
+        float *b = dev_buf(2, sizeof(float) * (size_t)(4 * NB + 8 * C));
+        float *dxb = b, *dy = b + NB, *res = b + 2 * NB, *y = b + 3 * NB, *pc = b + 4 * NB; /* g, beta, rm, rv, mean, invstd, dg, db */
+        float *ddx = dev_buf(3, sizeof(float) * 2 * NB), *dres = ddx + NB;
+        double *work = dev_buf(4, cu_bn_work_bytes(ROWS, C)), *rows_all = dev_buf(5, sizeof(double));
+        cu_to_device(dxb, bx, sizeof(float) * NB), cu_to_device(dy, bdy, sizeof(float) * NB);
+        cu_to_device(res, bres, sizeof(float) * NB), cu_to_device(pc, params, sizeof params);
+        cu_memset(pc + 4 * C, 0, sizeof(float) * 4 * C), cu_memset(ddx, 0, sizeof(float) * 2 * NB);
+        cu_bn_args a = {ROWS, C, 0.1f, 1e-5f, true, true, false, synced == 1, synced ? rows_all : NULL};
+        cu_op_batchnorm(&a, dxb, pc, pc + C, res, pc + 2 * C, pc + 3 * C, y, pc + 4 * C, pc + 5 * C, work);
+        cu_op_batchnorm_backward(&a, dxb, pc, y, pc + 4 * C, pc + 5 * C, dy, ddx, pc + 6 * C, pc + 7 * C, dres, work);
+        float *ptrs[6] = {y, ddx, dres, pc + 2 * C, pc + 6 * C, pc + 7 * C};
+        int64_t lens[6] = {NB, NB, NB, 2 * C, C, C};
+        for (int k = 0; k < 6; k++) {
+            out[synced][k] = malloc(sizeof(float) * (size_t)lens[k]);
+            cu_to_host(out[synced][k], ptrs[k], sizeof(float) * (size_t)lens[k]);
+        }
+        if (synced) {
+            double r;
+            cu_to_host(&r, rows_all, sizeof r);
+            ck_assert_msg(r == ROWS, "synced batchnorm saved %g rows, want %d", r, ROWS);
+        }
+    }
+    static const char *const what[6] = {"y", "dx", "dres", "running stats", "dgamma", "dbeta"};
+    int64_t lens[6] = {NB, NB, NB, 2 * C, C, C};
+    for (int k = 0; k < 6; k++) {
+        expect_same(out[1][k], out[0][k], lens[k], what[k]);
+        free(out[0][k]), free(out[1][k]);
+    }
+    cu_nccl_close();
+    ck_assert(!cu_nccl_is_open());
+    free(x), free(h), free(bx), free(bdy), free(bres);
+}
+END_TEST
+
 int main(void) {
     if (!cu_available()) {
         printf("test_cuda: no GPU is visible: skipped (runs on the accelerator machine)\n");
@@ -1019,6 +1090,7 @@ int main(void) {
     tcase_add_test(tc, test_batchnorm_matches_cpu);
     tcase_add_test(tc, test_pooling_matches_cpu);
     tcase_add_test(tc, test_shape_ops_match_cpu);
+    tcase_add_test(tc, test_nccl_one_rank);
     tcase_set_timeout(tc, 600);
     suite_add_tcase(s, tc);
     return test_run_suite(s);

@@ -15,6 +15,7 @@
 #include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
+#include "train/ddp.h"
 #include "train/runlog.h"
 #include "train/trainer.h"
 
@@ -447,6 +448,63 @@ START_TEST(test_unchecked_step_reruns_checked) {
 }
 END_TEST
 
+
+/* The GPU ranks' code path on one GPU: gradient buckets summed through NCCL
+ * on their own stream as the backward reaches them (1 MB buckets: dozens per
+ * step, the last one shorter), joined, divided by the rank count, and
+ * BatchNorm's statistics through NCCL (train.sync_bn). With one rank every
+ * sum is a copy, so losses and weights must equal a run without them bit
+ * for bit; each step must have started every bucket once. Several GPUs are
+ * not lent here: the sums' arithmetic over ranks is dist.h's design, tested
+ * on the CPU (test_dist). */
+START_TEST(test_ddp_one_gpu_rank) {
+    enum { STEPS = 3, BATCH = 8 };
+    config *c = model_config_for(RESNET18 " quant.format=mxsf quant.tiling=2d train.device=cuda");
+    double loss[2][STEPS];
+    float *w[2];
+    size_t nt = 0;
+    for (int k = 0; k < 2; k++) {
+        session s;
+        mx_err err = {0};
+        ck_assert_msg(session_open(&s, c, &err) == 0, "%s", err.msg);
+        if (k == 1) {
+            s.ddp = ddp_open_world(&s.m.params, (int64_t)1 << 20, 60, &err);
+            ck_assert_msg(s.ddp, "%s", err.msg);
+            s.ctx.run.sync_bn = true;
+        }
+        optim_config oc = config_optim(c);
+        optimizer o;
+        optim_init(&o, &oc, &s.m.params);
+        int side = 32, n = BATCH * side * side * 3;
+        float *x = malloc(sizeof(float) * (size_t)n);
+        int32_t y[BATCH];
+        for (int i = 0; i < STEPS; i++) {
+            rng r;
+            rng_init(&r, 7, (uint64_t)i);
+            for (int j = 0; j < n; j++) x[j] = rng_normal(&r);
+            for (int j = 0; j < BATCH; j++) y[j] = (int32_t)rng_below(&r, 10);
+            loss[k][i] = session_forward_backward(&s, x, y, BATCH, side, 3, (uint64_t)i);
+            optim_step(&o, oc.lr);
+        }
+        nt = s.m.params.n_trainable;
+        if (k == 1) ck_assert_int_eq(ddp_elements_started(s.ddp), (int64_t)(STEPS * nt));
+        param_store_download(&s.m.params, false);
+        w[k] = malloc(sizeof(float) * nt);
+        memcpy(w[k], s.m.params.data, sizeof(float) * nt);
+        free(x);
+        optim_free(&o);
+        session_close(&s);
+    }
+    cu_nccl_close();
+    fprintf(stderr, "  one GPU rank through NCCL (%s): losses %.9g %.9g %.9g, without %.9g %.9g %.9g\n",
+            cu_nccl_library(), loss[1][0], loss[1][1], loss[1][2], loss[0][0], loss[0][1], loss[0][2]);
+    for (int i = 0; i < STEPS; i++) ck_assert_msg(loss[0][i] == loss[1][i], "step %d: loss %.9g through NCCL, %.9g without", i + 1, loss[1][i], loss[0][i]);
+    ck_assert_msg(memcmp(w[0], w[1], sizeof(float) * nt) == 0, "weights after %d steps through NCCL differ", STEPS);
+    free(w[0]), free(w[1]);
+    free(c);
+}
+END_TEST
+
 /* ---------------- whole runs ---------------- */
 
 static config *run_config_for(const char *dir, const char *extra) {
@@ -563,6 +621,7 @@ int main(void) {
     tcase_add_test(tc, test_every_product_under_mx_matches_cpu);
     tcase_add_test(tc, test_training_matches_cpu);
     tcase_add_test(tc, test_unchecked_step_reruns_checked);
+    tcase_add_test(tc, test_ddp_one_gpu_rank);
     tcase_add_test(tc, test_resume_on_gpu_is_bit_identical);
     suite_add_tcase(s, tc);
     return test_run_suite(s);

@@ -13,8 +13,15 @@
 
 typedef struct ddp ddp;
 
-/* Buckets of about bucket_bytes over ps's host gradients; NULL with one rank. */
-ddp *ddp_open(param_store *ps, int64_t bucket_bytes);
+/* Buckets of about bucket_bytes over ps's gradients (host ones summed by
+ * dist.h, device ones by NCCL: its communicator is opened here); *out NULL
+ * with one rank. -1 with err when NCCL cannot start. */
+int ddp_open(param_store *ps, int64_t bucket_bytes, double timeout_s, ddp **out, mx_err *err);
+/* The same with any rank count, one included (tests drive the sums' code
+ * path on one GPU with it); NULL with err on failure. */
+ddp *ddp_open_world(param_store *ps, int64_t bucket_bytes, double timeout_s, mx_err *err);
+/* Elements whose sums this ddp started, over its life (every bucket once a step). */
+int64_t ddp_elements_started(const ddp *d);
 void ddp_close(ddp *d);
 /* Before ag_backward, the tape recorded: hooks the context. */
 void ddp_begin(ddp *d, ag_ctx *ctx);

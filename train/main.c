@@ -5,6 +5,7 @@
 
 #include "core/cpu.h"
 #include "core/threads.h"
+#include "cuda/cuda.h"
 #include "dist/dist.h"
 #include "train/cli.h"
 #include "train/commands.h"
@@ -75,6 +76,7 @@ int main(int argc, char **argv) {
         threads = threads > 0 ? threads : 1;
     }
     threads_set(threads);
+    cu_select_device(dist_local_rank()); /* GPU ranks: one GPU each */
     int rc = main_run(argc, argv);
     /* an error (1) may be this rank's alone: the others must not wait for it; an
        interruption (agreed at a step) and usage errors end every rank by themselves */

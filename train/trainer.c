@@ -48,17 +48,16 @@ int session_open(session *s, const config *cfg, mx_err *err) {
     }
     if (s->has_plan) mm_plan_init(&s->plan, &pol, &s->m.params.sites);
     ag_ctx_init(&s->ctx, 0);
-    if (dist_size() > 1 && cfg->v.train.device == CLI_DEVICE_CUDA) {
-        if (s->has_plan) mm_plan_free(&s->plan);
-        ag_ctx_free(&s->ctx);
-        model_free(&s->m);
-        return mx_err_set(err, "train.device = cuda on %d ranks needs NCCL gradient sums, which this build does not "
-                          "have yet (several ranks train on the CPU)", dist_size());
-    }
     if (cfg->v.train.device == CLI_DEVICE_CUDA) {
         mx_err e;
         if (cu_init(&e) || cu_gemm_open(&e)) {
             mx_err_set(err, "train.device = cuda: %s", e.msg);
+            session_close(s);
+            return -1;
+        }
+        if (dist_local_size() > cu_device_count()) { /* NCCL takes one GPU per rank */
+            mx_err_set(err, "train.device = cuda: %d ranks on this machine need a GPU each; %d visible",
+                       dist_local_size(), cu_device_count());
             session_close(s);
             return -1;
         }
@@ -73,8 +72,11 @@ int session_open(session *s, const config *cfg, mx_err *err) {
     s->ctx.run.cpu_bf16 = !s->ctx.gpu && cfg->v.train.cpu_gemm != TRAIN_CPU_GEMM_FP32 && gemm_bf16_available();
     s->ctx.run.cpu_f32_dnnl = !s->ctx.gpu && cfg->v.train.cpu_gemm == TRAIN_CPU_GEMM_AUTO && gemm_dnnl_f32_preferred();
     s->ctx.run.elementwise_bf16 = config_elementwise_bf16(cfg);
-    s->ctx.run.sync_bn = cfg->v.train.sync_bn;
-    s->ddp = ddp_open(&s->m.params, (int64_t)25 << 20); /* PyTorch DDP's bucket size */
+    s->ctx.run.sync_bn = cfg->v.train.sync_bn && dist_size() > 1;
+    if (ddp_open(&s->m.params, (int64_t)25 << 20, cfg->v.train.dist_timeout_s, &s->ddp, err)) { /* DDP's bucket size */
+        session_close(s);
+        return -1;
+    }
     s->ctx.run.seed = (uint64_t)cfg->v.train.seed;
     s->label_smoothing = (float)cfg->v.train.label_smoothing;
     return 0;
@@ -126,7 +128,9 @@ double session_forward_backward(session *s, const float *images, const int32_t *
     mm_plan saved = s->has_plan ? s->plan : (mm_plan){0};
     if (unchecked) cu_copy(s->d_buffers_before, ps->d_buffers, sizeof(float) * ps->n_buffers);
     float l = session_forward_backward_once(s, images, labels, count, side, chans, step);
-    if (unchecked && cu_quant_inexact_take() > 0) {
+    int64_t inexact = unchecked ? cu_quant_inexact_take() : 0;
+    if (unchecked && dist_size() > 1) dist_max_i64(&inexact, 1); /* any rank's rerun is every rank's */
+    if (inexact > 0) {
         /* some operand held values bf16 cannot (blocks scaled near 2^-127): the
            step again as the checked path forms it, from the same state */
         cu_copy(ps->d_buffers, s->d_buffers_before, sizeof(float) * ps->n_buffers);
