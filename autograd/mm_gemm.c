@@ -20,36 +20,39 @@
 #include "core/error.h"
 #include "core/gemm.h"
 
-/* The GEMM of one product: gemm_f32, or gemm_bf16_f32 when both operands are
- * quantized (their values are bf16) and the run allows the BF16 units. */
-typedef void (*mm_gemm_fn)(bool, bool, int, int, int, float, const float *, int, const float *, int, float, float *,
-                           int);
+/* The GEMMs of one product: gemm_f32's, or gemm_bf16_f32's when both
+ * operands are quantized (their values are bf16) and the run allows the BF16
+ * units; batched forms, so a batch of products is one oneDNN call. */
+typedef gemm_batched_fn mm_gemm_fn;
+static const gemm_batch mm_one = {1, 0, 0, 0};
 
 static mm_gemm_fn mm_cpu_gemm(const ag_ctx *ctx, quant_format fa, quant_format fb) {
-    if (ctx->run.cpu_bf16 && fa != QUANT_FORMAT_FP32 && fb != QUANT_FORMAT_FP32) return gemm_bf16_f32;
-    return ctx->run.cpu_f32_dnnl ? gemm_dnnl_f32 : gemm_f32;
+    if (ctx->run.cpu_bf16 && fa != QUANT_FORMAT_FP32 && fb != QUANT_FORMAT_FP32) return gemm_bf16_f32_batched;
+    return ctx->run.cpu_f32_dnnl ? gemm_dnnl_f32_batched : gemm_f32_batched;
 }
 
 /* ---------------- dense ---------------- */
 
 static void dense_y(mm_gemm_fn gemm, const mm_shape *sh, const float *a, const float *b, float *y) {
-    for (int i = 0; i < sh->batch; i++)
-        gemm(false, sh->b_trans, sh->m, sh->n, sh->k, 1.0f, a + i * sh->stride_a, sh->k, b + i * sh->stride_b,
-                 sh->b_trans ? sh->k : sh->n, 0.0f, y + i * sh->stride_y, sh->n);
+    gemm_batch bt = {sh->batch, sh->stride_a, sh->stride_b, sh->stride_y};
+    gemm(&bt, false, sh->b_trans, sh->m, sh->n, sh->k, 1.0f, a, sh->k, b, sh->b_trans ? sh->k : sh->n, 0.0f, y, sh->n);
 }
 
 static void dense_da(mm_gemm_fn gemm, const mm_shape *sh, const float *dy, const float *b, float *da) {
-    for (int i = 0; i < sh->batch; i++) /* dA[M,K] += dY[M,N] . B'^T */
-        gemm(false, !sh->b_trans, sh->m, sh->k, sh->n, 1.0f, dy + i * sh->stride_y, sh->n, b + i * sh->stride_b,
-                 sh->b_trans ? sh->k : sh->n, 1.0f, da + i * sh->stride_a, sh->k);
+    gemm_batch bt = {sh->batch, sh->stride_y, sh->stride_b, sh->stride_a}; /* dA[M,K] += dY[M,N] . B'^T */
+    gemm(&bt, false, !sh->b_trans, sh->m, sh->k, sh->n, 1.0f, dy, sh->n, b, sh->b_trans ? sh->k : sh->n, 1.0f, da,
+         sh->k);
 }
 
-/* rows m of A and dY, lda/ldy their row strides */
-static void dense_db1(mm_gemm_fn gemm, const mm_shape *sh, int m, const float *a, const float *dy, float *db) {
-    if (sh->b_trans) /* dB[N,K] += dY^T[N,M] . A[M,K] */
-        gemm(true, false, sh->n, sh->k, m, 1.0f, dy, sh->n, a, sh->k, 1.0f, db, sh->k);
-    else /* dB[K,N] += A^T[K,M] . dY[M,N] */
-        gemm(true, false, sh->k, sh->n, m, 1.0f, a, sh->k, dy, sh->n, 1.0f, db, sh->n);
+/* rows m of A and dY (each of `bt`'s products), lda/ldy their row strides */
+static void dense_db1(mm_gemm_fn gemm, const gemm_batch *bt, const mm_shape *sh, int m, const float *a,
+                      const float *dy, float *db) {
+    if (sh->b_trans) { /* dB[N,K] += dY^T[N,M] . A[M,K] */
+        gemm_batch t = {bt->count, bt->stride_b, bt->stride_a, bt->stride_c};
+        gemm(&t, true, false, sh->n, sh->k, m, 1.0f, dy, sh->n, a, sh->k, 1.0f, db, sh->k);
+    } else { /* dB[K,N] += A^T[K,M] . dY[M,N] */
+        gemm(bt, true, false, sh->k, sh->n, m, 1.0f, a, sh->k, dy, sh->n, 1.0f, db, sh->n);
+    }
 }
 
 /* ---------------- im2col by chunks ---------------- */
@@ -125,7 +128,8 @@ static void conv_y(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, const float
         double t0 = ag_prof_start(ctx);
         conv_gather_rows(&win, x, r0, r1, cols);
         ag_prof_stop(ctx, AG_PROF_GATHER, t0);
-        gemm(false, true, (int)(r1 - r0), (int)O, (int)K, 1.0f, cols, (int)K, w, (int)K, 0.0f, y + r0 * O, (int)O);
+        gemm(&mm_one, false, true, (int)(r1 - r0), (int)O, (int)K, 1.0f, cols, (int)K, w, (int)K, 0.0f, y + r0 * O,
+             (int)O);
     }
     arena_release(&ctx->scratch, mark);
 }
@@ -153,16 +157,16 @@ static void conv_dx(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, const floa
             double t0 = ag_prof_start(ctx);
             conv_gather_rows(&win, dy, r0, r1, cols);
             ag_prof_stop(ctx, AG_PROF_GATHER, t0);
-            gemm(false, false, (int)(r1 - r0), (int)g->c, (int)KO, 1.0f, cols, (int)KO, wt, (int)g->c, 1.0f,
-                     dx + r0 * g->c, (int)g->c);
+            gemm(&mm_one, false, false, (int)(r1 - r0), (int)g->c, (int)KO, 1.0f, cols, (int)KO, wt, (int)g->c, 1.0f,
+                 dx + r0 * g->c, (int)g->c);
         }
     } else {
         int64_t rows = conv_chunk_rows(ctx, K, O, M, 1);
         float *dcols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
         for (int64_t r0 = 0; r0 < M; r0 += rows) {
             int64_t r1 = r0 + rows < M ? r0 + rows : M;
-            gemm(false, false, (int)(r1 - r0), (int)K, (int)O, 1.0f, dy + r0 * O, (int)O, w, (int)K, 0.0f, dcols,
-                     (int)K);
+            gemm(&mm_one, false, false, (int)(r1 - r0), (int)K, (int)O, 1.0f, dy + r0 * O, (int)O, w, (int)K, 0.0f,
+                 dcols, (int)K);
             double t0 = ag_prof_start(ctx);
             conv_col2im_add_rows(g, dcols, r0, r1, dx);
             ag_prof_stop(ctx, AG_PROF_GATHER, t0);
@@ -185,7 +189,8 @@ static void conv_dw(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, mm_rowq *q
         conv_gather_rows(&win, x, r0, r1, cols);
         ag_prof_stop(ctx, AG_PROF_GATHER, t0);
         arena_mark chunk = arena_get_mark(&ctx->scratch);
-        dense_db1(gemm, sh, (int)(r1 - r0), mm_rowq_apply(q, cols, 1, r0, r1 - r0, K).values, dy + r0 * sh->n, dw);
+        dense_db1(gemm, &mm_one, sh, (int)(r1 - r0), mm_rowq_apply(q, cols, 1, r0, r1 - r0, K).values, dy + r0 * sh->n,
+                  dw);
         arena_release(&ctx->scratch, chunk);
     }
     arena_release(&ctx->scratch, mark);
@@ -231,8 +236,8 @@ static void mm_gemm_db_run(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const qu
     }
     arena_mark mark = arena_get_mark(&ctx->scratch);
     quant_tensor aq = mm_rowq_apply(q, mm_cpu_values(a), sh->batch, 0, sh->m, sh->k);
-    for (int i = 0; i < sh->batch; i++)
-        dense_db1(gemm, sh, sh->m, aq.values + i * sh->stride_a, mm_cpu_values(dy) + i * sh->stride_y, db + i * sh->stride_b);
+    gemm_batch bt = {sh->batch, sh->stride_a, sh->stride_y, sh->stride_b}; /* (A, dY, dB) of each product */
+    dense_db1(gemm, &bt, sh, sh->m, aq.values, mm_cpu_values(dy), db);
     arena_release(&ctx->scratch, mark);
 }
 

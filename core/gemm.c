@@ -12,6 +12,13 @@ void gemm_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, cons
                 alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+void gemm_f32_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                      const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    for (int i = 0; i < bt->count; i++)
+        gemm_f32(trans_a, trans_b, m, n, k, alpha, a + i * bt->stride_a, lda, b + i * bt->stride_b, ldb, beta,
+                 c + i * bt->stride_c, ldc);
+}
+
 void gemm_ref_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                   const float *b, int ldb, float beta, float *c, int ldc) {
     for (int i = 0; i < m; i++)

@@ -8,6 +8,7 @@
 #define MX_CORE_GEMM_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 void gemm_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
               const float *b, int ldb, float beta, float *c, int ldc);
@@ -34,6 +35,24 @@ bool gemm_dnnl_f32_preferred(void);
 const char *gemm_dnnl_f32_engine(void);
 /* Tests: false sends every gemm_bf16_f32 call to gemm_f32. */
 void gemm_bf16_set_enabled(bool on);
+
+/* Batched forms: `count` products of one shape, the i-th on a + i * stride_a,
+ * b + i * stride_b, c + i * stride_c (elements). oneDNN runs them as one
+ * batched matmul, its threads across the products (attention's 192 small
+ * products per layer are one call, not 192); gemm_f32_batched loops. The
+ * unbatched functions above are these with count 1. */
+typedef struct gemm_batch {
+    int count;
+    int64_t stride_a, stride_b, stride_c;
+} gemm_batch;
+typedef void (*gemm_batched_fn)(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                                const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+void gemm_f32_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                      const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+void gemm_bf16_f32_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                           const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+void gemm_dnnl_f32_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                           const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
 void gemm_ref_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                   const float *b, int ldb, float beta, float *c, int ldc);

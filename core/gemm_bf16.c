@@ -43,7 +43,9 @@
     X(dnnl_memory_set_data_handle, (dnnl_memory_t, void *))                                                    \
     X(dnnl_primitive_execute, (const_dnnl_primitive_t, dnnl_stream_t, int, const dnnl_exec_arg_t *))           \
     X(dnnl_stream_wait, (dnnl_stream_t))                                                                       \
-    X(dnnl_primitive_attr_set_scratchpad_mode, (dnnl_primitive_attr_t, dnnl_scratchpad_mode_t))
+    X(dnnl_primitive_attr_set_scratchpad_mode, (dnnl_primitive_attr_t, dnnl_scratchpad_mode_t))               \
+    X(dnnl_primitive_destroy, (dnnl_primitive_t))                                                              \
+    X(dnnl_memory_destroy, (dnnl_memory_t))
 
 #define DNNL_PTR(name, args) static dnnl_status_t(*p_##name) args;
 DNNL_FUNCS(DNNL_PTR)
@@ -62,6 +64,8 @@ typedef struct bf_plan {
     dnnl_data_type_t dt; /* of A and B: bf16 (compact copies) or f32 (the caller's matrices, strided) */
     bool ta, tb, accumulate;
     int m, n, k, lda, ldb;
+    int count;                 /* products in the batch (1: the strides are 0) */
+    int64_t sa, sb, sc;
     dnnl_primitive_t prim;
     dnnl_memory_t a, b, c, scratch; /* scratch: our buffer, not one oneDNN maps (and faults in) per call */
     size_t scratch_bytes;
@@ -71,28 +75,41 @@ static int g_nplans, g_capplans;
 
 #define DN_OK(call) ((call) == dnnl_success)
 
-/* A plan for C[m,n] (row stride ldc = n) = op(A) op(B), A and B of type dt
- * with row strides lda, ldb (A stored [m,k], or [k,m] when ta; B [k,n], or [n,k] when tb). */
-static bf_plan *bf_plan_get(dnnl_data_type_t dt, bool ta, bool tb, int m, int n, int k, int lda, int ldb, int ldc,
-                            bool accumulate, const char **impl) {
+/* A plan for `count` products C[m,n] (row stride ldc = n) = op(A) op(B), A
+ * and B of type dt with row strides lda, ldb (A stored [m,k], or [k,m] when
+ * ta; B [k,n], or [n,k] when tb), the i-th at i times the strides sa, sb, sc
+ * (sb 0: one B for every product). NULL if oneDNN will not build it and
+ * `must` is false. */
+static bf_plan *bf_plan_get(dnnl_data_type_t dt, const gemm_batch *bt, bool ta, bool tb, int m, int n, int k, int lda,
+                            int ldb, int ldc, bool accumulate, bool must, const char **impl) {
+    int count = bt->count;
+    int64_t sa = count > 1 ? bt->stride_a : 0, sb = count > 1 ? bt->stride_b : 0, sc = count > 1 ? bt->stride_c : 0;
     for (int i = 0; i < g_nplans; i++) {
         bf_plan *p = &g_plans[i];
         if (p->dt == dt && p->ta == ta && p->tb == tb && p->m == m && p->n == n && p->k == k && p->lda == lda &&
-            p->ldb == ldb && p->accumulate == accumulate && ldc == n)
-            return p;
+            p->ldb == ldb && p->accumulate == accumulate && ldc == n && p->count == count && p->sa == sa &&
+            p->sb == sb && p->sc == sc)
+            return p->prim ? p : NULL; /* a plan oneDNN would not build is remembered too */
     }
     dnnl_memory_desc_t ad, bd, cd;
-    dnnl_dims_t adims = {m, k}, astr = {ta ? 1 : lda, ta ? lda : 1};
-    dnnl_dims_t bdims = {k, n}, bstr = {tb ? 1 : ldb, tb ? ldb : 1};
-    dnnl_dims_t cdims = {m, n}, cstr = {ldc, 1};
+    /* batched: a leading product axis (B's of extent 1 when every product shares it) */
+    int nd = count > 1 ? 3 : 2, o = nd - 2;
+    dnnl_dims_t adims = {0}, astr = {0}, bdims = {0}, bstr = {0}, cdims = {0}, cstr = {0};
+    if (count > 1) {
+        adims[0] = count, astr[0] = sa, bdims[0] = sb ? count : 1, bstr[0] = sb ? sb : (int64_t)k * n;
+        cdims[0] = count, cstr[0] = sc;
+    }
+    adims[o] = m, adims[o + 1] = k, astr[o] = ta ? 1 : lda, astr[o + 1] = ta ? lda : 1;
+    bdims[o] = k, bdims[o + 1] = n, bstr[o] = tb ? 1 : ldb, bstr[o + 1] = tb ? ldb : 1;
+    cdims[o] = m, cdims[o + 1] = n, cstr[o] = ldc, cstr[o + 1] = 1;
     dnnl_matmul_desc_t md;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    bf_plan p = {dt, ta, tb, accumulate, m, n, k, lda, ldb, NULL, NULL, NULL, NULL, NULL, 0};
-    bool ok = DN_OK(p_dnnl_memory_desc_init_by_strides(&ad, 2, adims, dt, astr)) &&
-              DN_OK(p_dnnl_memory_desc_init_by_strides(&bd, 2, bdims, dt, bstr)) &&
-              DN_OK(p_dnnl_memory_desc_init_by_strides(&cd, 2, cdims, dnnl_f32, cstr)) &&
+    bf_plan p = {dt, ta, tb, accumulate, m, n, k, lda, ldb, count, sa, sb, sc, NULL, NULL, NULL, NULL, NULL, 0};
+    bool ok = DN_OK(p_dnnl_memory_desc_init_by_strides(&ad, nd, adims, dt, astr)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_strides(&bd, nd, bdims, dt, bstr)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_strides(&cd, nd, cdims, dnnl_f32, cstr)) &&
               DN_OK(p_dnnl_matmul_desc_init(&md, &ad, &bd, NULL, &cd)) && DN_OK(p_dnnl_primitive_attr_create(&attr)) &&
               DN_OK(p_dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
     if (ok && accumulate)
@@ -108,14 +125,21 @@ static bf_plan *bf_plan_get(dnnl_data_type_t dt, bool ta, bool tb, int m, int n,
     if (po) p_dnnl_post_ops_destroy(po);
     if (attr) p_dnnl_primitive_attr_destroy(attr);
     if (pd) p_dnnl_primitive_desc_destroy(pd);
-    MX_ASSERTF(ok, "oneDNN: cannot build a %dx%dx%d %s matmul", m, n, k, dt == dnnl_bf16 ? "bf16" : "f32");
+    MX_ASSERTF(ok || !must, "oneDNN: cannot build a %dx%dx%d %s matmul", m, n, k, dt == dnnl_bf16 ? "bf16" : "f32");
+    if (!ok) {
+        if (p.prim) p_dnnl_primitive_destroy(p.prim);
+        if (p.a) p_dnnl_memory_destroy(p.a);
+        if (p.b) p_dnnl_memory_destroy(p.b);
+        if (p.c) p_dnnl_memory_destroy(p.c);
+        p.prim = NULL;
+    }
     if (g_nplans == g_capplans) {
         g_capplans = g_capplans ? 2 * g_capplans : 64;
         g_plans = realloc(g_plans, sizeof *g_plans * (size_t)g_capplans);
         MX_ASSERT(g_plans);
     }
     g_plans[g_nplans] = p;
-    return &g_plans[g_nplans++];
+    return ok ? &g_plans[g_nplans++] : (g_nplans++, NULL);
 }
 
 /* Loads oneDNN and makes its CPU engine, once; false (g_engine says why) if it cannot. */
@@ -162,7 +186,7 @@ static bool bf_open(void) {
     g_state = BF_OFF;
     if (!dn_load()) return false;
     const char *impl = NULL;
-    bf_plan_get(dnnl_bf16, false, true, 64, 64, 64, 64, 64, 64, false, &impl);
+    bf_plan_get(dnnl_bf16, &(gemm_batch){1, 0, 0, 0}, false, true, 64, 64, 64, 64, 64, 64, false, true, &impl);
     if (!impl || !strstr(impl, "bf16") || strstr(impl, "ref")) { /* emulated: slower than FP32 */
         snprintf(g_engine, sizeof g_engine, "none (oneDNN's bf16 matmul here is '%s', not BF16 units)",
                  impl ? impl : "?");
@@ -182,13 +206,17 @@ bool gemm_bf16_available(void) { return bf_open(); }
 
 void gemm_bf16_set_enabled(bool on) { g_disabled = !on; }
 
-/* rows x cols of src (row stride ld) into a compact bf16 copy; false if some value is not a normal bf16 or zero. */
-static bool to_bf16(const float *src, int rows, int cols, int ld, uint16_t *dst) {
+/* `count` matrices of rows x cols (row stride ld, the i-th at src + i *
+ * stride) into compact bf16 copies, one after the other; false if some value
+ * is not a normal bf16 or zero. */
+static bool to_bf16(const float *src, int count, int64_t stride, int rows, int cols, int ld, uint16_t *dst) {
     int bad = 0;
-#pragma omp parallel for schedule(static) reduction(| : bad) if ((int64_t)rows * cols >= 65536)
-    for (int r = 0; r < rows; r++) {
-        const uint32_t *s = (const uint32_t *)(src + (int64_t)r * ld);
-        uint16_t *d = dst + (int64_t)r * cols;
+    int64_t all = (int64_t)count * rows;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (all * cols >= 65536)
+    for (int64_t q = 0; q < all; q++) {
+        int64_t i = q / rows, r = q % rows;
+        const uint32_t *s = (const uint32_t *)(src + i * stride + r * ld);
+        uint16_t *d = dst + q * cols;
         uint32_t acc = 0;
         for (int c = 0; c < cols; c++) {
             uint32_t u = s[c];
@@ -215,23 +243,36 @@ static uint16_t *bf_buffer(int which, size_t n) {
 
 static void dn_execute(bf_plan *p, const void *a, const void *b, float *c, int m, int n, int k);
 
+/* A batch oneDNN is not given as one matmul: products overlapping in C (accumulated one after another) */
+static bool batch_ok(const gemm_batch *bt) { return bt->count <= 1 || (bt->stride_a != 0 && bt->stride_c != 0); }
+
+void gemm_bf16_f32_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                           const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    if (m == 0 || n == 0 || bt->count == 0) return;
+    if (g_disabled || alpha != 1.0f || (beta != 0.0f && beta != 1.0f) || k == 0 || ldc != n || !batch_ok(bt) ||
+        !bf_open()) {
+        gemm_f32_batched(bt, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    int nb = bt->count > 1 && bt->stride_b == 0 ? 1 : bt->count; /* B's copies */
+    uint16_t *a16 = bf_buffer(0, (size_t)bt->count * m * k), *b16 = bf_buffer(1, (size_t)nb * k * n);
+    bool exact = trans_a ? to_bf16(a, bt->count, bt->stride_a, k, m, lda, a16)
+                         : to_bf16(a, bt->count, bt->stride_a, m, k, lda, a16);
+    exact = exact && (trans_b ? to_bf16(b, nb, bt->stride_b, n, k, ldb, b16) : to_bf16(b, nb, bt->stride_b, k, n, ldb, b16));
+    gemm_batch cb = {bt->count, (int64_t)m * k, nb > 1 ? (int64_t)k * n : 0, bt->stride_c};
+    bf_plan *p = exact ? bf_plan_get(dnnl_bf16, &cb, trans_a, trans_b, m, n, k, trans_a ? m : k, trans_b ? k : n, ldc,
+                                     beta != 0.0f, bt->count == 1, NULL)
+                       : NULL;
+    if (!p) {
+        gemm_f32_batched(bt, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    dn_execute(p, a16, b16, c, m, n, k);
+}
+
 void gemm_bf16_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                    const float *b, int ldb, float beta, float *c, int ldc) {
-    if (m == 0 || n == 0) return;
-    if (g_disabled || alpha != 1.0f || (beta != 0.0f && beta != 1.0f) || k == 0 || ldc != n || !bf_open()) {
-        gemm_f32(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        return;
-    }
-    uint16_t *a16 = bf_buffer(0, (size_t)m * k), *b16 = bf_buffer(1, (size_t)k * n);
-    bool exact = trans_a ? to_bf16(a, k, m, lda, a16) : to_bf16(a, m, k, lda, a16);
-    exact = exact && (trans_b ? to_bf16(b, n, k, ldb, b16) : to_bf16(b, k, n, ldb, b16));
-    if (!exact) {
-        gemm_f32(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        return;
-    }
-    bf_plan *p = bf_plan_get(dnnl_bf16, trans_a, trans_b, m, n, k, trans_a ? m : k, trans_b ? k : n, ldc, beta != 0.0f,
-                             NULL);
-    dn_execute(p, a16, b16, c, m, n, k);
+    gemm_bf16_f32_batched(&(gemm_batch){1, 0, 0, 0}, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 /* Runs plan p on A, B, C (its scratchpad in one buffer of ours, grown once to the largest need). */
@@ -261,7 +302,7 @@ const char *gemm_dnnl_f32_engine(void) {
     if (!dn_load()) return g_engine;
     if (!desc[0]) { /* probed once: a cached plan does not report its implementation again */
         const char *impl = NULL;
-        bf_plan_get(dnnl_f32, false, true, 64, 64, 64, 64, 64, 64, false, &impl);
+        bf_plan_get(dnnl_f32, &(gemm_batch){1, 0, 0, 0}, false, true, 64, 64, 64, 64, 64, 64, false, true, &impl);
         snprintf(desc, sizeof desc, "oneDNN %s", impl ? impl : "?");
     }
     return desc;
@@ -273,12 +314,20 @@ bool gemm_dnnl_f32_preferred(void) {
     return pref;
 }
 
-void gemm_dnnl_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
-                   const float *b, int ldb, float beta, float *c, int ldc) {
-    if (m == 0 || n == 0) return;
-    if (alpha != 1.0f || (beta != 0.0f && beta != 1.0f) || k == 0 || ldc != n || !dn_load()) {
-        gemm_f32(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+void gemm_dnnl_f32_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
+                           const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    if (m == 0 || n == 0 || bt->count == 0) return;
+    bf_plan *p = NULL;
+    if (alpha == 1.0f && (beta == 0.0f || beta == 1.0f) && k != 0 && ldc == n && batch_ok(bt) && dn_load())
+        p = bf_plan_get(dnnl_f32, bt, trans_a, trans_b, m, n, k, lda, ldb, ldc, beta != 0.0f, bt->count == 1, NULL);
+    if (!p) {
+        gemm_f32_batched(bt, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }
-    dn_execute(bf_plan_get(dnnl_f32, trans_a, trans_b, m, n, k, lda, ldb, ldc, beta != 0.0f, NULL), a, b, c, m, n, k);
+    dn_execute(p, a, b, c, m, n, k);
+}
+
+void gemm_dnnl_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                   const float *b, int ldb, float beta, float *c, int ldc) {
+    gemm_dnnl_f32_batched(&(gemm_batch){1, 0, 0, 0}, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }

@@ -246,6 +246,47 @@ START_TEST(test_gemm_dnnl_f32_engine) {
 }
 END_TEST
 
+
+/* The batched forms (one oneDNN matmul over every product of a batch) equal
+ * gemm_f32 product by product up to the order of sums: compact batches, a B
+ * shared by every product (stride 0), and products accumulating into one C
+ * (stride 0: they must run one after another, as gemm_f32 does); bf16 and
+ * f32 engines, every transpose, both betas. */
+START_TEST(test_gemm_batched) {
+    rng r;
+    rng_init(&r, 8, 0);
+    enum { COUNT = 5 };
+    const int sizes[][3] = {{65, 65, 64}, {65, 64, 65}, {7, 5, 3}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++)
+        for (int t = 0; t < 4; t++)
+            for (int beta = 0; beta < 2; beta++)
+                for (int kind = 0; kind < 3; kind++) /* 0 compact, 1 shared B, 2 one C for all */
+                    for (int bf = 0; bf < 2; bf++) {
+                        int m = sizes[s][0], n = sizes[s][1], k = sizes[s][2], ta = t & 1, tb = t >> 1;
+                        int lda = ta ? m : k, ldb = tb ? k : n;
+                        int64_t sa = (int64_t)m * k, sb = kind == 1 ? 0 : (int64_t)k * n, sc = kind == 2 ? 0 : (int64_t)m * n;
+                        size_t na = (size_t)(sa * COUNT), nb = (size_t)(kind == 1 ? k * n : sb * COUNT),
+                               nc = (size_t)(kind == 2 ? m * n : sc * COUNT);
+                        float *a = malloc(sizeof(float) * na), *b = malloc(sizeof(float) * nb);
+                        float *c1 = malloc(sizeof(float) * nc), *c2 = malloc(sizeof(float) * nc);
+                        for (size_t i = 0; i < na; i++) a[i] = bf16_of(rng_normal(&r));
+                        for (size_t i = 0; i < nb; i++) b[i] = bf16_of(rng_normal(&r));
+                        for (size_t i = 0; i < nc; i++) c1[i] = c2[i] = beta ? rng_normal(&r) : 0.0f;
+                        gemm_batch bt = {COUNT, sa, sb, sc};
+                        (bf ? gemm_bf16_f32_batched : gemm_dnnl_f32_batched)(&bt, ta, tb, m, n, k, 1.0f, a, lda, b, ldb,
+                                                                             (float)beta, c1, n);
+                        gemm_f32_batched(&bt, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, (float)beta, c2, n);
+                        double big = 0;
+                        for (size_t i = 0; i < nc; i++) big = fmax(big, fabs(c2[i]));
+                        for (size_t i = 0; i < nc; i++)
+                            ck_assert_msg(fabs(c1[i] - c2[i]) <= 1e-5 * big,
+                                          "%s batch m%d n%d k%d ta%d tb%d beta%d kind %d: [%zu] %g vs %g",
+                                          bf ? "bf16" : "f32", m, n, k, ta, tb, beta, kind, i, c1[i], c2[i]);
+                        free(a), free(b), free(c1), free(c2);
+                    }
+}
+END_TEST
+
 START_TEST(test_gemm_matches_reference) {
     rng r;
     rng_init(&r, 3, 0);
@@ -611,6 +652,7 @@ int main(void) {
     tcase_add_test(tc, test_gemm_matches_reference);
     tcase_add_test(tc, test_gemm_bf16_engine);
     tcase_add_test(tc, test_gemm_dnnl_f32_engine);
+    tcase_add_test(tc, test_gemm_batched);
     tcase_add_test(tc, test_npy_roundtrip_all_dtypes_and_ranks);
     tcase_add_test(tc, test_npy_malformed_files);
     tcase_add_test(tc, test_npy_truncation_sweep);
