@@ -196,6 +196,24 @@ static void conv_dw(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, mm_rowq *q
     arena_release(&ctx->scratch, mark);
 }
 
+/* ---------------- oneDNN's direct convolutions ---------------- */
+
+/* FP32 convolutions with oneDNN's f32 engine (train.cpu_gemm = auto where it
+ * is preferred; train.cpu_conv = auto) run as its direct kernels: no im2col gathers (27% of
+ * ResNet-18's step on 16 cores). False: this shape gathers as before. */
+static bool conv_dnnl(ag_ctx *ctx, mm_gemm_fn gemm, gemm_conv_dir dir, const mm_shape *sh, const float *x,
+                      const float *w, const float *dy, float *out) {
+    if (gemm != gemm_dnnl_f32_batched || !ctx->run.cpu_conv_dnnl) return false;
+    const mm_im2col *g = &sh->g;
+    gemm_conv_shape c = {(int)g->n, (int)g->h, (int)g->w, (int)g->c, sh->n, (int)g->kh, (int)g->kw, g->stride, g->pad};
+    arena_mark mark = arena_get_mark(&ctx->scratch);
+    float *tmp = dir == GEMM_CONV_DX ? arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(g->n * g->h * g->w * g->c))
+                                     : NULL;
+    bool done = gemm_conv_dnnl_f32(dir, &c, x, w, dy, out, tmp);
+    arena_release(&ctx->scratch, mark);
+    return done;
+}
+
 /* ---------------- entry points ---------------- */
 
 /* The CPU multiplies float32 values (bf16 ones exist only on the GPU). */
@@ -208,7 +226,10 @@ void mm_gemm_y(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *a, const qua
     mm_gemm_fn gemm = mm_cpu_gemm(ctx, a->spec.format, b->spec.format);
     double t0 = ag_prof_start(ctx);
     if (ctx->gpu) mm_gpu_y(ctx, sh, a, b, y);
-    else if (sh->im2col) conv_y(ctx, gemm, sh, mm_cpu_values(a), mm_cpu_values(b), y);
+    else if (sh->im2col) {
+        if (!conv_dnnl(ctx, gemm, GEMM_CONV_FWD, sh, mm_cpu_values(a), mm_cpu_values(b), NULL, y))
+            conv_y(ctx, gemm, sh, mm_cpu_values(a), mm_cpu_values(b), y);
+    }
     else dense_y(gemm, sh, mm_cpu_values(a), mm_cpu_values(b), y);
     ag_prof_stop(ctx, AG_PROF_PRODUCT, t0);
 }
@@ -217,7 +238,10 @@ void mm_gemm_da(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *dy, const q
     mm_gemm_fn gemm = mm_cpu_gemm(ctx, dy->spec.format, b->spec.format);
     double t0 = ag_prof_start(ctx);
     if (ctx->gpu) mm_gpu_da(ctx, sh, dy, b, da);
-    else if (sh->im2col) conv_dx(ctx, gemm, sh, mm_cpu_values(dy), mm_cpu_values(b), da);
+    else if (sh->im2col) {
+        if (!conv_dnnl(ctx, gemm, GEMM_CONV_DX, sh, NULL, mm_cpu_values(b), mm_cpu_values(dy), da))
+            conv_dx(ctx, gemm, sh, mm_cpu_values(dy), mm_cpu_values(b), da);
+    }
     else dense_da(gemm, sh, mm_cpu_values(dy), mm_cpu_values(b), da);
     ag_prof_stop(ctx, AG_PROF_PRODUCT, t0);
 }
@@ -230,8 +254,9 @@ static void mm_gemm_db_run(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const qu
     }
     /* A as the product sees it: through q when q quantizes its rows */
     mm_gemm_fn gemm = mm_cpu_gemm(ctx, q->active ? q->spec.format : a->spec.format, dy->spec.format);
-    if (sh->im2col) {
-        conv_dw(ctx, gemm, sh, q, mm_cpu_values(a), mm_cpu_values(dy), db);
+    if (sh->im2col) { /* A's rows quantized by chunks (1d) exist only gathered */
+        if (q->active || !conv_dnnl(ctx, gemm, GEMM_CONV_DW, sh, mm_cpu_values(a), NULL, mm_cpu_values(dy), db))
+            conv_dw(ctx, gemm, sh, q, mm_cpu_values(a), mm_cpu_values(dy), db);
         return;
     }
     arena_mark mark = arena_get_mark(&ctx->scratch);

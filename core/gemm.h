@@ -54,6 +54,21 @@ void gemm_bf16_f32_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int
 void gemm_dnnl_f32_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
                            const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
+/* FP32 convolutions through oneDNN's direct kernels (no im2col): x NHWC
+ * [n,h,w,c], W OHWI [o,kh,kw,c], y / dy NHWC [n,oh,ow,o]; FWD writes y (out),
+ * DX adds to dx (out; tmp: scratch of x's size), DW adds to dW (out). False
+ * (nothing done) where oneDNN is missing or would run the shape on its
+ * reference code: the caller then gathers and multiplies. The same products
+ * as im2col's up to the order of FP32 sums (the CPU twin of cu_conv_f32). */
+typedef enum gemm_conv_dir { GEMM_CONV_FWD, GEMM_CONV_DX, GEMM_CONV_DW } gemm_conv_dir;
+typedef struct gemm_conv_shape {
+    int n, h, w, c, o, kh, kw, stride, pad;
+} gemm_conv_shape;
+bool gemm_conv_dnnl_f32(gemm_conv_dir dir, const gemm_conv_shape *s, const float *x, const float *w, const float *dy,
+                        float *out, float *tmp);
+/* Tests: false sends every convolution to im2col. */
+void gemm_conv_dnnl_set_enabled(bool on);
+
 void gemm_ref_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                   const float *b, int ldb, float beta, float *c, int ldc);
 

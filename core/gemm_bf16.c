@@ -45,7 +45,22 @@
     X(dnnl_stream_wait, (dnnl_stream_t))                                                                       \
     X(dnnl_primitive_attr_set_scratchpad_mode, (dnnl_primitive_attr_t, dnnl_scratchpad_mode_t))               \
     X(dnnl_primitive_destroy, (dnnl_primitive_t))                                                              \
-    X(dnnl_memory_destroy, (dnnl_memory_t))
+    X(dnnl_memory_destroy, (dnnl_memory_t))                                                                    \
+    X(dnnl_memory_desc_init_by_tag, (dnnl_memory_desc_t *, int, const dnnl_dims_t, dnnl_data_type_t,            \
+                                     dnnl_format_tag_t))                                                       \
+    X(dnnl_convolution_forward_desc_init,                                                                      \
+      (dnnl_convolution_desc_t *, dnnl_prop_kind_t, dnnl_alg_kind_t, const dnnl_memory_desc_t *,               \
+       const dnnl_memory_desc_t *, const dnnl_memory_desc_t *, const dnnl_memory_desc_t *, const dnnl_dims_t,   \
+       const dnnl_dims_t, const dnnl_dims_t))                                                                  \
+    X(dnnl_convolution_backward_data_desc_init,                                                                \
+      (dnnl_convolution_desc_t *, dnnl_alg_kind_t, const dnnl_memory_desc_t *, const dnnl_memory_desc_t *,     \
+       const dnnl_memory_desc_t *, const dnnl_dims_t, const dnnl_dims_t, const dnnl_dims_t))                   \
+    X(dnnl_convolution_backward_weights_desc_init,                                                             \
+      (dnnl_convolution_desc_t *, dnnl_alg_kind_t, const dnnl_memory_desc_t *, const dnnl_memory_desc_t *,     \
+       const dnnl_memory_desc_t *, const dnnl_memory_desc_t *, const dnnl_dims_t, const dnnl_dims_t,           \
+       const dnnl_dims_t))                                                                                     \
+    X(dnnl_reorder_primitive_desc_create, (dnnl_primitive_desc_t *, const dnnl_memory_desc_t *, dnnl_engine_t,  \
+                                           const dnnl_memory_desc_t *, dnnl_engine_t, const_dnnl_primitive_attr_t))
 
 #define DNNL_PTR(name, args) static dnnl_status_t(*p_##name) args;
 DNNL_FUNCS(DNNL_PTR)
@@ -330,4 +345,127 @@ void gemm_dnnl_f32_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int
 void gemm_dnnl_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                    const float *b, int ldb, float beta, float *c, int ldc) {
     gemm_dnnl_f32_batched(&(gemm_batch){1, 0, 0, 0}, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+/* ---------------- convolutions (FP32, NHWC, no im2col) ---------------- */
+
+/* One direction of one convolution shape: the primitive, and the reorder
+ * between our OHWI weights and the layout its kernels want (plain OHWI
+ * would send oneDNN to its reference code). */
+typedef struct cv_plan {
+    gemm_conv_dir dir;
+    gemm_conv_shape sh;
+    dnnl_primitive_t prim, reorder;     /* reorder: W to the kernels' layout (FWD, DX), or dW back, added (DW) */
+    dnnl_memory_t x, dy, out, w_user, w_prim; /* w_prim: the weights (or dW) in the kernels' layout, ours */
+    void *w_buf;
+    bool ok;
+} cv_plan;
+static cv_plan *g_cv;
+static int g_ncv, g_capcv;
+
+static bool cv_same(const gemm_conv_shape *a, const gemm_conv_shape *b) { return memcmp(a, b, sizeof *a) == 0; }
+
+static cv_plan *cv_plan_get(gemm_conv_dir dir, const gemm_conv_shape *c) {
+    for (int i = 0; i < g_ncv; i++)
+        if (g_cv[i].dir == dir && cv_same(&g_cv[i].sh, c)) return g_cv[i].ok ? &g_cv[i] : NULL;
+    cv_plan p = {.dir = dir, .sh = *c};
+    int oh = (c->h + 2 * c->pad - c->kh) / c->stride + 1, ow = (c->w + 2 * c->pad - c->kw) / c->stride + 1;
+    dnnl_dims_t xd = {c->n, c->c, c->h, c->w}, wd = {c->o, c->c, c->kh, c->kw}, yd = {c->n, c->o, oh, ow};
+    dnnl_dims_t st = {c->stride, c->stride}, pl = {c->pad, c->pad};
+    dnnl_dims_t pr = {(oh - 1) * c->stride + c->kh - c->h - c->pad, (ow - 1) * c->stride + c->kw - c->w - c->pad};
+    dnnl_memory_desc_t xm, wany, wuser, ym;
+    dnnl_convolution_desc_t fd, bd;
+    dnnl_primitive_desc_t fpd = NULL, pd = NULL, rpd = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    bool ok = DN_OK(p_dnnl_memory_desc_init_by_tag(&xm, 4, xd, dnnl_f32, dnnl_nhwc)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_tag(&wany, 4, wd, dnnl_f32, dnnl_format_tag_any)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_tag(&wuser, 4, wd, dnnl_f32, dnnl_ohwi)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_tag(&ym, 4, yd, dnnl_f32, dnnl_nhwc)) &&
+              DN_OK(p_dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &xm,
+                                                         &wany, NULL, &ym, st, pl, pr)) &&
+              DN_OK(p_dnnl_primitive_desc_create(&fpd, &fd, NULL, g_eng, NULL));
+    if (ok && dir == GEMM_CONV_DX)
+        ok = DN_OK(p_dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &xm, &wany, &ym, st, pl,
+                                                              pr)) &&
+             DN_OK(p_dnnl_primitive_desc_create(&pd, &bd, NULL, g_eng, fpd));
+    if (ok && dir == GEMM_CONV_DW)
+        ok = DN_OK(p_dnnl_convolution_backward_weights_desc_init(&bd, dnnl_convolution_direct, &xm, &wany, NULL, &ym,
+                                                                 st, pl, pr)) &&
+             DN_OK(p_dnnl_primitive_desc_create(&pd, &bd, NULL, g_eng, fpd));
+    if (ok && dir == GEMM_CONV_FWD) pd = fpd, fpd = NULL;
+    const char *impl = NULL;
+    ok = ok && DN_OK(p_dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, (void *)&impl)) && impl &&
+         !strstr(impl, "ref"); /* the reference code is slower than our im2col */
+    const dnnl_memory_desc_t *wp =
+        ok ? p_dnnl_primitive_desc_query_md(pd, dir == GEMM_CONV_DW ? dnnl_query_diff_weights_md : dnnl_query_weights_md, 0)
+           : NULL;
+    ok = ok && wp && DN_OK(p_dnnl_primitive_create(&p.prim, pd));
+    if (ok && dir == GEMM_CONV_DW) /* dW in the kernels' layout, reordered into ours and added */
+        ok = DN_OK(p_dnnl_primitive_attr_create(&attr)) && DN_OK(p_dnnl_post_ops_create(&po)) &&
+             DN_OK(p_dnnl_post_ops_append_sum(po, 1.0f)) && DN_OK(p_dnnl_primitive_attr_set_post_ops(attr, po)) &&
+             DN_OK(p_dnnl_reorder_primitive_desc_create(&rpd, wp, g_eng, &wuser, g_eng, attr));
+    else if (ok)
+        ok = DN_OK(p_dnnl_reorder_primitive_desc_create(&rpd, &wuser, g_eng, wp, g_eng, NULL));
+    ok = ok && DN_OK(p_dnnl_primitive_create(&p.reorder, rpd));
+    if (ok) {
+        p.w_buf = mx_aligned_alloc(p_dnnl_memory_desc_get_size(wp));
+        ok = DN_OK(p_dnnl_memory_create(&p.x, &xm, g_eng, NULL)) && DN_OK(p_dnnl_memory_create(&p.dy, &ym, g_eng, NULL)) &&
+             DN_OK(p_dnnl_memory_create(&p.out, dir == GEMM_CONV_DX ? &xm : &ym, g_eng, NULL)) &&
+             DN_OK(p_dnnl_memory_create(&p.w_user, &wuser, g_eng, NULL)) &&
+             DN_OK(p_dnnl_memory_create(&p.w_prim, wp, g_eng, p.w_buf));
+    }
+    if (po) p_dnnl_post_ops_destroy(po);
+    if (attr) p_dnnl_primitive_attr_destroy(attr);
+    if (rpd) p_dnnl_primitive_desc_destroy(rpd);
+    if (pd) p_dnnl_primitive_desc_destroy(pd);
+    if (fpd) p_dnnl_primitive_desc_destroy(fpd);
+    p.ok = ok; /* a shape oneDNN will not run fast is remembered too: im2col for it */
+    if (g_ncv == g_capcv) {
+        g_capcv = g_capcv ? 2 * g_capcv : 32;
+        g_cv = realloc(g_cv, sizeof *g_cv * (size_t)g_capcv);
+        MX_ASSERT(g_cv);
+    }
+    g_cv[g_ncv++] = p;
+    return ok ? &g_cv[g_ncv - 1] : NULL;
+}
+
+static bool g_conv_disabled;
+void gemm_conv_dnnl_set_enabled(bool on) { g_conv_disabled = !on; }
+
+bool gemm_conv_dnnl_f32(gemm_conv_dir dir, const gemm_conv_shape *c, const float *x, const float *w, const float *dy,
+                        float *out, float *tmp) {
+    if (g_conv_disabled || !dn_load()) return false;
+    cv_plan *p = cv_plan_get(dir, c);
+    if (!p) return false;
+    int64_t oh = (c->h + 2 * c->pad - c->kh) / c->stride + 1, ow = (c->w + 2 * c->pad - c->kw) / c->stride + 1;
+    bool ok = true;
+    if (dir != GEMM_CONV_DW) { /* our OHWI weights into the kernels' layout */
+        ok = DN_OK(p_dnnl_memory_set_data_handle(p->w_user, (void *)w));
+        dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, p->w_user}, {DNNL_ARG_TO, p->w_prim}};
+        ok = ok && DN_OK(p_dnnl_primitive_execute(p->reorder, g_stream, 2, r));
+    }
+    if (dir == GEMM_CONV_FWD) {
+        ok = ok && DN_OK(p_dnnl_memory_set_data_handle(p->x, (void *)x)) && DN_OK(p_dnnl_memory_set_data_handle(p->out, out));
+        dnnl_exec_arg_t a[3] = {{DNNL_ARG_SRC, p->x}, {DNNL_ARG_WEIGHTS, p->w_prim}, {DNNL_ARG_DST, p->out}};
+        ok = ok && DN_OK(p_dnnl_primitive_execute(p->prim, g_stream, 3, a));
+    } else if (dir == GEMM_CONV_DX) { /* written to tmp, then added: oneDNN's backward overwrites */
+        ok = ok && DN_OK(p_dnnl_memory_set_data_handle(p->dy, (void *)dy)) && DN_OK(p_dnnl_memory_set_data_handle(p->out, tmp));
+        dnnl_exec_arg_t a[3] = {{DNNL_ARG_DIFF_DST, p->dy}, {DNNL_ARG_WEIGHTS, p->w_prim}, {DNNL_ARG_DIFF_SRC, p->out}};
+        ok = ok && DN_OK(p_dnnl_primitive_execute(p->prim, g_stream, 3, a)) && DN_OK(p_dnnl_stream_wait(g_stream));
+        int64_t n = (int64_t)c->n * c->h * c->w * c->c;
+#pragma omp parallel for schedule(static) if (n >= 65536)
+        for (int64_t i = 0; i < n; i++) out[i] += tmp[i];
+    } else {
+        ok = ok && DN_OK(p_dnnl_memory_set_data_handle(p->x, (void *)x)) && DN_OK(p_dnnl_memory_set_data_handle(p->dy, (void *)dy));
+        dnnl_exec_arg_t a[3] = {{DNNL_ARG_SRC, p->x}, {DNNL_ARG_DIFF_DST, p->dy}, {DNNL_ARG_DIFF_WEIGHTS, p->w_prim}};
+        ok = ok && DN_OK(p_dnnl_primitive_execute(p->prim, g_stream, 3, a));
+        ok = ok && DN_OK(p_dnnl_memory_set_data_handle(p->w_user, out)); /* dW += the result, in OHWI */
+        dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, p->w_prim}, {DNNL_ARG_TO, p->w_user}};
+        ok = ok && DN_OK(p_dnnl_primitive_execute(p->reorder, g_stream, 2, r));
+    }
+    ok = ok && DN_OK(p_dnnl_stream_wait(g_stream));
+    (void)oh, (void)ow;
+    MX_ASSERTF(ok, "oneDNN: a convolution (direction %d) failed", (int)dir);
+    return true;
 }

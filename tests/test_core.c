@@ -287,6 +287,92 @@ START_TEST(test_gemm_batched) {
 }
 END_TEST
 
+
+/* oneDNN's direct convolutions (train.cpu_conv = auto) against a naive
+ * double-precision convolution: forward, dX and dW (the last two add to what
+ * their output holds), 3x3 stride 1 and 2, 1x1 stride 2, 7x7 stride 2 pad 3
+ * on odd sizes; the same products up to FP32 summation order. */
+static double conv_ref_at(const gemm_conv_shape *c, const float *x, const float *w, int ni, int oy, int ox, int o) {
+    double s = 0;
+    for (int i = 0; i < c->kh; i++)
+        for (int j = 0; j < c->kw; j++) {
+            int y = oy * c->stride - c->pad + i, xx = ox * c->stride - c->pad + j;
+            if (y < 0 || y >= c->h || xx < 0 || xx >= c->w) continue;
+            for (int ch = 0; ch < c->c; ch++)
+                s += (double)x[((ni * c->h + y) * c->w + xx) * c->c + ch] * w[((o * c->kh + i) * c->kw + j) * c->c + ch];
+        }
+    return s;
+}
+
+START_TEST(test_conv_dnnl_f32) {
+    const gemm_conv_shape shapes[] = {{2, 7, 9, 16, 8, 3, 3, 1, 1}, {2, 9, 7, 8, 16, 3, 3, 2, 1},
+                                      {3, 8, 8, 16, 32, 1, 1, 2, 0}, {2, 15, 13, 3, 16, 7, 7, 2, 3}};
+    bool engine = strncmp(gemm_dnnl_f32_engine(), "none", 4) != 0;
+    int ran = 0;
+    rng r;
+    rng_init(&r, 9, 0);
+    for (size_t q = 0; q < sizeof shapes / sizeof shapes[0]; q++) {
+        const gemm_conv_shape *c = &shapes[q];
+        int oh = (c->h + 2 * c->pad - c->kh) / c->stride + 1, ow = (c->w + 2 * c->pad - c->kw) / c->stride + 1;
+        size_t nx = (size_t)c->n * c->h * c->w * c->c, nw = (size_t)c->o * c->kh * c->kw * c->c,
+               ny = (size_t)c->n * oh * ow * c->o;
+        float *x = malloc(sizeof(float) * nx), *w = malloc(sizeof(float) * nw), *dy = malloc(sizeof(float) * ny);
+        float *y = malloc(sizeof(float) * ny), *dx = malloc(sizeof(float) * nx), *dw = malloc(sizeof(float) * nw);
+        float *dx0 = malloc(sizeof(float) * nx), *dw0 = malloc(sizeof(float) * nw), *tmp = malloc(sizeof(float) * nx);
+        for (size_t i = 0; i < nx; i++) x[i] = rng_normal(&r), dx0[i] = dx[i] = rng_normal(&r);
+        for (size_t i = 0; i < nw; i++) w[i] = rng_normal(&r), dw0[i] = dw[i] = rng_normal(&r);
+        for (size_t i = 0; i < ny; i++) dy[i] = rng_normal(&r);
+        bool f = gemm_conv_dnnl_f32(GEMM_CONV_FWD, c, x, w, NULL, y, NULL);
+        bool d = gemm_conv_dnnl_f32(GEMM_CONV_DX, c, NULL, w, dy, dx, tmp);
+        bool g = gemm_conv_dnnl_f32(GEMM_CONV_DW, c, x, NULL, dy, dw, NULL);
+        ck_assert_msg(f == d && d == g, "shape %zu: oneDNN ran some directions only", q);
+        if (!f) {
+            fprintf(stderr, "  conv shape %zu: oneDNN has no fast kernels here (im2col runs it)\n", q);
+            goto next;
+        }
+        ran++;
+        double tol = 1e-4 * sqrt((double)c->c * c->kh * c->kw);
+        for (int ni = 0; ni < c->n; ni++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++)
+                    for (int o = 0; o < c->o; o++) {
+                        size_t i = (((size_t)ni * oh + oy) * ow + ox) * c->o + o;
+                        double want = conv_ref_at(c, x, w, ni, oy, ox, o);
+                        ck_assert_msg(fabs(y[i] - want) <= tol, "shape %zu fwd [%zu]: %g vs %g", q, i, y[i], want);
+                    }
+        /* dX and dW from the definition: y_i = sum x w, so dx = sum dy w, dw = sum dy x */
+        double *rdx = calloc(nx, sizeof(double)), *rdw = calloc(nw, sizeof(double));
+        for (int ni = 0; ni < c->n; ni++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++)
+                    for (int o = 0; o < c->o; o++) {
+                        double gy = dy[(((size_t)ni * oh + oy) * ow + ox) * c->o + o];
+                        for (int i = 0; i < c->kh; i++)
+                            for (int j = 0; j < c->kw; j++) {
+                                int yy = oy * c->stride - c->pad + i, xx = ox * c->stride - c->pad + j;
+                                if (yy < 0 || yy >= c->h || xx < 0 || xx >= c->w) continue;
+                                for (int ch = 0; ch < c->c; ch++) {
+                                    size_t xi = (((size_t)ni * c->h + yy) * c->w + xx) * c->c + ch;
+                                    size_t wi = (((size_t)o * c->kh + i) * c->kw + j) * c->c + ch;
+                                    rdx[xi] += gy * w[wi];
+                                    rdw[wi] += gy * x[xi];
+                                }
+                            }
+                    }
+        for (size_t i = 0; i < nx; i++)
+            ck_assert_msg(fabs(dx[i] - (dx0[i] + rdx[i])) <= tol, "shape %zu dx [%zu]: %g vs %g", q, i, dx[i], dx0[i] + rdx[i]);
+        for (size_t i = 0; i < nw; i++)
+            ck_assert_msg(fabs(dw[i] - (dw0[i] + rdw[i])) <= tol * sqrt((double)c->n * oh * ow), "shape %zu dw [%zu]: %g vs %g",
+                          q, i, dw[i], dw0[i] + rdw[i]);
+        free(rdx), free(rdw);
+    next:
+        free(x), free(w), free(dy), free(y), free(dx), free(dw), free(dx0), free(dw0), free(tmp);
+    }
+    fprintf(stderr, "  oneDNN direct convolutions: %d of 4 shapes ran and matched\n", ran);
+    if (engine && strstr(gemm_dnnl_f32_engine(), "avx512")) ck_assert_int_eq(ran, 4);
+}
+END_TEST
+
 START_TEST(test_gemm_matches_reference) {
     rng r;
     rng_init(&r, 3, 0);
@@ -653,6 +739,7 @@ int main(void) {
     tcase_add_test(tc, test_gemm_bf16_engine);
     tcase_add_test(tc, test_gemm_dnnl_f32_engine);
     tcase_add_test(tc, test_gemm_batched);
+    tcase_add_test(tc, test_conv_dnnl_f32);
     tcase_add_test(tc, test_npy_roundtrip_all_dtypes_and_ranks);
     tcase_add_test(tc, test_npy_malformed_files);
     tcase_add_test(tc, test_npy_truncation_sweep);

@@ -23,6 +23,9 @@ MX_ENUM_OF_NAMES(train_cpu_gemm_enum, "CPU GEMM", train_cpu_gemm_names);
 static const char *const train_gpu_conv_names[] = {"gather", "cudnn"};
 _Static_assert(sizeof train_gpu_conv_names / sizeof train_gpu_conv_names[0] == TRAIN_GPU_CONV_COUNT, "names");
 MX_ENUM_OF_NAMES(train_gpu_conv_enum, "GPU convolution", train_gpu_conv_names);
+static const char *const train_cpu_conv_names[] = {"auto", "gather"};
+_Static_assert(sizeof train_cpu_conv_names / sizeof train_cpu_conv_names[0] == TRAIN_CPU_CONV_COUNT, "names");
+MX_ENUM_OF_NAMES(train_cpu_conv_enum, "CPU convolution", train_cpu_conv_names);
 
 #define BIG 1e18
 static const key_def train_keys[] = {
@@ -46,6 +49,10 @@ static const key_def train_keys[] = {
               "`openblas` is `auto` with OpenBLAS for the FP32 products"),
     KEY_NUM(train_config, "gpu_chunk_mb", I64, gpu_chunk_mb, "512", 1, 1 << 20,
             "GPU convolutions: MB of gathered im2col columns per GEMM (smaller: less device memory, more GEMMs)"),
+    KEY_ENUMV(train_config, "cpu_conv", cpu_conv, "auto", &train_cpu_conv_enum,
+              "CPU convolutions over two float32 operands: `auto` runs oneDNN's direct kernels where FP32 products "
+              "use oneDNN (train.cpu_gemm = auto on AVX-512 CPUs; no im2col gathers), `gather` forms im2col rows "
+              "and multiplies them, as quantized convolutions always do"),
     KEY_ENUMV(train_config, "gpu_conv", gpu_conv, "gather", &train_gpu_conv_enum,
               "GPU convolutions over two float32 operands: `gather` (im2col + cuBLAS, as quantized ones always do) "
               "or `cudnn` (FP32 implicit GEMM, deterministic: less memory, slower in NHWC; gathers where cuDNN 9 "

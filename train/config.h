@@ -36,6 +36,7 @@ typedef enum train_cpu_gemm {
     TRAIN_CPU_GEMM_COUNT
 } train_cpu_gemm;
 typedef enum train_gpu_conv { TRAIN_GPU_CONV_GATHER, TRAIN_GPU_CONV_CUDNN, TRAIN_GPU_CONV_COUNT } train_gpu_conv;
+typedef enum train_cpu_conv { TRAIN_CPU_CONV_AUTO, TRAIN_CPU_CONV_GATHER, TRAIN_CPU_CONV_COUNT } train_cpu_conv;
 
 /* [train] */
 typedef struct train_config {
@@ -47,6 +48,7 @@ typedef struct train_config {
     cli_device device;
     train_gpu_gemm gpu_gemm;
     train_gpu_conv gpu_conv;
+    train_cpu_conv cpu_conv;
     train_cpu_gemm cpu_gemm;
     bool sync_bn;          /* data-parallel ranks: BatchNorm statistics over the global batch */
     double dist_timeout_s; /* data-parallel ranks: longest wait for the others in a collective */
