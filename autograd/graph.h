@@ -107,7 +107,8 @@ typedef struct ag_run {
     bool sync_bn;             /* several ranks: BatchNorm's batch statistics over all of them (train.sync_bn) */
     bool cpu_f32_dnnl;        /* CPU: the other products through oneDNN's f32 matmul, not OpenBLAS
                                  (gemm_dnnl_f32; train.cpu_gemm = auto where it is preferred) */
-    bool cpu_conv_dnnl;       /* CPU: with cpu_f32_dnnl, FP32 convolutions as oneDNN's direct kernels (train.cpu_conv) */
+    bool cpu_conv_dnnl;       /* CPU: convolutions whose products run on oneDNN (cpu_f32_dnnl, cpu_bf16) as its
+                                 direct kernels (train.cpu_conv = auto) */
     bool gpu_fp32_gemm;       /* GPU: every product as an FP32 GEMM on the quantized values
                                  (train.gpu_gemm = fp32): the CPU's arithmetic up to the order
                                  of sums. Default: bf16-held pairs on the tensor cores, whose

@@ -198,18 +198,22 @@ static void conv_dw(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, mm_rowq *q
 
 /* ---------------- oneDNN's direct convolutions ---------------- */
 
-/* FP32 convolutions with oneDNN's f32 engine (train.cpu_gemm = auto where it
- * is preferred; train.cpu_conv = auto) run as its direct kernels: no im2col gathers (27% of
- * ResNet-18's step on 16 cores). False: this shape gathers as before. */
+/* Convolutions whose products run on oneDNN (FP32 operands on its f32
+ * engine, quantized pairs on the BF16 units; train.cpu_conv = auto) run as
+ * its direct kernels: no im2col gathers (27% of ResNet-18's step on 16
+ * cores). The quantized operands are tensors of x's, W's and dY's shapes
+ * (quantized before any gather), so the kernels multiply exactly what the
+ * gathered products would. False: this call gathers as before. */
 static bool conv_dnnl(ag_ctx *ctx, mm_gemm_fn gemm, gemm_conv_dir dir, const mm_shape *sh, const float *x,
                       const float *w, const float *dy, float *out) {
-    if (gemm != gemm_dnnl_f32_batched || !ctx->run.cpu_conv_dnnl) return false;
+    bool f32 = gemm == gemm_dnnl_f32_batched, bf16 = gemm == gemm_bf16_f32_batched;
+    if (!(f32 || bf16) || !ctx->run.cpu_conv_dnnl) return false;
     const mm_im2col *g = &sh->g;
     gemm_conv_shape c = {(int)g->n, (int)g->h, (int)g->w, (int)g->c, sh->n, (int)g->kh, (int)g->kw, g->stride, g->pad};
     arena_mark mark = arena_get_mark(&ctx->scratch);
     float *tmp = dir == GEMM_CONV_DX ? arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(g->n * g->h * g->w * g->c))
                                      : NULL;
-    bool done = gemm_conv_dnnl_f32(dir, &c, x, w, dy, out, tmp);
+    bool done = (bf16 ? gemm_conv_dnnl_bf16 : gemm_conv_dnnl_f32)(dir, &c, x, w, dy, out, tmp);
     arena_release(&ctx->scratch, mark);
     return done;
 }

@@ -66,6 +66,11 @@ typedef struct gemm_conv_shape {
 } gemm_conv_shape;
 bool gemm_conv_dnnl_f32(gemm_conv_dir dir, const gemm_conv_shape *s, const float *x, const float *w, const float *dy,
                         float *out, float *tmp);
+/* The same for operands that hold bf16 values (quantized ones), on the BF16
+ * units with FP32 results; false also where an operand holds a value bf16
+ * cannot (the caller's im2col then runs, with gemm_bf16_f32's own fallback). */
+bool gemm_conv_dnnl_bf16(gemm_conv_dir dir, const gemm_conv_shape *s, const float *x, const float *w, const float *dy,
+                         float *out, float *tmp);
 /* Tests: false sends every convolution to im2col. */
 void gemm_conv_dnnl_set_enabled(bool on);
 

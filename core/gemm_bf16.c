@@ -347,13 +347,15 @@ void gemm_dnnl_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
     gemm_dnnl_f32_batched(&(gemm_batch){1, 0, 0, 0}, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-/* ---------------- convolutions (FP32, NHWC, no im2col) ---------------- */
+/* ---------------- convolutions (NHWC, no im2col) ---------------- */
 
 /* One direction of one convolution shape: the primitive, and the reorder
  * between our OHWI weights and the layout its kernels want (plain OHWI
- * would send oneDNN to its reference code). */
+ * would send oneDNN to its reference code). bf16: the operands (x, W, dY)
+ * are bf16 copies, the results (y, dX, dW) float32. */
 typedef struct cv_plan {
     gemm_conv_dir dir;
+    bool bf16;
     gemm_conv_shape sh;
     dnnl_primitive_t prim, reorder;     /* reorder: W to the kernels' layout (FWD, DX), or dW back, added (DW) */
     dnnl_memory_t x, dy, out, w_user, w_prim; /* w_prim: the weights (or dW) in the kernels' layout, ours */
@@ -363,40 +365,46 @@ typedef struct cv_plan {
 static cv_plan *g_cv;
 static int g_ncv, g_capcv;
 
-static bool cv_same(const gemm_conv_shape *a, const gemm_conv_shape *b) { return memcmp(a, b, sizeof *a) == 0; }
+static int cv_out(int in, int k, int stride, int pad) { return (in + 2 * pad - k) / stride + 1; }
 
-static cv_plan *cv_plan_get(gemm_conv_dir dir, const gemm_conv_shape *c) {
+static cv_plan *cv_plan_get(gemm_conv_dir dir, bool bf16, const gemm_conv_shape *c) {
     for (int i = 0; i < g_ncv; i++)
-        if (g_cv[i].dir == dir && cv_same(&g_cv[i].sh, c)) return g_cv[i].ok ? &g_cv[i] : NULL;
-    cv_plan p = {.dir = dir, .sh = *c};
-    int oh = (c->h + 2 * c->pad - c->kh) / c->stride + 1, ow = (c->w + 2 * c->pad - c->kw) / c->stride + 1;
+        if (g_cv[i].dir == dir && g_cv[i].bf16 == bf16 && memcmp(&g_cv[i].sh, c, sizeof *c) == 0)
+            return g_cv[i].ok ? &g_cv[i] : NULL;
+    cv_plan p = {.dir = dir, .bf16 = bf16, .sh = *c};
+    int oh = cv_out(c->h, c->kh, c->stride, c->pad), ow = cv_out(c->w, c->kw, c->stride, c->pad);
     dnnl_dims_t xd = {c->n, c->c, c->h, c->w}, wd = {c->o, c->c, c->kh, c->kw}, yd = {c->n, c->o, oh, ow};
     dnnl_dims_t st = {c->stride, c->stride}, pl = {c->pad, c->pad};
     dnnl_dims_t pr = {(oh - 1) * c->stride + c->kh - c->h - c->pad, (ow - 1) * c->stride + c->kw - c->w - c->pad};
-    dnnl_memory_desc_t xm, wany, wuser, ym;
+    /* operands in `in`, results in float32 */
+    dnnl_data_type_t in = bf16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_memory_desc_t xm, xr, wany, wres, wuser, ym, yr;
     dnnl_convolution_desc_t fd, bd;
     dnnl_primitive_desc_t fpd = NULL, pd = NULL, rpd = NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
-    bool ok = DN_OK(p_dnnl_memory_desc_init_by_tag(&xm, 4, xd, dnnl_f32, dnnl_nhwc)) &&
-              DN_OK(p_dnnl_memory_desc_init_by_tag(&wany, 4, wd, dnnl_f32, dnnl_format_tag_any)) &&
-              DN_OK(p_dnnl_memory_desc_init_by_tag(&wuser, 4, wd, dnnl_f32, dnnl_ohwi)) &&
-              DN_OK(p_dnnl_memory_desc_init_by_tag(&ym, 4, yd, dnnl_f32, dnnl_nhwc)) &&
+    bool ok = DN_OK(p_dnnl_memory_desc_init_by_tag(&xm, 4, xd, in, dnnl_nhwc)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_tag(&xr, 4, xd, dnnl_f32, dnnl_nhwc)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_tag(&wany, 4, wd, in, dnnl_format_tag_any)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_tag(&wres, 4, wd, dnnl_f32, dnnl_format_tag_any)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_tag(&wuser, 4, wd, dir == GEMM_CONV_DW ? dnnl_f32 : in, dnnl_ohwi)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_tag(&ym, 4, yd, in, dnnl_nhwc)) &&
+              DN_OK(p_dnnl_memory_desc_init_by_tag(&yr, 4, yd, dnnl_f32, dnnl_nhwc)) &&
               DN_OK(p_dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &xm,
-                                                         &wany, NULL, &ym, st, pl, pr)) &&
+                                                         &wany, NULL, &yr, st, pl, pr)) &&
               DN_OK(p_dnnl_primitive_desc_create(&fpd, &fd, NULL, g_eng, NULL));
     if (ok && dir == GEMM_CONV_DX)
-        ok = DN_OK(p_dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &xm, &wany, &ym, st, pl,
+        ok = DN_OK(p_dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &xr, &wany, &ym, st, pl,
                                                               pr)) &&
              DN_OK(p_dnnl_primitive_desc_create(&pd, &bd, NULL, g_eng, fpd));
     if (ok && dir == GEMM_CONV_DW)
-        ok = DN_OK(p_dnnl_convolution_backward_weights_desc_init(&bd, dnnl_convolution_direct, &xm, &wany, NULL, &ym,
+        ok = DN_OK(p_dnnl_convolution_backward_weights_desc_init(&bd, dnnl_convolution_direct, &xm, &wres, NULL, &ym,
                                                                  st, pl, pr)) &&
              DN_OK(p_dnnl_primitive_desc_create(&pd, &bd, NULL, g_eng, fpd));
     if (ok && dir == GEMM_CONV_FWD) pd = fpd, fpd = NULL;
     const char *impl = NULL;
     ok = ok && DN_OK(p_dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, (void *)&impl)) && impl &&
-         !strstr(impl, "ref"); /* the reference code is slower than our im2col */
+         !strstr(impl, "ref") && (!bf16 || strstr(impl, "bf16")); /* reference or emulated code: our im2col is faster */
     const dnnl_memory_desc_t *wp =
         ok ? p_dnnl_primitive_desc_query_md(pd, dir == GEMM_CONV_DW ? dnnl_query_diff_weights_md : dnnl_query_weights_md, 0)
            : NULL;
@@ -411,7 +419,7 @@ static cv_plan *cv_plan_get(gemm_conv_dir dir, const gemm_conv_shape *c) {
     if (ok) {
         p.w_buf = mx_aligned_alloc(p_dnnl_memory_desc_get_size(wp));
         ok = DN_OK(p_dnnl_memory_create(&p.x, &xm, g_eng, NULL)) && DN_OK(p_dnnl_memory_create(&p.dy, &ym, g_eng, NULL)) &&
-             DN_OK(p_dnnl_memory_create(&p.out, dir == GEMM_CONV_DX ? &xm : &ym, g_eng, NULL)) &&
+             DN_OK(p_dnnl_memory_create(&p.out, dir == GEMM_CONV_DX ? &xr : &yr, g_eng, NULL)) &&
              DN_OK(p_dnnl_memory_create(&p.w_user, &wuser, g_eng, NULL)) &&
              DN_OK(p_dnnl_memory_create(&p.w_prim, wp, g_eng, p.w_buf));
     }
@@ -433,31 +441,61 @@ static cv_plan *cv_plan_get(gemm_conv_dir dir, const gemm_conv_shape *c) {
 static bool g_conv_disabled;
 void gemm_conv_dnnl_set_enabled(bool on) { g_conv_disabled = !on; }
 
-bool gemm_conv_dnnl_f32(gemm_conv_dir dir, const gemm_conv_shape *c, const float *x, const float *w, const float *dy,
-                        float *out, float *tmp) {
-    if (g_conv_disabled || !dn_load()) return false;
-    cv_plan *p = cv_plan_get(dir, c);
+/* bf16 copies of a convolution's operands (grown once to the largest) */
+static uint16_t *cv_buffer(int which, size_t n) {
+    static uint16_t *buf[3];
+    static size_t cap[3];
+    if (n > cap[which]) {
+        free(buf[which]);
+        buf[which] = mx_malloc(sizeof(uint16_t) * n);
+        cap[which] = n;
+    }
+    return buf[which];
+}
+
+/* A flat float array as bf16 (false if some value is not a normal bf16 or zero). */
+static bool cv_to_bf16(const float *src, size_t n, int which, const void **out) {
+    if (!src) return true;
+    uint16_t *d = cv_buffer(which, n);
+    *out = d;
+    size_t cols = 4096; /* to_bf16's rows: a parallel grain */
+    bool ok = to_bf16(src, 1, 0, (int)(n / cols), (int)cols, (int)cols, d);
+    if (ok && n % cols) ok = to_bf16(src + (n / cols) * cols, 1, 0, 1, (int)(n % cols), (int)(n % cols), d + (n / cols) * cols);
+    return ok;
+}
+
+static bool gemm_conv_dnnl(gemm_conv_dir dir, bool bf16, const gemm_conv_shape *c, const float *x, const float *w,
+                           const float *dy, float *out, float *tmp) {
+    if (g_conv_disabled || !dn_load() || (bf16 && !bf_open())) return false;
+    cv_plan *p = cv_plan_get(dir, bf16, c);
     if (!p) return false;
-    int64_t oh = (c->h + 2 * c->pad - c->kh) / c->stride + 1, ow = (c->w + 2 * c->pad - c->kw) / c->stride + 1;
+    int oh = cv_out(c->h, c->kh, c->stride, c->pad), ow = cv_out(c->w, c->kw, c->stride, c->pad);
+    const void *xs = x, *ws = w, *dys = dy;
+    if (bf16) { /* bf16 copies; a value they cannot hold sends the call to im2col (and its FP32 fallback) */
+        bool exact = cv_to_bf16(x, (size_t)c->n * c->h * c->w * c->c, 0, &xs) &&
+                     cv_to_bf16(w, (size_t)c->o * c->kh * c->kw * c->c, 1, &ws) &&
+                     cv_to_bf16(dy, (size_t)c->n * oh * ow * c->o, 2, &dys);
+        if (!exact) return false;
+    }
     bool ok = true;
     if (dir != GEMM_CONV_DW) { /* our OHWI weights into the kernels' layout */
-        ok = DN_OK(p_dnnl_memory_set_data_handle(p->w_user, (void *)w));
+        ok = DN_OK(p_dnnl_memory_set_data_handle(p->w_user, (void *)ws));
         dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, p->w_user}, {DNNL_ARG_TO, p->w_prim}};
         ok = ok && DN_OK(p_dnnl_primitive_execute(p->reorder, g_stream, 2, r));
     }
     if (dir == GEMM_CONV_FWD) {
-        ok = ok && DN_OK(p_dnnl_memory_set_data_handle(p->x, (void *)x)) && DN_OK(p_dnnl_memory_set_data_handle(p->out, out));
+        ok = ok && DN_OK(p_dnnl_memory_set_data_handle(p->x, (void *)xs)) && DN_OK(p_dnnl_memory_set_data_handle(p->out, out));
         dnnl_exec_arg_t a[3] = {{DNNL_ARG_SRC, p->x}, {DNNL_ARG_WEIGHTS, p->w_prim}, {DNNL_ARG_DST, p->out}};
         ok = ok && DN_OK(p_dnnl_primitive_execute(p->prim, g_stream, 3, a));
     } else if (dir == GEMM_CONV_DX) { /* written to tmp, then added: oneDNN's backward overwrites */
-        ok = ok && DN_OK(p_dnnl_memory_set_data_handle(p->dy, (void *)dy)) && DN_OK(p_dnnl_memory_set_data_handle(p->out, tmp));
+        ok = ok && DN_OK(p_dnnl_memory_set_data_handle(p->dy, (void *)dys)) && DN_OK(p_dnnl_memory_set_data_handle(p->out, tmp));
         dnnl_exec_arg_t a[3] = {{DNNL_ARG_DIFF_DST, p->dy}, {DNNL_ARG_WEIGHTS, p->w_prim}, {DNNL_ARG_DIFF_SRC, p->out}};
         ok = ok && DN_OK(p_dnnl_primitive_execute(p->prim, g_stream, 3, a)) && DN_OK(p_dnnl_stream_wait(g_stream));
         int64_t n = (int64_t)c->n * c->h * c->w * c->c;
 #pragma omp parallel for schedule(static) if (n >= 65536)
         for (int64_t i = 0; i < n; i++) out[i] += tmp[i];
     } else {
-        ok = ok && DN_OK(p_dnnl_memory_set_data_handle(p->x, (void *)x)) && DN_OK(p_dnnl_memory_set_data_handle(p->dy, (void *)dy));
+        ok = ok && DN_OK(p_dnnl_memory_set_data_handle(p->x, (void *)xs)) && DN_OK(p_dnnl_memory_set_data_handle(p->dy, (void *)dys));
         dnnl_exec_arg_t a[3] = {{DNNL_ARG_SRC, p->x}, {DNNL_ARG_DIFF_DST, p->dy}, {DNNL_ARG_DIFF_WEIGHTS, p->w_prim}};
         ok = ok && DN_OK(p_dnnl_primitive_execute(p->prim, g_stream, 3, a));
         ok = ok && DN_OK(p_dnnl_memory_set_data_handle(p->w_user, out)); /* dW += the result, in OHWI */
@@ -465,7 +503,16 @@ bool gemm_conv_dnnl_f32(gemm_conv_dir dir, const gemm_conv_shape *c, const float
         ok = ok && DN_OK(p_dnnl_primitive_execute(p->reorder, g_stream, 2, r));
     }
     ok = ok && DN_OK(p_dnnl_stream_wait(g_stream));
-    (void)oh, (void)ow;
     MX_ASSERTF(ok, "oneDNN: a convolution (direction %d) failed", (int)dir);
     return true;
+}
+
+bool gemm_conv_dnnl_f32(gemm_conv_dir dir, const gemm_conv_shape *c, const float *x, const float *w, const float *dy,
+                        float *out, float *tmp) {
+    return gemm_conv_dnnl(dir, false, c, x, w, dy, out, tmp);
+}
+
+bool gemm_conv_dnnl_bf16(gemm_conv_dir dir, const gemm_conv_shape *c, const float *x, const float *w, const float *dy,
+                         float *out, float *tmp) {
+    return !g_disabled && gemm_conv_dnnl(dir, true, c, x, w, dy, out, tmp);
 }

@@ -71,7 +71,7 @@ int session_open(session *s, const config *cfg, mx_err *err) {
     s->ctx.run.mm = s->has_plan ? &s->plan : NULL;
     s->ctx.run.cpu_bf16 = !s->ctx.gpu && cfg->v.train.cpu_gemm != TRAIN_CPU_GEMM_FP32 && gemm_bf16_available();
     s->ctx.run.cpu_f32_dnnl = !s->ctx.gpu && cfg->v.train.cpu_gemm == TRAIN_CPU_GEMM_AUTO && gemm_dnnl_f32_preferred();
-    s->ctx.run.cpu_conv_dnnl = s->ctx.run.cpu_f32_dnnl && cfg->v.train.cpu_conv == TRAIN_CPU_CONV_AUTO;
+    s->ctx.run.cpu_conv_dnnl = !s->ctx.gpu && cfg->v.train.cpu_conv == TRAIN_CPU_CONV_AUTO;
     s->ctx.run.elementwise_bf16 = config_elementwise_bf16(cfg);
     s->ctx.run.sync_bn = cfg->v.train.sync_bn && dist_size() > 1;
     if (ddp_open(&s->m.params, (int64_t)25 << 20, cfg->v.train.dist_timeout_s, &s->ddp, err)) { /* DDP's bucket size */
