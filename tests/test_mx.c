@@ -340,6 +340,7 @@ END_TEST
  * and stride 2 (col2im dX). A chunk cut through a block would change the
  * quantized values by far more than the tolerance. */
 static bool g_cpu_bf16; /* conv_run's quantized products on the BF16 engine (train.cpu_gemm = auto) */
+static bool g_cpu_direct; /* conv_run's products as oneDNN's direct convolutions (train.cpu_conv = auto) */
 
 static void conv_run(const mm_policy *p, int64_t chunk_bytes, int stride, const float *x, const float *w, const float *dy,
                      float *y, float *dx, float *dw) {
@@ -350,6 +351,7 @@ static void conv_run(const mm_policy *p, int64_t chunk_bytes, int stride, const 
     one_site_open(&os, &ctx, p, "conv", MM_B_WEIGHT);
     ctx.run.conv_chunk_bytes = chunk_bytes;
     ctx.run.cpu_bf16 = g_cpu_bf16;
+    ctx.run.cpu_f32_dnnl = ctx.run.cpu_conv_dnnl = g_cpu_direct;
     memset(dx, 0, sizeof(float) * Nb * H * W * C);
     memset(dw, 0, sizeof(float) * O * 9 * C);
     ag_var vx = ag_leaf((float *)x, dx, 4, (int64_t[]){Nb, H, W, C}), vw = ag_leaf((float *)w, dw, 4, (int64_t[]){O, 3, 3, C});
@@ -410,6 +412,32 @@ START_TEST(test_bf16_engine_matches_fp32) {
                 conv_run(&p, 0, stride, x, w, dy, y[e], dx[e], dw[e]);
             }
             g_cpu_bf16 = false;
+            expect_conv_close(stride, y, dx, dw);
+        }
+    free(x); free(w); free(dy);
+}
+END_TEST
+
+
+/* oneDNN's direct convolutions (train.cpu_conv = auto) form the products the
+ * gathers do, up to the order of FP32 sums: fp32 (its f32 kernels), 1d (bf16
+ * kernels for y and dX; dW still gathers its row-quantized columns) and 2d
+ * (bf16 kernels for all three, on the forward's quantized x), both strides. */
+START_TEST(test_direct_conv_matches_gather) {
+    enum { NX = 2 * 6 * 6 * 8, NW = 8 * 9 * 8 };
+    float *x = randn(NX, 61, 1.0f), *w = randn(NW, 62, 0.1f), *dy = randn(NX, 63, 1e-3f);
+    float y[2][NX], dx[2][NX], dw[2][NW];
+    for (int variant = 0; variant < 3; variant++)
+        for (int stride = 1; stride <= 2; stride++) {
+            mm_policy p;
+            mm_policy_init(&p, variant == 2 ? QUANT_FORMAT_MXSF : QUANT_FORMAT_MXFP8_E4M3);
+            p.tiling = variant == 2 ? MM_TILING_2D : MM_TILING_1D;
+            g_cpu_bf16 = gemm_bf16_available();
+            for (int e = 0; e < 2; e++) {
+                g_cpu_direct = e == 1;
+                conv_run(variant ? &p : NULL, 0, stride, x, w, dy, y[e], dx[e], dw[e]);
+            }
+            g_cpu_bf16 = g_cpu_direct = false;
             expect_conv_close(stride, y, dx, dw);
         }
     free(x); free(w); free(dy);
@@ -600,6 +628,7 @@ int main(void) {
     tcase_add_test(tc, test_conv_eval_matches_training_forward);
     tcase_add_test(tc, test_conv_chunks_match_whole);
     tcase_add_test(tc, test_bf16_engine_matches_fp32);
+    tcase_add_test(tc, test_direct_conv_matches_gather);
     tcase_add_test(tc, test_stochastic_streams_do_not_depend_on_order);
     tcase_add_test(tc, test_elementwise_bf16);
     tcase_add_test(tc, test_tiny_models_train_under_every_format_and_tiling);
