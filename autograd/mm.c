@@ -212,6 +212,29 @@ static quant_tensor mm_full(const float *src, int batch, int64_t rows, int64_t c
     return (quant_tensor){.spec = {.format = QUANT_FORMAT_FP32}, .ndim = 3, .shape = {batch, rows, cols}, .values = src};
 }
 
+/* On the CPU's BF16 units (ag_run.cpu_bf16): the quantized values held as
+ * bf16 in ar, as the GPU holds them, so each GEMM reads them as they are
+ * (no per-product conversion; 2d keeps them instead of packed codes, no
+ * unpacking in the backward). False, nothing kept, where some value is not
+ * bf16-exact (blocks scaled near 2^-127): the caller quantizes as float32. */
+static bool mm_cpu_quantize_bf16(ag_ctx *ctx, quant_tensor *t, const float *src, arena *ar, quant_stats *stats) {
+    int64_t n = quant_tensor_numel(t);
+    arena_mark m = arena_get_mark(&ctx->scratch);
+    float *y = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)n);
+    quant_fake(&t->spec, src, y, t->ndim, t->shape, NULL, stats);
+    arena_mark ma = arena_get_mark(ar);
+    uint16_t *y16 = arena_alloc(ar, sizeof(uint16_t) * (size_t)n);
+    bool exact = gemm_bf16_convert(y, n, y16);
+    if (exact) t->values16 = y16, t->values = NULL;
+    if (ar == &ctx->scratch) {
+        if (!exact) arena_release(ar, m);
+        return exact; /* y stays below y16 in scratch until the caller's release */
+    }
+    if (!exact) arena_release(ar, ma);
+    arena_release(&ctx->scratch, m);
+    return exact;
+}
+
 /* Quantizes batch x [rows, cols] of role at site: one pass, counted, with
  * statistics when collected. fp32: the operand is src itself. On the GPU
  * the quantized values are held as bf16 (packed codes are a CPU saving). */
@@ -225,6 +248,11 @@ static quant_tensor mm_quantize(ag_ctx *ctx, const mm_site *site, mm_role role, 
     double t0 = ag_prof_start(ctx);
     if (ctx->gpu) {
         mm_gpu_quantize(ctx, &t, src, store == MM_STORE_SCRATCH ? &ctx->scratch : &ctx->ar, stp);
+        mm_account(ctx, site, role, stp, n, true);
+        ag_prof_stop(ctx, AG_PROF_QUANT, t0);
+        return t;
+    }
+    if (ctx->run.cpu_bf16 && gemm_bf16_available() && mm_cpu_quantize_bf16(ctx, &t, src, store == MM_STORE_SCRATCH ? &ctx->scratch : &ctx->ar, stp)) {
         mm_account(ctx, site, role, stp, n, true);
         ag_prof_stop(ctx, AG_PROF_QUANT, t0);
         return t;
@@ -257,7 +285,7 @@ quant_tensor mm_rowq_apply(mm_rowq *q, const float *a, int batch, int64_t row0, 
     double t0 = ag_prof_start(q->ctx);
     if (q->ctx->gpu) {
         mm_gpu_quantize(q->ctx, &t, a, &q->ctx->scratch, stp);
-    } else {
+    } else if (!(q->bf16 && q->ctx->run.cpu_bf16 && gemm_bf16_available() && mm_cpu_quantize_bf16(q->ctx, &t, a, &q->ctx->scratch, stp))) {
         float *y = arena_alloc(&q->ctx->scratch, sizeof(float) * (size_t)n);
         quant_fake(&t.spec, a, y, 3, t.shape, NULL, stp);
         t.values = y;
@@ -340,7 +368,7 @@ void mm_forward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const floa
 void mm_backward(ag_ctx *ctx, const mm_site *site, const mm_shape *sh, const mm_saved *sv, const float *a,
                  const float *b, const float *dy, float *da, float *db) {
     mm_plan *q = ctx->run.mm;
-    mm_rowq rq = {ctx, site, {0}, false, false, 1};
+    mm_rowq rq = {ctx, site, {0}, false, false, 1, false};
     const int B = sh->batch;
     int64_t ar, ac, brows = sh->b_trans ? sh->n : sh->k, bcols = sh->b_trans ? sh->k : sh->n;
     mm_a_dims(sh, &ar, &ac);

@@ -20,38 +20,55 @@
 #include "core/error.h"
 #include "core/gemm.h"
 
-/* The GEMMs of one product: gemm_f32's, or gemm_bf16_f32's when both
- * operands are quantized (their values are bf16) and the run allows the BF16
- * units; batched forms, so a batch of products is one oneDNN call. */
-typedef gemm_batched_fn mm_gemm_fn;
+/* The GEMMs of one product, batched (a batch of products is one oneDNN
+ * call), on float32 operands: gemm_f32's or oneDNN's f32 matmul, or
+ * gemm_bf16_f32's when both are quantized (their values are bf16) and the
+ * run allows the BF16 units; or on operands held as bf16 (mm_gemm_in16). */
+typedef void (*mm_gemm_fn)(const gemm_batch *bt, bool ta, bool tb, int m, int n, int k, const void *a, int lda,
+                           const void *b, int ldb, float beta, float *c, int ldc);
+static void mm_gemm_openblas(const gemm_batch *bt, bool ta, bool tb, int m, int n, int k, const void *a, int lda,
+                             const void *b, int ldb, float beta, float *c, int ldc) {
+    gemm_f32_batched(bt, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+static void mm_gemm_dnnl(const gemm_batch *bt, bool ta, bool tb, int m, int n, int k, const void *a, int lda,
+                         const void *b, int ldb, float beta, float *c, int ldc) {
+    gemm_dnnl_f32_batched(bt, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+static void mm_gemm_bf16(const gemm_batch *bt, bool ta, bool tb, int m, int n, int k, const void *a, int lda,
+                         const void *b, int ldb, float beta, float *c, int ldc) {
+    gemm_bf16_f32_batched(bt, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+static void mm_gemm_in16(const gemm_batch *bt, bool ta, bool tb, int m, int n, int k, const void *a, int lda,
+                         const void *b, int ldb, float beta, float *c, int ldc) {
+    gemm_bf16_bf16_batched(bt, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc);
+}
 static const gemm_batch mm_one = {1, 0, 0, 0};
 
 static mm_gemm_fn mm_cpu_gemm(const ag_ctx *ctx, quant_format fa, quant_format fb) {
-    if (ctx->run.cpu_bf16 && fa != QUANT_FORMAT_FP32 && fb != QUANT_FORMAT_FP32) return gemm_bf16_f32_batched;
-    return ctx->run.cpu_f32_dnnl ? gemm_dnnl_f32_batched : gemm_f32_batched;
+    if (ctx->run.cpu_bf16 && fa != QUANT_FORMAT_FP32 && fb != QUANT_FORMAT_FP32) return mm_gemm_bf16;
+    return ctx->run.cpu_f32_dnnl ? mm_gemm_dnnl : mm_gemm_openblas;
 }
 
 /* ---------------- dense ---------------- */
 
-static void dense_y(mm_gemm_fn gemm, const mm_shape *sh, const float *a, const float *b, float *y) {
+static void dense_y(mm_gemm_fn gemm, const mm_shape *sh, const void *a, const void *b, float *y) {
     gemm_batch bt = {sh->batch, sh->stride_a, sh->stride_b, sh->stride_y};
-    gemm(&bt, false, sh->b_trans, sh->m, sh->n, sh->k, 1.0f, a, sh->k, b, sh->b_trans ? sh->k : sh->n, 0.0f, y, sh->n);
+    gemm(&bt, false, sh->b_trans, sh->m, sh->n, sh->k, a, sh->k, b, sh->b_trans ? sh->k : sh->n, 0.0f, y, sh->n);
 }
 
-static void dense_da(mm_gemm_fn gemm, const mm_shape *sh, const float *dy, const float *b, float *da) {
+static void dense_da(mm_gemm_fn gemm, const mm_shape *sh, const void *dy, const void *b, float *da) {
     gemm_batch bt = {sh->batch, sh->stride_y, sh->stride_b, sh->stride_a}; /* dA[M,K] += dY[M,N] . B'^T */
-    gemm(&bt, false, !sh->b_trans, sh->m, sh->k, sh->n, 1.0f, dy, sh->n, b, sh->b_trans ? sh->k : sh->n, 1.0f, da,
-         sh->k);
+    gemm(&bt, false, !sh->b_trans, sh->m, sh->k, sh->n, dy, sh->n, b, sh->b_trans ? sh->k : sh->n, 1.0f, da, sh->k);
 }
 
 /* rows m of A and dY (each of `bt`'s products), lda/ldy their row strides */
-static void dense_db1(mm_gemm_fn gemm, const gemm_batch *bt, const mm_shape *sh, int m, const float *a,
-                      const float *dy, float *db) {
+static void dense_db1(mm_gemm_fn gemm, const gemm_batch *bt, const mm_shape *sh, int m, const void *a, const void *dy,
+                      float *db) {
     if (sh->b_trans) { /* dB[N,K] += dY^T[N,M] . A[M,K] */
         gemm_batch t = {bt->count, bt->stride_b, bt->stride_a, bt->stride_c};
-        gemm(&t, true, false, sh->n, sh->k, m, 1.0f, dy, sh->n, a, sh->k, 1.0f, db, sh->k);
+        gemm(&t, true, false, sh->n, sh->k, m, dy, sh->n, a, sh->k, 1.0f, db, sh->k);
     } else { /* dB[K,N] += A^T[K,M] . dY[M,N] */
-        gemm(bt, true, false, sh->k, sh->n, m, 1.0f, a, sh->k, dy, sh->n, 1.0f, db, sh->n);
+        gemm(bt, true, false, sh->k, sh->n, m, a, sh->k, dy, sh->n, 1.0f, db, sh->n);
     }
 }
 
@@ -128,8 +145,7 @@ static void conv_y(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, const float
         double t0 = ag_prof_start(ctx);
         conv_gather_rows(&win, x, r0, r1, cols);
         ag_prof_stop(ctx, AG_PROF_GATHER, t0);
-        gemm(&mm_one, false, true, (int)(r1 - r0), (int)O, (int)K, 1.0f, cols, (int)K, w, (int)K, 0.0f, y + r0 * O,
-             (int)O);
+        gemm(&mm_one, false, true, (int)(r1 - r0), (int)O, (int)K, cols, (int)K, w, (int)K, 0.0f, y + r0 * O, (int)O);
     }
     arena_release(&ctx->scratch, mark);
 }
@@ -157,7 +173,7 @@ static void conv_dx(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, const floa
             double t0 = ag_prof_start(ctx);
             conv_gather_rows(&win, dy, r0, r1, cols);
             ag_prof_stop(ctx, AG_PROF_GATHER, t0);
-            gemm(&mm_one, false, false, (int)(r1 - r0), (int)g->c, (int)KO, 1.0f, cols, (int)KO, wt, (int)g->c, 1.0f,
+            gemm(&mm_one, false, false, (int)(r1 - r0), (int)g->c, (int)KO, cols, (int)KO, wt, (int)g->c, 1.0f,
                  dx + r0 * g->c, (int)g->c);
         }
     } else {
@@ -165,8 +181,8 @@ static void conv_dx(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, const floa
         float *dcols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
         for (int64_t r0 = 0; r0 < M; r0 += rows) {
             int64_t r1 = r0 + rows < M ? r0 + rows : M;
-            gemm(&mm_one, false, false, (int)(r1 - r0), (int)K, (int)O, 1.0f, dy + r0 * O, (int)O, w, (int)K, 0.0f,
-                 dcols, (int)K);
+            gemm(&mm_one, false, false, (int)(r1 - r0), (int)K, (int)O, dy + r0 * O, (int)O, w, (int)K, 0.0f, dcols,
+                 (int)K);
             double t0 = ag_prof_start(ctx);
             conv_col2im_add_rows(g, dcols, r0, r1, dx);
             ag_prof_stop(ctx, AG_PROF_GATHER, t0);
@@ -190,7 +206,7 @@ static void conv_dw(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, mm_rowq *q
         ag_prof_stop(ctx, AG_PROF_GATHER, t0);
         arena_mark chunk = arena_get_mark(&ctx->scratch);
         dense_db1(gemm, &mm_one, sh, (int)(r1 - r0), mm_rowq_apply(q, cols, 1, r0, r1 - r0, K).values, dy + r0 * sh->n,
-                  dw);
+                  dw); /* q->bf16 is false: float32 rows, as dy is here */
         arena_release(&ctx->scratch, chunk);
     }
     arena_release(&ctx->scratch, mark);
@@ -203,50 +219,59 @@ static void conv_dw(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, mm_rowq *q
  * its direct kernels: no im2col gathers (27% of ResNet-18's step on 16
  * cores). The quantized operands are tensors of x's, W's and dY's shapes
  * (quantized before any gather), so the kernels multiply exactly what the
- * gathered products would. False: this call gathers as before. */
-static bool conv_dnnl(ag_ctx *ctx, mm_gemm_fn gemm, gemm_conv_dir dir, const mm_shape *sh, const float *x,
-                      const float *w, const float *dy, float *out) {
-    bool f32 = gemm == gemm_dnnl_f32_batched, bf16 = gemm == gemm_bf16_f32_batched;
-    if (!(f32 || bf16) || !ctx->run.cpu_conv_dnnl) return false;
+ * gathered products would. in16: the operands are bf16 (held so by the
+ * product path), else float32 through `gemm`'s engine. False: this call
+ * gathers as before. */
+static bool conv_dnnl(ag_ctx *ctx, mm_gemm_fn gemm, bool in16, gemm_conv_dir dir, const mm_shape *sh, const void *x,
+                      const void *w, const void *dy, float *out) {
+    if (!ctx->run.cpu_conv_dnnl || !(in16 || gemm == mm_gemm_dnnl || gemm == mm_gemm_bf16)) return false;
     const mm_im2col *g = &sh->g;
     gemm_conv_shape c = {(int)g->n, (int)g->h, (int)g->w, (int)g->c, sh->n, (int)g->kh, (int)g->kw, g->stride, g->pad};
     arena_mark mark = arena_get_mark(&ctx->scratch);
     float *tmp = dir == GEMM_CONV_DX ? arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(g->n * g->h * g->w * g->c))
                                      : NULL;
-    bool done = (bf16 ? gemm_conv_dnnl_bf16 : gemm_conv_dnnl_f32)(dir, &c, x, w, dy, out, tmp);
+    bool done = in16              ? gemm_conv_dnnl_bf16_in(dir, &c, x, w, dy, out, tmp)
+                : gemm == mm_gemm_bf16 ? gemm_conv_dnnl_bf16(dir, &c, x, w, dy, out, tmp)
+                                  : gemm_conv_dnnl_f32(dir, &c, x, w, dy, out, tmp);
     arena_release(&ctx->scratch, mark);
     return done;
 }
 
 /* ---------------- entry points ---------------- */
 
-/* The CPU multiplies float32 values (bf16 ones exist only on the GPU). */
-static const float *mm_cpu_values(const quant_tensor *t) {
-    MX_ASSERT(t->values);
-    return t->values;
-}
+/* An operand's float32 values (bf16 ones widened into scratch, for the gathers). */
+static const float *mm_cpu_values(ag_ctx *ctx, const quant_tensor *t) { return mm_values_f32(ctx, *t); }
+
+/* Both operands held as bf16 (mm.c on the BF16 units): products read them as they are. */
+static bool mm_pair16(const quant_tensor *a, const quant_tensor *b) { return a->values16 && b->values16; }
 
 void mm_gemm_y(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *a, const quant_tensor *b, float *y) {
     mm_gemm_fn gemm = mm_cpu_gemm(ctx, a->spec.format, b->spec.format);
     double t0 = ag_prof_start(ctx);
+    arena_mark mark = arena_get_mark(&ctx->scratch);
     if (ctx->gpu) mm_gpu_y(ctx, sh, a, b, y);
-    else if (sh->im2col) {
-        if (!conv_dnnl(ctx, gemm, GEMM_CONV_FWD, sh, mm_cpu_values(a), mm_cpu_values(b), NULL, y))
-            conv_y(ctx, gemm, sh, mm_cpu_values(a), mm_cpu_values(b), y);
-    }
-    else dense_y(gemm, sh, mm_cpu_values(a), mm_cpu_values(b), y);
+    else if (mm_pair16(a, b) && !sh->im2col) dense_y(mm_gemm_in16, sh, a->values16, b->values16, y);
+    else if (!sh->im2col) dense_y(gemm, sh, mm_cpu_values(ctx, a), mm_cpu_values(ctx, b), y);
+    else if (!(mm_pair16(a, b) ? conv_dnnl(ctx, gemm, true, GEMM_CONV_FWD, sh, a->values16, b->values16, NULL, y)
+                               : conv_dnnl(ctx, gemm, false, GEMM_CONV_FWD, sh, mm_cpu_values(ctx, a),
+                                           mm_cpu_values(ctx, b), NULL, y)))
+        conv_y(ctx, gemm, sh, mm_cpu_values(ctx, a), mm_cpu_values(ctx, b), y);
+    arena_release(&ctx->scratch, mark);
     ag_prof_stop(ctx, AG_PROF_PRODUCT, t0);
 }
 
 void mm_gemm_da(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *dy, const quant_tensor *b, float *da) {
     mm_gemm_fn gemm = mm_cpu_gemm(ctx, dy->spec.format, b->spec.format);
     double t0 = ag_prof_start(ctx);
+    arena_mark mark = arena_get_mark(&ctx->scratch);
     if (ctx->gpu) mm_gpu_da(ctx, sh, dy, b, da);
-    else if (sh->im2col) {
-        if (!conv_dnnl(ctx, gemm, GEMM_CONV_DX, sh, NULL, mm_cpu_values(b), mm_cpu_values(dy), da))
-            conv_dx(ctx, gemm, sh, mm_cpu_values(dy), mm_cpu_values(b), da);
-    }
-    else dense_da(gemm, sh, mm_cpu_values(dy), mm_cpu_values(b), da);
+    else if (mm_pair16(dy, b) && !sh->im2col) dense_da(mm_gemm_in16, sh, dy->values16, b->values16, da);
+    else if (!sh->im2col) dense_da(gemm, sh, mm_cpu_values(ctx, dy), mm_cpu_values(ctx, b), da);
+    else if (!(mm_pair16(dy, b) ? conv_dnnl(ctx, gemm, true, GEMM_CONV_DX, sh, NULL, b->values16, dy->values16, da)
+                                : conv_dnnl(ctx, gemm, false, GEMM_CONV_DX, sh, NULL, mm_cpu_values(ctx, b),
+                                            mm_cpu_values(ctx, dy), da)))
+        conv_dx(ctx, gemm, sh, mm_cpu_values(ctx, dy), mm_cpu_values(ctx, b), da);
+    arena_release(&ctx->scratch, mark);
     ag_prof_stop(ctx, AG_PROF_PRODUCT, t0);
 }
 
@@ -258,15 +283,20 @@ static void mm_gemm_db_run(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const qu
     }
     /* A as the product sees it: through q when q quantizes its rows */
     mm_gemm_fn gemm = mm_cpu_gemm(ctx, q->active ? q->spec.format : a->spec.format, dy->spec.format);
-    if (sh->im2col) { /* A's rows quantized by chunks (1d) exist only gathered */
-        if (q->active || !conv_dnnl(ctx, gemm, GEMM_CONV_DW, sh, mm_cpu_values(a), NULL, mm_cpu_values(dy), db))
-            conv_dw(ctx, gemm, sh, q, mm_cpu_values(a), mm_cpu_values(dy), db);
-        return;
-    }
     arena_mark mark = arena_get_mark(&ctx->scratch);
-    quant_tensor aq = mm_rowq_apply(q, mm_cpu_values(a), sh->batch, 0, sh->m, sh->k);
-    gemm_batch bt = {sh->batch, sh->stride_a, sh->stride_y, sh->stride_b}; /* (A, dY, dB) of each product */
-    dense_db1(gemm, &bt, sh, sh->m, aq.values, mm_cpu_values(dy), db);
+    if (sh->im2col) { /* A's rows quantized by chunks (1d) exist only gathered */
+        bool done = !q->active && (mm_pair16(a, dy) ? conv_dnnl(ctx, gemm, true, GEMM_CONV_DW, sh, a->values16, NULL,
+                                                                dy->values16, db)
+                                                    : conv_dnnl(ctx, gemm, false, GEMM_CONV_DW, sh, mm_cpu_values(ctx, a),
+                                                                NULL, mm_cpu_values(ctx, dy), db));
+        if (!done) conv_dw(ctx, gemm, sh, q, mm_cpu_values(ctx, a), mm_cpu_values(ctx, dy), db);
+    } else {
+        q->bf16 = true; /* whole rows: bf16 like dY where the BF16 units run */
+        quant_tensor aq = q->active ? mm_rowq_apply(q, mm_cpu_values(ctx, a), sh->batch, 0, sh->m, sh->k) : *a;
+        gemm_batch bt = {sh->batch, sh->stride_a, sh->stride_y, sh->stride_b}; /* (A, dY, dB) of each product */
+        if (mm_pair16(&aq, dy)) dense_db1(mm_gemm_in16, &bt, sh, sh->m, aq.values16, dy->values16, db);
+        else dense_db1(gemm, &bt, sh, sh->m, mm_cpu_values(ctx, &aq), mm_cpu_values(ctx, dy), db);
+    }
     arena_release(&ctx->scratch, mark);
 }
 

@@ -10,6 +10,7 @@
  * and cuDNN's bf16 convolutions write bf16 outputs. Two float32 operands may
  * go to cuDNN instead (train.gpu_conv = cudnn; cu_conv_f32). */
 #include "autograd/mm_impl.h"
+#include "core/gemm.h"
 #include "autograd/ops_util.h"
 #include "core/error.h"
 
@@ -42,7 +43,8 @@ const float *mm_values_f32(ag_ctx *ctx, quant_tensor t) {
     MX_ASSERT(t.values16);
     int64_t n = quant_tensor_numel(&t);
     float *y = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)n);
-    cu_bf16_to_f32(n, t.values16, y);
+    if (ctx->gpu) cu_bf16_to_f32(n, t.values16, y);
+    else gemm_bf16_widen(t.values16, n, y);
     return y;
 }
 

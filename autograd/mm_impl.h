@@ -17,6 +17,7 @@ typedef struct mm_rowq {
     bool active;
     bool counted; /* one pass for all chunks */
     int align;
+    bool bf16;    /* on the BF16 units the rows may be held as bf16 (whole rows; chunks stay float32) */
 } mm_rowq;
 
 /* Rows [row0, row0 + rows) of A (cols each; batch > 1 only whole, row0 = 0),
@@ -41,7 +42,7 @@ ag_window mm_im2col_window(const mm_im2col *g);
 /* Quantizes src with t->spec over t->shape into ar: t->values16 (bf16) when
  * every value is bf16-exact, else t->values (float32, the same bits). */
 void mm_gpu_quantize(ag_ctx *ctx, quant_tensor *t, const float *src, arena *ar, quant_stats *stats);
-/* An operand's values as float32 (bf16 ones widened into scratch). */
+/* An operand's values as float32 (bf16 ones widened into scratch; CPU or GPU). */
 const float *mm_values_f32(ag_ctx *ctx, quant_tensor t);
 void mm_gpu_y(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *a, const quant_tensor *b, float *y);
 void mm_gpu_da(ag_ctx *ctx, const mm_shape *sh, const quant_tensor *dy, const quant_tensor *b, float *da);

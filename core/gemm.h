@@ -36,6 +36,11 @@ const char *gemm_dnnl_f32_engine(void);
 /* Tests: false sends every gemm_bf16_f32 call to gemm_f32. */
 void gemm_bf16_set_enabled(bool on);
 
+/* bf16 values of n floats (the upper halves); false if some value is not a
+ * normal bf16 or zero (then dst is incomplete). And back to float32. */
+bool gemm_bf16_convert(const float *src, int64_t n, uint16_t *dst);
+void gemm_bf16_widen(const uint16_t *src, int64_t n, float *dst);
+
 /* Batched forms: `count` products of one shape, the i-th on a + i * stride_a,
  * b + i * stride_b, c + i * stride_c (elements). oneDNN runs them as one
  * batched matmul, its threads across the products (attention's 192 small
@@ -71,8 +76,18 @@ bool gemm_conv_dnnl_f32(gemm_conv_dir dir, const gemm_conv_shape *s, const float
  * cannot (the caller's im2col then runs, with gemm_bf16_f32's own fallback). */
 bool gemm_conv_dnnl_bf16(gemm_conv_dir dir, const gemm_conv_shape *s, const float *x, const float *w, const float *dy,
                          float *out, float *tmp);
+/* The same with the operands already bf16 (quantized operands the product
+ * path holds as bf16); false where oneDNN has no fast bf16 kernels for it. */
+bool gemm_conv_dnnl_bf16_in(gemm_conv_dir dir, const gemm_conv_shape *s, const uint16_t *x, const uint16_t *w,
+                            const uint16_t *dy, float *out, float *tmp);
 /* Tests: false sends every convolution to im2col. */
 void gemm_conv_dnnl_set_enabled(bool on);
+
+/* gemm_bf16_f32_batched's product on operands already bf16 (lda, ldb their
+ * row strides, strides in elements): only where gemm_bf16_available(),
+ * alpha 1, beta 0 or 1, ldc = n. */
+void gemm_bf16_bf16_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, const uint16_t *a,
+                            int lda, const uint16_t *b, int ldb, float beta, float *c, int ldc);
 
 void gemm_ref_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                   const float *b, int ldb, float beta, float *c, int ldc);

@@ -217,7 +217,7 @@ const char *gemm_bf16_engine(void) {
     return g_engine;
 }
 
-bool gemm_bf16_available(void) { return bf_open(); }
+bool gemm_bf16_available(void) { return !g_disabled && bf_open(); }
 
 void gemm_bf16_set_enabled(bool on) { g_disabled = !on; }
 
@@ -283,6 +283,39 @@ void gemm_bf16_f32_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int
         return;
     }
     dn_execute(p, a16, b16, c, m, n, k);
+}
+
+bool gemm_bf16_convert(const float *src, int64_t n, uint16_t *dst) {
+    const int64_t cols = 4096; /* to_bf16's rows: its parallel grain */
+    bool ok = n / cols == 0 || to_bf16(src, 1, 0, (int)(n / cols), (int)cols, (int)cols, dst);
+    if (ok && n % cols) ok = to_bf16(src + n / cols * cols, 1, 0, 1, (int)(n % cols), (int)(n % cols), dst + n / cols * cols);
+    return ok;
+}
+
+void gemm_bf16_widen(const uint16_t *src, int64_t n, float *dst) {
+#pragma omp parallel for schedule(static) if (n >= 65536)
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(&dst[i], &u, 4);
+    }
+}
+
+void gemm_bf16_bf16_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, const uint16_t *a,
+                            int lda, const uint16_t *b, int ldb, float beta, float *c, int ldc) {
+    if (m == 0 || n == 0 || bt->count == 0) return;
+    MX_ASSERTF(bf_open() && !g_disabled && (beta == 0.0f || beta == 1.0f) && ldc == n && k > 0,
+               "gemm_bf16_bf16_batched: not available or not given this call");
+    bf_plan *p = batch_ok(bt) ? bf_plan_get(dnnl_bf16, bt, trans_a, trans_b, m, n, k, lda, ldb, ldc, beta != 0.0f,
+                                            bt->count == 1, NULL)
+                              : NULL;
+    if (p) {
+        dn_execute(p, a, b, c, m, n, k);
+        return;
+    }
+    for (int i = 0; i < bt->count; i++) /* products accumulating into one C, one after another */
+        dn_execute(bf_plan_get(dnnl_bf16, &(gemm_batch){1, 0, 0, 0}, trans_a, trans_b, m, n, k, lda, ldb, ldc,
+                               beta != 0.0f, true, NULL),
+                   a + i * bt->stride_a, b + i * bt->stride_b, c + i * bt->stride_c, m, n, k);
 }
 
 void gemm_bf16_f32(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a, int lda,
@@ -453,16 +486,17 @@ static uint16_t *cv_buffer(int which, size_t n) {
     return buf[which];
 }
 
-/* A flat float array as bf16 (false if some value is not a normal bf16 or zero). */
+/* A flat float array as bf16 in buffer `which` (false if some value is not a normal bf16 or zero). */
 static bool cv_to_bf16(const float *src, size_t n, int which, const void **out) {
     if (!src) return true;
     uint16_t *d = cv_buffer(which, n);
     *out = d;
-    size_t cols = 4096; /* to_bf16's rows: a parallel grain */
-    bool ok = to_bf16(src, 1, 0, (int)(n / cols), (int)cols, (int)cols, d);
-    if (ok && n % cols) ok = to_bf16(src + (n / cols) * cols, 1, 0, 1, (int)(n % cols), (int)(n % cols), d + (n / cols) * cols);
-    return ok;
+    return gemm_bf16_convert(src, (int64_t)n, d);
 }
+
+/* xs, ws, dys: the operands, float32 or (bf16) bf16 */
+static bool conv_run(cv_plan *p, const gemm_conv_shape *c, const void *xs, const void *ws, const void *dys, float *out,
+                     float *tmp);
 
 static bool gemm_conv_dnnl(gemm_conv_dir dir, bool bf16, const gemm_conv_shape *c, const float *x, const float *w,
                            const float *dy, float *out, float *tmp) {
@@ -477,6 +511,19 @@ static bool gemm_conv_dnnl(gemm_conv_dir dir, bool bf16, const gemm_conv_shape *
                      cv_to_bf16(dy, (size_t)c->n * oh * ow * c->o, 2, &dys);
         if (!exact) return false;
     }
+    return conv_run(p, c, xs, ws, dys, out, tmp);
+}
+
+bool gemm_conv_dnnl_bf16_in(gemm_conv_dir dir, const gemm_conv_shape *c, const uint16_t *x, const uint16_t *w,
+                            const uint16_t *dy, float *out, float *tmp) {
+    if (g_disabled || g_conv_disabled || !dn_load() || !bf_open()) return false;
+    cv_plan *p = cv_plan_get(dir, true, c);
+    return p && conv_run(p, c, x, w, dy, out, tmp);
+}
+
+static bool conv_run(cv_plan *p, const gemm_conv_shape *c, const void *xs, const void *ws, const void *dys, float *out,
+                     float *tmp) {
+    gemm_conv_dir dir = p->dir;
     bool ok = true;
     if (dir != GEMM_CONV_DW) { /* our OHWI weights into the kernels' layout */
         ok = DN_OK(p_dnnl_memory_set_data_handle(p->w_user, (void *)ws));
