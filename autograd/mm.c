@@ -219,6 +219,15 @@ static quant_tensor mm_full(const float *src, int batch, int64_t rows, int64_t c
  * bf16-exact (blocks scaled near 2^-127): the caller quantizes as float32. */
 static bool mm_cpu_quantize_bf16(ag_ctx *ctx, quant_tensor *t, const float *src, arena *ar, quant_stats *stats) {
     int64_t n = quant_tensor_numel(t);
+    if (!stats) { /* the quantizer's one-pass bf16 output where it has one */
+        arena_mark m0 = arena_get_mark(ar);
+        uint16_t *y16 = arena_alloc(ar, sizeof(uint16_t) * (size_t)n);
+        if (quant_fake_bf16(&t->spec, src, y16, t->ndim, t->shape) == 1) {
+            t->values16 = y16, t->values = NULL;
+            return true;
+        }
+        arena_release(ar, m0);
+    }
     arena_mark m = arena_get_mark(&ctx->scratch);
     float *y = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)n);
     quant_fake(&t->spec, src, y, t->ndim, t->shape, NULL, stats);

@@ -11,6 +11,7 @@
  * the test reference) work on the 24-bit significand in integers. Either way
  * only integer/bit operations, adds and multiplies: no libm, and loops the
  * compiler vectorizes. */
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -233,8 +234,18 @@ __attribute__((target("avx2"))) static inline void qk_vec_encode(const qk *k, __
 
 /* Returns false (and touches nothing) for a non-finite tile: the caller's
  * generic path handles it. */
-__attribute__((target("avx2"))) static bool qk_tile_even_avx2(const qk *k, const float *x, float *y, uint8_t *codes,
-                                                              int rows, int cols, int64_t ld, uint8_t *scale_out) {
+/* 8 values as bf16 (their upper halves: exact where the low halves are 0, as the caller knows). */
+__attribute__((target("avx2"))) static inline void qk_store_bf16(uint16_t *dst, __m256 v) {
+    __m256i u = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
+    _mm_storeu_si128((__m128i *)dst, _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1)));
+}
+
+/* y16 (bf16 output, quant_fake_bf16): false also when the block's scale puts
+ * its smallest step below bf16's normals (min_exp: that step's exponent in
+ * the scaled domain), and nothing is written. */
+__attribute__((target("avx2"))) static bool qk_tile_even_avx2(const qk *k, const float *x, float *y, uint16_t *y16,
+                                                              int min_exp, uint8_t *codes, int rows, int cols,
+                                                              int64_t ld, uint8_t *scale_out) {
     const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
     __m256i vmax = _mm256_setzero_si256();
     for (int i = 0; i < rows; i++)
@@ -246,6 +257,7 @@ __attribute__((target("avx2"))) static bool qk_tile_even_avx2(const qk *k, const
     uint32_t amax = (uint32_t)_mm_cvtsi128_si32(m4);
     if (amax >= k->nan_above) return false;
     int se = qk_scale_exp(k, amax);
+    if (y16 && se + min_exp < -126) return false;
     if (scale_out) *scale_out = (uint8_t)(se + 127);
     __m256 s = _mm256_set1_ps(quant_pow2f(se)), inv_s = _mm256_set1_ps(quant_pow2f(-se));
     __m256i eb0 = _mm256_set1_epi32(k->eminb), off = _mm256_set1_epi32(23 - k->p);
@@ -260,6 +272,7 @@ __attribute__((target("avx2"))) static bool qk_tile_even_avx2(const qk *k, const
             __m256 q = has_low ? qk_vec_even(xv, inv_s, s, eb0, off, maxn, 1, low_below, low_eb0, low_off)
                                : qk_vec_even(xv, inv_s, s, eb0, off, maxn, 0, low_below, low_eb0, low_off);
             if (y) _mm256_storeu_ps(y + i * ld + j, _mm256_mul_ps(q, s));
+            if (y16) qk_store_bf16(y16 + i * ld + j, _mm256_mul_ps(q, s));
             if (codes) qk_vec_encode(k, q, codes + i * ld + j);
         }
     return true;
@@ -268,8 +281,9 @@ __attribute__((target("avx2"))) static bool qk_tile_even_avx2(const qk *k, const
 /* COLUMNS panel: `rows` x w (w a multiple of 8, at most QK_COLS) with one
  * scale per column; row stride ld. Same arithmetic as the tile kernel with a
  * scale vector per 8 columns. False (nothing written) on a non-finite column. */
-__attribute__((target("avx2"))) static bool qk_panel_even_avx2(const qk *k, const float *x, float *y, uint8_t *codes,
-                                                               int rows, int w, int64_t ld, uint8_t *scale_out) {
+__attribute__((target("avx2"))) static bool qk_panel_even_avx2(const qk *k, const float *x, float *y, uint16_t *y16,
+                                                               int min_exp, uint8_t *codes, int rows, int w, int64_t ld,
+                                                               uint8_t *scale_out) {
     const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
     __m256i vmax[QK_COLS / 8];
     int nv = w / 8;
@@ -283,6 +297,9 @@ __attribute__((target("avx2"))) static bool qk_panel_even_avx2(const qk *k, cons
     for (int v = 0; v < nv; v++) _mm256_storeu_si256((__m256i *)(amax + 8 * v), vmax[v]);
     for (int j = 0; j < w; j++)
         if (amax[j] >= k->nan_above) return false;
+    if (y16)
+        for (int j = 0; j < w; j++)
+            if (qk_scale_exp(k, amax[j]) + min_exp < -126) return false;
     for (int j = 0; j < w; j++) {
         int se = qk_scale_exp(k, amax[j]);
         if (scale_out) scale_out[j] = (uint8_t)(se + 127);
@@ -301,6 +318,7 @@ __attribute__((target("avx2"))) static bool qk_panel_even_avx2(const qk *k, cons
             __m256 q = has_low ? qk_vec_even(xv, inv_s, s, eb0, off, maxn, 1, low_below, low_eb0, low_off)
                                : qk_vec_even(xv, inv_s, s, eb0, off, maxn, 0, low_below, low_eb0, low_off);
             if (y) _mm256_storeu_ps(y + i * ld + 8 * v, _mm256_mul_ps(q, s));
+            if (y16) qk_store_bf16(y16 + i * ld + 8 * v, _mm256_mul_ps(q, s));
             if (codes) qk_vec_encode(k, q, codes + i * ld + 8 * v);
         }
     return true;
@@ -312,12 +330,12 @@ static bool qk_have_avx2(void) {
     return have;
 }
 #else
-static bool qk_tile_even_avx2(const qk *k, const float *x, float *y, uint8_t *codes, int rows, int cols,
-                              int64_t ld, uint8_t *scale_out) {
+static bool qk_tile_even_avx2(const qk *k, const float *x, float *y, uint16_t *y16, int min_exp, uint8_t *codes,
+                              int rows, int cols, int64_t ld, uint8_t *scale_out) {
     return false;
 }
-static bool qk_panel_even_avx2(const qk *k, const float *x, float *y, uint8_t *codes, int rows, int w, int64_t ld,
-                               uint8_t *scale_out) {
+static bool qk_panel_even_avx2(const qk *k, const float *x, float *y, uint16_t *y16, int min_exp, uint8_t *codes,
+                               int rows, int w, int64_t ld, uint8_t *scale_out) {
     return false;
 }
 static bool qk_have_avx2(void) { return false; }
@@ -740,7 +758,7 @@ static void qk_run_tiles(const qk *k, const qlayout *l, const float *x, float *y
             int cols = (int)(l->C - tc * l->c < l->c ? l->C - tc * l->c : l->c);
             int64_t off = li * l->R * l->C + tr * l->r * l->C + tc * l->c;
             if (fast && cols == l->c &&
-                qk_tile_even_avx2(k, x + off, y ? y + off : NULL, codes ? codes + off : NULL, rows, cols, l->C,
+                qk_tile_even_avx2(k, x + off, y ? y + off : NULL, NULL, 0, codes ? codes + off : NULL, rows, cols, l->C,
                                   scales ? scales + t : NULL))
                 continue;
             uint32_t amax = 0;
@@ -802,8 +820,8 @@ static void qk_run_columns(const qk *k, const qlayout *l, const float *x, float 
             int64_t base = o * l->L * l->inner + b * l->k * l->inner + j0;
             uint8_t *sc0 = scales ? scales + o * l->nb * l->inner + b * l->inner + j0 : NULL;
             if (fast && w % 8 == 0 &&
-                qk_panel_even_avx2(k, x + base, y ? y + base : NULL, codes ? codes + base : NULL, rows, w, l->inner,
-                                   sc0))
+                qk_panel_even_avx2(k, x + base, y ? y + base : NULL, NULL, 0, codes ? codes + base : NULL, rows, w,
+                                   l->inner, sc0))
                 continue;
             uint32_t amax[QK_COLS];
             memset(amax, 0, sizeof amax);
@@ -927,6 +945,57 @@ static void quant_run(const quant_spec *s, const float *x, float *y, uint8_t *co
     qk_row_fn row = qk_rows[codes ? 1 : 0][stats ? 1 : 0][k.mode];
     if (l.kind == QL_TILES) qk_run_tiles(&k, &l, x, y, codes, scales, stats, row, nth);
     else qk_run_columns(&k, &l, x, y, codes, scales, stats, row, nth);
+}
+
+/* The scaled domain's smallest nonzero magnitude's exponent (the subnormal
+ * step, or an integer grid's 2^-p); bf16 holds a block's values exactly when
+ * the scale puts it at 2^-126 or above and the grid has at most 7 fraction
+ * bits. INT_MIN where the format's values are not all bf16 grid points. */
+static int qk_min_exp(const qk *k) {
+    if (k->p > 7 || (k->has_low && k->low_p > 7)) return INT_MIN;
+    if (k->is_int) return -k->p;
+    int m = k->eminb - 127 - k->p;
+    if (k->has_low && k->low_eminb - 127 - k->low_p < m) m = k->low_eminb - 127 - k->low_p;
+    return m;
+}
+
+int quant_fake_bf16(const quant_spec *s, const float *x, uint16_t *y, int ndim, const int64_t *shape) {
+    qlayout l;
+    mx_err err;
+    MX_ASSERTF(ql_make(s, ndim, shape, &l, &err) == 0, "quantize: %s", err.msg);
+    if (l.numel == 0) return 1;
+    if (l.kind == QL_ELEMENTWISE || !qk_have_avx2() || getenv("MXTRAIN_NO_SIMD")) return -1;
+    qk k = qk_make(s, false);
+    int min_exp = qk_min_exp(&k);
+    if (k.k1 || k.mode != QK_EVEN_FAST || min_exp == INT_MIN) return -1;
+    bool tiles = l.kind == QL_TILES;
+    if (tiles ? l.c % 8 != 0 || l.C % l.c != 0 : l.inner % 8 != 0) return -1;
+    int64_t nchunk = tiles ? 1 : (l.inner + QK_COLS - 1) / QK_COLS;
+    int64_t total = tiles ? l.nblocks : l.outer * l.nb * nchunk;
+    int bad = 0, nth = qk_threads(l.numel);
+#pragma omp parallel num_threads(nth) if (nth > 1) reduction(| : bad)
+    {
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        int64_t t0, t1;
+        qk_range(total, tid, nt, &t0, &t1);
+        int64_t per_lead = l.ntr * l.ntc;
+        for (int64_t t = t0; t < t1 && !bad; t++) {
+            if (tiles) {
+                int64_t li = t / per_lead, tr = (t % per_lead) / l.ntc, tc = t % l.ntc;
+                int rows = (int)(l.R - tr * l.r < l.r ? l.R - tr * l.r : l.r);
+                int64_t off = li * l.R * l.C + tr * l.r * l.C + tc * l.c;
+                bad |= !qk_tile_even_avx2(&k, x + off, NULL, y + off, min_exp, NULL, rows, l.c, l.C, NULL);
+            } else {
+                int64_t o = t / (l.nb * nchunk), rem = t % (l.nb * nchunk), b = rem / nchunk, ch = rem % nchunk;
+                int64_t j0 = ch * QK_COLS;
+                int w = (int)(l.inner - j0 < QK_COLS ? l.inner - j0 : QK_COLS);
+                int rows = (int)(l.L - b * l.k < l.k ? l.L - b * l.k : l.k);
+                int64_t base = o * l.L * l.inner + b * l.k * l.inner + j0;
+                bad |= !qk_panel_even_avx2(&k, x + base, NULL, y + base, min_exp, NULL, rows, w, l.inner, NULL);
+            }
+        }
+    }
+    return bad ? 0 : 1;
 }
 
 void quant_fake(const quant_spec *s, const float *x, float *y, int ndim, const int64_t *shape, uint8_t *scales,

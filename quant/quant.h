@@ -162,6 +162,14 @@ int quant_scales_shape(const quant_spec *s, int ndim, const int64_t *shape, int6
  * The spec must be valid for the shape (checked by assertion). */
 void quant_fake(const quant_spec *s, const float *x, float *y, int ndim, const int64_t *shape, uint8_t *scales,
                 quant_stats *stats);
+/* quant_fake's values written as bfloat16 (the upper halves of its floats),
+ * for products on BF16 units, in one pass: 1 when done (every value is then
+ * a normal bf16 or zero, so bit for bit quant_fake's); 0 where some block's
+ * scale puts values below bf16's normals (or holds Inf/NaN), and -1 where
+ * this spec has no such pass (rounding other than round-half-even, shared
+ * microexponents, layouts the vector kernels do not cover, no AVX2): y is
+ * then incomplete and the caller quantizes as float32. */
+int quant_fake_bf16(const quant_spec *s, const float *x, uint16_t *y, int ndim, const int64_t *shape);
 /* Packed storage: codes[i] is element i's code byte; scales as above.
  * Not defined for fp32 (assertion). bf16 packs to nothing: use fake-quant. */
 void quant_pack(const quant_spec *s, const float *x, uint8_t *codes, int ndim, const int64_t *shape,

@@ -347,6 +347,64 @@ START_TEST(test_pack_fake_one_pass) {
 }
 END_TEST
 
+
+/* quant_fake_bf16: where it runs (1), every value is quant_fake's float's
+ * upper half with a zero lower half, and a normal bf16 or zero; every format,
+ * scale mode, the three layouts (2d: 8x8 and 32x32 tiles), with blocks
+ * scaled down to 2^-130 (MXSF's and E4M3's small steps fall below bf16's
+ * normals there: 0, never a wrong value) and a NaN block (0). Rounding other
+ * than round-half-even and shared-microexponent formats have no such pass
+ * (-1); neither has a tile that does not divide the columns. */
+START_TEST(test_fake_bf16_one_pass) {
+    enum { R = 64, C = 96, N = R * C };
+    int64_t shape[2] = {R, C};
+    float *x = random_data(N, 11, 30.0f), *y = malloc(sizeof(float) * N);
+    uint16_t *y16 = malloc(sizeof(uint16_t) * N);
+    quant_format fmts[QUANT_FORMAT_COUNT + 16];
+    int nf = all_formats(fmts), ran = 0, refused_tiny = 0;
+    for (int fi = 0; fi < nf; fi++)
+        for (int sm = 0; sm < QUANT_SCALE_COUNT; sm++)
+            for (int layout = 0; layout < 4; layout++)
+                for (int tiny = 0; tiny < 3; tiny++) { /* 0: as drawn; 1: scaled to ~2^-125; 2: a NaN */
+                    quant_format f = fmts[fi];
+                    if (!quant_format_get(f)->is_mx || (quant_format_is_bdr(f) && sm != QUANT_SCALE_FLOOR)) continue;
+                    quant_spec s = layout_spec(f, layout < 3 ? layout : 1);
+                    if (layout == 3 && !quant_format_is_bdr(f)) s.block_rows = s.block_cols = 32;
+                    s.scale = (quant_scale)sm;
+                    float *xi = malloc(sizeof(float) * N);
+                    for (int i = 0; i < N; i++) xi[i] = tiny == 1 ? ldexpf(x[i], -125) : x[i];
+                    if (tiny == 2) xi[77] = NAN;
+                    int r = quant_fake_bf16(&s, xi, y16, 2, shape);
+                    if (quant_format_is_bdr(f)) ck_assert_int_eq(r, -1);
+                    if (tiny == 2) ck_assert_int_le(r, 0);
+                    if (r == 1) {
+                        ran++;
+                        quant_fake(&s, xi, y, 2, shape, NULL, NULL);
+                        for (int i = 0; i < N; i++) {
+                            uint32_t u;
+                            memcpy(&u, &y[i], 4);
+                            ck_assert_msg((u & 0xffffu) == 0 && u >> 16 == y16[i] && ((u & 0x7f800000u) || !(u & 0x7fffffffu)),
+                                          "%s layout %d scale %d tiny %d: [%d] %a vs bf16 %04x",
+                                          quant_format_get(f)->name, layout, sm, tiny, i, (double)y[i], y16[i]);
+                        }
+                    }
+                    if (tiny == 1 && r == 0) refused_tiny++;
+                    free(xi);
+                }
+    quant_spec st = layout_spec(QUANT_FORMAT_MXFP8_E4M3, 0);
+    st.round = QUANT_ROUND_STOCHASTIC;
+    ck_assert_int_eq(quant_fake_bf16(&st, x, y16, 2, shape), -1);
+    fprintf(stderr, "  bf16 one-pass quantization: %d cases ran and matched, %d refused tiny scales\n", ran, refused_tiny);
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2")) {
+        ck_assert_int_gt(ran, 50);
+        ck_assert_int_gt(refused_tiny, 0);
+    }
+#endif
+    free(x), free(y), free(y16);
+}
+END_TEST
+
 /* Stochastic rounding: unbiased (mean error within 4 standard errors of 0
  * over 10^6 draws) and reproducible for a seed, whatever the thread count. */
 START_TEST(test_stochastic_unbiased_and_reproducible) {
@@ -751,6 +809,7 @@ int main(void) {
     tcase_add_test(tc, test_edge_cases);
     tcase_add_test(tc, test_axis_and_ragged_blocks);
     tcase_add_test(tc, test_pack_fake_one_pass);
+    tcase_add_test(tc, test_fake_bf16_one_pass);
     tcase_add_test(tc, test_tiles_transpose_invariant);
     tcase_add_test(tc, test_bf16_edges);
     tcase_add_test(tc, test_underflow_gap);
