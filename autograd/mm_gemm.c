@@ -49,6 +49,9 @@ static mm_gemm_fn mm_cpu_gemm(const ag_ctx *ctx, quant_format fa, quant_format f
     return ctx->run.cpu_f32_dnnl ? mm_gemm_dnnl : mm_gemm_openblas;
 }
 
+/* An operand's float32 values (bf16 ones widened into scratch, for the gathers). */
+static const float *mm_cpu_values(ag_ctx *ctx, const quant_tensor *t) { return mm_values_f32(ctx, *t); }
+
 /* ---------------- dense ---------------- */
 
 static void dense_y(mm_gemm_fn gemm, const mm_shape *sh, const void *a, const void *b, float *y) {
@@ -192,11 +195,15 @@ static void conv_dx(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, const floa
 }
 
 /* dW += dY^T . cols, by chunks of rows (each quantized through q). */
-static void conv_dw(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, mm_rowq *q, const float *x, const float *dy,
-                    float *dw) {
-    int64_t M = sh->m, K = sh->k;
+static void conv_dw(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, mm_rowq *q, const float *x,
+                    const quant_tensor *dy, float *dw) {
+    int64_t M = sh->m, K = sh->k, N = sh->n;
     arena_mark mark = arena_get_mark(&ctx->scratch);
-    int64_t rows = conv_chunk_rows(ctx, K, sh->n, M, q->align);
+    /* dY held as bf16 (the BF16 units) meets chunks quantized to bf16 as well; otherwise float32 */
+    const uint16_t *dy16 = q->active ? dy->values16 : NULL;
+    const float *dyf = dy16 ? NULL : mm_cpu_values(ctx, dy);
+    q->bf16 = dy16 != NULL;
+    int64_t rows = conv_chunk_rows(ctx, K, N, M, q->align);
     float *cols = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(rows * K));
     ag_window win = mm_im2col_window(&sh->g);
     for (int64_t r0 = 0; r0 < M; r0 += rows) {
@@ -205,8 +212,18 @@ static void conv_dw(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, mm_rowq *q
         conv_gather_rows(&win, x, r0, r1, cols);
         ag_prof_stop(ctx, AG_PROF_GATHER, t0);
         arena_mark chunk = arena_get_mark(&ctx->scratch);
-        dense_db1(gemm, &mm_one, sh, (int)(r1 - r0), mm_rowq_apply(q, cols, 1, r0, r1 - r0, K).values, dy + r0 * sh->n,
-                  dw); /* q->bf16 is false: float32 rows, as dy is here */
+        quant_tensor cq = mm_rowq_apply(q, cols, 1, r0, r1 - r0, K);
+        if (dy16 && cq.values16) {
+            dense_db1(mm_gemm_in16, &mm_one, sh, (int)(r1 - r0), cq.values16, dy16 + r0 * N, dw);
+        } else {
+            const float *d = dyf ? dyf + r0 * N : NULL;
+            if (!d) { /* a chunk bf16 cannot hold (rare): these rows of dY widened */
+                float *w = arena_alloc(&ctx->scratch, sizeof(float) * (size_t)((r1 - r0) * N));
+                gemm_bf16_widen(dy16 + r0 * N, (r1 - r0) * N, w);
+                d = w;
+            }
+            dense_db1(gemm, &mm_one, sh, (int)(r1 - r0), mm_cpu_values(ctx, &cq), d, dw);
+        }
         arena_release(&ctx->scratch, chunk);
     }
     arena_release(&ctx->scratch, mark);
@@ -239,8 +256,6 @@ static bool conv_dnnl(ag_ctx *ctx, mm_gemm_fn gemm, bool in16, gemm_conv_dir dir
 
 /* ---------------- entry points ---------------- */
 
-/* An operand's float32 values (bf16 ones widened into scratch, for the gathers). */
-static const float *mm_cpu_values(ag_ctx *ctx, const quant_tensor *t) { return mm_values_f32(ctx, *t); }
 
 /* Both operands held as bf16 (mm.c on the BF16 units): products read them as they are. */
 static bool mm_pair16(const quant_tensor *a, const quant_tensor *b) { return a->values16 && b->values16; }
@@ -289,7 +304,7 @@ static void mm_gemm_db_run(ag_ctx *ctx, const mm_shape *sh, mm_rowq *q, const qu
                                                                 dy->values16, db)
                                                     : conv_dnnl(ctx, gemm, false, GEMM_CONV_DW, sh, mm_cpu_values(ctx, a),
                                                                 NULL, mm_cpu_values(ctx, dy), db));
-        if (!done) conv_dw(ctx, gemm, sh, q, mm_cpu_values(ctx, a), mm_cpu_values(ctx, dy), db);
+        if (!done) conv_dw(ctx, gemm, sh, q, mm_cpu_values(ctx, a), dy, db);
     } else {
         q->bf16 = true; /* whole rows: bf16 like dY where the BF16 units run */
         quant_tensor aq = q->active ? mm_rowq_apply(q, mm_cpu_values(ctx, a), sh->batch, 0, sh->m, sh->k) : *a;

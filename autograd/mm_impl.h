@@ -17,7 +17,7 @@ typedef struct mm_rowq {
     bool active;
     bool counted; /* one pass for all chunks */
     int align;
-    bool bf16;    /* on the BF16 units the rows may be held as bf16 (whole rows; chunks stay float32) */
+    bool bf16;    /* on the BF16 units the rows may be held as bf16 (when the product's other operand is) */
 } mm_rowq;
 
 /* Rows [row0, row0 + rows) of A (cols each; batch > 1 only whole, row0 = 0),
