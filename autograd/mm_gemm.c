@@ -232,24 +232,21 @@ static void conv_dw(ag_ctx *ctx, mm_gemm_fn gemm, const mm_shape *sh, mm_rowq *q
 /* ---------------- oneDNN's direct convolutions ---------------- */
 
 /* Convolutions whose products run on oneDNN (FP32 operands on its f32
- * engine, quantized pairs on the BF16 units; train.cpu_conv = auto) run as
- * its direct kernels: no im2col gathers (27% of ResNet-18's step on 16
- * cores). The quantized operands are tensors of x's, W's and dY's shapes
+ * engine, operands held as bf16 on the BF16 units; train.cpu_conv = auto)
+ * run as its direct kernels: no im2col gathers (27% of ResNet-18's step on
+ * 16 cores). The quantized operands are tensors of x's, W's and dY's shapes
  * (quantized before any gather), so the kernels multiply exactly what the
- * gathered products would. in16: the operands are bf16 (held so by the
- * product path), else float32 through `gemm`'s engine. False: this call
- * gathers as before. */
+ * gathered products would. in16: the operands are bf16, else float32. False:
+ * this call gathers as before. */
 static bool conv_dnnl(ag_ctx *ctx, mm_gemm_fn gemm, bool in16, gemm_conv_dir dir, const mm_shape *sh, const void *x,
                       const void *w, const void *dy, float *out) {
-    if (!ctx->run.cpu_conv_dnnl || !(in16 || gemm == mm_gemm_dnnl || gemm == mm_gemm_bf16)) return false;
+    if (!ctx->run.cpu_conv_dnnl || !(in16 || gemm == mm_gemm_dnnl)) return false;
     const mm_im2col *g = &sh->g;
     gemm_conv_shape c = {(int)g->n, (int)g->h, (int)g->w, (int)g->c, sh->n, (int)g->kh, (int)g->kw, g->stride, g->pad};
     arena_mark mark = arena_get_mark(&ctx->scratch);
     float *tmp = dir == GEMM_CONV_DX ? arena_alloc(&ctx->scratch, sizeof(float) * (size_t)(g->n * g->h * g->w * g->c))
                                      : NULL;
-    bool done = in16              ? gemm_conv_dnnl_bf16_in(dir, &c, x, w, dy, out, tmp)
-                : gemm == mm_gemm_bf16 ? gemm_conv_dnnl_bf16(dir, &c, x, w, dy, out, tmp)
-                                  : gemm_conv_dnnl_f32(dir, &c, x, w, dy, out, tmp);
+    bool done = in16 ? gemm_conv_dnnl_bf16(dir, &c, x, w, dy, out, tmp) : gemm_conv_dnnl_f32(dir, &c, x, w, dy, out, tmp);
     arena_release(&ctx->scratch, mark);
     return done;
 }

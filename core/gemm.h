@@ -50,8 +50,6 @@ typedef struct gemm_batch {
     int count;
     int64_t stride_a, stride_b, stride_c;
 } gemm_batch;
-typedef void (*gemm_batched_fn)(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
-                                const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
 void gemm_f32_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
                       const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
 void gemm_bf16_f32_batched(const gemm_batch *bt, bool trans_a, bool trans_b, int m, int n, int k, float alpha,
@@ -71,17 +69,11 @@ typedef struct gemm_conv_shape {
 } gemm_conv_shape;
 bool gemm_conv_dnnl_f32(gemm_conv_dir dir, const gemm_conv_shape *s, const float *x, const float *w, const float *dy,
                         float *out, float *tmp);
-/* The same for operands that hold bf16 values (quantized ones), on the BF16
- * units with FP32 results; false also where an operand holds a value bf16
- * cannot (the caller's im2col then runs, with gemm_bf16_f32's own fallback). */
-bool gemm_conv_dnnl_bf16(gemm_conv_dir dir, const gemm_conv_shape *s, const float *x, const float *w, const float *dy,
-                         float *out, float *tmp);
-/* The same with the operands already bf16 (quantized operands the product
- * path holds as bf16); false where oneDNN has no fast bf16 kernels for it. */
-bool gemm_conv_dnnl_bf16_in(gemm_conv_dir dir, const gemm_conv_shape *s, const uint16_t *x, const uint16_t *w,
-                            const uint16_t *dy, float *out, float *tmp);
-/* Tests: false sends every convolution to im2col. */
-void gemm_conv_dnnl_set_enabled(bool on);
+/* The same on the BF16 units for operands held as bf16 (quantized ones: the
+ * caller has checked they are normal bf16 or zero), FP32 results; false also
+ * where gemm_bf16_available() is false or oneDNN has no bf16 kernels for it. */
+bool gemm_conv_dnnl_bf16(gemm_conv_dir dir, const gemm_conv_shape *s, const uint16_t *x, const uint16_t *w,
+                         const uint16_t *dy, float *out, float *tmp);
 
 /* gemm_bf16_f32_batched's product on operands already bf16 (lda, ldb their
  * row strides, strides in elements): only where gemm_bf16_available(),

@@ -471,57 +471,8 @@ static cv_plan *cv_plan_get(gemm_conv_dir dir, bool bf16, const gemm_conv_shape 
     return ok ? &g_cv[g_ncv - 1] : NULL;
 }
 
-static bool g_conv_disabled;
-void gemm_conv_dnnl_set_enabled(bool on) { g_conv_disabled = !on; }
-
-/* bf16 copies of a convolution's operands (grown once to the largest) */
-static uint16_t *cv_buffer(int which, size_t n) {
-    static uint16_t *buf[3];
-    static size_t cap[3];
-    if (n > cap[which]) {
-        free(buf[which]);
-        buf[which] = mx_malloc(sizeof(uint16_t) * n);
-        cap[which] = n;
-    }
-    return buf[which];
-}
-
-/* A flat float array as bf16 in buffer `which` (false if some value is not a normal bf16 or zero). */
-static bool cv_to_bf16(const float *src, size_t n, int which, const void **out) {
-    if (!src) return true;
-    uint16_t *d = cv_buffer(which, n);
-    *out = d;
-    return gemm_bf16_convert(src, (int64_t)n, d);
-}
-
-/* xs, ws, dys: the operands, float32 or (bf16) bf16 */
-static bool conv_run(cv_plan *p, const gemm_conv_shape *c, const void *xs, const void *ws, const void *dys, float *out,
-                     float *tmp);
-
-static bool gemm_conv_dnnl(gemm_conv_dir dir, bool bf16, const gemm_conv_shape *c, const float *x, const float *w,
-                           const float *dy, float *out, float *tmp) {
-    if (g_conv_disabled || !dn_load() || (bf16 && !bf_open())) return false;
-    cv_plan *p = cv_plan_get(dir, bf16, c);
-    if (!p) return false;
-    int oh = cv_out(c->h, c->kh, c->stride, c->pad), ow = cv_out(c->w, c->kw, c->stride, c->pad);
-    const void *xs = x, *ws = w, *dys = dy;
-    if (bf16) { /* bf16 copies; a value they cannot hold sends the call to im2col (and its FP32 fallback) */
-        bool exact = cv_to_bf16(x, (size_t)c->n * c->h * c->w * c->c, 0, &xs) &&
-                     cv_to_bf16(w, (size_t)c->o * c->kh * c->kw * c->c, 1, &ws) &&
-                     cv_to_bf16(dy, (size_t)c->n * oh * ow * c->o, 2, &dys);
-        if (!exact) return false;
-    }
-    return conv_run(p, c, xs, ws, dys, out, tmp);
-}
-
-bool gemm_conv_dnnl_bf16_in(gemm_conv_dir dir, const gemm_conv_shape *c, const uint16_t *x, const uint16_t *w,
-                            const uint16_t *dy, float *out, float *tmp) {
-    if (g_disabled || g_conv_disabled || !dn_load() || !bf_open()) return false;
-    cv_plan *p = cv_plan_get(dir, true, c);
-    return p && conv_run(p, c, x, w, dy, out, tmp);
-}
-
-static bool conv_run(cv_plan *p, const gemm_conv_shape *c, const void *xs, const void *ws, const void *dys, float *out,
+/* Runs plan p on its operands: float32, or bf16 for a bf16 plan. */
+static void conv_run(cv_plan *p, const gemm_conv_shape *c, const void *xs, const void *ws, const void *dys, float *out,
                      float *tmp) {
     gemm_conv_dir dir = p->dir;
     bool ok = true;
@@ -551,15 +502,18 @@ static bool conv_run(cv_plan *p, const gemm_conv_shape *c, const void *xs, const
     }
     ok = ok && DN_OK(p_dnnl_stream_wait(g_stream));
     MX_ASSERTF(ok, "oneDNN: a convolution (direction %d) failed", (int)dir);
-    return true;
 }
 
 bool gemm_conv_dnnl_f32(gemm_conv_dir dir, const gemm_conv_shape *c, const float *x, const float *w, const float *dy,
                         float *out, float *tmp) {
-    return gemm_conv_dnnl(dir, false, c, x, w, dy, out, tmp);
+    cv_plan *p = dn_load() ? cv_plan_get(dir, false, c) : NULL;
+    if (p) conv_run(p, c, x, w, dy, out, tmp);
+    return p != NULL;
 }
 
-bool gemm_conv_dnnl_bf16(gemm_conv_dir dir, const gemm_conv_shape *c, const float *x, const float *w, const float *dy,
-                         float *out, float *tmp) {
-    return !g_disabled && gemm_conv_dnnl(dir, true, c, x, w, dy, out, tmp);
+bool gemm_conv_dnnl_bf16(gemm_conv_dir dir, const gemm_conv_shape *c, const uint16_t *x, const uint16_t *w,
+                         const uint16_t *dy, float *out, float *tmp) {
+    cv_plan *p = gemm_bf16_available() ? cv_plan_get(dir, true, c) : NULL;
+    if (p) conv_run(p, c, x, w, dy, out, tmp);
+    return p != NULL;
 }

@@ -396,51 +396,52 @@ START_TEST(test_conv_chunks_match_whole) {
 }
 END_TEST
 
-/* The BF16 engine and FP32 GEMMs form the same convolution products (forward, dX at both strides, dW in 1d and
- * 2d) up to the order of FP32 sums; without BF16 units both are gemm_f32. */
-START_TEST(test_bf16_engine_matches_fp32) {
+/* conv_run with engine 0 and engine 1 (set_engine picks one) within
+ * expect_close, for each policy (NULL: fp32) at both strides. */
+static void expect_engines_agree(uint64_t seed, const mm_policy *const *pols, int npol, void (*set_engine)(int e)) {
     enum { NX = 2 * 6 * 6 * 8, NW = 8 * 9 * 8 };
-    float *x = randn(NX, 51, 1.0f), *w = randn(NW, 52, 0.1f), *dy = randn(NX, 53, 1e-3f);
+    float *x = randn(NX, seed, 1.0f), *w = randn(NW, seed + 1, 0.1f), *dy = randn(NX, seed + 2, 1e-3f);
     float y[2][NX], dx[2][NX], dw[2][NW];
-    for (int variant = 0; variant < 3; variant++)
+    for (int v = 0; v < npol; v++)
         for (int stride = 1; stride <= 2; stride++) {
-            mm_policy p;
-            mm_policy_init(&p, variant == 2 ? QUANT_FORMAT_BF16 : variant ? QUANT_FORMAT_MXSF : QUANT_FORMAT_MXFP8_E4M3);
-            p.tiling = variant == 1 ? MM_TILING_2D : MM_TILING_1D;
             for (int e = 0; e < 2; e++) {
-                g_cpu_bf16 = e == 1;
-                conv_run(&p, 0, stride, x, w, dy, y[e], dx[e], dw[e]);
+                set_engine(e);
+                conv_run(pols[v], 0, stride, x, w, dy, y[e], dx[e], dw[e]);
             }
-            g_cpu_bf16 = false;
+            g_cpu_bf16 = g_cpu_direct = false;
             expect_conv_close(stride, y, dx, dw);
         }
     free(x); free(w); free(dy);
 }
-END_TEST
 
+static mm_policy conv_policy(quant_format f, mm_tiling t) {
+    mm_policy p;
+    mm_policy_init(&p, f);
+    p.tiling = t;
+    return p;
+}
+
+static void engine_bf16(int e) { g_cpu_bf16 = e == 1; }
+static void engine_direct(int e) { g_cpu_bf16 = gemm_bf16_available(), g_cpu_direct = e == 1; }
+
+/* The BF16 engine and FP32 GEMMs form the same convolution products (forward, dX at both strides, dW in 1d and
+ * 2d) up to the order of FP32 sums; without BF16 units both are gemm_f32. */
+START_TEST(test_bf16_engine_matches_fp32) {
+    mm_policy p[3] = {conv_policy(QUANT_FORMAT_MXFP8_E4M3, MM_TILING_1D), conv_policy(QUANT_FORMAT_MXSF, MM_TILING_2D),
+                      conv_policy(QUANT_FORMAT_BF16, MM_TILING_1D)};
+    const mm_policy *pols[3] = {&p[0], &p[1], &p[2]};
+    expect_engines_agree(51, pols, 3, engine_bf16);
+}
+END_TEST
 
 /* oneDNN's direct convolutions (train.cpu_conv = auto) form the products the
  * gathers do, up to the order of FP32 sums: fp32 (its f32 kernels), 1d (bf16
  * kernels for y and dX; dW still gathers its row-quantized columns) and 2d
  * (bf16 kernels for all three, on the forward's quantized x), both strides. */
 START_TEST(test_direct_conv_matches_gather) {
-    enum { NX = 2 * 6 * 6 * 8, NW = 8 * 9 * 8 };
-    float *x = randn(NX, 61, 1.0f), *w = randn(NW, 62, 0.1f), *dy = randn(NX, 63, 1e-3f);
-    float y[2][NX], dx[2][NX], dw[2][NW];
-    for (int variant = 0; variant < 3; variant++)
-        for (int stride = 1; stride <= 2; stride++) {
-            mm_policy p;
-            mm_policy_init(&p, variant == 2 ? QUANT_FORMAT_MXSF : QUANT_FORMAT_MXFP8_E4M3);
-            p.tiling = variant == 2 ? MM_TILING_2D : MM_TILING_1D;
-            g_cpu_bf16 = gemm_bf16_available();
-            for (int e = 0; e < 2; e++) {
-                g_cpu_direct = e == 1;
-                conv_run(variant ? &p : NULL, 0, stride, x, w, dy, y[e], dx[e], dw[e]);
-            }
-            g_cpu_bf16 = g_cpu_direct = false;
-            expect_conv_close(stride, y, dx, dw);
-        }
-    free(x); free(w); free(dy);
+    mm_policy p[2] = {conv_policy(QUANT_FORMAT_MXFP8_E4M3, MM_TILING_1D), conv_policy(QUANT_FORMAT_MXSF, MM_TILING_2D)};
+    const mm_policy *pols[3] = {NULL, &p[0], &p[1]};
+    expect_engines_agree(61, pols, 3, engine_direct);
 }
 END_TEST
 
